@@ -1,0 +1,51 @@
+# tidegate — `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TG := $(VENV)/bin/tidegate
+ROWS ?= 200000
+CONCURRENCY ?= 2
+PYTEST_WORKERS ?= 2
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-pg15 test-chaos bench lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install tidegate with its test tools
+
+run: install ## the demo end to end: embedded PostgreSQL (or $DATABASE_URL), migrate, seed, enqueue, run, report
+	$(TG) db upgrade
+	$(TG) demo seed --rows $(ROWS)
+	$(TG) enqueue backfill-range --from 2024-01-01T00:00:00Z --to 2030-01-01T00:00:00Z \
+	    --handler hero_troops --batch-size 1000 --concurrency $(CONCURRENCY) --owner demo
+	$(TG) worker --concurrency $(CONCURRENCY) --drain
+	$(TG) status --limit 5
+	$(TG) demo check
+
+test: install ## the test suite against a real PostgreSQL (see README: which one)
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
+
+test-pg15: install ## the suite against this machine's PostgreSQL 15 on 127.0.0.1:5432
+	TIDEGATE_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres $(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
+
+test-chaos: install ## the long fault-injection runs
+	$(VENV)/bin/pytest -q -m chaos
+
+bench: install ## benchmarks; prints ratios measured in one run
+	$(PY) -m bench.run
+
+lint: install ## ruff and the layering contracts
+	$(VENV)/bin/ruff check worker jobs tests bench
+	$(VENV)/bin/lint-imports
+
+clean: ## remove the venv and the embedded database
+	-$(TG) db embedded --stop
+	rm -rf $(VENV) .tidegate

@@ -1,0 +1,210 @@
+"""backfill-range: reprocess a key range of a source table into derived tables.
+
+Payload (JSON object in ``queue_jobs.payload``; the CLI writes the same)::
+
+    {"source": "hero_snapshots", "key": "created_at",
+     "from": "2024-01-01T00:00:00Z", "to": "2024-06-01T00:00:00Z",   # [from, to)
+     "handler": "hero_troops" | "module:function",   or   "sql": "INSERT ... :lo ... :hi",
+     "batch_size": 250, "concurrency": 4, "owner": "data-team"}
+
+The runbook's spelling ``from_created_at`` / ``to_created_at`` means
+``key = "created_at"``; a missing handler means the deployment default
+(``TIDEGATE_DEFAULT_HANDLER``), whose ``source`` and ``key`` are defaults too.
+
+Batches are keyset pages on the key column: ``(lo, hi]`` where ``hi`` is the
+batch_size-th key after ``lo``, so ties on ``hi`` all fall in the same batch
+and a non-unique key (a timestamp) is never split or repeated.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
+
+from jobs import handlers
+from worker import identifiers, keys
+from worker.errors import InvalidInput
+from worker.kinds import BatchContext, BatchResult, Plan, SlicePlan
+from worker.sql import render
+
+NAME = "backfill_range"
+MAX_BATCH = 100_000
+MAX_CONCURRENCY = 64
+EXACT_COUNT_BELOW = 5_000_000
+KNOWN_FIELDS = {"source", "key", "from", "to", "handler", "sql", "batch_size", "concurrency", "owner",
+                "max_rows_per_second", "sleep_between_batches"}
+
+BOUNDS = """
+WITH b AS (SELECT {key} AS k FROM {source} WHERE {key} > :lo AND {key} < :end ORDER BY {key} LIMIT :n)
+SELECT (SELECT max(k) FROM b) AS hi, (SELECT count(*) FROM b) AS n,
+       (SELECT count(*) FROM b WHERE k = (SELECT max(k) FROM b)) AS ties_seen,
+       (SELECT count(*) FROM {source} WHERE {key} = (SELECT max(k) FROM b)) AS ties_all
+"""
+ROWS = "SELECT * FROM {source} WHERE {key} > :lo AND {key} <= :hi ORDER BY {key}"
+ESTIMATE = "EXPLAIN (FORMAT JSON) SELECT 1 FROM {source} WHERE {key} >= :lo AND {key} < :hi"
+COUNT = "SELECT count(*) FROM {source} WHERE {key} >= :lo AND {key} < :hi"
+
+
+@dataclass(frozen=True)
+class Target:
+    source: identifiers.Ident
+    key: identifiers.Column
+    key_type: keys.KeyType
+    item_key: list[str]
+
+
+class BackfillRange:
+    name = NAME
+
+    def __init__(self) -> None:
+        self._targets: dict[tuple[str, str], Target] = {}
+
+    def _target(self, conn: Connection, source: str, key: str) -> Target:
+        """Catalog lookups once per process and table, not once per batch."""
+        found = self._targets.get((source, key))
+        if found is None:
+            found = self._targets[(source, key)] = resolve_target(conn, source, key)
+        return found
+
+    # -- planning ------------------------------------------------------------
+
+    def plan(self, conn: Connection, payload: Any) -> Plan:
+        p = normalize(payload)
+        target = resolve_target(conn, p["source"], p["key"])
+        lo = keys.parse(target.key_type, p["from"], "from")
+        hi = keys.parse(target.key_type, p["to"], "to")
+        keys.check_range(lo, hi)
+        if "sql" in p:
+            check_sql(conn, p["sql"], target.key_type)
+        else:
+            handlers.resolve(p["handler"])
+        slices = [SlicePlan(keys.before(a), b) for a, b in keys.split(lo, hi, p["concurrency"])]
+        p.update(source=target.source.name, key=target.key.ident.name, item_key=target.item_key,
+                 **{"from": keys.encode(lo), "to": keys.encode(hi)})
+        return Plan(params=p, owner=p["owner"], key_type=target.key_type, from_key=lo, to_key=hi,
+                    batch_size=p["batch_size"], concurrency=p["concurrency"], slices=slices,
+                    total_estimate=estimate(conn, target, lo, hi))
+
+    # -- one batch -------------------------------------------------------------
+
+    def process(self, conn: Connection, ctx: BatchContext, cursor: keys.Key, end: keys.Key) -> BatchResult:
+        p = ctx.params
+        target = self._target(conn, p["source"], p["key"])
+        idents = {"source": target.source, "key": target.key.ident}
+        b = conn.execute(render(BOUNDS, **idents), {"lo": cursor, "end": end, "n": ctx.batch_size}).one()
+        if b.n == 0:
+            return BatchResult(checkpoint=keys.before(end), processed=0, exhausted=True)
+        last = b.n < ctx.batch_size  # fewer rows than asked: nothing is left before `end`
+        hi = keys.before(end) if last else b.hi
+        if "sql" in p:
+            conn.execute(text(p["sql"]), {"lo": cursor, "hi": hi})
+            return BatchResult(checkpoint=hi, processed=b.n + b.ties_all - b.ties_seen, exhausted=last)
+        rows = conn.execute(render(ROWS, **idents), {"lo": cursor, "hi": hi}).mappings().all()
+        errors = handlers.run(conn, handlers.resolve(p["handler"]), rows, p["item_key"])
+        return BatchResult(checkpoint=hi, processed=len(rows), exhausted=last, errors=errors)
+
+
+def normalize(payload: Any) -> dict[str, Any]:
+    """The payload with defaults applied and every field type-checked; raises InvalidInput."""
+    if isinstance(payload, str):
+        try:
+            payload = json.loads(payload)
+        except ValueError:
+            raise InvalidInput("payload is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise InvalidInput(f"payload must be a JSON object, got {type(payload).__name__}")
+    p = dict(payload)
+    # the runbook's spelling: from_<key> / to_<key>
+    for field in list(p):
+        for end in ("from", "to"):
+            if field.startswith(end + "_") and field != end:
+                column = field[len(end) + 1:]
+                if p.setdefault("key", column) != column:
+                    raise InvalidInput(f"{field} does not match key {p['key']!r}")
+                if end in p:
+                    raise InvalidInput(f"give {end!r} or {field!r}, not both")
+                p[end] = p.pop(field)
+    unknown = sorted(set(p) - KNOWN_FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown payload field(s): {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_FIELDS))}")
+    if "sql" in p and "handler" in p:
+        raise InvalidInput("give either handler or sql, not both")
+    if "sql" not in p:
+        p.setdefault("handler", handlers.default_handler())
+        default = handlers.registered().get(p["handler"]) if isinstance(p["handler"], str) else None
+        if default is not None:
+            if default.source:
+                p.setdefault("source", default.source)
+            if default.key:
+                p.setdefault("key", default.key)
+    for field in ("source", "key", "from", "to"):
+        if p.get(field) in (None, ""):
+            raise InvalidInput(f"payload is missing {field!r}")
+    p["batch_size"] = _int(p.get("batch_size", 500), "batch_size", 1, MAX_BATCH)
+    p["concurrency"] = _int(p.get("concurrency", 1), "concurrency", 1, MAX_CONCURRENCY)
+    owner = p.get("owner", "unknown")
+    if not isinstance(owner, str) or not owner.strip() or len(owner) > 200:
+        raise InvalidInput(f"owner must be a non-empty string of at most 200 characters, got {owner!r}")
+    p["owner"] = owner.strip()
+    return p
+
+
+def _int(value: Any, field: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidInput(f"{field} must be an integer, got {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidInput(f"{field} must be an integer, got {value!r}") from None
+    if not lo <= number <= hi:
+        raise InvalidInput(f"{field} must be between {lo} and {hi}, got {number}")
+    return number
+
+
+def resolve_target(conn: Connection, source: Any, key: Any) -> Target:
+    tbl = identifiers.table(conn, source, what="source table")
+    col = identifiers.column(conn, tbl, key, what="key column")
+    key_type = keys.key_type_of(col.type)
+    if not identifiers.has_leading_index(conn, tbl, col):
+        raise InvalidInput(
+            f"key column {col.ident.name!r} of {tbl.name!r} has no index starting with it:"
+            " keyset batches would scan the table each time. Create one first"
+            f" (CREATE INDEX CONCURRENTLY ON {tbl.sql} ({col.ident.sql}))."
+        )
+    pk = [i.name for i in identifiers.primary_key(conn, tbl)] or [col.ident.name]
+    return Target(tbl, col, key_type, pk)
+
+
+def check_sql(conn: Connection, statement: Any, key_type: keys.KeyType) -> None:
+    """A SQL handler: one statement binding exactly :lo and :hi, which the server can plan."""
+    if not isinstance(statement, str) or not statement.strip():
+        raise InvalidInput("sql handler: the statement is empty")
+    names = set(text(statement).compile().params)
+    if names != {"lo", "hi"}:
+        raise InvalidInput(
+            "sql handler: the statement must use the bind parameters :lo and :hi and no others"
+            f" (found {', '.join(sorted(names)) or 'none'})"
+        )
+    probe = keys.parse(key_type, 0 if key_type == "bigint" else "2000-01-01T00:00:00Z")
+    try:
+        with conn.begin_nested():
+            conn.execute(text("EXPLAIN " + statement.strip().rstrip(";")), {"lo": probe, "hi": probe})
+    except DBAPIError as err:
+        first = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
+        raise InvalidInput(f"sql handler does not plan: {first}") from None
+
+
+def estimate(conn: Connection, target: Target, lo: keys.Key, hi: keys.Key) -> int:
+    idents = {"source": target.source, "key": target.key.ident}
+    plan = conn.execute(render(ESTIMATE, **idents), {"lo": lo, "hi": hi}).scalar_one()
+    rows = int(plan[0]["Plan"]["Plan Rows"])
+    if rows < EXACT_COUNT_BELOW:
+        rows = int(conn.execute(render(COUNT, **idents), {"lo": lo, "hi": hi}).scalar_one())
+    return rows
+
+
+KIND = BackfillRange()

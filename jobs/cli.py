@@ -1,0 +1,150 @@
+"""Commands of the job kinds: `enqueue backfill-range`, `demo seed`."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import text
+
+from worker.cliutil import Database, actor_option, database_option, echo_json
+from worker.enqueue import enqueue
+from worker.errors import InvalidInput
+from worker.keys import encode, parse
+from worker.sql import load
+
+
+def queue_options(func: Any) -> Any:
+    """Options every enqueue command shares."""
+    for option in reversed(
+        [
+            click.option("--owner", required=True, help="Who owns this job (team or person)."),
+            click.option("--priority", default=0, show_default=True, type=int, help="Higher runs first."),
+            click.option("--run-after", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S",
+                                                              "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"]),
+                         help="Do not start before this time (UTC unless an offset is given)."),
+            click.option("--max-attempts", default=5, show_default=True, type=click.IntRange(1, 1000),
+                         help="Failed attempts of a batch before the job fails."),
+            click.option("--queue", default="default", show_default=True, help="Queue (pool) to run on."),
+            click.option("--json", "as_json", is_flag=True, help="Print the job as JSON."),
+            actor_option,
+            database_option,
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def submit(db: Database, job_type: str, payload: dict[str, Any], opts: dict[str, Any]) -> None:
+    run_after: datetime | None = opts["run_after"]
+    job_id, plan = enqueue(
+        db.engine, job_type, payload, actor=opts["actor"], queue=opts["queue"], priority=opts["priority"],
+        max_attempts=opts["max_attempts"], run_after=parse("timestamptz", run_after) if run_after else None,
+    )
+    if opts["as_json"]:
+        echo_json({"job_id": job_id, "type": job_type, "payload": payload, "slices": len(plan.slices),
+                   "rows_estimate": plan.total_estimate})
+    else:
+        click.echo(job_id)
+        click.echo(
+            f"{job_type}: [{encode(plan.from_key)}, {encode(plan.to_key)}) ~{plan.total_estimate} rows,"
+            f" {len(plan.slices)} slice(s), batch size {plan.batch_size}", err=True,
+        )
+
+
+@click.command("backfill-range")
+@click.option("--source", help="Source table (schema.table). Default: the handler's.")
+@click.option("--key", help="Indexed integer or timestamp column to page by. Default: the handler's.")
+@click.option("--from", "from_", required=True, help="Start of the range (inclusive).")
+@click.option("--to", required=True, help="End of the range (exclusive).")
+@click.option("--handler", help="Registered handler name, module:function, or sql:PATH (one statement using"
+                                " :lo and :hi). Default: $TIDEGATE_DEFAULT_HANDLER or hero_troops.")
+@click.option("--batch-size", default=500, show_default=True, type=int, help="Source rows per transaction.")
+@click.option("--concurrency", default=1, show_default=True, type=int,
+              help="Slices the range is cut into; different workers run them at once.")
+@queue_options
+def enqueue_backfill(db: Database, source: str | None, key: str | None, from_: str, to: str,
+                     handler: str | None, batch_size: int, concurrency: int, **opts: Any) -> None:
+    """Enqueue a backfill-range job over [FROM, TO) and print its id."""
+    payload: dict[str, Any] = {"from": from_, "to": to, "batch_size": batch_size,
+                               "concurrency": concurrency, "owner": opts.pop("owner")}
+    if source:
+        payload["source"] = source
+    if key:
+        payload["key"] = key
+    if handler and handler.startswith("sql:"):
+        path = Path(handler[4:])
+        try:
+            payload["sql"] = path.read_text()
+        except OSError as err:
+            raise InvalidInput(f"cannot read SQL handler {path}: {err.strerror}") from None
+    elif handler:
+        payload["handler"] = handler
+    submit(db, "backfill_range", payload, opts)
+
+
+enqueue_backfill.tidegate_enqueue = True  # type: ignore[attr-defined]
+
+
+# -- demo -------------------------------------------------------------------------
+
+
+@click.group()
+def demo() -> None:
+    """The backfill runbook's demo: hero_snapshots (raw JSONB) -> user_troops."""
+
+
+@demo.command("seed")
+@click.option("--rows", default=200_000, show_default=True, type=click.IntRange(1, 100_000_000))
+@click.option("--users", type=click.IntRange(1, 100_000_000), help="Distinct users (default: 80% of rows).")
+@click.option("--start", default="2024-01-01T00:00:00Z", show_default=True, help="First snapshot time.")
+@click.option("--spacing", default=30.0, show_default=True, help="Seconds between snapshots.")
+@database_option
+def demo_seed(db: Database, rows: int, users: int | None, start: str, spacing: float) -> None:
+    """Create the demo tables and fill hero_snapshots with ROWS snapshots (about 1 in 997 malformed).
+
+    Idempotent: an existing table with the same number of rows is kept; otherwise
+    it is refilled. user_troops (the derived table) is emptied either way.
+    """
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"), ini_section="demo")
+    cfg.attributes["url"] = db.url
+    command.upgrade(cfg, "head")
+    sql = load("jobs.demo", "demo.sql")
+    users = users or max(1, rows * 4 // 5)
+    with db.engine.begin() as conn:
+        have = conn.execute(text("SELECT count(*) FROM hero_snapshots")).scalar_one()
+        conn.execute(text("TRUNCATE user_troops"))
+        if have == rows:
+            click.echo(f"hero_snapshots already holds {rows} rows; user_troops emptied")
+            return
+        conn.execute(text("TRUNCATE hero_snapshots RESTART IDENTITY"))
+    started = time.monotonic()
+    chunk = 50_000
+    for offset in range(0, rows, chunk):
+        with db.engine.begin() as conn:
+            conn.execute(text(sql["seed"]), {"rows": min(chunk, rows - offset), "offset": offset, "users": users,
+                                             "start": parse("timestamptz", start), "spacing": spacing})
+        done = min(rows, offset + chunk)
+        click.echo(f"\rseeded {done}/{rows} snapshots ({time.monotonic() - started:.1f}s)", nl=False, err=True)
+    click.echo("", err=True)
+    with db.engine.begin() as conn:
+        conn.execute(text("ANALYZE hero_snapshots"))
+    click.echo(f"hero_snapshots: {rows} rows for {users} users from {start}")
+
+
+@demo.command("check")
+@database_option
+def demo_check(db: Database) -> None:
+    """Print user_troops' row count and checksum (compare two runs)."""
+    with db.engine.connect() as conn:
+        row = conn.execute(text(load("jobs.demo", "demo.sql")["troops_checksum"])).one()
+    echo_json({"user_troops_rows": row.rows, "checksum": row.checksum})
+
+
+COMMANDS = [enqueue_backfill, demo]

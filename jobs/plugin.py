@@ -1,0 +1,11 @@
+"""The entry point the runtime loads: job kinds and their CLI commands."""
+
+from __future__ import annotations
+
+import jobs.demo.handlers  # noqa: F401  (registers the demo's handlers)
+from jobs import backfill_range
+from jobs.cli import COMMANDS
+
+KINDS = [backfill_range.KIND]
+
+__all__ = ["COMMANDS", "KINDS"]

@@ -1,0 +1,232 @@
+"""The `tidegate` command: a thin click layer over the runtime and the job kinds' commands."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import click
+
+from worker import control, kinds, status
+from worker.cliutil import Database, actor_option, database_option, echo_json, run_cli
+from worker.db import tidegate_home
+from worker.logs import setup_logging
+from worker.sql import q
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]),
+              help="text for humans, json for log pipelines.")
+@click.pass_context
+def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
+    """tidegate: resumable, throttled, pausable backfill and archive jobs on PostgreSQL.
+
+    Enqueue work (CLI or plain SQL into queue_jobs), run a worker pool, watch
+    it with `status`, and pause or resume it (CLI or plain SQL on backfill_jobs).
+    """
+    setup_logging(log_level, log_format)
+    ctx.obj = {"log_level": log_level, "log_format": log_format}
+
+
+# -- database -------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """Schema migrations (Alembic underneath) and the embedded server."""
+
+
+def alembic_config(db: Database, section: str = "alembic"):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config(str(ROOT / "alembic.ini"), ini_section=section)
+    cfg.attributes["url"] = db.url
+    return cfg
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@database_option
+def db_upgrade(db: Database, revision: str) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(db), revision)
+    click.echo(f"database {db.masked} at {_current(db) or 'base'}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@database_option
+def db_downgrade(db: Database, revision: str) -> None:
+    """Revert migrations down to REVISION ("base" removes tidegate's tables)."""
+    from alembic import command
+
+    command.downgrade(alembic_config(db), revision)
+    click.echo(f"database {db.masked} at {_current(db) or 'base'}")
+
+
+@db.command("current")
+@database_option
+def db_current(db: Database) -> None:
+    """Print the applied revision."""
+    click.echo(_current(db) or "base (no tidegate tables)")
+
+
+def _current(db: Database) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with db.engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"version_table": "tidegate_alembic_version"})
+        heads = ctx.get_current_heads()
+    return ",".join(heads) if heads else None
+
+
+@db.command("embedded")
+@click.option("--stop", is_flag=True, help="Stop the embedded server.")
+def db_embedded(stop: bool) -> None:
+    """Show (or stop) the embedded PostgreSQL used when no DATABASE_URL is given."""
+    from worker import embedded
+
+    pgdata = tidegate_home() / "pgdata"
+    if stop:
+        click.echo("stopped" if embedded.stop(pgdata) else "not running")
+    else:
+        click.echo(embedded.embedded_url(pgdata))
+
+
+# -- worker pool ------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--concurrency", "-c", default=2, show_default=True, type=click.IntRange(1, 256),
+              help="Worker processes in this pool.")
+@click.option("--types", default="", help="Comma-separated job types this pool runs (default: all).")
+@click.option("--queue", "queues", multiple=True, default=["default"], show_default=True,
+              help="Queue(s) this pool serves; repeat for several.")
+@click.option("--drain", is_flag=True, help="Exit 0 once no claimable work is left (for scripts).")
+@click.option("--lease", "lease_seconds", default=10.0, show_default=True, type=click.FloatRange(0.5, 3600),
+              help="Seconds a worker owns its slices without a heartbeat; a SIGKILLed worker's work"
+                   " is taken over after this.")
+@click.option("--poll", "poll_seconds", default=1.0, show_default=True, type=click.FloatRange(0.05, 60),
+              help="Seconds between claim attempts when idle.")
+@click.option("--pool", "pool_name", default="default", show_default=True, help="Name shown in the workers table.")
+@database_option
+@click.pass_context
+def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queues: tuple[str, ...], drain: bool,
+           lease_seconds: float, poll_seconds: float, pool_name: str) -> None:
+    """Run an isolated pool of worker processes until SIGTERM (or, with --drain, until idle)."""
+    from worker.pool import run_pool
+    from worker.runner import WorkerConfig
+
+    wanted = [t.strip() for t in types.split(",") if t.strip()]
+    unknown = sorted(set(wanted) - set(kinds.kinds()))
+    if unknown:
+        raise click.BadParameter(f"unknown job type(s) {', '.join(unknown)}; known: {', '.join(sorted(kinds.kinds()))}",
+                                 param_hint="--types")
+    config = WorkerConfig(url=db.url, pool=pool_name, queues=list(queues), types=wanted,
+                          lease_seconds=lease_seconds, poll_seconds=poll_seconds, drain=drain)
+    logging.getLogger(__name__).info("pool on %s", db.masked)
+    raise SystemExit(run_pool(config, concurrency, ctx.obj["log_level"], ctx.obj["log_format"]))
+
+
+# -- enqueue (subcommands come from the job kinds) -------------------------------
+
+
+@cli.group()
+def enqueue() -> None:
+    """Put a job on the queue (the same as an INSERT INTO queue_jobs)."""
+
+
+# -- watching -------------------------------------------------------------------
+
+
+@cli.command("status")
+@click.argument("job", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--watch", is_flag=True, help="Redraw every --interval seconds until interrupted.")
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(0.2, 3600))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@database_option
+def status_cmd(db: Database, job: str | None, as_json: bool, watch: bool, interval: float, limit: int) -> None:
+    """Every job (or JOB): status, processed/error counts, checkpoint, rate, ETA."""
+    while True:
+        with db.engine.connect() as conn:
+            job_id = control.find_job(conn, job) if job else None
+            rows = status.job_rows(conn, job_id, limit)
+        if as_json:
+            echo_json(rows[0] if job and rows else rows)
+        else:
+            if watch:
+                click.clear()
+            click.echo(status.render_table(rows) if rows else "no jobs")
+        if not watch:
+            return
+        time.sleep(interval)
+
+
+@cli.command("errors")
+@click.argument("job")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--json", "as_json", is_flag=True)
+@database_option
+def errors_cmd(db: Database, job: str, limit: int, as_json: bool) -> None:
+    """Items of JOB that failed in the handler (from etl_errors), newest first."""
+    with db.engine.connect() as conn:
+        job_id = control.find_job(conn, job)
+        rows = [dict(r) for r in conn.execute(q("job_errors"), {"job_id": job_id, "limit": limit}).mappings()]
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo("no failed items")
+    for r in rows:
+        click.echo(f"{r['created_at']:%Y-%m-%d %H:%M:%S}  slice {r['slice_no']}  item {r['item_key']}  "
+                   f"{r['error_type']}: {r['message']}")
+
+
+# -- operator actions -------------------------------------------------------------
+
+
+def _action(name: str, doc: str) -> click.Command:
+    @click.argument("job", required=False)
+    @click.option("--reason", help="Why (shown in status, kept in the audit table).")
+    @actor_option
+    @database_option
+    def command(db: Database, job: str | None, reason: str | None, actor: str, **extra: bool) -> None:
+        with db.engine.begin() as conn:
+            if extra.get("all_jobs"):
+                ids = control.pause_all(conn, actor, reason)
+                click.echo(f"paused {len(ids)} job(s)")
+                return
+            if not job:
+                raise click.UsageError(f"give a JOB id{' or --all' if name == 'pause' else ''}")
+            job_id = control.transition(conn, job, name, actor, reason)
+        click.echo(f"{job_id} {name}d" if name != "retry" else f"{job_id} queued for retry")
+
+    command.__doc__ = doc
+    if name == "pause":
+        command = click.option("--all", "all_jobs", is_flag=True, help="Pause every pending or running job.")(command)
+    return cli.command(name)(command)
+
+
+_action("pause", "Pause JOB (or --all): no new batch starts; resume continues from the checkpoint.")
+_action("resume", "Resume a paused JOB from its checkpoint.")
+_action("cancel", "Cancel JOB: no new batch starts; finished batches stay.")
+_action("retry", "Run a failed or cancelled JOB again from its checkpoint.")
+
+
+def main() -> None:
+    for command in kinds.plugin_commands():
+        target = enqueue if getattr(command, "tidegate_enqueue", False) else cli
+        target.add_command(command)
+    run_cli(cli)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Operator actions: pause, resume, cancel, retry — the same guarded updates as the runbook's SQL.
+
+A planned job moves in ``backfill_jobs`` (its queue row follows); a job no
+worker has planned yet moves in ``queue_jobs`` alone. Every action is audited.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection
+
+from worker import store
+from worker.errors import IllegalTransition, InvalidInput, NotFound
+from worker.sql import q
+from worker.states import TERMINAL, TRANSITIONS, JobStatus
+
+# queue-row moves for jobs that have no backfill_jobs row yet
+_UNPLANNED = {
+    "pause": (("pending",), "paused"),
+    "resume": (("paused",), "pending"),
+    "cancel": (("pending", "paused"), "cancelled"),
+    "retry": (("failed", "cancelled"), "pending"),
+}
+
+
+def find_job(conn: Connection, ref: str) -> str:
+    """A full job id, from a full id or an unambiguous prefix (as `status` prints them)."""
+    ref = ref.strip().lower()
+    if not ref or any(c not in "0123456789abcdef-" for c in ref):
+        raise InvalidInput(f"{ref!r} is not a job id")
+    rows = conn.execute(q("find_job"), {"prefix": ref}).all()
+    if not rows:
+        raise NotFound(f"no job {ref!r}")
+    if len(rows) > 1:
+        raise InvalidInput(f"job id prefix {ref!r} is ambiguous: give more characters")
+    return str(rows[0].id)
+
+
+def transition(conn: Connection, ref: str, action: str, actor: str, reason: str | None = None) -> str:
+    job_id = find_job(conn, ref)
+    row = conn.execute(q("find_job"), {"prefix": job_id}).one()
+    sources, target = TRANSITIONS[action]
+    if row.job_status is None:  # not planned yet
+        q_from, q_to = _UNPLANNED[action]
+        moved = conn.execute(
+            q("set_queue_status"), {"job_id": job_id, "to_status": q_to, "from_statuses": list(q_from)}
+        ).first()
+        if moved is None:
+            raise IllegalTransition(f"cannot {action} job {job_id}: it is {row.queue_status}")
+    else:
+        moved = conn.execute(
+            q("set_job_status"),
+            {"job_id": job_id, "to_status": target.value, "reason": reason or f"{action} by {actor}",
+             "actor": actor, "from_statuses": [s.value for s in sources]},
+        ).first()
+        if moved is None:
+            raise IllegalTransition(
+                f"cannot {action} job {job_id}: it is {row.job_status}"
+                f" ({action} needs {' or '.join(s.value for s in sources)})"
+            )
+        _mirror_queue_row(conn, job_id, target)
+        if action == "retry":
+            conn.execute(q("reset_slices_for_retry"), {"job_id": job_id})
+    store.audit(conn, actor, action, job_id, {"reason": reason})
+    return job_id
+
+
+def _mirror_queue_row(conn: Connection, job_id: str, target: JobStatus) -> None:
+    queue_status = target.value if target in TERMINAL else "running"
+    conn.execute(
+        q("set_queue_status"),
+        {"job_id": job_id, "to_status": queue_status,
+         "from_statuses": ["pending", "running", "paused", "failed", "cancelled"]},
+    )
+
+
+def pause_all(conn: Connection, actor: str, reason: str | None) -> list[str]:
+    sources, target = TRANSITIONS["pause"]
+    rows = conn.execute(
+        q("set_all_jobs_status"),
+        {"to_status": target.value, "reason": reason or f"pause --all by {actor}", "actor": actor,
+         "from_statuses": [s.value for s in sources]},
+    ).all()
+    ids = [str(r.job_id) for r in rows]
+    store.audit(conn, actor, "pause-all", None, {"jobs": ids, "reason": reason})
+    return ids

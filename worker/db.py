@@ -1,0 +1,91 @@
+"""Connections: which database, engines, and driver errors as tidegate errors.
+
+Resolution order for every command: ``--database-url``, then ``DATABASE_URL``,
+then the embedded PostgreSQL server in ``$TIDEGATE_HOME/pgdata`` (default
+``./.tidegate``), started on first use and left running between commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+from sqlalchemy import Engine, create_engine, event, pool
+
+from worker.errors import DatabaseUnavailable
+
+EMBEDDED = "embedded"
+
+
+def tidegate_home() -> Path:
+    return Path(os.environ.get("TIDEGATE_HOME", ".tidegate")).resolve()
+
+
+def resolve_url(url: str | None) -> str:
+    """The libpq URL to use: explicit, ``DATABASE_URL``, else the embedded server."""
+    url = url or os.environ.get("DATABASE_URL")
+    if url and url != EMBEDDED:
+        return libpq_url(url)
+    from worker.embedded import embedded_url  # imported late: starts a server
+
+    return embedded_url(tidegate_home() / "pgdata")
+
+
+def libpq_url(url: str) -> str:
+    """Accept SQLAlchemy-style URLs too (``postgresql+psycopg://``)."""
+    return re.sub(r"^postgres(?:ql)?(?:\+\w+)?://", "postgresql://", url)
+
+
+def sqlalchemy_url(url: str) -> str:
+    return re.sub(r"^postgres(?:ql)?(?:\+\w+)?://", "postgresql+psycopg://", url)
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced, for logs, status and errors."""
+    masked = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    return re.sub(r"(password=)[^&\s]*", r"\1***", masked)
+
+
+def make_engine(url: str, *, application_name: str = "tidegate", pool_size: int = 2) -> Engine:
+    """An engine with a small pool; tidegate keeps no session state.
+
+    Nothing that correctness depends on lives in the session (no advisory
+    locks, no prepared statements, no LISTEN), so it works through PgBouncer
+    in transaction mode.
+    """
+    engine = create_engine(
+        sqlalchemy_url(url),
+        pool_size=pool_size,
+        max_overflow=2,
+        pool_pre_ping=True,
+        poolclass=pool.QueuePool,
+        connect_args={"application_name": application_name, "prepare_threshold": None},
+    )
+    event.listen(engine, "handle_error", _translate)
+    return engine
+
+
+def _translate(context) -> None:  # type: ignore[no-untyped-def]
+    """Driver errors that mean "no database" become one tidegate error."""
+    err = context.original_exception
+    if isinstance(err, psycopg.OperationalError) and context.is_disconnect:
+        raise DatabaseUnavailable(f"database unavailable: {_first_line(err)}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+@contextlib.contextmanager
+def connect(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+    """A plain psycopg connection (used where SQLAlchemy would only add overhead)."""
+    try:
+        conn = psycopg.connect(libpq_url(url), autocommit=autocommit, prepare_threshold=None)
+    except psycopg.OperationalError as err:
+        raise DatabaseUnavailable(f"cannot connect to {mask_url(url)}: {_first_line(err)}") from err
+    with conn:
+        yield conn

@@ -1,0 +1,56 @@
+"""Enqueue: validate a payload exactly as a worker will, then insert it.
+
+Validation runs the job kind's own planning inside a savepoint that is rolled
+back, so a CLI user gets the same clear error a worker would record, and a
+job that would fail at planning is never queued.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from worker import kinds, store
+from worker.errors import InvalidInput
+from worker.kinds import Plan
+from worker.sql import q
+
+
+def validate(engine: Engine, job_type: str, payload: dict[str, Any]) -> Plan:
+    kind = kinds.kinds().get(job_type)
+    if kind is None:
+        raise InvalidInput(f"unknown job type {job_type!r}; known: {', '.join(sorted(kinds.kinds()))}")
+    with engine.connect() as conn:
+        try:
+            return kind.plan(conn, payload)
+        finally:
+            conn.rollback()
+
+
+def enqueue(
+    engine: Engine,
+    job_type: str,
+    payload: dict[str, Any],
+    *,
+    actor: str,
+    queue: str = "default",
+    priority: int = 0,
+    max_attempts: int = 5,
+    run_after: datetime | None = None,
+) -> tuple[str, Plan]:
+    plan = validate(engine, job_type, payload)
+    if not 1 <= max_attempts <= 1000:
+        raise InvalidInput(f"max_attempts must be between 1 and 1000, got {max_attempts}")
+    with engine.begin() as conn:
+        job_id = str(
+            conn.execute(
+                q("enqueue"),
+                {"type": job_type, "queue": queue, "payload": json.dumps(payload), "priority": priority,
+                 "max_attempts": max_attempts, "run_after": run_after},
+            ).scalar_one()
+        )
+        store.audit(conn, actor, "enqueue", job_id, {"type": job_type, "payload": payload, "queue": queue})
+    return job_id, plan

@@ -1,0 +1,108 @@
+"""The one way a user-supplied table or column name reaches SQL.
+
+A name is looked up in the catalog with bound parameters (never parsed by
+the server), must exist exactly as written, and is then quoted. Only this
+module builds :class:`Ident` values; :func:`worker.sql.render` accepts nothing
+else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, text
+
+from worker.errors import InvalidIdentifier
+
+MAX_NAME = 63
+
+
+@dataclass(frozen=True)
+class Ident:
+    """A quoted identifier (possibly schema-qualified) known to exist."""
+
+    sql: str
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _check_shape(name: object, what: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidIdentifier(f"{what} name must be a non-empty string, got {name!r}")
+    if len(name) > 2 * MAX_NAME + 1 or any(ord(c) < 32 for c in name) or "\x00" in name:
+        raise InvalidIdentifier(f"{what} name {name!r} is not a valid identifier")
+    return name
+
+
+def table(conn: Connection, name: object, *, what: str = "table") -> Ident:
+    """``name`` or ``schema.name`` of an existing table, view or partitioned table."""
+    name = _check_shape(name, what)
+    schema, _, rel = name.rpartition(".")
+    row = conn.execute(
+        text(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relname = :rel AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
+            " AND (CASE WHEN :schema = '' THEN n.oid = ANY(current_schemas(false)::regnamespace[])"
+            " ELSE n.nspname = :schema END)"
+            " ORDER BY array_position(current_schemas(false), n.nspname::text) LIMIT 1"
+        ),
+        {"rel": rel, "schema": schema},
+    ).first()
+    if row is None:
+        raise InvalidIdentifier(f"{what} {name!r} does not exist")
+    return Ident(sql=f"{quote(row[0])}.{quote(row[1])}", name=name)
+
+
+@dataclass(frozen=True)
+class Column:
+    ident: Ident
+    type: str  # format_type(), e.g. "bigint", "timestamp with time zone"
+    not_null: bool
+
+
+def column(conn: Connection, tbl: Ident, name: object, *, what: str = "column") -> Column:
+    name = _check_shape(name, what)
+    row = conn.execute(
+        text(
+            "SELECT format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a"
+            " WHERE a.attrelid = CAST(:rel AS regclass) AND a.attname = :col"
+            " AND a.attnum > 0 AND NOT a.attisdropped"
+        ),
+        {"rel": tbl.sql, "col": name},
+    ).first()
+    if row is None:
+        raise InvalidIdentifier(f"{what} {name!r} does not exist in table {tbl.name!r}")
+    return Column(Ident(sql=quote(name), name=name), type=row[0], not_null=bool(row[1]))
+
+
+def primary_key(conn: Connection, tbl: Ident) -> list[Ident]:
+    rows = conn.execute(
+        text(
+            "SELECT a.attname FROM pg_index i"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+            " WHERE i.indrelid = CAST(:rel AS regclass) AND i.indisprimary"
+            " ORDER BY array_position(i.indkey, a.attnum)"
+        ),
+        {"rel": tbl.sql},
+    ).all()
+    return [Ident(sql=quote(r[0]), name=r[0]) for r in rows]
+
+
+def has_leading_index(conn: Connection, tbl: Ident, col: Column) -> bool:
+    """Whether some btree index starts with ``col`` (keyset batches need one)."""
+    return bool(
+        conn.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a"
+                " ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+                " WHERE i.indrelid = CAST(:rel AS regclass) AND a.attname = :col)"
+            ),
+            {"rel": tbl.sql, "col": col.ident.name},
+        ).scalar()
+    )

@@ -1,0 +1,89 @@
+"""Range keys: integers or timestamps, half-open ``[from, to)``.
+
+A slice's cursor is an *exclusive* lower bound: a batch covers ``(cursor, hi]``.
+The first cursor of a range is therefore one unit below ``from`` (1 for
+integers, 1 microsecond — PostgreSQL's timestamp resolution — for
+timestamps), which keeps both bounds exact. Keys are stored as canonical text
+in the checkpoint tables so a human can read them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Literal
+
+from worker.errors import InvalidInput
+
+KeyType = Literal["bigint", "timestamptz"]
+Key = int | datetime
+
+INT_TYPES = {"smallint", "integer", "bigint"}
+TS_TYPES = {"timestamp with time zone", "timestamp without time zone"}
+_MICRO = timedelta(microseconds=1)
+
+
+def key_type_of(pg_type: str) -> KeyType:
+    if pg_type in INT_TYPES:
+        return "bigint"
+    if pg_type in TS_TYPES:
+        return "timestamptz"
+    raise InvalidInput(
+        f"key column type {pg_type!r} is not supported: use an integer or timestamp column"
+    )
+
+
+def parse(key_type: KeyType, value: object, what: str = "key") -> Key:
+    """A user's value (CLI text, JSON number or string) as a typed key."""
+    if key_type == "bigint":
+        if isinstance(value, bool):
+            raise InvalidInput(f"{what}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value.strip())
+        raise InvalidInput(f"{what}: expected an integer, got {value!r}")
+    if isinstance(value, datetime):
+        ts = value
+    elif isinstance(value, str):
+        try:
+            ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidInput(
+                f"{what}: expected an ISO 8601 timestamp like 2024-01-01T00:00:00Z, got {value!r}"
+            ) from None
+    else:
+        raise InvalidInput(f"{what}: expected an ISO 8601 timestamp, got {value!r}")
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+
+
+def encode(key: Key) -> str:
+    return key.isoformat() if isinstance(key, datetime) else str(key)
+
+
+def decode(key_type: KeyType, text: str) -> Key:
+    return int(text) if key_type == "bigint" else datetime.fromisoformat(text)
+
+
+def before(key: Key) -> Key:
+    """The exclusive cursor that starts a range at ``key``."""
+    return key - _MICRO if isinstance(key, datetime) else key - 1
+
+
+def check_range(lo: Key, hi: Key) -> None:
+    if not lo < hi:
+        raise InvalidInput(f"empty or reversed range: from {encode(lo)} must be before to {encode(hi)}")
+
+
+def split(lo: Key, hi: Key, parts: int) -> list[tuple[Key, Key]]:
+    """``[lo, hi)`` cut into at most ``parts`` adjacent half-open pieces of equal width."""
+    check_range(lo, hi)
+    if isinstance(lo, datetime):
+        assert isinstance(hi, datetime)
+        width_us = (hi - lo) // _MICRO
+        parts = max(1, min(parts, width_us))
+        cuts = [lo + _MICRO * (width_us * i // parts) for i in range(parts)] + [hi]
+    else:
+        assert isinstance(hi, int)
+        parts = max(1, min(parts, hi - lo))
+        cuts = [lo + (hi - lo) * i // parts for i in range(parts)] + [hi]
+    return [(cuts[i], cuts[i + 1]) for i in range(parts)]

@@ -1,0 +1,116 @@
+"""What the runtime needs from a job kind, and how kinds are found.
+
+A job kind is a small object: it validates a payload and plans slices, and it
+processes one batch inside a transaction the runtime gives it. It never
+claims, commits, sleeps or signals: that is the runtime's business.
+
+Kinds (and the CLI commands that go with them) come from the
+``tidegate.plugins`` entry point; a plugin module exposes ``KINDS`` (a list of
+:class:`JobKind`) and ``COMMANDS`` (click commands). Tests and benchmarks may
+call :func:`register` for extra kinds (the benchmark's ``noop``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+from sqlalchemy import Connection
+
+from worker.keys import Key, KeyType
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SlicePlan:
+    start: Key  # exclusive cursor the slice starts after
+    end: Key  # exclusive end
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated job, ready to be stored: its parameters and its slices."""
+
+    params: dict[str, Any]
+    owner: str
+    key_type: KeyType
+    from_key: Key
+    to_key: Key
+    batch_size: int
+    concurrency: int
+    slices: list[SlicePlan]
+    total_estimate: int | None = None
+
+
+@dataclass(frozen=True)
+class ItemError:
+    item_key: str
+    error_type: str
+    message: str
+    sample: str | None = None
+
+
+@dataclass
+class BatchResult:
+    """What one batch did. ``checkpoint`` is the new exclusive cursor."""
+
+    checkpoint: Key
+    processed: int
+    exhausted: bool
+    errors: list[ItemError] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    job_id: str
+    slice_no: int
+    params: dict[str, Any]
+    key_type: KeyType
+    batch_size: int
+
+
+class JobKind(Protocol):
+    name: str
+
+    def plan(self, conn: Connection, payload: Any) -> Plan:
+        """Validate ``payload`` (raise InvalidInput with a clear message) and plan slices."""
+        ...
+
+    def process(self, conn: Connection, ctx: BatchContext, cursor: Key, end: Key) -> BatchResult:
+        """Process the next batch after ``cursor`` (exclusive), below ``end`` (exclusive)."""
+        ...
+
+
+_registry: dict[str, JobKind] = {}
+_loaded = False
+
+
+def register(kind: JobKind) -> None:
+    _registry[kind.name] = kind
+
+
+def _load_plugins() -> list[Any]:
+    modules = []
+    for ep in entry_points(group="tidegate.plugins"):
+        try:
+            modules.append(ep.load())
+        except Exception:  # a broken plugin must not take the pool down
+            log.exception("could not load tidegate plugin %s", ep.value)
+    return modules
+
+
+def kinds() -> dict[str, JobKind]:
+    global _loaded
+    if not _loaded:
+        for module in _load_plugins():
+            for kind in getattr(module, "KINDS", []):
+                _registry.setdefault(kind.name, kind)
+        _loaded = True
+    return _registry
+
+
+def plugin_commands() -> list[Any]:
+    return [cmd for module in _load_plugins() for cmd in getattr(module, "COMMANDS", [])]

@@ -1,0 +1,100 @@
+"""The worker pool: N isolated worker processes under one supervisor.
+
+* Each worker is its own process (``spawn``: no inherited connections) with
+  its own connections and lease. A worker that dies is restarted, with a
+  short backoff; its slices become claimable when its lease expires.
+* SIGTERM or SIGINT to the supervisor is passed on; every worker finishes the
+  batch in flight, releases what it holds and exits 0, then the supervisor
+  exits 0.
+* Workers ask the kernel for SIGTERM if the supervisor dies (PR_SET_PDEATHSIG),
+  so a SIGKILLed supervisor leaves no orphan holding leases.
+* ``--drain``: workers exit once nothing is claimable; the pool exits 0 when
+  all have.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+
+from worker.logs import setup_logging
+from worker.runner import Worker, WorkerConfig
+
+log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1
+
+
+def _worker_main(config: WorkerConfig, index: int, log_level: str, log_format: str) -> None:
+    setup_logging(log_level, log_format, process_name=f"worker-{index}")
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass  # not Linux: orphans then stop at their next lease check
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s: finishing the batch in flight, then exiting", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    raise SystemExit(Worker(config, stop).run())
+
+
+def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", log_format: str = "text") -> int:
+    ctx = mp.get_context("spawn")
+    stopping = threading.Event()
+    procs: dict[int, mp.process.BaseProcess] = {}
+    restarts: dict[int, float] = {}
+    failed = False
+
+    def start(index: int) -> None:
+        p = ctx.Process(target=_worker_main, args=(replace(config), index, log_level, log_format),
+                        name=f"tidegate-worker-{index}")
+        p.start()
+        procs[index] = p
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stopping.is_set():
+            return
+        log.info("pool: %s received, draining %d worker(s)", signal.Signals(signum).name, len(procs))
+        stopping.set()
+        for p in procs.values():
+            if p.pid and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for i in range(concurrency):
+        start(i)
+    log.info("pool: %d worker process(es) started (queues=%s)", concurrency, ",".join(config.queues))
+
+    while procs:
+        for index, p in list(procs.items()):
+            if p.is_alive():
+                continue
+            p.join()
+            del procs[index]
+            code = p.exitcode
+            if stopping.is_set() or (config.drain and code == 0):
+                if code != 0:
+                    failed = True
+                continue
+            how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
+            delay = 1.0 if time.monotonic() - restarts.get(index, 0) < 10 else 0.0
+            log.warning("pool: worker-%d died (%s); restarting%s", index, how, f" in {delay:.0f}s" if delay else "")
+            if delay:
+                stopping.wait(delay)
+                if stopping.is_set():
+                    continue
+            restarts[index] = time.monotonic()
+            start(index)
+        stopping.wait(0.2)
+    log.info("pool: all workers stopped")
+    return 1 if failed else 0

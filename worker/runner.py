@@ -1,0 +1,253 @@
+"""One worker process: plan queued jobs, claim slices, run the batch protocol.
+
+The batch protocol (the heart of tidegate), one transaction per batch:
+
+1. ``begin_batch`` locks this worker's slice row (``FOR NO KEY UPDATE``) and
+   re-reads the job's status. No row means the lease was lost: another worker
+   owns the slice now, so stop touching it. A status other than pending or
+   running (a committed pause or cancel) means stop before doing any work.
+2. The job kind processes the keys after the slice's cursor.
+3. ``record_batch`` writes failed items, advances the slice cursor and the
+   job's counters and watermark, and marks the job done after its last slice.
+4. Commit. Derived rows and checkpoint commit together: a crash anywhere
+   repeats nothing and loses nothing.
+
+The row lock of step 1 is also what makes takeover safe: a claim uses SKIP
+LOCKED, so a slice whose batch is in flight can never be taken, and a worker
+that lost its lease between batches fails step 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from worker import keys, kinds, metrics, store
+from worker.db import make_engine
+from worker.errors import InvalidInput
+from worker.states import ACTIVE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerConfig:
+    url: str
+    pool: str = "default"
+    queues: list[str] = field(default_factory=lambda: ["default"])
+    types: list[str] = field(default_factory=list)  # empty: every registered kind
+    lease_seconds: float = 10.0
+    poll_seconds: float = 1.0
+    drain: bool = False
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+    progress_every: int = 20  # batches between progress log lines
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, stop: threading.Event | None = None) -> None:
+        self.config = config
+        self.stop = stop or threading.Event()
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.kinds = kinds.kinds()
+        wanted = set(config.types) or set(self.kinds)
+        self.kind_names = sorted(wanted & set(self.kinds))
+        self.engine: Engine = make_engine(config.url, application_name=f"tidegate-worker {self.id}")
+        self._heartbeat = Heartbeat(self, config.lease_seconds)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def run(self) -> int:
+        with self.engine.begin() as conn:
+            store.register_worker(
+                conn, self.id, self.config.pool, socket.gethostname(), os.getpid(), self.config.lease_seconds
+            )
+        self._heartbeat.start()
+        log.info("worker %s started (queues=%s kinds=%s)", self.id, self.config.queues, self.kind_names)
+        try:
+            while not self.stop.is_set():
+                if self.plan_one() or self.work_one_slice():
+                    continue
+                if self.config.drain and not self._work_left():
+                    log.info("worker %s: no work left, draining out", self.id)
+                    break
+                self.stop.wait(self.config.poll_seconds * random.uniform(0.5, 1.0))
+        finally:
+            self._heartbeat.stop()
+            with self.engine.begin() as conn:
+                store.unregister_worker(conn, self.id)
+            self.engine.dispose()
+            log.info("worker %s stopped", self.id)
+        return 0
+
+    def _work_left(self) -> bool:
+        with self.engine.begin() as conn:
+            return store.work_left(conn, self.id, self.config.queues, self.config.types, self.kind_names)
+
+    # -- planning ----------------------------------------------------------
+
+    def plan_one(self) -> bool:
+        """Turn one pending queue row into a range job with slices; False if none."""
+        with self.engine.begin() as conn:
+            job = store.claim_queue_job(conn, self.config.queues, self.config.types)
+            if job is None:
+                return False
+            kind = self.kinds.get(job.type)
+            try:
+                if kind is None:
+                    raise InvalidInput(
+                        f"unknown job type {job.type!r}; known types: {', '.join(sorted(self.kinds))}"
+                    )
+                with conn.begin_nested():  # a failed validation query must not abort the claim
+                    plan = kind.plan(conn, job.payload)
+            except InvalidInput as err:
+                log.warning("job %s (%s) rejected: %s", job.id, job.type, err)
+                store.fail_queue_job(conn, job.id, f"invalid job: {err}")
+                return True
+            store.store_plan(conn, job.id, job.type, plan)
+            store.audit(conn, "tidegate", "plan", job.id, {"slices": len(plan.slices), "params": plan.params})
+        log.info("job %s (%s) planned: %d slice(s), batch_size=%d", job.id, job.type, len(plan.slices), plan.batch_size)
+        return True
+
+    # -- slices and batches -------------------------------------------------
+
+    def work_one_slice(self) -> bool:
+        with self.engine.begin() as conn:
+            claimed = store.claim_slice(conn, self.id, self.config.queues, self.kind_names)
+        if claimed is None:
+            return False
+        job, n = claimed.job_id, claimed.slice_no
+        if claimed.previous_owner:
+            log.warning("job %s slice %d: taking over from %s (lease expired)", job, n, claimed.previous_owner)
+        batches = 0
+        while True:
+            if self.stop.is_set():
+                self._release(job, n)
+                return True
+            outcome = self.run_batch(job, n, takeover=bool(claimed.previous_owner) and batches == 0)
+            batches += 1
+            if outcome != "more":
+                return True
+            if batches % self.config.progress_every == 0:
+                self._log_progress(job, n, batches)
+
+    def run_batch(self, job_id: str, slice_no: int, *, takeover: bool = False) -> str:
+        """One batch in one transaction. Returns "more", "slice-done", "stopped" or "failed"."""
+        started = time.monotonic()
+        kind_name = "?"
+        try:
+            with self.engine.begin() as conn:
+                state = store.begin_batch(conn, job_id, slice_no, self.id)
+                if state is None:
+                    log.warning("job %s slice %d: lease lost, another worker owns it now", job_id, slice_no)
+                    return "stopped"
+                kind_name = state.kind
+                if takeover:
+                    metrics.LEASE_TAKEOVERS.labels(kind_name).inc()
+                if state.status not in ACTIVE:
+                    store.release_slice(conn, job_id, slice_no, self.id)
+                    log.info("job %s slice %d: job is %s, letting go", job_id, slice_no, state.status)
+                    return "stopped"
+                ctx = kinds.BatchContext(job_id, slice_no, state.params, state.key_type, state.batch_size)
+                cursor = keys.decode(state.key_type, state.checkpoint)
+                end = keys.decode(state.key_type, state.end_key)
+                result = self.kinds[state.kind].process(conn, ctx, cursor, end)
+                job_done = store.record_batch(
+                    conn, job_id, slice_no, self.id, state.key_type,
+                    result.checkpoint, result.processed, result.errors, result.exhausted,
+                )
+        except Exception as err:  # the batch rolled back: count an attempt, back off
+            self._fail_attempt(job_id, slice_no, kind_name, err)
+            return "failed"
+        elapsed = time.monotonic() - started
+        metrics.BATCHES.labels(kind_name).inc()
+        metrics.BATCH_SECONDS.labels(kind_name).observe(elapsed)
+        metrics.ROWS_PROCESSED.labels(kind_name, job_id).inc(result.processed)
+        if result.errors:
+            metrics.ROWS_FAILED.labels(kind_name, job_id).inc(len(result.errors))
+        log.debug(
+            "job %s slice %d: batch (%s, %s] rows=%d errors=%d in %.3fs",
+            job_id, slice_no, state.checkpoint, keys.encode(result.checkpoint),
+            result.processed, len(result.errors), elapsed,
+        )
+        if job_done:
+            log.info("job %s: done", job_id)
+        if result.exhausted:
+            log.info("job %s slice %d: finished", job_id, slice_no)
+            return "slice-done"
+        return "more"
+
+    def _fail_attempt(self, job_id: str, slice_no: int, kind_name: str, err: Exception) -> None:
+        metrics.BATCH_FAILURES.labels(kind_name).inc()
+        message = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        with self.engine.begin() as conn:
+            attempt = store.fail_attempt(conn, job_id, slice_no, self.id, message,
+                                         self.config.backoff_base, self.config.backoff_max)
+            if attempt is None:
+                return
+            if attempt.attempts >= attempt.max_attempts:
+                store.fail_job(conn, job_id, f"slice {slice_no} failed {attempt.attempts} times: {message}")
+                log.error("job %s slice %d: failed %d/%d times, job failed: %s",
+                          job_id, slice_no, attempt.attempts, attempt.max_attempts, message)
+                return
+        log.warning("job %s slice %d: batch failed (attempt %d/%d), retrying in %.1fs: %s",
+                    job_id, slice_no, attempt.attempts, attempt.max_attempts, attempt.delay_seconds, message)
+
+    def _release(self, job_id: str, slice_no: int) -> None:
+        with self.engine.begin() as conn:
+            store.release_slice(conn, job_id, slice_no, self.id)
+        log.info("job %s slice %d: released (shutting down)", job_id, slice_no)
+
+    def _log_progress(self, job_id: str, slice_no: int, batches: int) -> None:
+        with self.engine.connect() as conn:
+            row = conn.execute(store.q("job_status"), {"job_id": job_id, "limit": 1}).first()
+        if row is None:
+            return
+        total = row.total_estimate
+        pct = f" ({100.0 * row.processed_count / total:.1f}% of ~{total})" if total else ""
+        log.info("job %s: %d rows processed%s, %d errors, checkpoint %s (slice %d, %d batches here)",
+                 job_id, row.processed_count, pct, row.error_count, row.last_checkpoint, slice_no, batches)
+
+
+class Heartbeat:
+    """Renews the worker's lease from its own thread and connection.
+
+    It touches only the worker's row in tidegate_workers, never a slice, so a
+    long batch holding its slice's row lock never blocks the renewal.
+    """
+
+    def __init__(self, worker: Worker, lease_seconds: float) -> None:
+        self.worker = worker
+        self.interval = max(0.2, lease_seconds / 4)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        w = self.worker
+        beats = 0
+        while not self._stop.wait(self.interval):
+            try:
+                with w.engine.begin() as conn:
+                    if not store.heartbeat(conn, w.id):
+                        store.register_worker(conn, w.id, w.config.pool, socket.gethostname(), os.getpid(),
+                                              w.config.lease_seconds)
+                    beats += 1
+                    if beats % 50 == 0:
+                        store.reap_workers(conn)
+            except Exception as err:  # keep beating; the lease may lapse, the fence keeps data safe
+                log.warning("worker %s: heartbeat failed: %s", w.id, err)

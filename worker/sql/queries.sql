@@ -1,0 +1,265 @@
+-- Runtime queries of tidegate. One statement per name; named parameters only.
+-- Lease rule used throughout: a slice is owned by the worker named in
+-- locked_by while that worker's heartbeat is younger than its lease.
+
+-- name: register_worker
+-- description: Announce a worker process (its heartbeat row is its lease).
+INSERT INTO tidegate_workers (id, pool, hostname, pid, lease_seconds)
+VALUES (:worker_id, :pool, :hostname, :pid, :lease_seconds)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stopping = false;
+
+-- name: heartbeat
+-- description: Renew this worker's lease; no row means it was reaped and must re-register.
+UPDATE tidegate_workers SET heartbeat_at = now() WHERE id = :worker_id RETURNING id;
+
+-- name: unregister_worker
+-- description: Give back every slice this worker holds and drop its lease row.
+WITH released AS (
+    UPDATE backfill_slices SET locked_by = NULL, updated_at = now()
+    WHERE locked_by = :worker_id RETURNING 1
+)
+DELETE FROM tidegate_workers WHERE id = :worker_id;
+
+-- name: reap_workers
+-- description: Forget workers whose heartbeat stopped long ago (their slices are already claimable).
+DELETE FROM tidegate_workers
+WHERE heartbeat_at < now() - make_interval(secs => lease_seconds * 20);
+
+-- name: claim_queue_job
+-- description: Take one pending queue job to plan; SKIP LOCKED lets many workers do this at once.
+SELECT id, type, payload, queue, priority, attempts, max_attempts
+FROM queue_jobs
+WHERE status = 'pending'
+  AND run_after <= now()
+  AND queue = ANY(:queues)
+  AND (cardinality(CAST(:types AS text[])) = 0 OR type = ANY(:types))
+ORDER BY priority DESC, run_after, created_at
+LIMIT 1
+FOR UPDATE SKIP LOCKED;
+
+-- name: insert_range_job
+-- description: The checkpoint row of a planned job.
+INSERT INTO backfill_jobs (job_id, kind, owner, params, key_type, from_key, to_key, from_ts, to_ts,
+                           batch_size, concurrency, total_estimate, last_checkpoint)
+VALUES (:job_id, :kind, :owner, CAST(:params AS jsonb), :key_type, :from_key, :to_key,
+        :from_ts, :to_ts, :batch_size, :concurrency, :total_estimate, :last_checkpoint);
+
+-- name: insert_slice
+-- description: One slice of a planned job, with its own cursor.
+INSERT INTO backfill_slices (job_id, slice_no, start_key, end_key, checkpoint)
+VALUES (:job_id, :slice_no, :start_key, :end_key, :start_key);
+
+-- name: mark_queue_job_planned
+-- description: The queue row follows its range job from now on.
+UPDATE queue_jobs SET status = 'running', updated_at = now(), last_error = NULL
+WHERE id = :job_id AND status = 'pending';
+
+-- name: fail_queue_job
+-- description: A job that cannot run (bad payload, unknown type): failed, with the reason, nothing else touched.
+UPDATE queue_jobs
+SET status = 'failed', last_error = :error, attempts = attempts + 1,
+    updated_at = now(), finished_at = now()
+WHERE id = :job_id AND status IN ('pending', 'running');
+
+-- name: claim_slice
+-- description: Take one slice of an active job that nobody live owns, within the job's concurrency.
+SELECT s.job_id, s.slice_no, s.locked_by
+FROM backfill_slices s
+JOIN backfill_jobs j ON j.job_id = s.job_id
+JOIN queue_jobs q ON q.id = s.job_id
+WHERE j.status IN ('pending', 'running')
+  AND s.status = 'pending'
+  AND s.run_after <= now()
+  AND q.queue = ANY(:queues)
+  AND j.kind = ANY(:kinds)
+  AND (s.locked_by IS NULL OR NOT EXISTS (
+        SELECT 1 FROM tidegate_workers w
+        WHERE w.id = s.locked_by AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)))
+  AND (SELECT count(*) FROM backfill_slices o JOIN tidegate_workers w ON w.id = o.locked_by
+       WHERE o.job_id = s.job_id AND o.status = 'pending'
+         AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)) < j.concurrency
+ORDER BY q.priority DESC, j.created_at, s.slice_no
+LIMIT 1
+FOR UPDATE OF s SKIP LOCKED;
+
+-- name: take_slice
+-- description: Record the new owner of a claimed slice.
+UPDATE backfill_slices SET locked_by = :worker_id, locked_at = now(), updated_at = now()
+WHERE job_id = :job_id AND slice_no = :slice_no;
+
+-- name: start_job
+-- description: First claim of a planned job.
+UPDATE backfill_jobs SET status = 'running', updated_at = now()
+WHERE job_id = :job_id AND status = 'pending';
+
+-- name: begin_batch
+-- description: Inside the batch transaction: fence on ownership, lock the slice, re-read the job's status.
+SELECT j.status, j.kind, j.params, j.key_type, j.batch_size, s.checkpoint, s.end_key
+FROM backfill_slices s
+JOIN backfill_jobs j ON j.job_id = s.job_id
+WHERE s.job_id = :job_id AND s.slice_no = :slice_no
+  AND s.locked_by = :worker_id AND s.status = 'pending'
+FOR NO KEY UPDATE OF s;
+
+-- name: advance_slice
+-- description: Move the slice cursor and counters; done when its end is reached.
+UPDATE backfill_slices
+SET checkpoint = :checkpoint,
+    processed_count = processed_count + :processed,
+    error_count = error_count + :errors,
+    batches = batches + 1,
+    attempts = 0,
+    last_error = NULL,
+    status = CASE WHEN :exhausted THEN 'done' ELSE 'pending' END,
+    locked_by = CASE WHEN :exhausted THEN NULL ELSE locked_by END,
+    updated_at = now()
+WHERE job_id = :job_id AND slice_no = :slice_no AND locked_by = :worker_id;
+
+-- name: slice_cursors
+-- description: Every slice's cursor, to compute the job's low watermark.
+SELECT status, checkpoint, end_key FROM backfill_slices WHERE job_id = :job_id;
+
+-- name: advance_job
+-- description: The job's totals and low watermark; takes the job row lock (serialises finishers).
+UPDATE backfill_jobs
+SET processed_count = processed_count + :processed,
+    error_count = error_count + :errors,
+    last_checkpoint = :watermark,
+    updated_at = now()
+WHERE job_id = :job_id;
+
+-- name: finish_job_if_done
+-- description: Done when no slice is left; runs after advance_job so concurrent finishers see each other.
+UPDATE backfill_jobs
+SET status = 'done', status_reason = 'all slices done', finished_at = now(), updated_at = now()
+WHERE job_id = :job_id AND status IN ('pending', 'running')
+  AND NOT EXISTS (SELECT 1 FROM backfill_slices WHERE job_id = :job_id AND status <> 'done')
+RETURNING job_id;
+
+-- name: finish_queue_job
+-- description: Mirror a terminal range-job state onto its queue row.
+UPDATE queue_jobs SET status = :status, updated_at = now(), finished_at = now()
+WHERE id = :job_id AND status IN ('pending', 'running', 'paused');
+
+-- name: insert_item_error
+-- description: One failed item of a batch (written in the batch's transaction).
+INSERT INTO etl_errors (job_id, slice_no, item_key, error_type, message, sample)
+VALUES (:job_id, :slice_no, :item_key, :error_type, :message, :sample);
+
+-- name: fail_slice_attempt
+-- description: A batch failed: release the slice, back off, count the attempt.
+UPDATE backfill_slices
+SET attempts = attempts + 1, last_error = :error, locked_by = NULL,
+    -- exponential backoff with jitter: base * 2^(attempt-1), capped
+    run_after = now() + make_interval(secs => LEAST(:backoff_max, :backoff_base * 2 ^ attempts)
+                                              * (0.8 + random() * 0.4)),
+    updated_at = now()
+WHERE job_id = :job_id AND slice_no = :slice_no AND locked_by = :worker_id
+RETURNING attempts, run_after - now() AS delay;
+
+-- name: note_job_error
+-- description: Keep the latest batch error on the job and its queue row.
+WITH qj AS (
+    UPDATE queue_jobs SET attempts = GREATEST(attempts, :attempts), last_error = :error, updated_at = now()
+    WHERE id = :job_id RETURNING max_attempts
+)
+UPDATE backfill_jobs SET last_error = :error, updated_at = now()
+WHERE job_id = :job_id
+RETURNING (SELECT max_attempts FROM qj);
+
+-- name: fail_job
+-- description: Attempts exhausted: the job fails with its last error.
+UPDATE backfill_jobs
+SET status = 'failed', status_reason = :reason, status_by = 'tidegate', finished_at = now(), updated_at = now()
+WHERE job_id = :job_id AND status IN ('pending', 'running', 'paused');
+
+-- name: release_slice
+-- description: Give a slice back (shutdown, pause seen, job gone).
+UPDATE backfill_slices SET locked_by = NULL, updated_at = now()
+WHERE job_id = :job_id AND slice_no = :slice_no AND locked_by = :worker_id;
+
+-- name: work_left
+-- description: For --drain: is anything claimable now or soon (backoff, expiring leases, new jobs)?
+SELECT EXISTS (
+    SELECT 1 FROM queue_jobs
+    WHERE status = 'pending' AND run_after <= now() AND queue = ANY(:queues)
+      AND (cardinality(CAST(:types AS text[])) = 0 OR type = ANY(:types))
+) OR EXISTS (
+    SELECT 1 FROM backfill_slices s
+    JOIN backfill_jobs j ON j.job_id = s.job_id
+    JOIN queue_jobs q ON q.id = s.job_id
+    WHERE j.status IN ('pending', 'running') AND s.status = 'pending'
+      AND q.queue = ANY(:queues) AND j.kind = ANY(:kinds)
+      AND (s.locked_by IS NULL OR s.locked_by = :worker_id OR NOT EXISTS (
+            SELECT 1 FROM tidegate_workers w WHERE w.id = s.locked_by
+            AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)))
+);
+
+-- name: set_job_status
+-- description: An operator transition on a planned job, guarded by its allowed source states.
+UPDATE backfill_jobs
+SET status = :to_status, status_reason = :reason, status_by = :actor, updated_at = now(),
+    finished_at = CASE WHEN :to_status IN ('done', 'failed', 'cancelled') THEN now() ELSE NULL END
+WHERE job_id = :job_id AND status = ANY(:from_statuses)
+RETURNING job_id;
+
+-- name: set_all_jobs_status
+-- description: The same transition on every job in the allowed source states (pause --all).
+UPDATE backfill_jobs
+SET status = :to_status, status_reason = :reason, status_by = :actor, updated_at = now()
+WHERE status = ANY(:from_statuses)
+RETURNING job_id;
+
+-- name: set_queue_status
+-- description: Move a queue row (unplanned jobs, or mirroring a planned one).
+UPDATE queue_jobs
+SET status = :to_status, updated_at = now(),
+    finished_at = CASE WHEN :to_status IN ('done', 'failed', 'cancelled') THEN now() ELSE NULL END
+WHERE id = :job_id AND status = ANY(:from_statuses)
+RETURNING id;
+
+-- name: reset_slices_for_retry
+-- description: Retry: every unfinished slice may run again now, attempts forgotten.
+UPDATE backfill_slices SET attempts = 0, run_after = now(), last_error = NULL, updated_at = now()
+WHERE job_id = :job_id AND status = 'pending';
+
+-- name: audit
+-- description: Who did what to which job.
+INSERT INTO tidegate_audit (actor, action, job_id, details)
+VALUES (:actor, :action, :job_id, CAST(:details AS jsonb));
+
+-- name: find_job
+-- description: A job by full id or unique id prefix.
+SELECT q.id, q.type, q.status AS queue_status, j.status AS job_status
+FROM queue_jobs q LEFT JOIN backfill_jobs j ON j.job_id = q.id
+WHERE CAST(q.id AS text) LIKE :prefix || '%'
+ORDER BY q.created_at DESC
+LIMIT 2;
+
+-- name: job_status
+-- description: Status rows for `tidegate status` (all jobs, newest first, or one).
+SELECT q.id AS job_id, q.type, q.queue, q.status AS queue_status, q.priority, q.attempts, q.max_attempts,
+       q.last_error AS queue_error, q.created_at, q.run_after,
+       j.status, j.owner, j.status_reason, j.status_by, j.processed_count, j.error_count,
+       j.total_estimate, j.last_checkpoint, j.batch_size, j.concurrency, j.started_at, j.finished_at,
+       j.updated_at, j.last_error, j.params, j.from_key, j.to_key,
+       (SELECT count(*) FROM backfill_slices s WHERE s.job_id = q.id) AS slices,
+       (SELECT count(*) FROM backfill_slices s WHERE s.job_id = q.id AND s.status = 'done') AS slices_done,
+       (SELECT count(*) FROM backfill_slices s JOIN tidegate_workers w ON w.id = s.locked_by
+         WHERE s.job_id = q.id AND s.status = 'pending'
+           AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)) AS slices_in_flight
+FROM queue_jobs q LEFT JOIN backfill_jobs j ON j.job_id = q.id
+WHERE (CAST(:job_id AS uuid) IS NULL OR q.id = CAST(:job_id AS uuid))
+ORDER BY q.created_at DESC
+LIMIT :limit;
+
+-- name: job_errors
+-- description: Failed items of a job, newest first.
+SELECT id, slice_no, item_key, error_type, message, sample, created_at
+FROM etl_errors WHERE job_id = :job_id ORDER BY id DESC LIMIT :limit;
+
+-- name: enqueue
+-- description: Put a validated job on the queue (what the runbook's INSERT does by hand).
+INSERT INTO queue_jobs (type, queue, payload, priority, max_attempts, run_after)
+VALUES (:type, :queue, CAST(:payload AS jsonb), :priority, :max_attempts, coalesce(:run_after, now()))
+RETURNING id;

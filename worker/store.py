@@ -1,0 +1,228 @@
+"""The query boundary: one function per runtime query, frozen results.
+
+Every function takes an open SQLAlchemy connection; the caller owns the
+transaction. Row counts of guarded UPDATEs are checked here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from worker import keys
+from worker.kinds import ItemError, Plan
+from worker.sql import q
+
+
+@dataclass(frozen=True)
+class QueueJob:
+    id: str
+    type: str
+    payload: Any
+    queue: str
+    priority: int
+    attempts: int
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class ClaimedSlice:
+    job_id: str
+    slice_no: int
+    previous_owner: str | None
+
+
+@dataclass(frozen=True)
+class BatchState:
+    status: str
+    kind: str
+    params: dict[str, Any]
+    key_type: keys.KeyType
+    batch_size: int
+    checkpoint: str
+    end_key: str
+
+
+def register_worker(conn: Connection, worker_id: str, pool: str, hostname: str, pid: int, lease: float) -> None:
+    conn.execute(
+        q("register_worker"),
+        {"worker_id": worker_id, "pool": pool, "hostname": hostname, "pid": pid, "lease_seconds": lease},
+    )
+
+
+def heartbeat(conn: Connection, worker_id: str) -> bool:
+    return conn.execute(q("heartbeat"), {"worker_id": worker_id}).first() is not None
+
+
+def unregister_worker(conn: Connection, worker_id: str) -> None:
+    conn.execute(q("unregister_worker"), {"worker_id": worker_id})
+
+
+def reap_workers(conn: Connection) -> int:
+    return conn.execute(q("reap_workers")).rowcount
+
+
+def claim_queue_job(conn: Connection, queues: list[str], types: list[str]) -> QueueJob | None:
+    row = conn.execute(q("claim_queue_job"), {"queues": queues, "types": types}).first()
+    if row is None:
+        return None
+    return QueueJob(str(row.id), row.type, row.payload, row.queue, row.priority, row.attempts, row.max_attempts)
+
+
+def store_plan(conn: Connection, job_id: str, kind: str, plan: Plan) -> None:
+    is_ts = plan.key_type == "timestamptz"
+    conn.execute(
+        q("insert_range_job"),
+        {
+            "job_id": job_id,
+            "kind": kind,
+            "owner": plan.owner,
+            "params": json.dumps(plan.params),
+            "key_type": plan.key_type,
+            "from_key": keys.encode(plan.from_key),
+            "to_key": keys.encode(plan.to_key),
+            "from_ts": plan.from_key if is_ts else None,
+            "to_ts": plan.to_key if is_ts else None,
+            "batch_size": plan.batch_size,
+            "concurrency": plan.concurrency,
+            "total_estimate": plan.total_estimate,
+            "last_checkpoint": keys.encode(plan.slices[0].start) if plan.slices else None,
+        },
+    )
+    conn.execute(
+        q("insert_slice"),
+        [
+            {"job_id": job_id, "slice_no": n, "start_key": keys.encode(s.start), "end_key": keys.encode(s.end)}
+            for n, s in enumerate(plan.slices)
+        ],
+    )
+    conn.execute(q("mark_queue_job_planned"), {"job_id": job_id})
+
+
+def fail_queue_job(conn: Connection, job_id: str, error: str) -> None:
+    conn.execute(q("fail_queue_job"), {"job_id": job_id, "error": error})
+
+
+def claim_slice(conn: Connection, worker_id: str, queues: list[str], kinds: list[str]) -> ClaimedSlice | None:
+    row = conn.execute(q("claim_slice"), {"queues": queues, "kinds": kinds}).first()
+    if row is None:
+        return None
+    params = {"job_id": row.job_id, "slice_no": row.slice_no, "worker_id": worker_id}
+    conn.execute(q("take_slice"), params)
+    conn.execute(q("start_job"), params)
+    return ClaimedSlice(str(row.job_id), row.slice_no, row.locked_by)
+
+
+def begin_batch(conn: Connection, job_id: str, slice_no: int, worker_id: str) -> BatchState | None:
+    row = conn.execute(
+        q("begin_batch"), {"job_id": job_id, "slice_no": slice_no, "worker_id": worker_id}
+    ).first()
+    if row is None:
+        return None
+    return BatchState(row.status, row.kind, row.params, row.key_type, row.batch_size, row.checkpoint, row.end_key)
+
+
+def record_batch(
+    conn: Connection,
+    job_id: str,
+    slice_no: int,
+    worker_id: str,
+    key_type: keys.KeyType,
+    checkpoint: keys.Key,
+    processed: int,
+    errors: list[ItemError],
+    exhausted: bool,
+) -> bool:
+    """Advance slice and job in the batch's transaction; True when the job is now done."""
+    if errors:
+        conn.execute(
+            q("insert_item_error"),
+            [
+                {"job_id": job_id, "slice_no": slice_no, "item_key": e.item_key, "error_type": e.error_type,
+                 "message": e.message, "sample": e.sample}
+                for e in errors
+            ],
+        )
+    params = {"job_id": job_id, "slice_no": slice_no, "worker_id": worker_id}
+    updated = conn.execute(
+        q("advance_slice"),
+        {**params, "checkpoint": keys.encode(checkpoint), "processed": processed, "errors": len(errors),
+         "exhausted": exhausted},
+    ).rowcount
+    if updated != 1:  # unreachable while begin_batch's row lock holds; a guard, not a path
+        raise RuntimeError(f"slice {job_id}/{slice_no} changed owner inside its own batch")
+    cursors = conn.execute(q("slice_cursors"), {"job_id": job_id}).all()
+    conn.execute(
+        q("advance_job"),
+        {"job_id": job_id, "processed": processed, "errors": len(errors),
+         "watermark": _low_watermark(key_type, cursors)},
+    )
+    if exhausted and conn.execute(q("finish_job_if_done"), {"job_id": job_id}).first() is not None:
+        conn.execute(q("finish_queue_job"), {"job_id": job_id, "status": "done"})
+        return True
+    return False
+
+
+def _low_watermark(key_type: keys.KeyType, cursors: list[Any]) -> str:
+    """The highest key below which every slice is finished."""
+    open_cursors = [keys.decode(key_type, c.checkpoint) for c in cursors if c.status != "done"]
+    if open_cursors:
+        return keys.encode(min(open_cursors))  # type: ignore[type-var]
+    return keys.encode(keys.before(max(keys.decode(key_type, c.end_key) for c in cursors)))  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    attempts: int
+    max_attempts: int
+    delay_seconds: float
+
+
+def fail_attempt(
+    conn: Connection, job_id: str, slice_no: int, worker_id: str, error: str,
+    backoff_base: float, backoff_max: float,
+) -> Attempt | None:
+    """Count a failed batch and schedule its retry; None if the slice was not ours."""
+    row = conn.execute(
+        q("fail_slice_attempt"),
+        {"job_id": job_id, "slice_no": slice_no, "worker_id": worker_id, "error": error,
+         "backoff_base": backoff_base, "backoff_max": backoff_max},
+    ).first()
+    if row is None:
+        return None
+    max_attempts = conn.execute(
+        q("note_job_error"), {"job_id": job_id, "attempts": row.attempts, "error": error}
+    ).scalar_one()
+    return Attempt(row.attempts, max_attempts, row.delay.total_seconds())
+
+
+def fail_job(conn: Connection, job_id: str, reason: str) -> None:
+    conn.execute(q("fail_job"), {"job_id": job_id, "reason": reason})
+    conn.execute(q("finish_queue_job"), {"job_id": job_id, "status": "failed"})
+
+
+def release_slice(conn: Connection, job_id: str, slice_no: int, worker_id: str) -> None:
+    conn.execute(q("release_slice"), {"job_id": job_id, "slice_no": slice_no, "worker_id": worker_id})
+
+
+def work_left(conn: Connection, worker_id: str, queues: list[str], types: list[str], kinds: list[str]) -> bool:
+    return bool(
+        conn.execute(
+            q("work_left"), {"worker_id": worker_id, "queues": queues, "types": types, "kinds": kinds}
+        ).scalar()
+    )
+
+
+def audit(conn: Connection, actor: str, action: str, job_id: str | None, details: dict[str, Any]) -> None:
+    conn.execute(
+        q("audit"),
+        {"actor": actor, "action": action, "job_id": job_id, "details": json.dumps(details, default=str)},
+    )
+
+
+def to_jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
