@@ -18,8 +18,10 @@ and a non-unique key (a timestamp) is never split or repeated.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -47,6 +49,14 @@ SELECT (SELECT max(k) FROM b) AS hi, (SELECT count(*) FROM b) AS n,
 ROWS = "SELECT * FROM {source} WHERE {key} > :lo AND {key} <= :hi ORDER BY {key}"
 ESTIMATE = "EXPLAIN (FORMAT JSON) SELECT 1 FROM {source} WHERE {key} >= :lo AND {key} < :hi"
 COUNT = "SELECT count(*) FROM {source} WHERE {key} >= :lo AND {key} < :hi"
+# Slice boundaries at quantiles of the keys in range (from a block sample when the
+# range is large), so slices hold about the same number of rows even when keys are skewed.
+QUANTILES = """
+SELECT percentile_disc(CAST(:fractions AS float8[])) WITHIN GROUP (ORDER BY k)
+FROM (SELECT {key} AS k FROM {source} TABLESAMPLE SYSTEM (:percent) REPEATABLE (7)
+      WHERE {key} >= :lo AND {key} < :hi) s
+"""
+SAMPLE_ROWS = 50_000
 
 
 @dataclass(frozen=True)
@@ -82,12 +92,15 @@ class BackfillRange:
             check_sql(conn, p["sql"], target.key_type)
         else:
             handlers.resolve(p["handler"])
-        slices = [SlicePlan(keys.before(a), b) for a, b in keys.split(lo, hi, p["concurrency"])]
+        total = estimate(conn, target, lo, hi)
+        cuts = cut_points(conn, target, lo, hi, p["concurrency"], total)
+        bounds = [lo, *cuts, hi]
+        slices = [SlicePlan(keys.before(a), b) for a, b in itertools.pairwise(bounds)]
         p.update(source=target.source.name, key=target.key.ident.name, item_key=target.item_key,
                  **{"from": keys.encode(lo), "to": keys.encode(hi)})
         return Plan(params=p, owner=p["owner"], key_type=target.key_type, from_key=lo, to_key=hi,
                     batch_size=p["batch_size"], concurrency=p["concurrency"], slices=slices,
-                    total_estimate=estimate(conn, target, lo, hi))
+                    total_estimate=total)
 
     # -- one batch -------------------------------------------------------------
 
@@ -205,6 +218,25 @@ def estimate(conn: Connection, target: Target, lo: keys.Key, hi: keys.Key) -> in
     if rows < EXACT_COUNT_BELOW:
         rows = int(conn.execute(render(COUNT, **idents), {"lo": lo, "hi": hi}).scalar_one())
     return rows
+
+
+def cut_points(conn: Connection, target: Target, lo: keys.Key, hi: keys.Key, parts: int, total: int) -> list[keys.Key]:
+    """Up to ``parts - 1`` increasing keys strictly inside ``(lo, hi)`` that split the rows evenly."""
+    if parts <= 1 or total <= 1:
+        return []
+    percent = 100.0 if total <= SAMPLE_ROWS else max(0.01, 100.0 * SAMPLE_ROWS / total)
+    fractions = [i / parts for i in range(1, parts)]
+    found = conn.execute(
+        render(QUANTILES, source=target.source, key=target.key.ident),
+        {"fractions": fractions, "percent": percent, "lo": lo, "hi": hi},
+    ).scalar_one()
+    cuts: list[keys.Key] = []
+    for cut in found or []:
+        if isinstance(cut, datetime) and cut.tzinfo is None:
+            cut = cut.replace(tzinfo=UTC)
+        if cut is not None and lo < cut < hi and (not cuts or cut > cuts[-1]):
+            cuts.append(cut)
+    return cuts
 
 
 KIND = BackfillRange()

@@ -9,7 +9,7 @@ in the checkpoint tables so a human can read them.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from worker.errors import InvalidInput
@@ -46,14 +46,14 @@ def parse(key_type: KeyType, value: object, what: str = "key") -> Key:
         ts = value
     elif isinstance(value, str):
         try:
-            ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            ts = datetime.fromisoformat(value.strip())
         except ValueError:
             raise InvalidInput(
                 f"{what}: expected an ISO 8601 timestamp like 2024-01-01T00:00:00Z, got {value!r}"
             ) from None
     else:
         raise InvalidInput(f"{what}: expected an ISO 8601 timestamp, got {value!r}")
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 def encode(key: Key) -> str:
@@ -72,18 +72,3 @@ def before(key: Key) -> Key:
 def check_range(lo: Key, hi: Key) -> None:
     if not lo < hi:
         raise InvalidInput(f"empty or reversed range: from {encode(lo)} must be before to {encode(hi)}")
-
-
-def split(lo: Key, hi: Key, parts: int) -> list[tuple[Key, Key]]:
-    """``[lo, hi)`` cut into at most ``parts`` adjacent half-open pieces of equal width."""
-    check_range(lo, hi)
-    if isinstance(lo, datetime):
-        assert isinstance(hi, datetime)
-        width_us = (hi - lo) // _MICRO
-        parts = max(1, min(parts, width_us))
-        cuts = [lo + _MICRO * (width_us * i // parts) for i in range(parts)] + [hi]
-    else:
-        assert isinstance(hi, int)
-        parts = max(1, min(parts, hi - lo))
-        cuts = [lo + (hi - lo) * i // parts for i in range(parts)] + [hi]
-    return [(cuts[i], cuts[i + 1]) for i in range(parts)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection
@@ -11,7 +11,7 @@ from worker.sql import q
 
 
 def job_rows(conn: Connection, job_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     out = []
     for r in conn.execute(q("job_status"), {"job_id": job_id, "limit": limit}).mappings():
         status = r["status"] or r["queue_status"]
@@ -97,4 +97,4 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)

@@ -21,7 +21,7 @@ from sqlalchemy import TextClause, text
 
 from worker.identifiers import Ident
 
-_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.M)
+_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
 @cache

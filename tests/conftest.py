@@ -1,0 +1,134 @@
+"""Fixtures: a real PostgreSQL (see tests/pg.py), one fresh database per test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from sqlalchemy import Engine, text
+
+from tests import pg
+from worker.db import make_engine
+
+BIN = Path(sys.executable).parent
+TIDEGATE = str(BIN / "tidegate")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    url, handle = pg.server_url()
+    yield url
+    if handle is not None:
+        handle.stop()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def template(pg_server: str) -> Iterator[str]:
+    name = pg.create_template(pg_server)
+    yield name
+    pg.drop(pg_server, name)
+
+
+@pytest.fixture
+def db_url(pg_server: str, template: str) -> Iterator[str]:
+    name = pg.clone(pg_server, template)
+    yield pg.with_database(pg_server, name)
+    pg.drop(pg_server, name)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = make_engine(db_url, application_name="tidegate-tests")
+    yield eng
+    eng.dispose()
+
+
+def run_cli(url: str, *args: str, check: bool = True, timeout: float = 120, env: dict | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The real `tidegate` command, as a user runs it."""
+    full_env = {**os.environ, "DATABASE_URL": url, **(env or {})}
+    proc = subprocess.run([TIDEGATE, *args], capture_output=True, text=True, timeout=timeout, env=full_env,
+                          input=input)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tidegate {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+class Pool:
+    """A `tidegate worker` pool in a subprocess, with its worker processes reachable for signals."""
+
+    def __init__(self, url: str, *args: str, log: Path | None = None) -> None:
+        self.log_path = log
+        out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen([TIDEGATE, "worker", *args], env={**os.environ, "DATABASE_URL": url},
+                                     stdout=out, stderr=subprocess.STDOUT)
+
+    def workers(self) -> list[psutil.Process]:
+        try:
+            children = psutil.Process(self.proc.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        return [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
+
+    def wait_workers(self, n: int, timeout: float = 30) -> list[psutil.Process]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.workers()
+            if len(found) >= n:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"pool did not start {n} workers")
+
+    def terminate(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        for w in self.workers():
+            w.kill()
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def wait(self, timeout: float = 120) -> int:
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        return self.log_path.read_text() if self.log_path else ""
+
+
+@pytest.fixture
+def pools(db_url: str, tmp_path: Path) -> Iterator[callable]:
+    started: list[Pool] = []
+
+    def start(*args: str, url: str | None = None) -> Pool:
+        pool = Pool(url or db_url, *args, log=tmp_path / f"pool-{len(started)}.log")
+        started.append(pool)
+        return pool
+
+    yield start
+    for pool in started:
+        if pool.proc.poll() is None:
+            pool.kill()
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.1, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def scalar(engine: Engine, sql: str, **params: object) -> object:
+    with engine.connect() as conn:
+        return conn.execute(text(sql), params).scalar()
