@@ -28,7 +28,8 @@ JOB_STATUSES = "'pending', 'running', 'paused', 'done', 'failed', 'cancelled'"
 
 
 def upgrade() -> None:
-    op.execute("CREATE EXTENSION IF NOT EXISTS pgcrypto")  # gen_random_uuid() on PostgreSQL < 13
+    if op.get_bind().dialect.server_version_info < (13,):
+        op.execute("CREATE EXTENSION IF NOT EXISTS pgcrypto")  # gen_random_uuid() before PostgreSQL 13
     op.execute(
         f"""
         CREATE TABLE queue_jobs (
