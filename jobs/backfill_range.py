@@ -148,12 +148,14 @@ def normalize(payload: Any) -> dict[str, Any]:
         raise InvalidInput("give either handler or sql, not both")
     if "sql" not in p:
         p.setdefault("handler", handlers.default_handler())
-        default = handlers.registered().get(p["handler"]) if isinstance(p["handler"], str) else None
-        if default is not None:
-            if default.source:
-                p.setdefault("source", default.source)
-            if default.key:
-                p.setdefault("key", default.key)
+    # source and key default to those of the named handler, else of the deployment's default handler
+    for name in (p.get("handler"), handlers.default_handler()):
+        declared = handlers.registered().get(name) if isinstance(name, str) else None
+        if declared is not None:
+            if declared.source:
+                p.setdefault("source", declared.source)
+            if declared.key:
+                p.setdefault("key", declared.key)
     for field in ("source", "key", "from", "to"):
         if p.get(field) in (None, ""):
             raise InvalidInput(f"payload is missing {field!r}")

@@ -19,6 +19,9 @@ from worker.db import make_engine
 
 BIN = Path(sys.executable).parent
 TIDEGATE = str(BIN / "tidegate")
+ROOT = Path(__file__).resolve().parent.parent
+# subprocesses can import test handlers (tests.handlers:...) like a user's own module
+CHILD_ENV = {"PYTHONPATH": str(ROOT)}
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +56,7 @@ def engine(db_url: str) -> Iterator[Engine]:
 def run_cli(url: str, *args: str, check: bool = True, timeout: float = 120, env: dict | None = None,
             input: str | None = None) -> subprocess.CompletedProcess[str]:
     """The real `tidegate` command, as a user runs it."""
-    full_env = {**os.environ, "DATABASE_URL": url, **(env or {})}
+    full_env = {**os.environ, **CHILD_ENV, "DATABASE_URL": url, **(env or {})}
     proc = subprocess.run([TIDEGATE, *args], capture_output=True, text=True, timeout=timeout, env=full_env,
                           input=input)
     if check and proc.returncode != 0:
@@ -67,7 +70,7 @@ class Pool:
     def __init__(self, url: str, *args: str, log: Path | None = None) -> None:
         self.log_path = log
         out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen([TIDEGATE, "worker", *args], env={**os.environ, "DATABASE_URL": url},
+        self.proc = subprocess.Popen([TIDEGATE, "worker", *args], env={**os.environ, **CHILD_ENV, "DATABASE_URL": url},
                                      stdout=out, stderr=subprocess.STDOUT)
 
     def workers(self) -> list[psutil.Process]:
@@ -117,6 +120,22 @@ def pools(db_url: str, tmp_path: Path) -> Iterator[callable]:
     for pool in started:
         if pool.proc.poll() is None:
             pool.kill()
+
+
+def enqueue_items(url: str, tmp_path: Path, sql: str, *extra: str, batch_size: int = 100,
+                  concurrency: int = 1, frm: str = "1", to: str = "1000000000") -> str:
+    """Enqueue a backfill over items(k) with a SQL handler through the real CLI; returns the job id."""
+    handler = tmp_path / f"handler-{abs(hash(sql))}.sql"
+    handler.write_text(sql)
+    out = run_cli(url, "enqueue", "backfill-range", "--source", "items", "--key", "k", "--from", frm, "--to", to,
+                  "--handler", f"sql:{handler}", "--batch-size", str(batch_size), "--concurrency",
+                  str(concurrency), "--owner", "tests", *extra)
+    return out.stdout.strip()
+
+
+def job_row(engine: Engine, job_id: str):  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT * FROM backfill_jobs WHERE job_id = :j"), {"j": job_id}).one()
 
 
 def wait_for(predicate, timeout: float = 60, interval: float = 0.1, what: str = "condition"):  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ on the order in which slices finish.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -19,12 +20,13 @@ class ParseError(ValueError):
     error_type = "PARSE_ERROR"
 
 
+# The batch travels as one JSON document: encoding it is one C call, where
+# binding seven typed arrays made psycopg adapt 70,000 values one by one.
 UPSERT = text(
     """
     INSERT INTO user_troops AS ut (user_id, troop_id, level, amount, ascension, snapshot_id, snapshot_at)
-    SELECT * FROM unnest(CAST(:user_id AS bigint[]), CAST(:troop_id AS int[]), CAST(:level AS int[]),
-                         CAST(:amount AS int[]), CAST(:ascension AS int[]), CAST(:snapshot_id AS bigint[]),
-                         CAST(:snapshot_at AS timestamptz[]))
+    SELECT r.* FROM json_to_recordset(CAST(:rows AS json)) AS r(user_id bigint, troop_id int, level int,
+                    amount int, ascension int, snapshot_id bigint, snapshot_at timestamptz)
     ON CONFLICT (user_id, troop_id) DO UPDATE
     SET level = EXCLUDED.level, amount = EXCLUDED.amount, ascension = EXCLUDED.ascension,
         snapshot_id = EXCLUDED.snapshot_id, snapshot_at = EXCLUDED.snapshot_at
@@ -52,9 +54,10 @@ class HeroTroops(ItemHandler):
         troops = profile.get("Troops") if isinstance(profile, dict) else None
         if not isinstance(troops, list):
             raise ParseError(f"ProfileData.Troops is {type(troops).__name__}, expected a list")
+        at = row["created_at"].isoformat()  # once per snapshot; the batch is sent as JSON
         return [
             (row["user_id"], _number(t, "Id"), _number(t, "Level"), _number(t, "Count"),
-             int(t.get("Ascension") or 0), row["id"], row["created_at"])
+             int(t.get("Ascension") or 0), row["id"], at, row["created_at"])
             for t in troops
             if isinstance(t, dict) or _bad(t)
         ]
@@ -64,10 +67,10 @@ class HeroTroops(ItemHandler):
         newest: dict[tuple[int, int], tuple[Any, ...]] = {}
         for r in records:
             seen = newest.get((r[0], r[1]))
-            if seen is None or (r[6], r[5]) > (seen[6], seen[5]):
+            if seen is None or (r[7], r[5]) > (seen[7], seen[5]):
                 newest[(r[0], r[1])] = r
-        columns = list(zip(*newest.values(), strict=True))
-        conn.execute(UPSERT, dict(zip(FIELDS, (list(c) for c in columns), strict=True)))
+        rows = [dict(zip(FIELDS, r[:7], strict=True)) for r in newest.values()]
+        conn.execute(UPSERT, {"rows": json.dumps(rows)})
 
 
 def _bad(troop: object) -> bool:
