@@ -78,7 +78,14 @@ class Pool:
             children = psutil.Process(self.proc.pid).children()
         except psutil.NoSuchProcess:
             return []
-        return [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
+        found = []
+        for c in children:
+            try:
+                if c.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(c.cmdline()):
+                    found.append(c)
+            except psutil.Error:  # gone or a zombie between listing and looking
+                continue
+        return found
 
     def wait_workers(self, n: int, timeout: float = 30) -> list[psutil.Process]:
         deadline = time.monotonic() + timeout
@@ -133,9 +140,14 @@ def enqueue_items(url: str, tmp_path: Path, sql: str, *extra: str, batch_size: i
     return out.stdout.strip()
 
 
-def job_row(engine: Engine, job_id: str):  # type: ignore[no-untyped-def]
-    with engine.connect() as conn:
-        return conn.execute(text("SELECT * FROM backfill_jobs WHERE job_id = :j"), {"j": job_id}).one()
+def job_row(engine: Engine, job_id: str, timeout: float = 60):  # type: ignore[no-untyped-def]
+    """The job's backfill_jobs row, waiting for a worker to plan it if need be."""
+
+    def fetch():  # type: ignore[no-untyped-def]
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT * FROM backfill_jobs WHERE job_id = :j"), {"j": job_id}).first()
+
+    return wait_for(fetch, timeout=timeout, what=f"job {job_id} to be planned")
 
 
 def wait_for(predicate, timeout: float = 60, interval: float = 0.1, what: str = "condition"):  # type: ignore[no-untyped-def]

@@ -83,7 +83,7 @@ def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", lo
             del procs[index]
             code = p.exitcode
             if stopping.is_set() or (config.drain and code == 0):
-                if code != 0:
+                if code and code > 0:  # a worker that errored out; one killed by a signal was logged already
                     failed = True
                 continue
             how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
