@@ -19,7 +19,6 @@ and a non-unique key (a timestamp) is never split or repeated.
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -123,11 +122,6 @@ class BackfillRange:
 
 def normalize(payload: Any) -> dict[str, Any]:
     """The payload with defaults applied and every field type-checked; raises InvalidInput."""
-    if isinstance(payload, str):
-        try:
-            payload = json.loads(payload)
-        except ValueError:
-            raise InvalidInput("payload is not valid JSON") from None
     if not isinstance(payload, dict):
         raise InvalidInput(f"payload must be a JSON object, got {type(payload).__name__}")
     p = dict(payload)
@@ -202,7 +196,7 @@ def check_sql(conn: Connection, statement: Any, key_type: keys.KeyType) -> None:
     if names != {"lo", "hi"}:
         raise InvalidInput(
             "sql handler: the statement must use the bind parameters :lo and :hi and no others"
-            f" (found {', '.join(sorted(names)) or 'none'})"
+            f" (found {', '.join(sorted(names)) or 'none'}; write CAST(:lo AS type), not :lo::type)"
         )
     probe = keys.parse(key_type, 0 if key_type == "bigint" else "2000-01-01T00:00:00Z")
     try:

@@ -72,8 +72,8 @@ def make_engine(url: str, *, application_name: str = "tidegate", pool_size: int 
 def _translate(context) -> None:  # type: ignore[no-untyped-def]
     """Driver errors that mean "no database" become one tidegate error."""
     err = context.original_exception
-    if isinstance(err, psycopg.OperationalError) and context.is_disconnect:
-        raise DatabaseUnavailable(f"database unavailable: {_first_line(err)}") from err
+    if isinstance(err, psycopg.OperationalError) and (context.is_disconnect or context.connection is None):
+        raise DatabaseUnavailable(f"database unavailable: {mask_url(_first_line(err))}") from err
 
 
 def _first_line(err: BaseException) -> str:

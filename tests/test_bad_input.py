@@ -1,0 +1,155 @@
+"""Bad input gets a clear error and changes nothing: payloads by SQL, CLI flags, hostile names."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from tests import pg
+from tests.conftest import run_cli, scalar
+from tests.fixtures import seed_demo
+from worker.db import make_engine
+
+pytestmark = pytest.mark.xdist_group("bad_input")
+
+OK = {"from": "2024-01-01T00:00:00Z", "to": "2024-02-01T00:00:00Z", "batch_size": 100, "owner": "qa"}
+
+# (case id, job type, payload as JSON text, words the job's last_error must contain)
+SQL_CASES = [
+    ("array-payload", "backfill_range", "[1, 2]", "must be a JSON object"),
+    ("string-payload", "backfill_range", '"run it"', "must be a JSON object"),
+    ("null-payload", "backfill_range", "null", "must be a JSON object"),
+    ("missing-range", "backfill_range", '{"batch_size": 10, "owner": "qa"}', "missing 'from'"),
+    ("missing-to", "backfill_range", '{"from_created_at": "2024-01-01T00:00:00Z"}', "missing 'to'"),
+    ("reversed-range", "backfill_range", json.dumps({**OK, "from": "2024-06-01T00:00:00Z"}), "empty or reversed"),
+    ("empty-range", "backfill_range", json.dumps({**OK, "to": OK["from"]}), "empty or reversed"),
+    ("unknown-handler", "backfill_range", json.dumps({**OK, "handler": "no_such_handler"}), "unknown handler"),
+    ("unimportable-handler", "backfill_range", json.dumps({**OK, "handler": "os:no_such"}), "cannot be imported"),
+    ("not-a-handler", "backfill_range", json.dumps({**OK, "handler": "tests.handlers:not_a_handler"}),
+     "neither an ItemHandler nor a function"),
+    ("batch-size-zero", "backfill_range", json.dumps({**OK, "batch_size": 0}), "batch_size must be between 1"),
+    ("batch-size-huge", "backfill_range", json.dumps({**OK, "batch_size": 10**9}), "batch_size must be between 1"),
+    ("batch-size-text", "backfill_range", json.dumps({**OK, "batch_size": "lots"}), "batch_size must be an integer"),
+    ("batch-size-bool", "backfill_range", json.dumps({**OK, "batch_size": True}), "batch_size must be an integer"),
+    ("concurrency-zero", "backfill_range", json.dumps({**OK, "concurrency": 0}), "concurrency must be between"),
+    ("typo-field", "backfill_range", json.dumps({**OK, "batchsize": 5}), "unknown payload field(s): batchsize"),
+    ("from-not-a-time", "backfill_range", json.dumps({**OK, "from": "yesterday"}), "ISO 8601"),
+    ("int-range-on-time-key", "backfill_range", json.dumps({**OK, "from": 5}), "ISO 8601"),
+    ("injection-in-source", "backfill_range",
+     json.dumps({**OK, "source": "hero_snapshots; DROP TABLE user_troops"}), "does not exist"),
+    ("quote-in-source", "backfill_range", json.dumps({**OK, "source": 'hero"snapshots'}), "does not exist"),
+    ("unicode-source", "backfill_range", json.dumps({**OK, "source": "hérö_snäpshots"}), "does not exist"),
+    ("injection-in-key", "backfill_range", json.dumps({**OK, "key": "created_at) OR (1=1"}), "does not exist"),
+    ("unindexed-key", "backfill_range", json.dumps({**OK, "key": "size_bytes", "from": 1, "to": 9}), "no index"),
+    ("text-key", "backfill_range", json.dumps({**OK, "source": "hero_snapshots", "key": "namecode"}),
+     "not supported"),
+    ("sql-with-other-binds", "backfill_range",
+     json.dumps({**OK, "sql": "DELETE FROM user_troops WHERE user_id > :x"}), "must use the bind parameters"),
+    ("sql-that-does-not-plan", "backfill_range",
+     json.dumps({**OK, "sql": "INSERT INTO nowhere SELECT :lo, :hi"}), "does not plan"),
+    ("sql-two-statements", "backfill_range",
+     json.dumps({**OK, "sql": "SELECT CAST(:lo AS timestamptz); DROP TABLE user_troops; SELECT CAST(:hi AS timestamptz)"}),
+     "does not plan"),
+    ("sql-postgres-casts", "backfill_range",
+     json.dumps({**OK, "sql": "SELECT :lo::timestamptz, :hi::timestamptz"}), "not :lo::type"),
+    ("sql-and-handler", "backfill_range", json.dumps({**OK, "sql": "SELECT 1", "handler": "hero_troops"}),
+     "not both"),
+    ("empty-owner", "backfill_range", json.dumps({**OK, "owner": " "}), "owner must be"),
+    ("unknown-type", "backfill_rnge", json.dumps(OK), "unknown job type 'backfill_rnge'"),
+]
+
+
+@pytest.fixture(scope="module")
+def rejected(pg_server, template):  # type: ignore[no-untyped-def]
+    """Every bad payload inserted by SQL, then one worker pool run over them."""
+    name = pg.clone(pg_server, template)
+    url = pg.with_database(pg_server, name)
+    engine = make_engine(url)
+    seed_demo(engine, 500)
+    ids = {}
+    with engine.begin() as conn:
+        for case, job_type, payload, _ in SQL_CASES:
+            ids[case] = str(conn.execute(text(
+                "INSERT INTO queue_jobs (type, payload) VALUES (:t, CAST(:p AS jsonb)) RETURNING id"),
+                {"t": job_type, "p": payload}).scalar_one())
+    run_cli(url, "worker", "--concurrency", "2", "--drain")
+    yield engine, ids
+    engine.dispose()
+    pg.drop(pg_server, name)
+
+
+@pytest.mark.parametrize("case,job_type,payload,words", SQL_CASES, ids=[c[0] for c in SQL_CASES])
+def test_malformed_payload_inserted_by_sql_fails_the_job_clearly(rejected, case, job_type, payload, words):
+    engine, ids = rejected
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT status, last_error FROM queue_jobs WHERE id = :i"), {"i": ids[case]}).one()
+    assert row.status == "failed"
+    assert words in row.last_error and row.last_error.startswith("invalid job:")
+
+
+def test_rejected_payloads_touch_no_data(rejected):
+    engine, ids = rejected
+    assert scalar(engine, "SELECT count(*) FROM backfill_jobs") == 0
+    assert scalar(engine, "SELECT count(*) FROM user_troops") == 0
+    assert scalar(engine, "SELECT count(*) FROM hero_snapshots") == 500
+    assert scalar(engine, "SELECT count(*) FROM queue_jobs WHERE status <> 'failed'") == 0
+
+
+@pytest.mark.parametrize(
+    "sql,constraint",
+    [
+        ("INSERT INTO queue_jobs (type, status) VALUES ('backfill_range', 'runing')", "queue_jobs_status_check"),
+        ("INSERT INTO queue_jobs (type) VALUES ('x; DROP TABLE queue_jobs')", "queue_jobs_type_check"),
+        ("INSERT INTO queue_jobs (type, max_attempts) VALUES ('backfill_range', 0)", "queue_jobs_max_attempts_check"),
+    ],
+    ids=["status-typo", "type-injection", "max-attempts-zero"],
+)
+def test_the_database_refuses_values_that_do_not_exist(engine, sql, constraint):
+    with pytest.raises(IntegrityError, match=constraint), engine.begin() as conn:
+        conn.execute(text(sql))
+
+
+def test_a_status_typo_in_a_manual_update_is_refused(engine, db_url):
+    seed_demo(engine, 50)
+    run_cli(db_url, "enqueue", "backfill-range", "--from", "2024-01-01", "--to", "2024-02-01", "--owner", "qa")
+    run_cli(db_url, "worker", "--drain")
+    with pytest.raises(IntegrityError, match="backfill_jobs_status_check"), engine.begin() as conn:
+        conn.execute(text("UPDATE backfill_jobs SET status = 'puased'"))
+
+
+CLI_CASES = [
+    (["--from", "2024-06-01", "--to", "2024-01-01"], "empty or reversed range"),
+    (["--from", "2024-01-01", "--to", "2024-01-01"], "empty or reversed range"),
+    (["--from", "2024-01-01", "--to", "2024-06-01", "--handler", "nope"], "unknown handler 'nope'"),
+    (["--from", "2024-01-01", "--to", "2024-06-01", "--batch-size", "0"], "batch_size must be between 1"),
+    (["--from", "2024-01-01", "--to", "2024-06-01", "--batch-size", "999999999"], "batch_size must be between 1"),
+    (["--from", "2024-01-01", "--to", "2024-06-01", "--concurrency", "0"], "concurrency must be between"),
+    (["--from", "soon", "--to", "2024-06-01"], "ISO 8601"),
+    (["--from", "2024-01-01", "--to", "2024-06-01", "--source", "users; DROP TABLE queue_jobs"], "does not exist"),
+    (["--from", "2024-01-01", "--to", "2024-06-01", "--key", "created_at\"; --"], "does not exist"),
+    (["--from", "2024-01-01", "--to", "2024-06-01", "--handler", "sql:/no/such/file.sql"], "cannot read SQL handler"),
+    (["--from", "2024-01-01", "--to", "2024-06-01", "--max-attempts", "0"], "Invalid value for '--max-attempts'"),
+    (["--to", "2024-06-01"], "Missing option '--from'"),
+]
+
+
+@pytest.mark.parametrize("args,words", CLI_CASES, ids=[f"cli-{i}" for i in range(len(CLI_CASES))])
+def test_bad_enqueue_flags_are_refused_and_queue_nothing(engine, db_url, args, words):
+    proc = run_cli(db_url, "enqueue", "backfill-range", "--owner", "qa", *args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert words in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert scalar(engine, "SELECT count(*) FROM queue_jobs") == 0
+    assert scalar(engine, "SELECT count(*) FROM tidegate_audit") == 0
+
+
+def test_operator_commands_refuse_unknown_jobs_and_types(engine, db_url):
+    missing = run_cli(db_url, "pause", "00000000-0000-0000-0000-000000000000", check=False)
+    assert missing.returncode == 3 and "no job" in missing.stderr
+    hostile = run_cli(db_url, "resume", "x' OR '1'='1", check=False)
+    assert hostile.returncode == 2 and "is not a job id" in hostile.stderr
+    types = run_cli(db_url, "worker", "--types", "backfill_range,nope", "--drain", check=False)
+    assert types.returncode == 2 and "unknown job type(s) nope" in types.stderr
