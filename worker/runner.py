@@ -28,11 +28,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import psycopg
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from worker import keys, kinds, metrics, store
 from worker.db import make_engine
-from worker.errors import InvalidInput
+from worker.errors import DatabaseUnavailable, InvalidInput
 from worker.states import ACTIVE
 
 log = logging.getLogger(__name__)
@@ -66,24 +68,39 @@ class Worker:
     # -- lifecycle ---------------------------------------------------------
 
     def run(self) -> int:
-        with self.engine.begin() as conn:
-            store.register_worker(
-                conn, self.id, self.config.pool, socket.gethostname(), os.getpid(), self.config.lease_seconds
-            )
-        self._heartbeat.start()
+        self._heartbeat.start()  # registers the worker (and again if it was reaped after an outage)
         log.info("worker %s started (queues=%s kinds=%s)", self.id, self.config.queues, self.kind_names)
+        outages = 0
         try:
             while not self.stop.is_set():
-                if self.plan_one() or self.work_one_slice():
+                try:
+                    if self.plan_one() or self.work_one_slice():
+                        outages = 0
+                        continue
+                    if self.config.drain and not self._work_left():
+                        log.info("worker %s: no work left, draining out", self.id)
+                        break
+                    outages = 0
+                except Exception as err:
+                    if not is_outage(err):
+                        raise
+                    # The database went away (restart, failover, network): whatever was in
+                    # flight rolled back with the connection. Reconnect with backoff and go on;
+                    # our slices stay ours while the lease holds, else someone else's.
+                    outages += 1
+                    delay = min(30.0, 0.5 * 2 ** min(outages, 6)) * random.uniform(0.8, 1.2)
+                    log.warning("worker %s: database unavailable (%s); reconnecting in %.1fs",
+                                self.id, first_line(err), delay)
+                    self.stop.wait(delay)
                     continue
-                if self.config.drain and not self._work_left():
-                    log.info("worker %s: no work left, draining out", self.id)
-                    break
                 self.stop.wait(self.config.poll_seconds * random.uniform(0.5, 1.0))
         finally:
             self._heartbeat.stop()
-            with self.engine.begin() as conn:
-                store.unregister_worker(conn, self.id)
+            try:
+                with self.engine.begin() as conn:
+                    store.unregister_worker(conn, self.id)
+            except Exception as err:  # the lease expires by itself
+                log.warning("worker %s: could not unregister (%s)", self.id, first_line(err))
             self.engine.dispose()
             log.info("worker %s stopped", self.id)
         return 0
@@ -165,6 +182,8 @@ class Worker:
                     result.checkpoint, result.processed, result.errors, result.exhausted,
                 )
         except Exception as err:  # the batch rolled back: count an attempt, back off
+            if is_outage(err):
+                raise  # not the batch's fault: no attempt is counted
             self._fail_attempt(job_id, slice_no, kind_name, err)
             return "failed"
         elapsed = time.monotonic() - started
@@ -187,7 +206,7 @@ class Worker:
 
     def _fail_attempt(self, job_id: str, slice_no: int, kind_name: str, err: Exception) -> None:
         metrics.BATCH_FAILURES.labels(kind_name).inc()
-        message = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        message = f"{type(err).__name__}: {first_line(err)}"
         with self.engine.begin() as conn:
             attempt = store.fail_attempt(conn, job_id, slice_no, self.id, message,
                                          self.config.backoff_base, self.config.backoff_max)
@@ -217,6 +236,28 @@ class Worker:
                  job_id, row.processed_count, pct, row.error_count, row.last_checkpoint, slice_no, batches)
 
 
+# SQLSTATEs that mean "the connection or the server is gone", not "this batch is wrong"
+OUTAGE_STATES = ("08", "57P01", "57P02", "57P03")
+
+
+def is_outage(err: BaseException) -> bool:
+    if isinstance(err, DatabaseUnavailable):
+        return True
+    if isinstance(err, DBAPIError):
+        if err.connection_invalidated:
+            return True
+        orig = err.orig
+        if isinstance(orig, psycopg.OperationalError):
+            state = getattr(orig, "sqlstate", None)
+            return state is None or state.startswith(OUTAGE_STATES)
+    return isinstance(err, psycopg.OperationalError) and not getattr(err, "sqlstate", None)
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class Heartbeat:
     """Renews the worker's lease from its own thread and connection.
 
@@ -228,26 +269,36 @@ class Heartbeat:
         self.worker = worker
         self.interval = max(0.2, lease_seconds / 4)
         self._stop = threading.Event()
+        self._beats = 0
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
     def start(self) -> None:
+        """Register synchronously (retrying through an outage), then renew from a thread."""
+        delay = 0.5
+        while not self.worker.stop.is_set() and not self._beat():
+            self.worker.stop.wait(delay)
+            delay = min(delay * 2, 10.0)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def _run(self) -> None:
+    def _beat(self) -> bool:
         w = self.worker
-        beats = 0
+        try:
+            with w.engine.begin() as conn:
+                if not store.heartbeat(conn, w.id):  # first beat, or reaped after a long outage
+                    store.register_worker(conn, w.id, w.config.pool, socket.gethostname(), os.getpid(),
+                                          w.config.lease_seconds)
+                self._beats += 1
+                if self._beats % 50 == 0:
+                    store.reap_workers(conn)
+            return True
+        except Exception as err:  # keep beating; the lease may lapse, the fence keeps data safe
+            log.warning("worker %s: heartbeat failed: %s", w.id, first_line(err))
+            return False
+
+    def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                with w.engine.begin() as conn:
-                    if not store.heartbeat(conn, w.id):
-                        store.register_worker(conn, w.id, w.config.pool, socket.gethostname(), os.getpid(),
-                                              w.config.lease_seconds)
-                    beats += 1
-                    if beats % 50 == 0:
-                        store.reap_workers(conn)
-            except Exception as err:  # keep beating; the lease may lapse, the fence keeps data safe
-                log.warning("worker %s: heartbeat failed: %s", w.id, err)
+            self._beat()

@@ -108,13 +108,14 @@ def fail_queue_job(conn: Connection, job_id: str, error: str) -> None:
 
 
 def claim_slice(conn: Connection, worker_id: str, queues: list[str], kinds: list[str]) -> ClaimedSlice | None:
-    row = conn.execute(q("claim_slice"), {"queues": queues, "kinds": kinds}).first()
+    row = conn.execute(q("claim_slice"), {"queues": queues, "kinds": kinds, "worker_id": worker_id}).first()
     if row is None:
         return None
     params = {"job_id": row.job_id, "slice_no": row.slice_no, "worker_id": worker_id}
     conn.execute(q("take_slice"), params)
     conn.execute(q("start_job"), params)
-    return ClaimedSlice(str(row.job_id), row.slice_no, row.locked_by)
+    previous = row.locked_by if row.locked_by != worker_id else None
+    return ClaimedSlice(str(row.job_id), row.slice_no, previous)
 
 
 def begin_batch(conn: Connection, job_id: str, slice_no: int, worker_id: str) -> BatchState | None:

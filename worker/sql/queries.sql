@@ -72,11 +72,12 @@ WHERE j.status IN ('pending', 'running')
   AND s.run_after <= now()
   AND q.queue = ANY(:queues)
   AND j.kind = ANY(:kinds)
-  AND (s.locked_by IS NULL OR NOT EXISTS (
+  -- unowned, owned by a worker whose lease expired, or our own (we lost track of it in an outage)
+  AND (s.locked_by IS NULL OR s.locked_by = :worker_id OR NOT EXISTS (
         SELECT 1 FROM tidegate_workers w
         WHERE w.id = s.locked_by AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)))
   AND (SELECT count(*) FROM backfill_slices o JOIN tidegate_workers w ON w.id = o.locked_by
-       WHERE o.job_id = s.job_id AND o.status = 'pending'
+       WHERE o.job_id = s.job_id AND o.status = 'pending' AND o.slice_no <> s.slice_no
          AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)) < j.concurrency
 ORDER BY q.priority DESC, j.created_at, s.slice_no
 LIMIT 1
