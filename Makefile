@@ -8,7 +8,7 @@ CONCURRENCY ?= 2
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-pg15 test-chaos bench lint clean
+.PHONY: help install system-deps run test test-pg15 test-chaos bench lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,6 +21,16 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install tidegate with its test tools
 
+# Debian packages some tests drive for real (PgBouncer). Installed only when missing and
+# when we may (root with apt-get); otherwise those tests skip and say why.
+system-deps: ## install Debian's pgbouncer for the PgBouncer tests (root only; skipped otherwise)
+	@if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer) >/dev/null \
+	      || echo "warning: could not install pgbouncer; its tests will skip"; \
+	  else echo "note: pgbouncer missing and not root: its tests will skip"; fi; \
+	fi
+
 run: install ## the demo end to end: embedded PostgreSQL (or $DATABASE_URL), migrate, seed, enqueue, run, report
 	$(TG) db upgrade
 	$(TG) demo seed --rows $(ROWS)
@@ -30,10 +40,10 @@ run: install ## the demo end to end: embedded PostgreSQL (or $DATABASE_URL), mig
 	$(TG) status --limit 5
 	$(TG) demo check
 
-test: install ## the test suite against a real PostgreSQL (see README: which one)
+test: install system-deps ## the test suite against a real PostgreSQL (see README: which one)
 	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
-test-pg15: install ## the suite against this machine's PostgreSQL 15 on 127.0.0.1:5432
+test-pg15: install system-deps ## the suite against this machine's PostgreSQL 15 on 127.0.0.1:5432
 	TIDEGATE_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres $(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 test-chaos: install ## the long fault-injection runs

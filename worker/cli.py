@@ -129,6 +129,8 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
     if unknown:
         raise click.BadParameter(f"unknown job type(s) {', '.join(unknown)}; known: {', '.join(sorted(kinds.kinds()))}",
                                  param_hint="--types")
+    with db.engine.connect():  # fail fast at start; outages later are ridden out with backoff
+        pass
     config = WorkerConfig(url=db.url, pool=pool_name, queues=list(queues), types=wanted,
                           lease_seconds=lease_seconds, poll_seconds=poll_seconds, drain=drain)
     logging.getLogger(__name__).info("pool on %s", db.masked)
