@@ -21,6 +21,20 @@ def seed_demo(engine: Engine, rows: int, users: int | None = None, spacing: floa
         conn.execute(text("ANALYZE hero_snapshots"))
 
 
+def clean_run_checksum(engine: Engine) -> tuple[int, int]:
+    """user_troops' fingerprint after the demo transformation as one uninterrupted statement,
+    leaving user_troops empty again for the run under test."""
+    from pathlib import Path
+
+    sql = (Path(__file__).resolve().parent.parent / "jobs/demo/hero_troops.sql").read_text()
+    with engine.begin() as conn:
+        conn.execute(text(sql), {"lo": "2000-01-01Z", "hi": "2100-01-01Z"})
+    clean = troops_checksum(engine)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE user_troops"))
+    return clean
+
+
 def troops_checksum(engine: Engine) -> tuple[int, int]:
     with engine.connect() as conn:
         row = conn.execute(text(load("jobs.demo", "demo.sql")["troops_checksum"])).one()

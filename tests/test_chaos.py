@@ -14,8 +14,8 @@ import time
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import ROOT, job_row, run_cli, wait_for
-from tests.fixtures import seed_demo, troops_checksum
+from tests.conftest import job_row, run_cli, wait_for
+from tests.fixtures import clean_run_checksum, seed_demo, troops_checksum
 
 pytestmark = pytest.mark.chaos
 ROWS = int(os.environ.get("TIDEGATE_CHAOS_ROWS", "1000000"))
@@ -23,11 +23,7 @@ ROWS = int(os.environ.get("TIDEGATE_CHAOS_ROWS", "1000000"))
 
 def test_kill_storm_on_a_million_row_backfill(engine, db_url, pools):
     seed_demo(engine, ROWS, users=ROWS)
-    with engine.begin() as conn:  # the clean run: the same transformation, one statement
-        conn.execute(text((ROOT / "jobs/demo/hero_troops.sql").read_text()), {"lo": "2000-01-01Z", "hi": "2100-01-01Z"})
-    clean = troops_checksum(engine)
-    with engine.begin() as conn:
-        conn.execute(text("TRUNCATE user_troops"))
+    clean = clean_run_checksum(engine)
 
     job = run_cli(db_url, "enqueue", "backfill-range", "--from", "2024-01-01", "--to", "2100-01-01",
                   "--handler", "hero_troops", "--batch-size", "1000", "--concurrency", "8",

