@@ -12,7 +12,10 @@ call :func:`register` for extra kinds (the benchmark's ``noop``).
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
+import os
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol
@@ -92,13 +95,30 @@ def register(kind: JobKind) -> None:
     _registry[kind.name] = kind
 
 
+class OneShotKind(Protocol):
+    """A small job that needs no slices or checkpoints: ``run`` does it all in a savepoint.
+
+    The runner claims such jobs in handfuls and marks them done together, so the
+    queue's own overhead stays small (the noop benchmark measures it)."""
+
+    name: str
+    one_shot: bool  # True
+
+    def run(self, conn: Connection, payload: Any) -> None: ...
+
+
 def _load_plugins() -> list[Any]:
+    """Modules of the ``tidegate.plugins`` entry point, plus those named in ``$TIDEGATE_PLUGINS``
+    (comma-separated module names: a deployment's own kinds without packaging them)."""
+    loaders = [(ep.value, ep.load) for ep in entry_points(group="tidegate.plugins")]
+    for name in filter(None, (n.strip() for n in os.environ.get("TIDEGATE_PLUGINS", "").split(","))):
+        loaders.append((name, functools.partial(importlib.import_module, name)))
     modules = []
-    for ep in entry_points(group="tidegate.plugins"):
+    for name, load in loaders:
         try:
-            modules.append(ep.load())
+            modules.append(load())
         except Exception:  # a broken plugin must not take the pool down
-            log.exception("could not load tidegate plugin %s", ep.value)
+            log.exception("could not load tidegate plugin %s", name)
     return modules
 
 

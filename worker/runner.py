@@ -52,6 +52,7 @@ class WorkerConfig:
     backoff_base: float = 1.0
     backoff_max: float = 300.0
     progress_every: int = 20  # batches between progress log lines
+    claim_batch: int = 50  # one-shot jobs claimed per transaction
 
 
 class Worker:
@@ -62,6 +63,7 @@ class Worker:
         self.kinds = kinds.kinds()
         wanted = set(config.types) or set(self.kinds)
         self.kind_names = sorted(wanted & set(self.kinds))
+        self.one_shot_names = [k for k in self.kind_names if getattr(self.kinds[k], "one_shot", False)]
         self.engine: Engine = make_engine(config.url, application_name=f"tidegate-worker {self.id}")
         self._heartbeat = Heartbeat(self, config.lease_seconds)
 
@@ -74,7 +76,7 @@ class Worker:
         try:
             while not self.stop.is_set():
                 try:
-                    if self.plan_one() or self.work_one_slice():
+                    if self.plan_one() or self.run_one_shots() or self.work_one_slice():
                         outages = 0
                         continue
                     if self.config.drain and not self._work_left():
@@ -114,7 +116,7 @@ class Worker:
     def plan_one(self) -> bool:
         """Turn one pending queue row into a range job with slices; False if none."""
         with self.engine.begin() as conn:
-            job = store.claim_queue_job(conn, self.config.queues, self.config.types)
+            job = store.claim_queue_job(conn, self.config.queues, self.config.types, self.one_shot_names)
             if job is None:
                 return False
             kind = self.kinds.get(job.type)
@@ -129,9 +131,39 @@ class Worker:
                 log.warning("job %s (%s) rejected: %s", job.id, job.type, err)
                 store.fail_queue_job(conn, job.id, f"invalid job: {err}")
                 return True
+            except Exception as err:  # planning broke (not the payload): retry later, like a batch
+                if is_outage(err):
+                    raise
+                store.retry_queue_job(conn, job.id, f"planning failed: {type(err).__name__}: {first_line(err)}",
+                                      self.config.backoff_base, self.config.backoff_max)
+                log.warning("job %s (%s): planning failed, will retry: %s", job.id, job.type, first_line(err))
+                return True
             store.store_plan(conn, job.id, job.type, plan)
             store.audit(conn, "tidegate", "plan", job.id, {"slices": len(plan.slices), "params": plan.params})
         log.info("job %s (%s) planned: %d slice(s), batch_size=%d", job.id, job.type, len(plan.slices), plan.batch_size)
+        return True
+
+    def run_one_shots(self) -> bool:
+        """Small jobs that need no slices (kinds with ``one_shot``): up to ``claim_batch`` per
+        transaction, each in a savepoint, all marked done by one UPDATE. False if none."""
+        if not self.one_shot_names:
+            return False
+        with self.engine.begin() as conn:
+            jobs = store.claim_one_shots(conn, self.config.queues, self.one_shot_names, self.config.claim_batch)
+            if not jobs:
+                return False
+            done = []
+            for job in jobs:
+                try:
+                    with conn.begin_nested():
+                        self.kinds[job.type].run(conn, job.payload)  # type: ignore[attr-defined]
+                    done.append(job.id)
+                except Exception as err:
+                    if is_outage(err):
+                        raise
+                    store.retry_queue_job(conn, job.id, f"{type(err).__name__}: {first_line(err)}",
+                                          self.config.backoff_base, self.config.backoff_max)
+            store.finish_one_shots(conn, done)
         return True
 
     # -- slices and batches -------------------------------------------------

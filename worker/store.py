@@ -66,8 +66,10 @@ def reap_workers(conn: Connection) -> int:
     return conn.execute(q("reap_workers")).rowcount
 
 
-def claim_queue_job(conn: Connection, queues: list[str], types: list[str]) -> QueueJob | None:
-    row = conn.execute(q("claim_queue_job"), {"queues": queues, "types": types}).first()
+def claim_queue_job(
+    conn: Connection, queues: list[str], types: list[str], one_shot: list[str]
+) -> QueueJob | None:
+    row = conn.execute(q("claim_queue_job"), {"queues": queues, "types": types, "one_shot": one_shot}).first()
     if row is None:
         return None
     return QueueJob(str(row.id), row.type, row.payload, row.queue, row.priority, row.attempts, row.max_attempts)
@@ -101,6 +103,21 @@ def store_plan(conn: Connection, job_id: str, kind: str, plan: Plan) -> None:
         ],
     )
     conn.execute(q("mark_queue_job_planned"), {"job_id": job_id})
+
+
+def claim_one_shots(conn: Connection, queues: list[str], types: list[str], limit: int) -> list[QueueJob]:
+    rows = conn.execute(q("claim_one_shots"), {"queues": queues, "types": types, "limit": limit}).all()
+    return [QueueJob(str(r.id), r.type, r.payload, r.queue, r.priority, r.attempts, r.max_attempts) for r in rows]
+
+
+def finish_one_shots(conn: Connection, job_ids: list[str]) -> None:
+    if job_ids:
+        conn.execute(q("finish_one_shots"), {"ids": job_ids})
+
+
+def retry_queue_job(conn: Connection, job_id: str, error: str, backoff_base: float, backoff_max: float) -> None:
+    conn.execute(q("retry_queue_job"), {"job_id": job_id, "error": error, "backoff_base": backoff_base,
+                                        "backoff_max": backoff_max})
 
 
 def fail_queue_job(conn: Connection, job_id: str, error: str) -> None:

@@ -33,9 +33,38 @@ WHERE status = 'pending'
   AND run_after <= now()
   AND queue = ANY(:queues)
   AND (cardinality(CAST(:types AS text[])) = 0 OR type = ANY(:types))
+  AND type <> ALL(CAST(:one_shot AS text[]))
 ORDER BY priority DESC, run_after, created_at
 LIMIT 1
 FOR UPDATE SKIP LOCKED;
+
+-- name: claim_one_shots
+-- description: Take a handful of small jobs (kinds that need no slices) to run in one transaction.
+SELECT id, type, payload, queue, priority, attempts, max_attempts
+FROM queue_jobs
+WHERE status = 'pending'
+  AND run_after <= now()
+  AND queue = ANY(:queues)
+  AND type = ANY(:types)
+ORDER BY priority DESC, run_after, created_at
+LIMIT :limit
+FOR UPDATE SKIP LOCKED;
+
+-- name: finish_one_shots
+-- description: Small jobs that ran: done.
+UPDATE queue_jobs
+SET status = 'done', attempts = attempts + 1, last_error = NULL, updated_at = now(), finished_at = now()
+WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'pending';
+
+-- name: retry_queue_job
+-- description: A queue job whose run (or planning) broke: back off, or fail once out of attempts.
+UPDATE queue_jobs
+SET attempts = attempts + 1, last_error = :error, updated_at = now(),
+    status = CASE WHEN attempts + 1 >= max_attempts THEN 'failed' ELSE 'pending' END,
+    finished_at = CASE WHEN attempts + 1 >= max_attempts THEN now() END,
+    run_after = now() + make_interval(secs => LEAST(:backoff_max, :backoff_base * 2 ^ attempts)
+                                              * (0.8 + random() * 0.4))
+WHERE id = :job_id;
 
 -- name: insert_range_job
 -- description: The checkpoint row of a planned job.
