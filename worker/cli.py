@@ -116,10 +116,12 @@ def db_embedded(stop: bool) -> None:
 @click.option("--poll", "poll_seconds", default=1.0, show_default=True, type=click.FloatRange(0.05, 60),
               help="Seconds between claim attempts when idle.")
 @click.option("--pool", "pool_name", default="default", show_default=True, help="Name shown in the workers table.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), envvar="TIDEGATE_METRICS_PORT",
+              help="Serve Prometheus metrics of the whole pool on this port (/metrics).")
 @database_option
 @click.pass_context
 def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queues: tuple[str, ...], drain: bool,
-           lease_seconds: float, poll_seconds: float, pool_name: str) -> None:
+           lease_seconds: float, poll_seconds: float, pool_name: str, metrics_port: int | None) -> None:
     """Run an isolated pool of worker processes until SIGTERM (or, with --drain, until idle)."""
     from worker.pool import run_pool
     from worker.runner import WorkerConfig
@@ -134,7 +136,7 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
     config = WorkerConfig(url=db.url, pool=pool_name, queues=list(queues), types=wanted,
                           lease_seconds=lease_seconds, poll_seconds=poll_seconds, drain=drain)
     logging.getLogger(__name__).info("pool on %s", db.masked)
-    raise SystemExit(run_pool(config, concurrency, ctx.obj["log_level"], ctx.obj["log_format"]))
+    raise SystemExit(run_pool(config, concurrency, ctx.obj["log_level"], ctx.obj["log_format"], metrics_port))
 
 
 # -- enqueue (subcommands come from the job kinds) -------------------------------

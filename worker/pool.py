@@ -47,8 +47,16 @@ def _worker_main(config: WorkerConfig, index: int, log_level: str, log_format: s
     raise SystemExit(Worker(config, stop).run())
 
 
-def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", log_format: str = "text") -> int:
+def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", log_format: str = "text",
+             metrics_port: int | None = None) -> int:
     ctx = mp.get_context("spawn")
+    metrics = None
+    if metrics_port is not None:
+        from worker.db import make_engine
+        from worker.metrics import MetricsServer
+
+        metrics = MetricsServer(metrics_port, make_engine(config.url, application_name="tidegate-metrics",
+                                                          pool_size=1))
     stopping = threading.Event()
     procs: dict[int, mp.process.BaseProcess] = {}
     restarts: dict[int, float] = {}
@@ -82,6 +90,8 @@ def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", lo
             p.join()
             del procs[index]
             code = p.exitcode
+            if metrics is not None and p.pid:
+                metrics.process_died(p.pid)
             if stopping.is_set() or (config.drain and code == 0):
                 if code and code > 0:  # a worker that errored out; one killed by a signal was logged already
                     failed = True
@@ -97,4 +107,6 @@ def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", lo
             start(index)
         stopping.wait(0.2)
     log.info("pool: all workers stopped")
+    if metrics is not None:
+        metrics.close()
     return 1 if failed else 0

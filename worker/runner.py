@@ -158,9 +158,11 @@ class Worker:
                     with conn.begin_nested():
                         self.kinds[job.type].run(conn, job.payload)  # type: ignore[attr-defined]
                     done.append(job.id)
+                    metrics.ONE_SHOT_JOBS.labels(job.type, "done").inc()
                 except Exception as err:
                     if is_outage(err):
                         raise
+                    metrics.ONE_SHOT_JOBS.labels(job.type, "retried").inc()
                     store.retry_queue_job(conn, job.id, f"{type(err).__name__}: {first_line(err)}",
                                           self.config.backoff_base, self.config.backoff_max)
             store.finish_one_shots(conn, done)

@@ -293,3 +293,24 @@ FROM etl_errors WHERE job_id = :job_id ORDER BY id DESC LIMIT :limit;
 INSERT INTO queue_jobs (type, queue, payload, priority, max_attempts, run_after)
 VALUES (:type, :queue, CAST(:payload AS jsonb), :priority, :max_attempts, coalesce(:run_after, now()))
 RETURNING id;
+
+-- name: metrics_queue
+-- description: Queue rows by status, and the age of the oldest claimable pending row (for /metrics).
+SELECT status, count(*) AS n,
+       coalesce(extract(epoch FROM now() - min(run_after) FILTER (WHERE status = 'pending' AND run_after <= now())), 0)
+         AS oldest_pending_seconds
+FROM queue_jobs GROUP BY status;
+
+-- name: metrics_jobs
+-- description: Range jobs by kind and status, plus per active job its remaining rows and slices in flight.
+SELECT j.job_id, j.kind, j.status,
+       GREATEST(coalesce(j.total_estimate, 0) - j.processed_count, 0) AS remaining,
+       (SELECT count(*) FROM backfill_slices s JOIN tidegate_workers w ON w.id = s.locked_by
+         WHERE s.job_id = j.job_id AND s.status = 'pending'
+           AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)) AS in_flight
+FROM backfill_jobs j
+WHERE j.status IN ('pending', 'running', 'paused') OR j.finished_at > now() - interval '1 day';
+
+-- name: metrics_workers
+-- description: Workers whose lease is alive.
+SELECT count(*) FROM tidegate_workers WHERE heartbeat_at > now() - make_interval(secs => lease_seconds);
