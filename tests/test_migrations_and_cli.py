@@ -101,3 +101,28 @@ def test_database_passwords_never_reach_output(db_url):
     assert proc.returncode != 0
     assert "s3cret-pw" not in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_status_watch_redraws_a_live_table(engine, db_url):
+    import os
+    import signal
+    import time
+
+    from tests.conftest import CHILD_ENV, TIDEGATE
+    from worker.watch import RecentRate
+
+    seed_demo(engine, 500)
+    job = run_cli(db_url, "enqueue", "backfill-range", "--from", "2024-01-01", "--to", "2025-01-01",
+                  "--owner", "sre").stdout.strip()
+    run_cli(db_url, "worker", "--drain")
+    proc = subprocess.Popen([TIDEGATE, "status", "--watch", "--interval", "0.2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **CHILD_ENV, "DATABASE_URL": db_url, "COLUMNS": "200"})
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert job[:8] in out and "done" in out and "100.0%" in out, err
+    rates = RecentRate()  # rows/s over the last minute, from the watcher's own samples
+    assert rates.update("j", 0, 0.0) is None
+    assert rates.update("j", 600, 10.0) == 60.0
+    assert rates.update("j", 600, 70.0) == 0.0  # the first sample fell out of the window

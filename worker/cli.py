@@ -158,16 +158,29 @@ def enqueue() -> None:
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
 @database_option
 def status_cmd(db: Database, job: str | None, as_json: bool, watch: bool, interval: float, limit: int) -> None:
-    """Every job (or JOB): status, processed/error counts, checkpoint, rate, ETA."""
-    while True:
+    """Every job (or JOB): status, processed/error counts, checkpoint, rate, ETA.
+
+    --watch redraws a live table with progress bars and the rate over the last minute.
+    """
+
+    def fetch() -> list[dict]:
         with db.engine.connect() as conn:
             job_id = control.find_job(conn, job) if job else None
-            rows = status.job_rows(conn, job_id, limit)
+            return status.job_rows(conn, job_id, limit)
+
+    if watch and not as_json:
+        from worker.watch import watch as live
+
+        try:
+            live(fetch, interval)
+        except KeyboardInterrupt:
+            pass
+        return
+    while True:
+        rows = fetch()
         if as_json:
             echo_json(rows[0] if job and rows else rows)
         else:
-            if watch:
-                click.clear()
             click.echo(status.render_table(rows) if rows else "no jobs")
         if not watch:
             return
