@@ -21,14 +21,19 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install tidegate with its test tools
 
-# Debian packages some tests drive for real (PgBouncer). Installed only when missing and
-# when we may (root with apt-get); otherwise those tests skip and say why.
-system-deps: ## install Debian's pgbouncer for the PgBouncer tests (root only; skipped otherwise)
-	@if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then \
+# Debian packages some tests drive for real: PgBouncer (transaction pooling) and Chromium
+# (the status page, headless). Installed only when missing and when we may (root with
+# apt-get); otherwise those tests skip and say why.
+SYSTEM_PACKAGES := pgbouncer:/usr/sbin/pgbouncer chromium:/usr/bin/chromium
+system-deps: ## install Debian's pgbouncer and chromium for the tests that drive them (root only)
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
+	  [ -x "$${entry#*:}" ] || missing="$$missing $${entry%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer) >/dev/null \
-	      || echo "warning: could not install pgbouncer; its tests will skip"; \
-	  else echo "note: pgbouncer missing and not root: its tests will skip"; fi; \
+	    echo "installing$$missing (Debian packages)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null \
+	      || echo "warning: could not install$$missing; the tests that need them will skip"; \
+	  else echo "note:$$missing missing and not root: the tests that need them will skip"; fi; \
 	fi
 
 run: install ## the demo end to end: embedded PostgreSQL (or $DATABASE_URL), migrate, seed, enqueue, run, report

@@ -68,6 +68,7 @@ class Target:
 
 class BackfillRange:
     name = NAME
+    aliases = ("backfill",)  # POST /api/v1/admin/backfill, as in the runbook
 
     def __init__(self) -> None:
         self._targets: dict[tuple[str, str], Target] = {}

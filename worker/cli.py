@@ -207,6 +207,26 @@ def errors_cmd(db: Database, job: str, limit: int, as_json: bool) -> None:
                    f"{r['error_type']}: {r['message']}")
 
 
+@cli.command("web")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--refresh", default=2.0, show_default=True, type=click.FloatRange(0.5, 3600),
+              help="Seconds between page refreshes.")
+@database_option
+def web_cmd(db: Database, host: str, port: int, refresh: float) -> None:
+    """Serve the status page and its JSON API (admin actions need $TIDEGATE_ADMIN_TOKEN)."""
+    from worker.web import serve
+
+    server = serve(db.engine, host, port, refresh)
+    click.echo(f"tidegate status page on http://{host}:{server.server_address[1]}/", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 # -- operator actions -------------------------------------------------------------
 
 

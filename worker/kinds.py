@@ -132,5 +132,13 @@ def kinds() -> dict[str, JobKind]:
     return _registry
 
 
+def by_alias(name: str) -> JobKind | None:
+    """A kind by its name, with dashes for underscores, or one of its ``aliases``."""
+    for kind in kinds().values():
+        if name.replace("-", "_") == kind.name or name in getattr(kind, "aliases", ()):
+            return kind
+    return None
+
+
 def plugin_commands() -> list[Any]:
     return [cmd for module in _load_plugins() for cmd in getattr(module, "COMMANDS", [])]

@@ -1,0 +1,104 @@
+"""backfill-range vs the same work as one INSERT ... SELECT (the core issue's figures).
+
+500,000 hero_snapshots, one user each, so the demo transformation writes 5,000,000 user_troops
+rows. The single statement is the SQL handler file run once over the whole range; tidegate runs
+the same file per batch of 5,000 keys at concurrency 1 and 2, and the Python handler at 2.
+Every run must leave user_troops with the single statement's checksum.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import text
+
+from bench.common import ROOT, cli, engine_for, reset, run_pool, scratch_database, server_url
+from worker.sql import load
+
+SQL_HANDLER = ROOT / "jobs/demo/hero_troops.sql"
+RANGE = ("--from", "2024-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z")
+
+
+def _checksum(engine) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        row = conn.execute(text(load("jobs.demo", "demo.sql")["troops_checksum"])).one()
+    return int(row.rows), int(row.checksum)
+
+
+def _tidegate(url: str, engine, handler: str, concurrency: int, batch: int) -> dict:  # type: ignore[no-untyped-def]
+    reset(engine, "user_troops")
+    cli(url, "enqueue", "backfill-range", *RANGE, "--handler", handler, "--batch-size", str(batch),
+        "--concurrency", str(concurrency), "--owner", "bench")
+    seconds, rss = run_pool(url, concurrency)
+    return {"seconds": seconds, "rss_mb": rss, "checksum": _checksum(engine)}
+
+
+def run(url: str | None = None, rows: int = 500_000, memory_rows: tuple[int, ...] = (100_000, 1_000_000)) -> dict:
+    server = url or server_url()
+    out: dict = {"rows": rows}
+    with scratch_database(server) as db:
+        engine = engine_for(db)
+        with engine.connect() as conn:
+            out["server"] = conn.execute(text("SHOW server_version")).scalar()
+        cli(db, "demo", "seed", "--rows", str(rows), "--users", str(rows))
+
+        reset(engine, "user_troops")
+        started = time.perf_counter()
+        with engine.begin() as conn:
+            conn.execute(text(SQL_HANDLER.read_text()), {"lo": "2000-01-01Z", "hi": "2100-01-01Z"})
+        single = {"seconds": time.perf_counter() - started, "checksum": _checksum(engine)}
+        out["single_statement"] = single
+        print(f"single statement: {single['seconds']:.1f}s, {single['checksum'][0]} rows", flush=True)
+
+        for name, handler, conc, batch in (("sql_c1", f"sql:{SQL_HANDLER}", 1, 5000),
+                                           ("sql_c2", f"sql:{SQL_HANDLER}", 2, 5000),
+                                           ("python_c2", "hero_troops", 2, 2000)):
+            result = _tidegate(db, engine, handler, conc, batch)
+            result["ratio"] = single["seconds"] / result["seconds"]
+            result["same_data"] = result["checksum"] == single["checksum"]
+            out[name] = result
+            print(f"{name}: {result['seconds']:.1f}s ratio {result['ratio']:.2f} same data {result['same_data']}"
+                  f" worker RSS {result['rss_mb']:.0f} MiB", flush=True)
+
+        with engine.connect() as conn:
+            out["checkpoint_tables"] = [dict(r._mapping) for r in conn.execute(text(
+                "SELECT relname, n_tup_upd, n_tup_hot_upd, n_dead_tup FROM pg_stat_user_tables"
+                " WHERE relname IN ('backfill_jobs', 'backfill_slices') ORDER BY relname"))]
+        engine.dispose()
+
+    out["memory"] = {}
+    for n in memory_rows:  # flat memory: the Python handler over growing ranges
+        with scratch_database(server) as db:
+            engine = engine_for(db)
+            cli(db, "demo", "seed", "--rows", str(n), "--users", str(n))
+            result = _tidegate(db, engine, "hero_troops", 1, 2000)
+            out["memory"][n] = {"rss_mb": result["rss_mb"], "seconds": result["seconds"]}
+            print(f"memory at {n} rows: peak worker RSS {result['rss_mb']:.0f} MiB", flush=True)
+            engine.dispose()
+    return out
+
+
+def report(r: dict) -> str:
+    s = r["single_statement"]
+    lines = [
+        f"### backfill-range vs one INSERT ... SELECT ({r['rows']:,} snapshots -> {s['checksum'][0]:,} rows,"
+        f" PostgreSQL {r['server']})",
+        "",
+        "| run | seconds | rows/s (source) | ratio vs single statement | same data | peak worker RSS |",
+        "|---|---|---|---|---|---|",
+        f"| single statement | {s['seconds']:.1f} | {r['rows'] / s['seconds']:,.0f} | 1.00 | - | - |",
+    ]
+    for name, label in (("sql_c1", "tidegate, SQL handler, concurrency 1"),
+                        ("sql_c2", "tidegate, SQL handler, concurrency 2"),
+                        ("python_c2", "tidegate, Python handler, concurrency 2")):
+        x = r[name]
+        lines.append(f"| {label} | {x['seconds']:.1f} | {r['rows'] / x['seconds']:,.0f} | {x['ratio']:.2f} |"
+                     f" {'yes' if x['same_data'] else 'NO'} | {x['rss_mb']:.0f} MiB |")
+    lines += ["", "Checkpoint tables after these runs (HOT updates, dead tuples):", "",
+              "| table | updates | HOT updates | dead tuples |", "|---|---|---|---|"]
+    for t in r["checkpoint_tables"]:
+        lines.append(f"| {t['relname']} | {t['n_tup_upd']} | {t['n_tup_hot_upd']} | {t['n_dead_tup']} |")
+    lines += ["", "Worker memory, Python handler, concurrency 1:", "", "| source rows | peak worker RSS |", "|---|---|"]
+    for n, m in r["memory"].items():
+        lines.append(f"| {n:,} | {m['rss_mb']:.0f} MiB |")
+    return "\n".join(lines)

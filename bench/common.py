@@ -1,0 +1,108 @@
+"""Shared bench plumbing: a scratch database, the CLI, timing, process memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import psycopg
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+
+from worker.db import libpq_url, make_engine, resolve_url
+
+ROOT = Path(__file__).resolve().parent.parent
+TIDEGATE = str(Path(sys.executable).parent / "tidegate")
+
+
+def server_url() -> str:
+    return resolve_url(os.environ.get("TIDEGATE_BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL"))
+
+
+@contextmanager
+def scratch_database(server: str, keep: bool = False):  # type: ignore[no-untyped-def]
+    """A fresh database with tidegate's and the demo's migrations applied."""
+    from alembic import command
+    from alembic.config import Config
+
+    name = f"tg_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(libpq_url(server), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(libpq_url(server)).set(database=name).render_as_string(hide_password=False)
+    for section in ("alembic", "demo"):
+        cfg = Config(str(ROOT / "alembic.ini"), ini_section=section)
+        cfg.attributes["url"] = url
+        command.upgrade(cfg, "head")
+    try:
+        yield url
+    finally:
+        if not keep:
+            with psycopg.connect(libpq_url(server), autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def cli(url: str, *args: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run([TIDEGATE, "--log-level", "WARNING", *args], capture_output=True, text=True,
+                          env={**os.environ, "DATABASE_URL": url, **(env or {})})
+    if proc.returncode != 0:
+        raise RuntimeError(f"tidegate {' '.join(args)} failed:\n{proc.stderr}")
+    return proc.stdout.strip()
+
+
+class PeakRss:
+    """Samples the resident memory of a process's children every 0.2 s; keeps the peak per child."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                children = psutil.Process(self.pid).children()
+                for c in children:
+                    self.peak_mb = max(self.peak_mb, c.memory_info().rss / 2**20)
+            except psutil.Error:
+                continue
+
+
+def run_pool(url: str, concurrency: int, *extra: str, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """`tidegate worker --drain` until it exits; (seconds, peak worker RSS in MiB)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([TIDEGATE, "--log-level", "WARNING", "worker", "--concurrency", str(concurrency),
+                             "--drain", *extra], env={**os.environ, "DATABASE_URL": url, **(env or {})})
+    with PeakRss(proc.pid) as rss:
+        code = proc.wait()
+    if code != 0:
+        raise RuntimeError(f"worker pool exited {code}")
+    return time.perf_counter() - started, rss.peak_mb
+
+
+def reset(engine: Engine, *tables: str) -> None:
+    with engine.begin() as conn:
+        for table in tables:
+            conn.execute(text(f"TRUNCATE {table}"))  # bench-owned fixed names, not input
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE"))
+        conn.execute(text("CHECKPOINT"))
+
+
+def engine_for(url: str) -> Engine:
+    return make_engine(url, application_name="tidegate-bench")
