@@ -12,6 +12,7 @@ from worker import control, kinds, status
 from worker.cliutil import Database, actor_option, database_option, echo_json, run_cli
 from worker.db import tidegate_home
 from worker.logs import setup_logging
+from worker.maintenance import DAY, RetentionConfig
 from worker.sql import q
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,10 +119,18 @@ def db_embedded(stop: bool) -> None:
 @click.option("--pool", "pool_name", default="default", show_default=True, help="Name shown in the workers table.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), envvar="TIDEGATE_METRICS_PORT",
               help="Serve Prometheus metrics of the whole pool on this port (/metrics).")
+@click.option("--retention-jobs", default=7.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Days a finished queue job (and its checkpoint rows) is kept.")
+@click.option("--retention-errors", default=30.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Days an etl_errors row is kept.")
+@click.option("--no-maintenance", is_flag=True, help="Do not prune old rows from this pool.")
+@click.option("--progress-every", default=20, show_default=True, type=click.IntRange(1, 100000),
+              help="Batches between progress log lines.")
 @database_option
 @click.pass_context
 def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queues: tuple[str, ...], drain: bool,
-           lease_seconds: float, poll_seconds: float, pool_name: str, metrics_port: int | None) -> None:
+           lease_seconds: float, poll_seconds: float, pool_name: str, metrics_port: int | None,
+           retention_jobs: float, retention_errors: float, no_maintenance: bool, progress_every: int) -> None:
     """Run an isolated pool of worker processes until SIGTERM (or, with --drain, until idle)."""
     from worker.pool import run_pool
     from worker.runner import WorkerConfig
@@ -134,9 +143,31 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
     with db.engine.connect():  # fail fast at start; outages later are ridden out with backoff
         pass
     config = WorkerConfig(url=db.url, pool=pool_name, queues=list(queues), types=wanted,
-                          lease_seconds=lease_seconds, poll_seconds=poll_seconds, drain=drain)
+                          lease_seconds=lease_seconds, poll_seconds=poll_seconds, drain=drain,
+                          progress_every=progress_every)
+    retention = None if no_maintenance else RetentionConfig(retention_jobs * DAY, retention_errors * DAY)
     logging.getLogger(__name__).info("pool on %s", db.masked)
-    raise SystemExit(run_pool(config, concurrency, ctx.obj["log_level"], ctx.obj["log_format"], metrics_port))
+    raise SystemExit(run_pool(config, concurrency, ctx.obj["log_level"], ctx.obj["log_format"], metrics_port,
+                              retention))
+
+
+@cli.group()
+def maintenance() -> None:
+    """Housekeeping of tidegate's own tables."""
+
+
+@maintenance.command("run-once")
+@click.option("--retention-jobs", default=7.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Days a finished queue job (and its checkpoint rows) is kept.")
+@click.option("--retention-errors", default=30.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Days an etl_errors row is kept.")
+@database_option
+def maintenance_run_once(db: Database, retention_jobs: float, retention_errors: float) -> None:
+    """Delete finished queue jobs and old etl_errors past their retention, in batches of 1,000."""
+    from worker.maintenance import run_once
+
+    pruned = run_once(db.engine, RetentionConfig(retention_jobs * DAY, retention_errors * DAY))
+    click.echo(f"deleted {pruned.queue_jobs} finished queue job(s), {pruned.etl_errors} etl_errors row(s)")
 
 
 # -- enqueue (subcommands come from the job kinds) -------------------------------

@@ -23,7 +23,10 @@ import threading
 import time
 from dataclasses import replace
 
+from worker import maintenance
+from worker.db import make_engine
 from worker.logs import setup_logging
+from worker.maintenance import RetentionConfig
 from worker.runner import Worker, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -48,16 +51,19 @@ def _worker_main(config: WorkerConfig, index: int, log_level: str, log_format: s
 
 
 def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", log_format: str = "text",
-             metrics_port: int | None = None) -> int:
+             metrics_port: int | None = None, retention: RetentionConfig | None = None) -> int:
     ctx = mp.get_context("spawn")
+    stopping = threading.Event()
+    if retention is not None:  # the supervisor prunes old rows now and then; workers only work
+        engine = make_engine(config.url, application_name="tidegate-maintenance", pool_size=1)
+        threading.Thread(target=maintenance.loop, args=(engine, retention, stopping), daemon=True,
+                         name="maintenance").start()
     metrics = None
     if metrics_port is not None:
-        from worker.db import make_engine
         from worker.metrics import MetricsServer
 
         metrics = MetricsServer(metrics_port, make_engine(config.url, application_name="tidegate-metrics",
                                                           pool_size=1))
-    stopping = threading.Event()
     procs: dict[int, mp.process.BaseProcess] = {}
     restarts: dict[int, float] = {}
     failed = False

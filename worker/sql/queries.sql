@@ -314,3 +314,16 @@ WHERE j.status IN ('pending', 'running', 'paused') OR j.finished_at > now() - in
 -- name: metrics_workers
 -- description: Workers whose lease is alive.
 SELECT count(*) FROM tidegate_workers WHERE heartbeat_at > now() - make_interval(secs => lease_seconds);
+
+-- name: prune_queue_jobs
+-- description: Delete up to :batch finished queue rows older than the retention (their checkpoint rows cascade).
+DELETE FROM queue_jobs WHERE id IN (
+    SELECT id FROM queue_jobs
+    WHERE status IN ('done', 'failed', 'cancelled') AND finished_at < now() - make_interval(secs => :age_seconds)
+    LIMIT :batch FOR UPDATE SKIP LOCKED);
+
+-- name: prune_etl_errors
+-- description: Delete up to :batch failed-item rows older than the retention.
+DELETE FROM etl_errors WHERE id IN (
+    SELECT id FROM etl_errors WHERE created_at < now() - make_interval(secs => :age_seconds)
+    LIMIT :batch FOR UPDATE SKIP LOCKED);
