@@ -126,3 +126,16 @@ def test_status_watch_redraws_a_live_table(engine, db_url):
     assert rates.update("j", 0, 0.0) is None
     assert rates.update("j", 600, 10.0) == 60.0
     assert rates.update("j", 600, 70.0) == 0.0  # the first sample fell out of the window
+
+
+def test_json_logs_carry_job_slice_bounds_and_counts(engine, db_url):
+    seed_demo(engine, 600)
+    job = run_cli(db_url, "enqueue", "backfill-range", "--from", "2024-01-01", "--to", "2025-01-01",
+                  "--batch-size", "100", "--owner", "sre").stdout.strip()
+    proc = run_cli(db_url, "--log-format", "json", "worker", "--drain", "--progress-every", "2")
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]
+    assert all({"ts", "level", "msg", "process"} <= set(doc) for doc in lines)
+    progress = [d for d in lines if d.get("job_id") == job and "lo" in d]
+    assert len(progress) >= 3
+    assert all(d["slice"] == 0 and d["rows"] > 0 and "hi" in d and "job_processed" in d for d in progress)
+    assert any(d.get("status") == "done" and d.get("job_id") == job for d in lines)

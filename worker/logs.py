@@ -8,6 +8,15 @@ import sys
 import time
 
 
+def job_ctx(job_id: str, slice_no: int | None = None, **fields: object) -> dict[str, object]:
+    """``extra=`` for a log line about a job: JSON logs carry these as fields."""
+    ctx: dict[str, object] = {"job_id": job_id}
+    if slice_no is not None:
+        ctx["slice"] = slice_no
+    ctx.update(fields)
+    return {"tidegate": ctx}
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = {
@@ -18,6 +27,7 @@ class JsonFormatter(logging.Formatter):
             "process": record.processName,
             "msg": record.getMessage(),
         }
+        doc.update(getattr(record, "tidegate", {}))
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc)

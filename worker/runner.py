@@ -35,6 +35,7 @@ from sqlalchemy.exc import DBAPIError
 from worker import keys, kinds, metrics, store
 from worker.db import make_engine
 from worker.errors import DatabaseUnavailable, InvalidInput
+from worker.logs import job_ctx
 from worker.states import ACTIVE
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Worker:
         self.one_shot_names = [k for k in self.kind_names if getattr(self.kinds[k], "one_shot", False)]
         self.engine: Engine = make_engine(config.url, application_name=f"tidegate-worker {self.id}")
         self._heartbeat = Heartbeat(self, config.lease_seconds)
+        self.batches_done = 0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -128,7 +130,7 @@ class Worker:
                 with conn.begin_nested():  # a failed validation query must not abort the claim
                     plan = kind.plan(conn, job.payload)
             except InvalidInput as err:
-                log.warning("job %s (%s) rejected: %s", job.id, job.type, err)
+                log.warning("job %s (%s) rejected: %s", job.id, job.type, err, extra=job_ctx(job.id, kind=job.type))
                 store.fail_queue_job(conn, job.id, f"invalid job: {err}")
                 return True
             except Exception as err:  # planning broke (not the payload): retry later, like a batch
@@ -136,11 +138,14 @@ class Worker:
                     raise
                 store.retry_queue_job(conn, job.id, f"planning failed: {type(err).__name__}: {first_line(err)}",
                                       self.config.backoff_base, self.config.backoff_max)
-                log.warning("job %s (%s): planning failed, will retry: %s", job.id, job.type, first_line(err))
+                log.warning("job %s (%s): planning failed, will retry: %s", job.id, job.type, first_line(err),
+                            extra=job_ctx(job.id, kind=job.type))
                 return True
             store.store_plan(conn, job.id, job.type, plan)
             store.audit(conn, "tidegate", "plan", job.id, {"slices": len(plan.slices), "params": plan.params})
-        log.info("job %s (%s) planned: %d slice(s), batch_size=%d", job.id, job.type, len(plan.slices), plan.batch_size)
+        log.info("job %s (%s) planned: %d slice(s), batch_size=%d", job.id, job.type, len(plan.slices),
+                 plan.batch_size, extra=job_ctx(job.id, kind=job.type, slices=len(plan.slices),
+                                                batch_size=plan.batch_size, rows_estimate=plan.total_estimate))
         return True
 
     def run_one_shots(self) -> bool:
@@ -177,7 +182,8 @@ class Worker:
             return False
         job, n = claimed.job_id, claimed.slice_no
         if claimed.previous_owner:
-            log.warning("job %s slice %d: taking over from %s (lease expired)", job, n, claimed.previous_owner)
+            log.warning("job %s slice %d: taking over from %s (lease expired)", job, n, claimed.previous_owner,
+                        extra=job_ctx(job, n, previous_owner=claimed.previous_owner))
         batches = 0
         while True:
             if self.stop.is_set():
@@ -187,8 +193,6 @@ class Worker:
             batches += 1
             if outcome != "more":
                 return True
-            if batches % self.config.progress_every == 0:
-                self._log_progress(job, n, batches)
 
     def run_batch(self, job_id: str, slice_no: int, *, takeover: bool = False) -> str:
         """One batch in one transaction. Returns "more", "slice-done", "stopped" or "failed"."""
@@ -198,14 +202,16 @@ class Worker:
             with self.engine.begin() as conn:
                 state = store.begin_batch(conn, job_id, slice_no, self.id)
                 if state is None:
-                    log.warning("job %s slice %d: lease lost, another worker owns it now", job_id, slice_no)
+                    log.warning("job %s slice %d: lease lost, another worker owns it now", job_id, slice_no,
+                                extra=job_ctx(job_id, slice_no))
                     return "stopped"
                 kind_name = state.kind
                 if takeover:
                     metrics.LEASE_TAKEOVERS.labels(kind_name).inc()
                 if state.status not in ACTIVE:
                     store.release_slice(conn, job_id, slice_no, self.id)
-                    log.info("job %s slice %d: job is %s, letting go", job_id, slice_no, state.status)
+                    log.info("job %s slice %d: job is %s, letting go", job_id, slice_no, state.status,
+                             extra=job_ctx(job_id, slice_no, status=state.status))
                     return "stopped"
                 ctx = kinds.BatchContext(job_id, slice_no, state.params, state.key_type, state.batch_size)
                 cursor = keys.decode(state.key_type, state.checkpoint)
@@ -226,15 +232,18 @@ class Worker:
         metrics.ROWS_PROCESSED.labels(kind_name, job_id).inc(result.processed)
         if result.errors:
             metrics.ROWS_FAILED.labels(kind_name, job_id).inc(len(result.errors))
-        log.debug(
-            "job %s slice %d: batch (%s, %s] rows=%d errors=%d in %.3fs",
-            job_id, slice_no, state.checkpoint, keys.encode(result.checkpoint),
-            result.processed, len(result.errors), elapsed,
-        )
+        self.batches_done += 1
+        bounds = job_ctx(job_id, slice_no, lo=state.checkpoint, hi=keys.encode(result.checkpoint),
+                         rows=result.processed, errors=len(result.errors), seconds=round(elapsed, 3))
+        log.debug("job %s slice %d: batch (%s, %s] rows=%d errors=%d in %.3fs", job_id, slice_no,
+                  state.checkpoint, keys.encode(result.checkpoint), result.processed, len(result.errors),
+                  elapsed, extra=bounds)
+        if self.batches_done % self.config.progress_every == 0:
+            self._log_progress(job_id, slice_no, bounds)
         if job_done:
-            log.info("job %s: done", job_id)
+            log.info("job %s: done", job_id, extra=job_ctx(job_id, status="done"))
         if result.exhausted:
-            log.info("job %s slice %d: finished", job_id, slice_no)
+            log.info("job %s slice %d: finished", job_id, slice_no, extra=job_ctx(job_id, slice_no))
             return "slice-done"
         return "more"
 
@@ -249,25 +258,31 @@ class Worker:
             if attempt.attempts >= attempt.max_attempts:
                 store.fail_job(conn, job_id, f"slice {slice_no} failed {attempt.attempts} times: {message}")
                 log.error("job %s slice %d: failed %d/%d times, job failed: %s",
-                          job_id, slice_no, attempt.attempts, attempt.max_attempts, message)
+                          job_id, slice_no, attempt.attempts, attempt.max_attempts, message,
+                          extra=job_ctx(job_id, slice_no, attempts=attempt.attempts, error=message))
                 return
         log.warning("job %s slice %d: batch failed (attempt %d/%d), retrying in %.1fs: %s",
-                    job_id, slice_no, attempt.attempts, attempt.max_attempts, attempt.delay_seconds, message)
+                    job_id, slice_no, attempt.attempts, attempt.max_attempts, attempt.delay_seconds, message,
+                    extra=job_ctx(job_id, slice_no, attempts=attempt.attempts, error=message))
 
     def _release(self, job_id: str, slice_no: int) -> None:
         with self.engine.begin() as conn:
             store.release_slice(conn, job_id, slice_no, self.id)
-        log.info("job %s slice %d: released (shutting down)", job_id, slice_no)
+        log.info("job %s slice %d: released (shutting down)", job_id, slice_no, extra=job_ctx(job_id, slice_no))
 
-    def _log_progress(self, job_id: str, slice_no: int, batches: int) -> None:
+    def _log_progress(self, job_id: str, slice_no: int, bounds: dict[str, dict[str, object]]) -> None:
+        """Every N batches: the last batch's bounds and counts, and the whole job's progress."""
         with self.engine.connect() as conn:
             row = conn.execute(store.q("job_status"), {"job_id": job_id, "limit": 1}).first()
         if row is None:
             return
         total = row.total_estimate
         pct = f" ({100.0 * row.processed_count / total:.1f}% of ~{total})" if total else ""
-        log.info("job %s: %d rows processed%s, %d errors, checkpoint %s (slice %d, %d batches here)",
-                 job_id, row.processed_count, pct, row.error_count, row.last_checkpoint, slice_no, batches)
+        b = bounds["tidegate"]
+        b.update(job_processed=row.processed_count, job_errors=row.error_count, job_rows_estimate=total)
+        log.info("job %s slice %d: batch (%s, %s] rows=%s errors=%s; job: %d rows processed%s, %d errors",
+                 job_id, slice_no, b["lo"], b["hi"], b["rows"], b["errors"], row.processed_count, pct,
+                 row.error_count, extra=bounds)
 
 
 # SQLSTATEs that mean "the connection or the server is gone", not "this batch is wrong"
