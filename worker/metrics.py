@@ -66,7 +66,7 @@ class DatabaseCollector(Collector):
         oldest = GaugeMetricFamily("tidegate_queue_oldest_pending_seconds", "Age of the oldest claimable pending job")
         jobs = GaugeMetricFamily("tidegate_jobs", "Range jobs by kind and status", labels=["kind", "status"])
         remaining = GaugeMetricFamily("tidegate_job_rows_remaining", "Estimated source rows left per active job",
-                                      labels=["kind", "job_id"])
+                                      labels=["kind", "job_id", "status"])
         in_flight = GaugeMetricFamily("tidegate_job_slices_in_flight", "Slices owned by a live worker",
                                       labels=["kind", "job_id"])
         workers = GaugeMetricFamily("tidegate_workers_alive", "Worker processes whose lease is alive")
@@ -82,7 +82,7 @@ class DatabaseCollector(Collector):
                 for r in conn.execute(q("metrics_jobs")):
                     counts[(r.kind, r.status)] = counts.get((r.kind, r.status), 0) + 1
                     if r.status in ("pending", "running", "paused"):
-                        remaining.add_metric([r.kind, str(r.job_id)], r.remaining)
+                        remaining.add_metric([r.kind, str(r.job_id), r.status], r.remaining)
                         in_flight.add_metric([r.kind, str(r.job_id)], r.in_flight)
                 for (kind, status), n in counts.items():
                     jobs.add_metric([kind, status], n)
