@@ -54,8 +54,15 @@ test-pg15: install system-deps ## the suite against this machine's PostgreSQL 15
 test-chaos: install ## the long fault-injection runs
 	$(VENV)/bin/pytest -q -m chaos
 
-bench: install ## benchmarks; prints ratios measured in one run
-	$(PY) -m bench.run
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
+# Uses $$DATABASE_URL if set, else the embedded database. BENCH_ARGS passes options to
+# bench.run (e.g. BENCH_ARGS="--only queue --jobs 5000"); pgbench missing: that section says so.
+BENCH_ARGS ?=
+bench: $(VENV)/.bench-installed ## benchmarks (peers from PyPI, pgbench); ratios measured in one run -> bench/RESULTS.md
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 lint: install ## ruff and the layering contracts
 	$(VENV)/bin/ruff check worker jobs tests bench

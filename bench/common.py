@@ -106,3 +106,56 @@ def reset(engine: Engine, *tables: str) -> None:
 
 def engine_for(url: str) -> Engine:
     return make_engine(url, application_name="tidegate-bench")
+
+
+def run_pool_logged(url: str, concurrency: int, *extra: str,
+                    env: dict[str, str] | None = None) -> tuple[float, float, list[dict]]:
+    """Like :func:`run_pool`, with JSON debug logs: (seconds, peak RSS, one record per batch)."""
+    import json
+    import tempfile
+
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as logfile:
+        proc = subprocess.Popen([TIDEGATE, "--log-level", "DEBUG", "--log-format", "json", "worker",
+                                 "--concurrency", str(concurrency), "--drain", "--no-maintenance", *extra],
+                                env={**os.environ, "DATABASE_URL": url, **(env or {})}, stderr=logfile)
+        with PeakRss(proc.pid) as rss:
+            code = proc.wait()
+        logfile.seek(0)
+        lines = logfile.read().splitlines()
+    if code != 0:
+        raise RuntimeError(f"worker pool exited {code}:\n" + "\n".join(lines[-20:]))
+    batches = []
+    for line in lines:
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if doc.get("level") == "debug" and "seconds" in doc and "rows" in doc and "lo" in doc:
+            batches.append(doc)
+    return time.perf_counter() - started, rss.peak_mb, batches
+
+
+def ts(doc: dict) -> float:
+    """A JSON log line's time as seconds since the epoch."""
+    import datetime
+
+    return datetime.datetime.strptime(doc["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+
+
+def seed(url: str, rows: int, base: int = 100_000) -> None:
+    """``rows`` demo snapshots, one user each: `demo seed` makes the first ``base`` (its JSON
+    generator is slow), copies shifted in time and user id make the rest."""
+    first = min(rows, base)
+    cli(url, "demo", "seed", "--rows", str(first), "--users", str(first))
+    engine = engine_for(url)
+    for k in range(1, -(-rows // first)):
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO hero_snapshots (user_id, namecode, created_at, size_bytes, raw)"
+                " SELECT user_id + :k * :n, namecode, created_at + make_interval(secs => :k * :n * 30.0),"
+                " size_bytes, raw FROM hero_snapshots WHERE id <= :take ORDER BY id"),
+                {"k": k, "n": first, "take": min(first, rows - k * first)})
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE hero_snapshots"))
+    engine.dispose()

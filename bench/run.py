@@ -1,6 +1,11 @@
 """`make bench`: every benchmark in one run; prints figures and writes bench/RESULTS.md.
 
-    python -m bench.run [--only NAME ...] [--rows N]
+    python -m bench.run [--only NAME ...] [--rows N] [--memory-rows N,N,N] [--jobs N]
+                        [--queue-processes 1,2] [--scaling-processes 1,2,4,8] [--pgbench-seconds S]
+
+Uses $DATABASE_URL (or $TIDEGATE_BENCH_DATABASE_URL) if set, else the embedded database; every
+benchmark works in scratch databases of its own and drops them. Only a full run (no --only)
+rewrites bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -8,30 +13,60 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import psutil
+from sqlalchemy.engine import make_url
 
-BENCHES = ["backfill"]  # modules of bench/ exposing run() and report()
+BENCHES = ["backfill", "queue", "scaling", "foreground", "adaptive", "archive"]  # modules exposing run() and report()
+
+
+def ints(value: str) -> tuple[int, ...]:
+    return tuple(int(v.replace("_", "")) for v in value.split(",") if v.strip())
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", choices=BENCHES)
     parser.add_argument("--rows", type=int, help="source rows for the backfill comparison (default 500,000)")
+    parser.add_argument("--memory-rows", type=ints, help="source rows of the memory runs (default 100k,1M,5M)")
+    parser.add_argument("--jobs", type=int, help="no-op jobs of the queue benchmark (default 20,000)")
+    parser.add_argument("--queue-processes", type=ints, help="worker processes per queue run (default 1,2)")
+    parser.add_argument("--queue-systems", type=lambda v: tuple(v.split(",")),
+                        help="systems of the queue runs (default tidegate,pgqueuer,procrastinate)")
+    parser.add_argument("--scaling-processes", type=ints, help="worker processes of the scaling runs (1,2,4,8)")
+    parser.add_argument("--pgbench-seconds", type=int, help="seconds per pgbench window (default 20)")
     args = parser.parse_args()
+    options = {
+        "backfill": {"rows": args.rows, "memory_rows": args.memory_rows},
+        "queue": {"jobs": args.jobs, "processes": args.queue_processes, "systems": args.queue_systems},
+        "scaling": {"processes": args.scaling_processes},
+        "foreground": {"seconds": args.pgbench_seconds},
+        "adaptive": {},
+        "archive": {},
+    }
     sections = []
+    started = time.perf_counter()
     for name in args.only or BENCHES:
         module = importlib.import_module(f"bench.{name}")
-        kwargs = {"rows": args.rows} if args.rows and name == "backfill" else {}
+        kwargs = {k: v for k, v in options[name].items() if v}
         print(f"== {name}", flush=True)
+        t0 = time.perf_counter()
         sections.append(module.report(module.run(**kwargs)))
+        print(f"== {name}: {time.perf_counter() - t0:.0f}s", flush=True)
+    url = os.environ.get("TIDEGATE_BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    where = f"DATABASE_URL={make_url(url).render_as_string(hide_password=True)} " if url else ""
+    command = " ".join([f"{where}make bench", *([f"BENCH_ARGS=\"{' '.join(sys.argv[1:])}\""] if sys.argv[1:] else [])])
     header = (f"# Benchmark results\n\nMeasured {datetime.date.today()} on {platform.machine()},"
               f" {psutil.cpu_count()} cores, {psutil.virtual_memory().total // 2**30} GiB, Python"
-              f" {platform.python_version()}. Command: `{' '.join(['python -m bench.run', *sys.argv[1:]])}`"
-              " (what `make bench` runs).\n")
+              f" {platform.python_version()}, in {(time.perf_counter() - started) / 60:.1f} min. Command:\n\n"
+              f"```\n{command}\n```\n\n(`make bench` runs `python -m bench.run $(BENCH_ARGS)`.) Every ratio compares"
+              " runs of the same run on the same data. The machine is shared (other test suites and benchmarks ran"
+              " on it at the same time): read the ratios, not the seconds.\n")
     text = header + "\n" + "\n\n".join(sections) + "\n"
     print(text)
     if not args.only:

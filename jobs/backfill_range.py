@@ -19,6 +19,7 @@ and a non-unique key (a timestamp) is never split or repeated.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
-from jobs import handlers
+from jobs import checks, filters, handlers
 from worker import identifiers, keys
 from worker.errors import InvalidInput
 from worker.kinds import BatchContext, BatchResult, Plan, SlicePlan
@@ -36,18 +37,20 @@ NAME = "backfill_range"
 MAX_BATCH = 100_000
 MAX_CONCURRENCY = 64
 EXACT_COUNT_BELOW = 5_000_000
-KNOWN_FIELDS = {"source", "key", "from", "to", "handler", "sql", "batch_size", "concurrency", "owner",
-                "max_rows_per_second", "sleep_between_batches"}
+KNOWN_FIELDS = {"source", "key", "from", "to", "handler", "sql", "batch_size", "concurrency", "owner", "writes",
+                "max_rows_per_second", "sleep_between_batches", "target_batch_seconds", "min_batch_size",
+                "max_batch_size", "row_limit", "error_rate_threshold", "where"}
 
 BOUNDS = """
-WITH b AS (SELECT {key} AS k FROM {source} WHERE {key} > :lo AND {key} < :end ORDER BY {key} LIMIT :n)
+WITH b AS (SELECT {key} AS k FROM {source} WHERE {key} > :lo AND {key} < :end{where} ORDER BY {key} LIMIT :n)
 SELECT (SELECT max(k) FROM b) AS hi, (SELECT count(*) FROM b) AS n,
        (SELECT count(*) FROM b WHERE k = (SELECT max(k) FROM b)) AS ties_seen,
-       (SELECT count(*) FROM {source} WHERE {key} = (SELECT max(k) FROM b)) AS ties_all
+       (SELECT count(*) FROM {source} WHERE {key} = (SELECT max(k) FROM b){where}) AS ties_all
 """
-ROWS = "SELECT * FROM {source} WHERE {key} > :lo AND {key} <= :hi ORDER BY {key}"
-ESTIMATE = "EXPLAIN (FORMAT JSON) SELECT 1 FROM {source} WHERE {key} >= :lo AND {key} < :hi"
-COUNT = "SELECT count(*) FROM {source} WHERE {key} >= :lo AND {key} < :hi"
+# {where}: the job's --where filters (jobs/filters.py), or nothing
+ROWS = "SELECT * FROM {source} WHERE {key} > :lo AND {key} <= :hi{where} ORDER BY {key}"
+ESTIMATE = "EXPLAIN (FORMAT JSON) SELECT 1 FROM {source} WHERE {key} >= :lo AND {key} < :hi{where}"
+COUNT = "SELECT count(*) FROM {source} WHERE {key} >= :lo AND {key} < :hi{where}"
 # Slice boundaries at quantiles of the keys in range (from a block sample when the
 # range is large), so slices hold about the same number of rows even when keys are skewed.
 QUANTILES = """
@@ -72,12 +75,20 @@ class BackfillRange:
 
     def __init__(self) -> None:
         self._targets: dict[tuple[str, str], Target] = {}
+        self._filters: dict[str, filters.Compiled] = {}
 
     def _target(self, conn: Connection, source: str, key: str) -> Target:
         """Catalog lookups once per process and table, not once per batch."""
         found = self._targets.get((source, key))
         if found is None:
             found = self._targets[(source, key)] = resolve_target(conn, source, key)
+        return found
+
+    def _where(self, conn: Connection, target: Target, params: dict[str, Any]) -> filters.Compiled:
+        cache_key = json.dumps([target.source.name, params.get("where") or []])
+        found = self._filters.get(cache_key)
+        if found is None:
+            found = self._filters[cache_key] = filters.compile_filters(conn, target.source, params.get("where") or [])
         return found
 
     # -- planning ------------------------------------------------------------
@@ -91,8 +102,13 @@ class BackfillRange:
         if "sql" in p:
             check_sql(conn, p["sql"], target.key_type)
         else:
-            handlers.resolve(p["handler"])
-        total = estimate(conn, target, lo, hi)
+            resolved = handlers.resolve(p["handler"])
+            if resolved.handler is not None and not p.get("writes"):
+                p["writes"] = list(getattr(resolved.handler, "writes", []))
+        # tables the job writes (for the autovacuum gate), checked against the catalog like any name
+        p["writes"] = [identifiers.table(conn, w, what="written table").name for w in p.get("writes", [])]
+        where = filters.compile_filters(conn, target.source, p.get("where") or [])
+        total = estimate(conn, target, lo, hi, where)
         cuts = cut_points(conn, target, lo, hi, p["concurrency"], total)
         bounds = [lo, *cuts, hi]
         slices = [SlicePlan(keys.before(a), b) for a, b in itertools.pairwise(bounds)]
@@ -108,7 +124,9 @@ class BackfillRange:
         p = ctx.params
         target = self._target(conn, p["source"], p["key"])
         idents = {"source": target.source, "key": target.key.ident}
-        b = conn.execute(render(BOUNDS, **idents), {"lo": cursor, "end": end, "n": ctx.batch_size}).one()
+        where = self._where(conn, target, p)
+        b = conn.execute(where.into(BOUNDS, **idents),
+                         {"lo": cursor, "end": end, "n": ctx.batch_size, **where.params}).one()
         if b.n == 0:
             return BatchResult(checkpoint=keys.before(end), processed=0, exhausted=True)
         last = b.n < ctx.batch_size  # fewer rows than asked: nothing is left before `end`
@@ -116,7 +134,7 @@ class BackfillRange:
         if "sql" in p:
             conn.execute(text(p["sql"]), {"lo": cursor, "hi": hi})
             return BatchResult(checkpoint=hi, processed=b.n + b.ties_all - b.ties_seen, exhausted=last)
-        rows = conn.execute(render(ROWS, **idents), {"lo": cursor, "hi": hi}).mappings().all()
+        rows = conn.execute(where.into(ROWS, **idents), {"lo": cursor, "hi": hi, **where.params}).mappings().all()
         errors = handlers.run(conn, handlers.resolve(p["handler"]), rows, p["item_key"])
         return BatchResult(checkpoint=hi, processed=len(rows), exhausted=last, errors=errors)
 
@@ -141,6 +159,11 @@ def normalize(payload: Any) -> dict[str, Any]:
         raise InvalidInput(f"unknown payload field(s): {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_FIELDS))}")
     if "sql" in p and "handler" in p:
         raise InvalidInput("give either handler or sql, not both")
+    if "where" in p:
+        p["where"] = filters.normalize(p["where"])
+        if p["where"] and "sql" in p:
+            raise InvalidInput("where works with Python handlers only: a SQL handler's statement sees only :lo and"
+                               " :hi, so put the condition in the statement itself")
     if "sql" not in p:
         p.setdefault("handler", handlers.default_handler())
     # source and key default to those of the named handler, else of the deployment's default handler
@@ -154,25 +177,26 @@ def normalize(payload: Any) -> dict[str, Any]:
     for field in ("source", "key", "from", "to"):
         if p.get(field) in (None, ""):
             raise InvalidInput(f"payload is missing {field!r}")
-    p["batch_size"] = _int(p.get("batch_size", 500), "batch_size", 1, MAX_BATCH)
-    p["concurrency"] = _int(p.get("concurrency", 1), "concurrency", 1, MAX_CONCURRENCY)
-    owner = p.get("owner", "unknown")
-    if not isinstance(owner, str) or not owner.strip() or len(owner) > 200:
-        raise InvalidInput(f"owner must be a non-empty string of at most 200 characters, got {owner!r}")
-    p["owner"] = owner.strip()
+    p["batch_size"] = checks.bounded(p.get("batch_size", 500), "batch_size", 1, MAX_BATCH)
+    p["concurrency"] = checks.bounded(p.get("concurrency", 1), "concurrency", 1, MAX_CONCURRENCY)
+    for field, lo, hi in (("max_rows_per_second", 0.001, 1e9), ("sleep_between_batches", 0, 3600),
+                          ("target_batch_seconds", 0.01, 3600), ("error_rate_threshold", 0, 1)):
+        if p.get(field) is not None:
+            p[field] = checks.bounded(p[field], field, lo, hi, integer=False)
+    for field in ("min_batch_size", "max_batch_size"):
+        if p.get(field) is not None:
+            p[field] = checks.bounded(p[field], field, 1, MAX_BATCH)
+    if p.get("row_limit") is not None:
+        p["row_limit"] = checks.bounded(p["row_limit"], "row_limit", 1, 10**15)
+    if (p.get("min_batch_size") or 1) > (p.get("max_batch_size") or MAX_BATCH):
+        raise InvalidInput("min_batch_size must not exceed max_batch_size")
+    writes = p.get("writes", [])
+    if not isinstance(writes, list) or not all(isinstance(w, str) for w in writes):
+        raise InvalidInput("writes must be a list of table names")
+    p["owner"] = checks.owner(p.get("owner", "unknown"))
     return p
 
 
-def _int(value: Any, field: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InvalidInput(f"{field} must be an integer, got {value!r}")
-    try:
-        number = int(value)
-    except ValueError:
-        raise InvalidInput(f"{field} must be an integer, got {value!r}") from None
-    if not lo <= number <= hi:
-        raise InvalidInput(f"{field} must be between {lo} and {hi}, got {number}")
-    return number
 
 
 def resolve_target(conn: Connection, source: Any, key: Any) -> Target:
@@ -208,12 +232,14 @@ def check_sql(conn: Connection, statement: Any, key_type: keys.KeyType) -> None:
         raise InvalidInput(f"sql handler does not plan: {first}") from None
 
 
-def estimate(conn: Connection, target: Target, lo: keys.Key, hi: keys.Key) -> int:
+def estimate(conn: Connection, target: Target, lo: keys.Key, hi: keys.Key,
+             where: filters.Compiled = filters.NONE) -> int:
     idents = {"source": target.source, "key": target.key.ident}
-    plan = conn.execute(render(ESTIMATE, **idents), {"lo": lo, "hi": hi}).scalar_one()
+    bound = {"lo": lo, "hi": hi, **where.params}
+    plan = conn.execute(where.into(ESTIMATE, **idents), bound).scalar_one()
     rows = int(plan[0]["Plan"]["Plan Rows"])
     if rows < EXACT_COUNT_BELOW:
-        rows = int(conn.execute(render(COUNT, **idents), {"lo": lo, "hi": hi}).scalar_one())
+        rows = int(conn.execute(where.into(COUNT, **idents), bound).scalar_one())
     return rows
 
 

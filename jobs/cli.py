@@ -10,6 +10,7 @@ from typing import Any
 import click
 from sqlalchemy import text
 
+from jobs import filters, inspect, rollout
 from worker.cliutil import Database, actor_option, database_option, echo_json
 from worker.enqueue import enqueue
 from worker.errors import InvalidInput
@@ -65,12 +66,37 @@ def submit(db: Database, job_type: str, payload: dict[str, Any], opts: dict[str,
 @click.option("--batch-size", default=500, show_default=True, type=int, help="Source rows per transaction.")
 @click.option("--concurrency", default=1, show_default=True, type=int,
               help="Slices the range is cut into; different workers run them at once.")
+@click.option("--max-rows-per-second", type=float, help="Cap on the job's pace, across its slices.")
+@click.option("--sleep-between-batches", type=float, help="Seconds each slice waits after a batch.")
+@click.option("--target-batch-seconds", type=float,
+              help="Adapt the batch size so a batch takes about this long (a batch 4x over is split and retried).")
+@click.option("--min-batch-size", type=int, help="Lower bound for the adaptive batch size.")
+@click.option("--max-batch-size", type=int, help="Upper bound for the adaptive batch size.")
+@click.option("--limit", "row_limit", type=int, help="Canary: process at most this many rows, then pause.")
+@click.option("--error-rate-threshold", type=float,
+              help="Pause the job when this share of items fails over the last 1,000 (default 0.01).")
+@click.option("--writes", multiple=True, help="A table the job writes (the autovacuum gate watches it).")
+@click.option("--where", "where", multiple=True,
+              help="Only rows matching FIELD OP VALUE (=, !=, <, <=, >, >=, in a,b,c, is null, is not null);"
+                   " repeat to AND several. Python handlers only.")
+@click.option("--dry-run", is_flag=True,
+              help="Enqueue nothing: print the rows, batches, sample keys and time it would take (read-only).")
 @queue_options
 def enqueue_backfill(db: Database, source: str | None, key: str | None, from_: str, to: str,
-                     handler: str | None, batch_size: int, concurrency: int, **opts: Any) -> None:
-    """Enqueue a backfill-range job over [FROM, TO) and print its id."""
+                     handler: str | None, batch_size: int, concurrency: int, writes: tuple[str, ...],
+                     where: tuple[str, ...], dry_run: bool, **opts: Any) -> None:
+    """Enqueue a backfill-range job over [FROM, TO) and print its id (or, with --dry-run, what it would do)."""
     payload: dict[str, Any] = {"from": from_, "to": to, "batch_size": batch_size,
                                "concurrency": concurrency, "owner": opts.pop("owner")}
+    for knob in ("max_rows_per_second", "sleep_between_batches", "target_batch_seconds", "min_batch_size",
+                 "max_batch_size", "row_limit", "error_rate_threshold"):
+        if opts.get(knob) is not None:
+            payload[knob] = opts[knob]
+        opts.pop(knob, None)
+    if writes:
+        payload["writes"] = list(writes)
+    if where:
+        payload["where"] = [filters.parse(w) for w in where]
     if source:
         payload["source"] = source
     if key:
@@ -83,6 +109,15 @@ def enqueue_backfill(db: Database, source: str | None, key: str | None, from_: s
             raise InvalidInput(f"cannot read SQL handler {path}: {err.strerror}") from None
     elif handler:
         payload["handler"] = handler
+    if dry_run:
+        with db.engine.connect() as conn:
+            report = inspect.dry_run(conn, payload)
+        if opts["as_json"]:
+            echo_json(report)
+        else:
+            for name, value in report.items():
+                click.echo(f"{name}: {value}")
+        return
     submit(db, "backfill_range", payload, opts)
 
 
@@ -147,4 +182,62 @@ def demo_check(db: Database) -> None:
     echo_json({"user_troops_rows": row.rows, "checksum": row.checksum})
 
 
-COMMANDS = [enqueue_backfill, demo]
+@click.command("verify")
+@click.argument("job")
+@click.option("--sample", default=50, show_default=True, type=click.IntRange(1, 100_000),
+              help="Source rows recomputed and compared with the derived rows.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@database_option
+def verify_cmd(db: Database, job: str, sample: int, as_json: bool) -> None:
+    """Parity checks of a backfill: source rows vs processed_count, unique derived keys, a recomputed
+    sample. Exits 1 on any mismatch."""
+    from worker.control import find_job
+
+    with db.engine.connect() as conn:
+        conn.execute(text(inspect.READ_ONLY))
+        report = inspect.verify(conn, find_job(conn, job), sample)
+        conn.rollback()
+    if as_json:
+        echo_json({"job_id": report.job_id, "ok": report.ok, "checks": report.checks})
+    else:
+        for c in report.checks:
+            click.echo(f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}")
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@click.command("rollout")
+@click.argument("job")
+@click.option("--steps", default="1,2,4", show_default=True,
+              help="Concurrency after the canary, raised step by step (comma-separated).")
+@click.option("--step-rows", default=10_000, show_default=True, type=click.IntRange(1),
+              help="Rows processed at each step before verifying and raising concurrency.")
+@click.option("--sample", default=50, show_default=True, type=click.IntRange(1, 100_000),
+              help="Source rows recomputed at each verification.")
+@click.option("--poll", default=2.0, show_default=True, type=click.FloatRange(0.05, 600))
+@click.option("--timeout", default=24 * 3600.0, show_default=True, type=click.FloatRange(1),
+              help="Seconds to wait for any one step before giving up (the job keeps its state).")
+@actor_option
+@database_option
+def rollout_cmd(db: Database, job: str, steps: str, step_rows: int, sample: int, poll: float, timeout: float,
+                actor: str) -> None:
+    """Gradual rollout of a job enqueued with --limit N: canary, verify, resume at low concurrency, raise it
+    step by step, verifying between steps. Exits 1, the job paused, at a step whose verification fails."""
+    from worker.control import find_job
+
+    try:
+        levels = [int(s) for s in steps.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"--steps must be integers, got {steps!r}") from None
+    if not levels or not all(1 <= n <= 64 for n in levels):
+        raise click.BadParameter("--steps must be concurrencies between 1 and 64")
+    with db.engine.connect() as conn:
+        job_id = find_job(conn, job)
+    try:
+        rollout.Rollout(db.engine, job_id, levels, step_rows, actor, click.echo, sample, poll, timeout).run()
+    except rollout.Holding as err:
+        click.echo(str(err), err=True)
+        raise SystemExit(1) from None
+
+
+COMMANDS = [enqueue_backfill, demo, verify_cmd, rollout_cmd]

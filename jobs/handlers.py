@@ -37,12 +37,19 @@ class ItemHandler:
     name: str = ""
     source: str | None = None
     key: str | None = None
+    # for `tidegate verify`: the derived table and its unique key, e.g.
+    # {"table": "user_troops", "key": ["user_id", "troop_id"]}; check_row recomputes one source row
+    derived: dict[str, Any] | None = None
 
     def transform(self, row: Mapping[str, Any]) -> Iterable[Any]:
         raise NotImplementedError
 
     def write(self, conn: Connection, records: list[Any]) -> None:
         raise NotImplementedError
+
+    def check_row(self, conn: Connection, row: Mapping[str, Any]) -> list[str]:
+        """Recompute one processed source row and compare with the derived rows: the mismatches."""
+        return []
 
 
 RowFunction = Callable[[Connection, Mapping[str, Any]], None]

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import jobs.demo.handlers  # noqa: F401  (registers the demo's handlers)
 from jobs import backfill_range
+from jobs.archive import archive_range
+from jobs.archive.cli import COMMANDS as ARCHIVE_COMMANDS
 from jobs.cli import COMMANDS
 
-KINDS = [backfill_range.KIND]
+KINDS = [backfill_range.KIND, archive_range.ARCHIVE, archive_range.UNARCHIVE]
 
 __all__ = ["COMMANDS", "KINDS"]
+
+COMMANDS = [*COMMANDS, *ARCHIVE_COMMANDS]

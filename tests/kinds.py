@@ -6,18 +6,13 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from worker.kinds import OneShot
 
-class Stamp:
+
+class Stamp(OneShot):
     """Writes its payload's ``n`` into ``stamps``; ``n`` < 0 fails."""
 
     name = "stamp"
-    one_shot = True
-
-    def plan(self, conn: Connection, payload: Any) -> Any:  # never called for one-shot kinds
-        raise NotImplementedError
-
-    def process(self, *args: Any) -> Any:
-        raise NotImplementedError
 
     def run(self, conn: Connection, payload: Any) -> None:
         conn.execute(text("INSERT INTO stamps (n) VALUES (:n)"), {"n": payload["n"]})

@@ -63,15 +63,18 @@ def test_concurrency_cuts_the_range_into_slices_each_with_its_own_cursor(engine,
     job = enqueue_items(db_url, tmp_path, LOG_HANDLER, batch_size=250, concurrency=4, frm="1", to="5001")
     run_cli(db_url, "worker", "--concurrency", "2", "--drain")
     with engine.connect() as conn:
-        slices = conn.execute(text("SELECT * FROM backfill_slices WHERE job_id = :j ORDER BY slice_no"),
-                              {"j": job}).all()
-    assert len(slices) == 4
+        slices = conn.execute(text("SELECT * FROM backfill_slices WHERE job_id = :j"
+                                   " ORDER BY CAST(start_key AS bigint)"), {"j": job}).all()
+    # planned: 4 slices cut at quantiles. A worker that finds no free slice near the end splits the
+    # largest one still running (tail work-stealing), so there may be more by the end, never overlapping.
+    planned = sorted((s for s in slices if s.slice_no < 4), key=lambda s: int(s.start_key))
+    assert [s.slice_no for s in planned] == [0, 1, 2, 3] and len(slices) >= 4
+    assert [int(s.start_key) for s in planned] == [0, 1249, 2499, 3749]  # exclusive cursors at the quantiles
     assert all(s.status == "done" and s.locked_by is None for s in slices)
     assert int(slices[0].start_key) == 0 and int(slices[-1].end_key) == 5001
     for a, b in zip(slices, slices[1:], strict=False):  # adjacent, no gap, no overlap
         assert int(b.start_key) == int(a.end_key) - 1
     assert sum(s.processed_count for s in slices) == 5000
-    assert min(s.processed_count for s in slices) > 0  # quantile cuts: every slice has work
     assert log_report(engine) == {"logged": 5000, "distinct_keys": 5000, "items": 5000, "missing": 0}
 
 

@@ -50,7 +50,9 @@ def test_dropped_and_stalled_connections_lose_and_double_nothing(engine, db_url,
 
 def test_concurrent_operators_leave_the_job_in_the_last_commanded_state(engine, db_url, tmp_path, pools):
     make_items(engine, 3000)
-    job = enqueue_items(db_url, tmp_path, slow_handler(0.03), batch_size=20, concurrency=2)
+    # paced so the job outlasts the operators' commands even on a loaded machine
+    job = enqueue_items(db_url, tmp_path, slow_handler(0.03), "--sleep-between-batches", "0.1", batch_size=20,
+                        concurrency=2)
     pools("--concurrency", "2", "--lease", "3")
     wait_for(lambda: job_row(engine, job).processed_count > 0, what="progress")
     rng = random.Random(9)
@@ -82,6 +84,7 @@ def test_concurrent_operators_leave_the_job_in_the_last_commanded_state(engine, 
     assert status == expected[last] or (expected[last] == "running" and status == "done")
 
     # bring it home and check nothing was processed twice
+    run_cli(db_url, "set", job, "--sleep-between-batches", "0")
     if status in ("paused",):
         run_cli(db_url, "resume", job)
     elif status in ("cancelled",):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from worker import control, kinds, status
+from worker import control, gates, kinds, status
 from worker.cliutil import Database, actor_option, database_option, echo_json, run_cli
 from worker.db import tidegate_home
 from worker.logs import setup_logging
@@ -126,11 +126,22 @@ def db_embedded(stop: bool) -> None:
 @click.option("--no-maintenance", is_flag=True, help="Do not prune old rows from this pool.")
 @click.option("--progress-every", default=20, show_default=True, type=click.IntRange(1, 100000),
               help="Batches between progress log lines.")
+@click.option("--gate-connections", default=0.8, show_default=True, type=click.FloatRange(0.01, 1.0),
+              help="Hold batches while connections exceed this share of max_connections.")
+@click.option("--gate-long-transactions", default=300.0, show_default=True, type=click.FloatRange(0.1),
+              help="Hold batches while another transaction has been open this many seconds.")
+@click.option("--gate-replication-lag", default=30.0, show_default=True, type=click.FloatRange(0.1),
+              help="Hold batches while a replica is this many seconds behind.")
+@click.option("--gate-autovacuum/--no-gate-autovacuum", default=True, show_default=True,
+              help="Hold batches while vacuum runs on a table the job writes.")
+@click.option("--no-gates", is_flag=True, help="Check no health gate.")
 @database_option
 @click.pass_context
 def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queues: tuple[str, ...], drain: bool,
            lease_seconds: float, poll_seconds: float, pool_name: str, metrics_port: int | None,
-           retention_jobs: float, retention_errors: float, no_maintenance: bool, progress_every: int) -> None:
+           retention_jobs: float, retention_errors: float, no_maintenance: bool, progress_every: int,
+           gate_connections: float, gate_long_transactions: float, gate_replication_lag: float,
+           gate_autovacuum: bool, no_gates: bool) -> None:
     """Run an isolated pool of worker processes until SIGTERM (or, with --drain, until idle)."""
     from worker.pool import run_pool
     from worker.runner import WorkerConfig
@@ -144,7 +155,11 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
         pass
     config = WorkerConfig(url=db.url, pool=pool_name, queues=list(queues), types=wanted,
                           lease_seconds=lease_seconds, poll_seconds=poll_seconds, drain=drain,
-                          progress_every=progress_every)
+                          progress_every=progress_every,
+                          gates=[] if no_gates else [
+                              gates.Connections(gate_connections), gates.LongTransactions(gate_long_transactions),
+                              gates.ReplicationLag(gate_replication_lag),
+                              *([gates.Autovacuum()] if gate_autovacuum else [])])
     retention = None if no_maintenance else RetentionConfig(retention_jobs * DAY, retention_errors * DAY)
     logging.getLogger(__name__).info("pool on %s", db.masked)
     raise SystemExit(run_pool(config, concurrency, ctx.obj["log_level"], ctx.obj["log_format"], metrics_port,
@@ -236,6 +251,29 @@ def errors_cmd(db: Database, job: str, limit: int, as_json: bool) -> None:
     for r in rows:
         click.echo(f"{r['created_at']:%Y-%m-%d %H:%M:%S}  slice {r['slice_no']}  item {r['item_key']}  "
                    f"{r['error_type']}: {r['message']}")
+
+
+@cli.command("set")
+@click.argument("job")
+@click.option("--concurrency", type=click.IntRange(1, 64), help="Slices in flight at most (more are cut as needed).")
+@click.option("--batch-size", type=click.IntRange(1, 100_000))
+@click.option("--max-rows-per-second", help="Pace cap across the job's slices ('none' to lift it).")
+@click.option("--sleep-between-batches", type=click.FloatRange(0, 3600))
+@click.option("--target-batch-seconds", help="Adaptive batch duration ('none' for a fixed size).")
+@click.option("--min-batch-size", type=click.IntRange(1, 100_000))
+@click.option("--max-batch-size", type=click.IntRange(1, 100_000))
+@click.option("--limit", "row_limit", help="Canary row limit ('none' to lift it, then `resume`).")
+@click.option("--error-rate-threshold", type=click.FloatRange(0, 1))
+@actor_option
+@database_option
+def set_cmd(db: Database, job: str, actor: str, **knobs: object) -> None:
+    """Change a job's pace while it runs; applies at its next batch (or: UPDATE backfill_jobs SET ...)."""
+    changes = control.parse_knobs(knobs)
+    if not changes:
+        raise click.UsageError("nothing to change: give at least one option")
+    with db.engine.begin() as conn:
+        job_id = control.set_knobs(conn, job, changes, actor)
+    click.echo(f"{job_id}: " + ", ".join(f"{k}={'none' if v is None else v}" for k, v in changes.items()))
 
 
 @cli.command("web")

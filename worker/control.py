@@ -7,6 +7,7 @@ worker has planned yet moves in ``queue_jobs`` alone. Every action is audited.
 from __future__ import annotations
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
 
 from worker import store
 from worker.errors import IllegalTransition, InvalidInput, NotFound
@@ -83,3 +84,45 @@ def pause_all(conn: Connection, actor: str, reason: str | None) -> list[str]:
     ids = [str(r.job_id) for r in rows]
     store.audit(conn, actor, "pause-all", None, {"jobs": ids, "reason": reason})
     return ids
+
+
+KNOB_NAMES = ("concurrency", "batch_size", "max_rows_per_second", "sleep_between_batches", "target_batch_seconds",
+              "min_batch_size", "max_batch_size", "row_limit", "error_rate_threshold")
+CLEARABLE = {"max_rows_per_second", "target_batch_seconds", "row_limit"}
+
+
+def parse_knobs(given: dict[str, object]) -> dict[str, object]:
+    """The knobs an operator gave; 'none' clears the clearable ones."""
+    changes: dict[str, object] = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        if isinstance(value, str):
+            if value.strip().lower() == "none" and name in CLEARABLE:
+                changes[name] = None
+                continue
+            try:
+                value = int(value) if name == "row_limit" else float(value)
+            except ValueError:
+                raise InvalidInput(f"{name} must be a number or 'none', got {value!r}") from None
+            if value <= 0:
+                raise InvalidInput(f"{name} must be positive, got {value}")
+        changes[name] = value
+    return changes
+
+
+def set_knobs(conn: Connection, ref: str, changes: dict[str, object], actor: str) -> str:
+    job_id = find_job(conn, ref)
+    params: dict[str, object] = {"job_id": job_id}
+    for name in KNOB_NAMES:
+        params[f"set_{name}"] = name in changes
+        params[name] = changes.get(name)
+    try:
+        with conn.begin_nested():
+            moved = conn.execute(q("set_knobs"), params).first()
+    except IntegrityError as err:
+        raise InvalidInput(f"refused by the database: {str(err.orig).splitlines()[0]}") from None
+    if moved is None:
+        raise NotFound(f"job {job_id} has not been planned yet: set its payload, or wait for a worker")
+    store.audit(conn, actor, "set", job_id, {k: v for k, v in changes.items()})
+    return job_id

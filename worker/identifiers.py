@@ -106,3 +106,28 @@ def has_leading_index(conn: Connection, tbl: Ident, col: Column) -> bool:
             {"rel": tbl.sql, "col": col.ident.name},
         ).scalar()
     )
+
+
+def columns(conn: Connection, tbl: Ident) -> list[Column]:
+    """Every stored (not generated, not dropped) column of ``tbl``, in table order."""
+    rows = conn.execute(
+        text(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a"
+            " WHERE a.attrelid = CAST(:rel AS regclass) AND a.attnum > 0 AND NOT a.attisdropped"
+            " AND a.attgenerated = '' ORDER BY a.attnum"
+        ),
+        {"rel": tbl.sql},
+    ).all()
+    return [Column(Ident(sql=quote(r[0]), name=r[0]), type=r[1], not_null=bool(r[2])) for r in rows]
+
+
+def column_list(cols: list[Column]) -> Ident:
+    """Catalog-checked columns as one ``"a", "b", ...`` list (INSERT ... SELECT of whole rows)."""
+    if not cols:
+        raise InvalidIdentifier("an empty column list")
+    return Ident(sql=", ".join(c.ident.sql for c in cols), name=",".join(c.ident.name for c in cols))
+
+
+def type_of(col: Column) -> Ident:
+    """The column's type as the catalog spells it (``format_type``), for a CAST."""
+    return Ident(sql=col.type, name=col.type)

@@ -72,3 +72,18 @@ def before(key: Key) -> Key:
 def check_range(lo: Key, hi: Key) -> None:
     if not lo < hi:
         raise InvalidInput(f"empty or reversed range: from {encode(lo)} must be before to {encode(hi)}")
+
+
+def after(key: Key) -> Key:
+    """The smallest key above ``key``."""
+    return key + _MICRO if isinstance(key, datetime) else key + 1
+
+
+def midpoint(cursor: Key, end: Key) -> Key | None:
+    """A cut inside the open range (cursor, end): None when there is no room for two pieces."""
+    if isinstance(cursor, datetime):
+        assert isinstance(end, datetime)
+        width = (end - cursor) // _MICRO
+        return cursor + _MICRO * (width // 2) if width >= 3 else None
+    assert isinstance(end, int)
+    return cursor + (end - cursor) // 2 if end - cursor >= 3 else None

@@ -86,6 +86,9 @@ class JobKind(Protocol):
         """Process the next batch after ``cursor`` (exclusive), below ``end`` (exclusive)."""
         ...
 
+    # Optional: ``summary(engine, job_id) -> dict`` — what the runner logs when the job ends
+    # (archive-range: attempted, archived, skipped, failed, elapsed, candidates left).
+
 
 _registry: dict[str, JobKind] = {}
 _loaded = False
@@ -99,12 +102,30 @@ class OneShotKind(Protocol):
     """A small job that needs no slices or checkpoints: ``run`` does it all in a savepoint.
 
     The runner claims such jobs in handfuls and marks them done together, so the
-    queue's own overhead stays small (the noop benchmark measures it)."""
+    queue's own overhead stays small (the noop benchmark measures it). The handful runs in one
+    savepoint; if any job of it raises, the savepoint rolls back and each job runs again in its own,
+    so ``run`` may run twice for one job: effects outside the database must be idempotent."""
 
     name: str
     one_shot: bool  # True
 
     def run(self, conn: Connection, payload: Any) -> None: ...
+
+
+class OneShot:
+    """Base for one-shot kinds: subclass, set ``name`` and write ``run``."""
+
+    name: str
+    one_shot = True
+
+    def plan(self, conn: Connection, payload: Any) -> Any:  # never called for one-shot kinds
+        raise NotImplementedError
+
+    def process(self, *args: Any) -> Any:
+        raise NotImplementedError
+
+    def run(self, conn: Connection, payload: Any) -> None:
+        raise NotImplementedError
 
 
 def _load_plugins() -> list[Any]:

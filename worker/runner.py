@@ -29,12 +29,13 @@ import uuid
 from dataclasses import dataclass, field
 
 import psycopg
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from worker import keys, kinds, metrics, store
+from worker import keys, kinds, metrics, store, throttle
 from worker.db import make_engine
 from worker.errors import DatabaseUnavailable, InvalidInput
+from worker.gates import Gate, Gates
 from worker.logs import job_ctx
 from worker.states import ACTIVE
 
@@ -54,6 +55,7 @@ class WorkerConfig:
     backoff_max: float = 300.0
     progress_every: int = 20  # batches between progress log lines
     claim_batch: int = 50  # one-shot jobs claimed per transaction
+    gates: list[Gate] = field(default_factory=list)  # health gates checked between batches
 
 
 class Worker:
@@ -68,6 +70,11 @@ class Worker:
         self.engine: Engine = make_engine(config.url, application_name=f"tidegate-worker {self.id}")
         self._heartbeat = Heartbeat(self, config.lease_seconds)
         self.batches_done = 0
+        self.gates = Gates(config.gates)
+        self._written: dict[str, list[str]] = {}
+        self._held: set[str] = set()
+        self._one_shots_flowing = False
+        self._last_plan = 0.0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -78,7 +85,7 @@ class Worker:
         try:
             while not self.stop.is_set():
                 try:
-                    if self.plan_one() or self.run_one_shots() or self.work_one_slice():
+                    if self._plan_due() and self.plan_one() or self.run_one_shots() or self.work_one_slice():
                         outages = 0
                         continue
                     if self.config.drain and not self._work_left():
@@ -108,6 +115,15 @@ class Worker:
             self.engine.dispose()
             log.info("worker %s stopped", self.id)
         return 0
+
+    def _plan_due(self) -> bool:
+        """While one-shot jobs keep coming, look for jobs to plan once a second, not before every
+        handful: that probe walks past every pending one-shot row."""
+        now = time.monotonic()
+        if self._one_shots_flowing and now - self._last_plan < 1.0:
+            return False
+        self._last_plan = now
+        return True
 
     def _work_left(self) -> bool:
         with self.engine.begin() as conn:
@@ -151,33 +167,55 @@ class Worker:
     def run_one_shots(self) -> bool:
         """Small jobs that need no slices (kinds with ``one_shot``): up to ``claim_batch`` per
         transaction, each in a savepoint, all marked done by one UPDATE. False if none."""
+        self._one_shots_flowing = False
         if not self.one_shot_names:
             return False
         with self.engine.begin() as conn:
             jobs = store.claim_one_shots(conn, self.config.queues, self.one_shot_names, self.config.claim_batch)
             if not jobs:
                 return False
-            done = []
-            for job in jobs:
-                try:
-                    with conn.begin_nested():
+            self._one_shots_flowing = True
+            try:  # the whole handful in one savepoint: two round trips, not two per job
+                with conn.begin_nested():
+                    for job in jobs:
                         self.kinds[job.type].run(conn, job.payload)  # type: ignore[attr-defined]
-                    done.append(job.id)
+                done = [job.id for job in jobs]
+                for job in jobs:
                     metrics.ONE_SHOT_JOBS.labels(job.type, "done").inc()
-                except Exception as err:
-                    if is_outage(err):
-                        raise
-                    metrics.ONE_SHOT_JOBS.labels(job.type, "retried").inc()
-                    store.retry_queue_job(conn, job.id, f"{type(err).__name__}: {first_line(err)}",
-                                          self.config.backoff_base, self.config.backoff_max)
+            except Exception as err:
+                if is_outage(err):
+                    raise
+                done = self._one_shots_one_by_one(conn, jobs)  # one failed: again, each in its own savepoint
             store.finish_one_shots(conn, done)
         return True
+
+    def _one_shots_one_by_one(self, conn: Connection, jobs: list[store.QueueJob]) -> list[str]:
+        done = []
+        for job in jobs:
+            try:
+                with conn.begin_nested():
+                    self.kinds[job.type].run(conn, job.payload)  # type: ignore[attr-defined]
+                done.append(job.id)
+                metrics.ONE_SHOT_JOBS.labels(job.type, "done").inc()
+            except Exception as err:
+                if is_outage(err):
+                    raise
+                metrics.ONE_SHOT_JOBS.labels(job.type, "retried").inc()
+                store.retry_queue_job(conn, job.id, f"{type(err).__name__}: {first_line(err)}",
+                                      self.config.backoff_base, self.config.backoff_max)
+        return done
 
     # -- slices and batches -------------------------------------------------
 
     def work_one_slice(self) -> bool:
         with self.engine.begin() as conn:
             claimed = store.claim_slice(conn, self.id, self.config.queues, self.kind_names)
+            if claimed is None:
+                # a job whose concurrency was raised above its slices: cut one in two, take the new half
+                split = store.split_one(conn, self.config.queues, self.kind_names)
+                if split is not None:
+                    log.info("job %s: slice %d split for more concurrency", *split, extra=job_ctx(*split))
+                    claimed = store.claim_slice(conn, self.id, self.config.queues, self.kind_names)
         if claimed is None:
             return False
         job, n = claimed.job_id, claimed.slice_no
@@ -196,8 +234,11 @@ class Worker:
 
     def run_batch(self, job_id: str, slice_no: int, *, takeover: bool = False) -> str:
         """One batch in one transaction. Returns "more", "slice-done", "stopped" or "failed"."""
+        if self._gate_holds(job_id):
+            return "more"  # the slice stays ours; try again after the gate's pause
         started = time.monotonic()
         kind_name = "?"
+        size = 0
         try:
             with self.engine.begin() as conn:
                 state = store.begin_batch(conn, job_id, slice_no, self.id)
@@ -208,22 +249,38 @@ class Worker:
                 kind_name = state.kind
                 if takeover:
                     metrics.LEASE_TAKEOVERS.labels(kind_name).inc()
-                if state.status not in ACTIVE:
+                processed = state.processed_count
+                if state.knobs.row_limit is not None:  # canary batches of a job run one at a time
+                    processed = store.locked_processed_count(conn, job_id)
+                size = throttle.batch_size(state.knobs, state.batch_size_now, processed)
+                if state.status in ACTIVE and size <= 0:  # resumed with its canary limit still used up
+                    store.pause_self(conn, job_id, "canary limit reached")
+                if state.status not in ACTIVE or size <= 0 or state.over_concurrency:
                     store.release_slice(conn, job_id, slice_no, self.id)
-                    log.info("job %s slice %d: job is %s, letting go", job_id, slice_no, state.status,
+                    why = "concurrency lowered" if state.status in ACTIVE and size > 0 else f"job is {state.status}"
+                    log.info("job %s slice %d: %s, letting go", job_id, slice_no, why,
                              extra=job_ctx(job_id, slice_no, status=state.status))
                     return "stopped"
-                ctx = kinds.BatchContext(job_id, slice_no, state.params, state.key_type, state.batch_size)
+                timeout = throttle.statement_timeout_ms(state.knobs)
+                if timeout:  # transaction-scoped, so it is safe behind PgBouncer
+                    conn.execute(store.q("local_statement_timeout"), {"ms": str(timeout)})
+                ctx = kinds.BatchContext(job_id, slice_no, state.params, state.key_type, size)
                 cursor = keys.decode(state.key_type, state.checkpoint)
                 end = keys.decode(state.key_type, state.end_key)
+                work_started = time.monotonic()
                 result = self.kinds[state.kind].process(conn, ctx, cursor, end)
-                job_done = store.record_batch(
-                    conn, job_id, slice_no, self.id, state.key_type,
-                    result.checkpoint, result.processed, result.errors, result.exhausted,
+                work = time.monotonic() - work_started
+                next_size = throttle.next_batch_size(state.knobs, size, result.processed, work)
+                job_done, paused = store.record_batch(
+                    conn, job_id, slice_no, self.id, state.key_type, result.checkpoint, result.processed,
+                    result.errors, result.exhausted, next_size or state.batch_size_now,
                 )
-        except Exception as err:  # the batch rolled back: count an attempt, back off
+        except Exception as err:  # the batch rolled back
             if is_outage(err):
                 raise  # not the batch's fault: no attempt is counted
+            if is_timeout(err) and size > 1:
+                self._shrink(job_id, slice_no, size // 2)
+                return "more"
             self._fail_attempt(job_id, slice_no, kind_name, err)
             return "failed"
         elapsed = time.monotonic() - started
@@ -240,12 +297,62 @@ class Worker:
                   elapsed, extra=bounds)
         if self.batches_done % self.config.progress_every == 0:
             self._log_progress(job_id, slice_no, bounds)
+        if paused:
+            log.warning("job %s paused itself: %s", job_id, paused, extra=job_ctx(job_id, slice_no, reason=paused))
         if job_done:
             log.info("job %s: done", job_id, extra=job_ctx(job_id, status="done"))
+            self._log_summary(job_id, kind_name)
         if result.exhausted:
             log.info("job %s slice %d: finished", job_id, slice_no, extra=job_ctx(job_id, slice_no))
             return "slice-done"
+        wait = throttle.pause_after(state.knobs, result.processed, elapsed)
+        if wait > 0:
+            self.stop.wait(wait)
         return "more"
+
+    def _gate_holds(self, job_id: str) -> bool:
+        """Check the health gates; while one holds, record it on the job and wait a little."""
+        if not self.gates.gates or self.gates.recently_go(job_id):
+            return False  # no transaction of its own on the batch path while the gates say go
+        with self.engine.begin() as conn:
+            job = conn.execute(store.q("job_params"), {"job_id": job_id}).first()
+            if job is None or job.status not in ACTIVE:
+                return False  # paused or cancelled while held: let begin_batch see it and let go
+            written = self._written.setdefault(job_id, list((job.params or {}).get("writes") or []))
+            held = self.gates.holding(conn, job_id, written)
+            if held is None:
+                if job_id in self._held:
+                    store.hold(conn, job_id, None)
+                    self._held.discard(job_id)
+                    log.info("job %s: no gate holds it any more", job_id, extra=job_ctx(job_id))
+                return False
+            gate, reason = held
+            store.hold(conn, job_id, gate)
+        metrics.GATE_HOLDS.labels(gate).inc()
+        if job_id not in self._held:
+            log.warning("job %s held by gate %s: %s", job_id, gate, reason, extra=job_ctx(job_id, gate=gate))
+            self._held.add(job_id)
+        self.stop.wait(self.gates.every)
+        return True
+
+    def _log_summary(self, job_id: str, kind_name: str) -> None:
+        """The run's summary line, for kinds that offer one (``summary(engine, job_id) -> dict``)."""
+        summarize = getattr(self.kinds.get(kind_name), "summary", None)
+        if summarize is None:
+            return
+        try:
+            facts = summarize(self.engine, job_id)
+        except Exception as err:  # a report must never fail the job that just finished
+            log.warning("job %s: no summary (%s)", job_id, first_line(err), extra=job_ctx(job_id))
+            return
+        log.info("job %s summary: %s", job_id, ", ".join(f"{k}={v}" for k, v in facts.items() if k != "job_id"),
+                 extra=job_ctx(job_id, **{k: v for k, v in facts.items() if k != "job_id"}))
+
+    def _shrink(self, job_id: str, slice_no: int, size: int) -> None:
+        with self.engine.begin() as conn:
+            store.shrink_batch(conn, job_id, slice_no, self.id, size)
+        log.warning("job %s slice %d: batch timed out; retrying with %d rows", job_id, slice_no, size,
+                    extra=job_ctx(job_id, slice_no, batch_size=size))
 
     def _fail_attempt(self, job_id: str, slice_no: int, kind_name: str, err: Exception) -> None:
         metrics.BATCH_FAILURES.labels(kind_name).inc()
@@ -283,6 +390,11 @@ class Worker:
         log.info("job %s slice %d: batch (%s, %s] rows=%s errors=%s; job: %d rows processed%s, %d errors",
                  job_id, slice_no, b["lo"], b["hi"], b["rows"], b["errors"], row.processed_count, pct,
                  row.error_count, extra=bounds)
+
+
+def is_timeout(err: BaseException) -> bool:
+    orig = err.orig if isinstance(err, DBAPIError) else err
+    return getattr(orig, "sqlstate", None) == "57014"  # query_canceled: our statement_timeout
 
 
 # SQLSTATEs that mean "the connection or the server is gone", not "this batch is wrong"

@@ -48,6 +48,14 @@ def job_rows(conn: Connection, job_id: str | None = None, limit: int = 50) -> li
                 "rows_per_second": round(rate, 1) if rate is not None else None,
                 "eta_seconds": round(eta) if eta is not None else None,
                 "last_error": r["last_error"] or r["queue_error"],
+                # which health gate holds the job back, and since when (only while it is active)
+                "held_by": r["held_by"] if status in ("pending", "running") else None,
+                "held_since": r["held_since"].isoformat() if r["held_since"] and status in ("pending", "running")
+                else None,
+                "max_rows_per_second": r["max_rows_per_second"],
+                "sleep_between_batches": r["sleep_between_batches"],
+                "target_batch_seconds": r["target_batch_seconds"],
+                "row_limit": r["row_limit"],
                 "created_at": r["created_at"].isoformat(),
                 "started_at": r["started_at"].isoformat() if r["started_at"] else None,
                 "finished_at": r["finished_at"].isoformat() if r["finished_at"] else None,
@@ -80,6 +88,8 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         note = r["reason"] or ""
         if r["status"] == "failed" and r["last_error"]:
             note = r["last_error"]
+        if r["held_by"]:
+            note = f"held by gate {r['held_by']} since {r['held_since'][:19].replace('T', ' ')}. {note}"
         if r["slices"]:
             note = f"slices {r['slices_done']}/{r['slices']} done, {r['slices_in_flight']} in flight. {note}"
         lines.append(

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
 
 from worker import keys
 from worker.kinds import ItemError, Plan
@@ -36,15 +37,36 @@ class ClaimedSlice:
     previous_owner: str | None
 
 
+KNOBS = ("max_rows_per_second", "sleep_between_batches", "target_batch_seconds", "min_batch_size",
+         "max_batch_size", "row_limit", "error_rate_threshold")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """A job's pace knobs as read at the start of a batch (an UPDATE changes them live)."""
+
+    batch_size: int
+    concurrency: int
+    max_rows_per_second: float | None = None
+    sleep_between_batches: float = 0.0
+    target_batch_seconds: float | None = None
+    min_batch_size: int | None = None
+    max_batch_size: int | None = None
+    row_limit: int | None = None
+
+
 @dataclass(frozen=True)
 class BatchState:
     status: str
     kind: str
     params: dict[str, Any]
     key_type: keys.KeyType
-    batch_size: int
     checkpoint: str
     end_key: str
+    batch_size_now: int | None
+    processed_count: int
+    knobs: Knobs
+    over_concurrency: bool = False
 
 
 def register_worker(conn: Connection, worker_id: str, pool: str, hostname: str, pid: int, lease: float) -> None:
@@ -93,6 +115,7 @@ def store_plan(conn: Connection, job_id: str, kind: str, plan: Plan) -> None:
             "concurrency": plan.concurrency,
             "total_estimate": plan.total_estimate,
             "last_checkpoint": keys.encode(plan.slices[0].start) if plan.slices else None,
+            **{k: plan.params.get(k) for k in KNOBS},
         },
     )
     conn.execute(
@@ -141,7 +164,10 @@ def begin_batch(conn: Connection, job_id: str, slice_no: int, worker_id: str) ->
     ).first()
     if row is None:
         return None
-    return BatchState(row.status, row.kind, row.params, row.key_type, row.batch_size, row.checkpoint, row.end_key)
+    knobs = Knobs(row.batch_size, row.concurrency, row.max_rows_per_second, row.sleep_between_batches,
+                  row.target_batch_seconds, row.min_batch_size, row.max_batch_size, row.row_limit)
+    return BatchState(row.status, row.kind, row.params, row.key_type, row.checkpoint, row.end_key,
+                      row.batch_size_now, row.processed_count, knobs, bool(row.over_concurrency))
 
 
 def record_batch(
@@ -154,8 +180,11 @@ def record_batch(
     processed: int,
     errors: list[ItemError],
     exhausted: bool,
-) -> bool:
-    """Advance slice and job in the batch's transaction; True when the job is now done."""
+    next_batch_size: int | None = None,
+) -> tuple[bool, str | None]:
+    """Advance slice and job in the batch's transaction.
+
+    Returns (job done, why it paused itself or None)."""
     if errors:
         conn.execute(
             q("insert_item_error"),
@@ -169,20 +198,20 @@ def record_batch(
     updated = conn.execute(
         q("advance_slice"),
         {**params, "checkpoint": keys.encode(checkpoint), "processed": processed, "errors": len(errors),
-         "exhausted": exhausted},
+         "exhausted": exhausted, "next_batch_size": next_batch_size},
     ).rowcount
     if updated != 1:  # unreachable while begin_batch's row lock holds; a guard, not a path
         raise RuntimeError(f"slice {job_id}/{slice_no} changed owner inside its own batch")
     cursors = conn.execute(q("slice_cursors"), {"job_id": job_id}).all()
-    conn.execute(
+    job = conn.execute(
         q("advance_job"),
         {"job_id": job_id, "processed": processed, "errors": len(errors),
          "watermark": _low_watermark(key_type, cursors)},
-    )
+    ).one()
     if exhausted and conn.execute(q("finish_job_if_done"), {"job_id": job_id}).first() is not None:
         conn.execute(q("finish_queue_job"), {"job_id": job_id, "status": "done"})
-        return True
-    return False
+        return True, None
+    return False, job.status_reason if job.status == "paused" else None
 
 
 def _low_watermark(key_type: keys.KeyType, cursors: list[Any]) -> str:
@@ -244,3 +273,42 @@ def audit(conn: Connection, actor: str, action: str, job_id: str | None, details
 
 def to_jsonable(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
+
+
+def hold(conn: Connection, job_id: str, gate: str | None) -> None:
+    if gate is None:
+        conn.execute(q("release_hold"), {"job_id": job_id})
+    else:
+        conn.execute(q("hold_job"), {"job_id": job_id, "gate": gate})
+
+
+def shrink_batch(conn: Connection, job_id: str, slice_no: int, worker_id: str, size: int) -> None:
+    conn.execute(q("shrink_batch"), {"job_id": job_id, "slice_no": slice_no, "worker_id": worker_id, "size": size})
+
+
+def split_one(conn: Connection, queues: list[str], kinds: list[str]) -> tuple[str, int] | None:
+    """Cut the largest free slice of a job that wants more slices than it has; (job, new slice) or None."""
+    row = conn.execute(q("split_candidate"), {"queues": queues, "kinds": kinds}).first()
+    if row is None:
+        return None
+    lo = keys.decode(row.key_type, row.checkpoint)
+    hi = keys.decode(row.key_type, row.end_key)
+    cut = keys.midpoint(lo, hi)
+    if cut is None:
+        return None
+    try:
+        with conn.begin_nested():  # two workers cutting slices of one job at once: one numbering wins
+            conn.execute(q("split_slice"), {"job_id": row.job_id, "slice_no": row.slice_no,
+                                            "cut_end": keys.encode(keys.after(cut)), "cut": keys.encode(cut),
+                                            "end_key": row.end_key})
+    except IntegrityError:
+        return None
+    return str(row.job_id), row.slice_no
+
+
+def locked_processed_count(conn: Connection, job_id: str) -> int:
+    return int(conn.execute(q("lock_job_counts"), {"job_id": job_id}).scalar_one())
+
+
+def pause_self(conn: Connection, job_id: str, reason: str) -> bool:
+    return conn.execute(q("pause_job_self"), {"job_id": job_id, "reason": reason}).first() is not None

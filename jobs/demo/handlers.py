@@ -47,6 +47,8 @@ class HeroTroops(ItemHandler):
     name = "hero_troops"
     source = "hero_snapshots"
     key = "created_at"
+    writes = ["user_troops"]
+    derived = {"table": "user_troops", "key": ["user_id", "troop_id"]}
 
     def transform(self, row: Mapping[str, Any]) -> Iterable[tuple[Any, ...]]:
         raw = row["raw"]
@@ -71,6 +73,28 @@ class HeroTroops(ItemHandler):
                 newest[(r[0], r[1])] = r
         rows = [dict(zip(FIELDS, r[:7], strict=True)) for r in newest.values()]
         conn.execute(UPSERT, {"rows": json.dumps(rows)})
+
+
+    def check_row(self, conn: Connection, row: Mapping[str, Any]) -> list[str]:
+        """Each troop of the snapshot is in user_troops, from this snapshot with its values, or from a newer one."""
+        problems = []
+        mine: dict[tuple[int, int], tuple[Any, ...]] = {}
+        for r in self.transform(row):
+            mine.setdefault((r[0], r[1]), r)
+        for (user, troop), r in mine.items():
+            have = conn.execute(DERIVED_ROW, {"user_id": user, "troop_id": troop}).first()
+            if have is None:
+                problems.append(f"user {user} troop {troop}: missing")
+            elif (have.snapshot_at, have.snapshot_id) < (r[7], r[5]):
+                problems.append(f"user {user} troop {troop}: from an older snapshot than {r[5]}")
+            elif have.snapshot_id == r[5] and (have.level, have.amount, have.ascension) != r[2:5]:
+                problems.append(f"user {user} troop {troop}: {(have.level, have.amount, have.ascension)}"
+                                f" but snapshot {r[5]} says {r[2:5]}")
+        return problems
+
+
+DERIVED_ROW = text("SELECT level, amount, ascension, snapshot_id, snapshot_at FROM user_troops"
+                   " WHERE user_id = :user_id AND troop_id = :troop_id")
 
 
 def _bad(troop: object) -> bool:

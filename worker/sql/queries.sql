@@ -40,15 +40,24 @@ FOR UPDATE SKIP LOCKED;
 
 -- name: claim_one_shots
 -- description: Take a handful of small jobs (kinds that need no slices) to run in one transaction.
-SELECT id, type, payload, queue, priority, attempts, max_attempts
-FROM queue_jobs
-WHERE status = 'pending'
-  AND run_after <= now()
-  AND queue = ANY(:queues)
-  AND type = ANY(:types)
-ORDER BY priority DESC, run_after, created_at
-LIMIT :limit
-FOR UPDATE SKIP LOCKED;
+-- One ordered scan of queue_jobs_claim_idx per queue (queue = ANY(...) cannot use the index's order,
+-- which meant a sort of every pending row per claim); with several queues the surplus rows stay
+-- locked, unused, until this transaction ends.
+SELECT j.id, j.type, j.payload, j.queue, j.priority, j.attempts, j.max_attempts
+FROM unnest(CAST(:queues AS text[])) AS w(name)
+CROSS JOIN LATERAL (
+    SELECT id, type, payload, queue, priority, attempts, max_attempts, run_after, created_at
+    FROM queue_jobs
+    WHERE status = 'pending'
+      AND queue = w.name
+      AND run_after <= now()
+      AND type = ANY(:types)
+    ORDER BY priority DESC, run_after, created_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+) j
+ORDER BY j.priority DESC, j.run_after, j.created_at
+LIMIT :limit;
 
 -- name: finish_one_shots
 -- description: Small jobs that ran: done.
@@ -69,9 +78,13 @@ WHERE id = :job_id;
 -- name: insert_range_job
 -- description: The checkpoint row of a planned job.
 INSERT INTO backfill_jobs (job_id, kind, owner, params, key_type, from_key, to_key, from_ts, to_ts,
-                           batch_size, concurrency, total_estimate, last_checkpoint)
+                           batch_size, concurrency, total_estimate, last_checkpoint,
+                           max_rows_per_second, sleep_between_batches, target_batch_seconds, min_batch_size,
+                           max_batch_size, row_limit, error_rate_threshold)
 VALUES (:job_id, :kind, :owner, CAST(:params AS jsonb), :key_type, :from_key, :to_key,
-        :from_ts, :to_ts, :batch_size, :concurrency, :total_estimate, :last_checkpoint);
+        :from_ts, :to_ts, :batch_size, :concurrency, :total_estimate, :last_checkpoint,
+        :max_rows_per_second, coalesce(:sleep_between_batches, 0), :target_batch_seconds, :min_batch_size,
+        :max_batch_size, :row_limit, coalesce(:error_rate_threshold, 0.01));
 
 -- name: insert_slice
 -- description: One slice of a planned job, with its own cursor.
@@ -123,8 +136,14 @@ UPDATE backfill_jobs SET status = 'running', updated_at = now()
 WHERE job_id = :job_id AND status = 'pending';
 
 -- name: begin_batch
--- description: Inside the batch transaction: fence on ownership, lock the slice, re-read the job's status.
-SELECT j.status, j.kind, j.params, j.key_type, j.batch_size, s.checkpoint, s.end_key
+-- description: Inside the batch transaction: fence on ownership, lock the slice, re-read the job's status and knobs.
+SELECT j.status, j.kind, j.params, j.key_type, j.batch_size, s.checkpoint, s.end_key, s.batch_size_now,
+       j.processed_count, j.concurrency, j.max_rows_per_second, j.sleep_between_batches, j.target_batch_seconds,
+       j.min_batch_size, j.max_batch_size, j.row_limit,
+       -- concurrency lowered under us: the slices with the lowest numbers keep running, the others let go
+       (SELECT count(*) FROM backfill_slices o JOIN tidegate_workers w ON w.id = o.locked_by
+        WHERE o.job_id = s.job_id AND o.status = 'pending' AND o.slice_no < s.slice_no
+          AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)) >= j.concurrency AS over_concurrency
 FROM backfill_slices s
 JOIN backfill_jobs j ON j.job_id = s.job_id
 WHERE s.job_id = :job_id AND s.slice_no = :slice_no
@@ -142,6 +161,7 @@ SET checkpoint = :checkpoint,
     last_error = NULL,
     status = CASE WHEN :exhausted THEN 'done' ELSE 'pending' END,
     locked_by = CASE WHEN :exhausted THEN NULL ELSE locked_by END,
+    batch_size_now = CAST(:next_batch_size AS integer),
     updated_at = now()
 WHERE job_id = :job_id AND slice_no = :slice_no AND locked_by = :worker_id;
 
@@ -150,19 +170,45 @@ WHERE job_id = :job_id AND slice_no = :slice_no AND locked_by = :worker_id;
 SELECT status, checkpoint, end_key FROM backfill_slices WHERE job_id = :job_id;
 
 -- name: advance_job
--- description: The job's totals and low watermark; takes the job row lock (serialises finishers).
+-- description: The job's totals and low watermark (takes the job row lock, which serialises finishers); pauses
+-- description: the job when its error rate over the last window, or its canary row limit, says so.
 UPDATE backfill_jobs
 SET processed_count = processed_count + :processed,
     error_count = error_count + :errors,
     last_checkpoint = :watermark,
+    window_processed = CASE WHEN window_processed + :processed >= error_window THEN 0
+                            ELSE window_processed + :processed END,
+    window_errors = CASE WHEN window_processed + :processed >= error_window THEN 0 ELSE window_errors + :errors END,
+    status = CASE
+        WHEN status NOT IN ('pending', 'running') THEN status
+        WHEN window_processed + :processed >= error_window
+             AND window_errors + :errors > error_rate_threshold * (window_processed + :processed) THEN 'paused'
+        WHEN row_limit IS NOT NULL AND processed_count + :processed >= row_limit THEN 'paused'
+        ELSE status END,
+    status_reason = CASE
+        WHEN status NOT IN ('pending', 'running') THEN status_reason
+        WHEN window_processed + :processed >= error_window
+             AND window_errors + :errors > error_rate_threshold * (window_processed + :processed)
+          THEN format('error rate %s%% over the last %s items is above %s%%',
+                      round(100.0 * (window_errors + :errors) / (window_processed + :processed), 2),
+                      window_processed + :processed, round(CAST(100 * error_rate_threshold AS numeric), 2))
+        WHEN row_limit IS NOT NULL AND processed_count + :processed >= row_limit THEN 'canary limit reached'
+        ELSE status_reason END,
+    status_by = CASE
+        WHEN status NOT IN ('pending', 'running') THEN status_by
+        WHEN (window_processed + :processed >= error_window
+              AND window_errors + :errors > error_rate_threshold * (window_processed + :processed))
+          OR (row_limit IS NOT NULL AND processed_count + :processed >= row_limit) THEN 'tidegate'
+        ELSE status_by END,
     updated_at = now()
-WHERE job_id = :job_id;
+WHERE job_id = :job_id
+RETURNING status, status_reason;
 
 -- name: finish_job_if_done
 -- description: Done when no slice is left; runs after advance_job so concurrent finishers see each other.
 UPDATE backfill_jobs
 SET status = 'done', status_reason = 'all slices done', finished_at = now(), updated_at = now()
-WHERE job_id = :job_id AND status IN ('pending', 'running')
+WHERE job_id = :job_id AND status IN ('pending', 'running', 'paused')
   AND NOT EXISTS (SELECT 1 FROM backfill_slices WHERE job_id = :job_id AND status <> 'done')
 RETURNING job_id;
 
@@ -272,7 +318,8 @@ SELECT q.id AS job_id, q.type, q.queue, q.status AS queue_status, q.priority, q.
        q.last_error AS queue_error, q.created_at, q.run_after,
        j.status, j.owner, j.status_reason, j.status_by, j.processed_count, j.error_count,
        j.total_estimate, j.last_checkpoint, j.batch_size, j.concurrency, j.started_at, j.finished_at,
-       j.updated_at, j.last_error, j.params, j.from_key, j.to_key,
+       j.updated_at, j.last_error, j.params, j.from_key, j.to_key, j.held_by, j.held_since,
+       j.max_rows_per_second, j.sleep_between_batches, j.target_batch_seconds, j.row_limit,
        (SELECT count(*) FROM backfill_slices s WHERE s.job_id = q.id) AS slices,
        (SELECT count(*) FROM backfill_slices s WHERE s.job_id = q.id AND s.status = 'done') AS slices_done,
        (SELECT count(*) FROM backfill_slices s JOIN tidegate_workers w ON w.id = s.locked_by
@@ -327,3 +374,81 @@ DELETE FROM queue_jobs WHERE id IN (
 DELETE FROM etl_errors WHERE id IN (
     SELECT id FROM etl_errors WHERE created_at < now() - make_interval(secs => :age_seconds)
     LIMIT :batch FOR UPDATE SKIP LOCKED);
+
+-- name: hold_job
+-- description: A gate holds the job: say which and since when (kept while it keeps holding).
+UPDATE backfill_jobs SET held_by = :gate, held_since = CASE WHEN held_by = :gate THEN held_since ELSE now() END
+WHERE job_id = :job_id AND held_by IS DISTINCT FROM :gate;
+
+-- name: release_hold
+-- description: No gate holds the job any more.
+UPDATE backfill_jobs SET held_by = NULL, held_since = NULL WHERE job_id = :job_id AND held_by IS NOT NULL;
+
+-- name: shrink_batch
+-- description: A batch hit its statement timeout: the next one on this slice is half as big.
+UPDATE backfill_slices SET batch_size_now = :size, updated_at = now()
+WHERE job_id = :job_id AND slice_no = :slice_no AND locked_by = :worker_id;
+
+-- name: split_candidate
+-- description: A job wanting more slices in flight than it has free: its largest unlocked slice, to cut in two.
+SELECT s.job_id, s.slice_no, s.checkpoint, s.end_key, j.key_type
+FROM backfill_slices s
+JOIN backfill_jobs j ON j.job_id = s.job_id
+JOIN queue_jobs q ON q.id = s.job_id
+WHERE j.status IN ('pending', 'running') AND s.status = 'pending'
+  AND q.queue = ANY(:queues) AND j.kind = ANY(:kinds)
+  AND (SELECT count(*) FROM backfill_slices o WHERE o.job_id = j.job_id AND o.status = 'pending') < j.concurrency
+ORDER BY q.priority DESC, j.created_at,
+         CASE j.key_type WHEN 'bigint' THEN CAST(s.end_key AS numeric) - CAST(s.checkpoint AS numeric)
+              ELSE CAST(extract(epoch FROM CAST(s.end_key AS timestamptz) - CAST(s.checkpoint AS timestamptz))
+                        AS numeric) END DESC
+LIMIT 1
+FOR UPDATE OF s SKIP LOCKED;
+
+-- name: split_slice
+-- description: Cut a slice at :cut: it keeps (checkpoint, cut), a new slice takes (cut, end).
+WITH cut AS (
+    UPDATE backfill_slices SET end_key = :cut_end, updated_at = now()
+    WHERE job_id = :job_id AND slice_no = :slice_no RETURNING job_id
+)
+INSERT INTO backfill_slices (job_id, slice_no, start_key, end_key, checkpoint)
+SELECT :job_id, (SELECT max(slice_no) + 1 FROM backfill_slices WHERE job_id = :job_id), :cut, :end_key, :cut
+FROM cut;
+
+-- name: set_knobs
+-- description: `tidegate set`: change a job's pace knobs; each applies at the job's next batch.
+UPDATE backfill_jobs
+SET concurrency = CASE WHEN :set_concurrency THEN CAST(:concurrency AS integer) ELSE concurrency END,
+    batch_size = CASE WHEN :set_batch_size THEN CAST(:batch_size AS integer) ELSE batch_size END,
+    max_rows_per_second = CASE WHEN :set_max_rows_per_second THEN CAST(:max_rows_per_second AS float8)
+                               ELSE max_rows_per_second END,
+    sleep_between_batches = CASE WHEN :set_sleep_between_batches THEN CAST(:sleep_between_batches AS float8)
+                                 ELSE sleep_between_batches END,
+    target_batch_seconds = CASE WHEN :set_target_batch_seconds THEN CAST(:target_batch_seconds AS float8)
+                                ELSE target_batch_seconds END,
+    min_batch_size = CASE WHEN :set_min_batch_size THEN CAST(:min_batch_size AS integer) ELSE min_batch_size END,
+    max_batch_size = CASE WHEN :set_max_batch_size THEN CAST(:max_batch_size AS integer) ELSE max_batch_size END,
+    row_limit = CASE WHEN :set_row_limit THEN CAST(:row_limit AS bigint) ELSE row_limit END,
+    error_rate_threshold = CASE WHEN :set_error_rate_threshold THEN CAST(:error_rate_threshold AS float8)
+                                ELSE error_rate_threshold END,
+    updated_at = now()
+WHERE job_id = :job_id
+RETURNING job_id;
+
+-- name: local_statement_timeout
+-- description: A statement timeout for this batch's transaction only (SET LOCAL).
+SELECT set_config('statement_timeout', :ms, true);
+
+-- name: job_params
+-- description: A job's status and validated parameters (for the health gates).
+SELECT status, params FROM backfill_jobs WHERE job_id = :job_id;
+
+-- name: lock_job_counts
+-- description: A canary batch re-reads the job's count under the job row lock, so slices never overshoot the limit.
+SELECT processed_count FROM backfill_jobs WHERE job_id = :job_id FOR NO KEY UPDATE;
+
+-- name: pause_job_self
+-- description: The job pauses itself (its canary limit is used up), guarded like an operator's pause.
+UPDATE backfill_jobs SET status = 'paused', status_reason = :reason, status_by = 'tidegate', updated_at = now()
+WHERE job_id = :job_id AND status IN ('pending', 'running')
+RETURNING job_id;

@@ -1,0 +1,176 @@
+"""archive-range vs the same move as one statement, and the Marten runbook's UAT example.
+
+1. 1,000,000 events in 100,000 streams (10 each) of tidegate's demo event store; two thirds
+   of the streams selected (type != keep). The single statement locks the selected streams,
+   moves their events with ``WITH moved AS (DELETE ... RETURNING *) INSERT ...`` and marks the
+   streams; tidegate runs archive-range (batches of 500 streams) at concurrency 1 and 2 on a
+   fresh copy of the same data. Every run must leave the same archive (checksum of seq,
+   stream, version). Read models and the cross-reference check are left out of the layout so both sides do the
+   same work.
+2. The seed's UAT baseline on a Marten schema: 16,669 non-LuckBox streams in six entity types
+   with the seed table's create-only / with-updates split, next to as many LuckBox streams;
+   one archive-range --where DataSource!=LuckBox, end to end (enqueue, plan, run): wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+from sqlalchemy import text
+
+from bench.common import cli, engine_for, run_pool, scratch_database, server_url
+
+STREAMS = 100_000
+PER_STREAM = 10
+BATCH = 500  # streams per batch (5,000 events)
+FILL = [
+    "TRUNCATE es_stream_summaries, es_stream_summaries_archive, es_events, es_events_archive, es_streams",
+    "SELECT setval('es_events_seq_seq', 1, false)",
+    """INSERT INTO es_streams (id, type, version, created_at, updated_at)
+       SELECT md5(g::text)::uuid, (ARRAY['keep', 'order', 'cart'])[1 + g % 3], :per, now(), now()
+       FROM generate_series(1, :n) g""",
+    """INSERT INTO es_events (stream_id, version, type, data)
+       SELECT md5(g::text)::uuid, v, 'happened', jsonb_build_object('n', v, 'DataSource', 'Import')
+       FROM generate_series(1, :n) g, generate_series(1, :per) v ORDER BY g, v""",
+]
+SINGLE = """
+WITH sel AS (SELECT id FROM es_streams WHERE type <> 'keep' AND archived_at IS NULL FOR UPDATE),
+moved AS (DELETE FROM es_events e USING sel WHERE e.stream_id = sel.id RETURNING e.*),
+ins AS (INSERT INTO es_events_archive SELECT * FROM moved)
+UPDATE es_streams s SET archived_at = now(), archived_by = 'bench', archive_reason = 'bench'
+FROM sel WHERE s.id = sel.id"""
+CHECK = ("SELECT count(*) AS n, md5(string_agg(seq || ':' || stream_id || ':' || version, ',' ORDER BY seq)) AS sum"
+         " FROM es_events_archive")
+
+# the seed's table: entity, non-LuckBox streams, create-only (the rest have updates)
+UAT = [("Participant", 14_559, 12_538), ("SportingEvent", 1_282, 335), ("Venue", 460, 460), ("Team", 346, 74),
+       ("Season", 15, 0), ("Competition", 7, 4)]
+MARTEN = (Path(__file__).resolve().parent.parent / "tests/event_stores.py")
+
+
+def _fill(engine, n: int, per: int) -> None:  # type: ignore[no-untyped-def]
+    with engine.begin() as conn:
+        for statement in FILL:
+            conn.execute(text(statement), {"n": n, "per": per})
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE"))
+        conn.execute(text("CHECKPOINT"))
+
+
+def _layout_without_read_models(tmp: Path) -> Path:
+    source = resources.files("jobs.archive").joinpath("layouts/tidegate.toml").read_text()
+    path = tmp / "bench-layout.toml"
+    path.write_text(source.split("[[read_models]]")[0].replace('references = ["ref_stream_id"]', ""))
+    return path
+
+
+def run(url: str | None = None, streams: int = STREAMS, per: int = PER_STREAM) -> dict:
+    server = url or server_url()
+    out: dict = {"streams": streams, "events": streams * per}
+    with scratch_database(server) as db, tempfile.TemporaryDirectory() as tmp:
+        engine = engine_for(db)
+        with engine.connect() as conn:
+            out["server"] = conn.execute(text("SHOW server_version")).scalar()
+        _fill(engine, streams, per)
+        started = time.perf_counter()
+        with engine.begin() as conn:
+            conn.execute(text(SINGLE))
+        single = {"seconds": time.perf_counter() - started}
+        with engine.connect() as conn:
+            single["check"] = tuple(conn.execute(text(CHECK)).one())
+        out["single_statement"] = single
+        print(f"single statement: {single['seconds']:.1f}s, {single['check'][0]} events moved", flush=True)
+        layout = _layout_without_read_models(Path(tmp))
+        for conc in (1, 2):
+            _fill(engine, streams, per)
+            cli(db, "enqueue", "archive-range", "--layout", str(layout), "--where", "type != keep",
+                "--batch-size", str(BATCH), "--concurrency", str(conc), "--reason", "bench", "--owner", "bench",
+                "--apply", "--yes")
+            seconds, rss = run_pool(db, conc)
+            with engine.connect() as conn:
+                check = tuple(conn.execute(text(CHECK)).one())
+            result = {"seconds": seconds, "rss_mb": rss, "ratio": single["seconds"] / seconds,
+                      "same_data": check == single["check"]}
+            out[f"c{conc}"] = result
+            print(f"archive-range c{conc}: {seconds:.1f}s ratio {result['ratio']:.2f} same data"
+                  f" {result['same_data']}", flush=True)
+        engine.dispose()
+    out["uat"] = uat(server)
+    return out
+
+
+def uat(server: str) -> dict:
+    """The Marten runbook's UAT baseline archived end to end by one command and a pool."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("event_stores", MARTEN)
+    assert spec and spec.loader
+    stores = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stores)
+    with scratch_database(server) as db:
+        engine = engine_for(db)
+        with engine.begin() as conn:
+            conn.execute(text(stores.MARTEN))
+            for entity, total, create_only in UAT:
+                for source in ("FoxSports", "LuckBox"):
+                    conn.execute(text(
+                        "INSERT INTO mt_streams (id, type, version) SELECT gen_random_uuid(), :t,"
+                        " CASE WHEN g <= :c THEN 1 ELSE 2 + g % 4 END FROM generate_series(1, :n) g"
+                        " RETURNING id"), {"t": entity.lower(), "c": create_only, "n": total})
+                    conn.execute(text(
+                        "INSERT INTO mt_events (id, stream_id, version, data, type)"
+                        " SELECT gen_random_uuid(), s.id, v, jsonb_build_object('DataSource', CAST(:src AS text)),"
+                        " s.type || '_event'"
+                        " FROM mt_streams s, generate_series(1, s.version) v"
+                        " WHERE s.type = :t AND NOT EXISTS (SELECT 1 FROM mt_events e WHERE e.stream_id = s.id)"
+                        " ORDER BY s.id, v"), {"t": entity.lower(), "src": source})
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE"))
+        started = time.perf_counter()
+        found = json.loads(cli(db, "discover", "--layout", "marten", "--where", "DataSource!=LuckBox", "--json"))
+        cli(db, "enqueue", "archive-range", "--layout", "marten", "--where", "DataSource!=LuckBox", "--batch-size",
+            "500", "--concurrency", "2", "--reason", "non-LuckBox duplicates", "--owner", "bench", "--apply", "--yes")
+        run_pool(db, 2)
+        seconds = time.perf_counter() - started
+        with engine.connect() as conn:
+            left = conn.execute(text("SELECT count(*) FROM mt_streams s WHERE NOT s.is_archived AND"
+                                     " (SELECT data->>'DataSource' FROM mt_events e WHERE e.stream_id = s.id"
+                                     " ORDER BY seq_id LIMIT 1) <> 'LuckBox'")).scalar()
+            archived = conn.execute(text("SELECT count(*) FROM mt_streams WHERE is_archived")).scalar()
+            events = conn.execute(text("SELECT count(*) FROM mt_events_archived")).scalar()
+        engine.dispose()
+    result = {"seconds": seconds, "discovered": found["totals"], "archived_streams": archived,
+              "archived_events": events, "left": left}
+    print(f"UAT example: {archived} streams, {events} events archived in {seconds:.1f}s (left {left})", flush=True)
+    return result
+
+
+def report(r: dict) -> str:
+    s = r["single_statement"]
+    moved = s["check"][0]
+    lines = [f"### archive-range vs one WITH moved AS (DELETE ... RETURNING *) INSERT statement"
+             f" ({r['events']:,} events in {r['streams']:,} streams, {moved:,} events moved,"
+             f" PostgreSQL {r['server']})", "",
+             "| run | seconds | events/s | ratio vs single statement | same archive | peak worker RSS |",
+             "|---|---|---|---|---|---|",
+             f"| single statement | {s['seconds']:.1f} | {moved / s['seconds']:,.0f} | 1.00 | - | - |"]
+    for conc in (1, 2):
+        x = r[f"c{conc}"]
+        lines.append(f"| archive-range, batches of {BATCH:,} streams, concurrency {conc} | {x['seconds']:.1f} |"
+                     f" {moved / x['seconds']:,.0f} | {x['ratio']:.2f} | {'yes' if x['same_data'] else 'NO'} |"
+                     f" {x['rss_mb']:.0f} MiB |")
+    u = r["uat"]
+    lines += ["", f"The Marten runbook's UAT example (16,669 non-LuckBox streams in six types, as many LuckBox"
+                  f" streams; discover, enqueue, plan and archive at concurrency 2): {u['archived_streams']:,}"
+                  f" streams and {u['archived_events']:,} events archived in {u['seconds']:.1f} s wall time,"
+                  f" {u['left']} candidates left."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report(run(streams=int(os.environ.get("STREAMS", STREAMS)))))

@@ -1,0 +1,250 @@
+"""archive_range / unarchive_range: move whole event streams to the archive and back.
+
+Payload (``queue_jobs.payload``; ``tidegate enqueue archive-range`` writes the same)::
+
+    {"layout": "marten" | "path/to/layout.toml" | {...the layout document...},
+     "type": "venue", "tenant": "t1", "before": "2025-01-01T00:00:00Z", "streams": ["<id>", ...],
+     "where": [{"field": "DataSource", "op": "!=", "value": "LuckBox"}],
+     "from_audit": "<job id>",            # unarchive only: the streams that job archived
+     "limit": 1000, "batch_size": 500, "concurrency": 2, "force": false,
+     "reason": "duplicate aggregates", "owner": "data-platform"}
+
+Planning (once, by the worker that claims the queue row) snapshots the selection into
+``archive_candidates`` under a fresh ``snapshot`` id, numbered ``seq`` 1..N in stream-key
+order, and marks the cross-referenced ones. The job is then an ordinary bigint range job
+over ``[1, N+1)``: slices, leases, checkpoints, pause/resume and status are the runtime's.
+The selection is fixed from then on; streams appended or archived meanwhile are handled
+by the batch's own checks.
+
+One batch = one transaction (the runtime commits it with the checkpoint):
+
+1. read the batch's candidates (``seq`` in ``(cursor, hi]``);
+2. lock their stream rows ``FOR UPDATE`` in key order, keeping only those still in the
+   expected state (not archived / archived), and set or clear their marks (flag,
+   archived_at/by/reason), in one statement: an appender that locks the stream row (or
+   its foreign key's KEY SHARE lock, or the guard trigger) waits for the batch, and a
+   batch waits for an appender in flight, so an event is never left behind;
+3. move read-model rows and events (``DELETE ... RETURNING`` into the archive table, or
+   set the archived flag);
+4. write one ``archive_audit`` row per stream (action archive/unarchive, or skip with the
+   reason: cross-referenced, or no longer in the expected state).
+
+A crash anywhere rolls the whole batch back with its checkpoint: no stream is ever torn,
+and nothing is repeated. Unarchive inserts the same rows back (``OVERRIDING SYSTEM
+VALUE``: sequence numbers and versions are kept) and clears the marks, so archive then
+unarchive leaves the event store as it was.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+
+from jobs import checks
+from jobs.archive import layouts, selection
+from jobs.archive.layouts import Layout
+from worker import identifiers, keys, metrics
+from worker.errors import InvalidInput
+from worker.kinds import BatchContext, BatchResult, Plan, SlicePlan
+from worker.sql import render
+
+MAX_BATCH = 10_000
+MAX_CONCURRENCY = 64
+KNOWN = {"layout", "type", "tenant", "before", "streams", "where", "from_audit", "limit", "batch_size",
+         "concurrency", "force", "reason", "owner", "snapshot", "layout_spec", "action", "max_rows_per_second",
+         "sleep_between_batches", "row_limit"}
+
+BATCH = """SELECT stream_id, stream_type, events, xref FROM archive_candidates
+WHERE snapshot = CAST(:snapshot AS uuid) AND seq > :lo AND seq <= :hi ORDER BY seq"""
+LOCK_MARK = """WITH locked AS (SELECT s.{key} AS k FROM {streams} s
+    WHERE s.{key} = ANY(CAST(:ids AS {ktype}[])) AND STATE ORDER BY s.{key} FOR UPDATE)
+UPDATE {streams} t SET SETS WHERE t.{key} = ANY(ARRAY(SELECT k FROM locked)) RETURNING t.{key}::text"""
+MOVE = """WITH moved AS (DELETE FROM {src} e WHERE e.{estream} = ANY(CAST(:ids AS {etype}[])) RETURNING {cols}),
+ins AS (INSERT INTO {dst} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM moved)
+SELECT {estream}::text AS stream_id, count(*) AS n FROM moved GROUP BY 1"""
+FLAG = """WITH flagged AS (UPDATE {events} e SET {eflag} = :archived
+  WHERE e.{estream} = ANY(CAST(:ids AS {etype}[])) AND e.{eflag} <> :archived RETURNING e.{estream})
+SELECT {estream}::text AS stream_id, count(*) AS n FROM flagged GROUP BY 1"""
+MODEL = """WITH moved AS (DELETE FROM {src} r WHERE r.{rkey} = ANY(CAST(:ids AS {rtype}[])) RETURNING {cols})
+INSERT INTO {dst} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM moved"""
+AUDIT = """INSERT INTO archive_audit (job_id, action, layout, stream_id, stream_type, events, reason, actor)
+SELECT CAST(:job_id AS uuid), u.action, :layout, u.id, u.t, u.n, u.why, :actor
+FROM unnest(CAST(:actions AS text[]), CAST(:ids AS text[]), CAST(:types AS text[]), CAST(:ns AS bigint[]),
+            CAST(:whys AS text[])) AS u(action, id, t, n, why)"""
+
+
+class ArchiveRange:
+    def __init__(self, name: str, unarchive: bool, aliases: tuple[str, ...]) -> None:
+        self.name = name
+        self.unarchive = unarchive
+        self.aliases = aliases
+        self._layouts: dict[str, Layout] = {}
+
+    def layout(self, conn: Connection, params: dict[str, Any]) -> Layout:
+        """Catalog checks once per process and snapshot, not once per batch."""
+        found = self._layouts.get(params["snapshot"])
+        if found is None:
+            found = self._layouts[params["snapshot"]] = layouts.resolve(conn, params["layout_spec"])
+        return found
+
+    # -- planning ------------------------------------------------------------------
+
+    def plan(self, conn: Connection, payload: Any, *, count_events: bool = False) -> Plan:
+        """Snapshot the selection (``count_events``: with each stream's events, for the reports)."""
+        p = normalize(payload, self.unarchive)
+        layout = layouts.resolve(conn, p["layout_spec"])
+        p["snapshot"] = str(uuid.uuid4())
+        query = selection.candidates(conn, layout, p, unarchive=self.unarchive, count_events=count_events)
+        n = selection.snapshot(conn, query, p["snapshot"])
+        if not self.unarchive:
+            selection.mark_cross_references(conn, layout, p["snapshot"])
+        parts = max(1, min(p["concurrency"], n))
+        cuts = [1 + (n * i) // parts for i in range(parts + 1)]
+        slices = [SlicePlan(keys.before(a), b) for a, b in zip(cuts, cuts[1:], strict=False) if a < b]
+        if not slices:
+            slices = [SlicePlan(0, 1)]
+        return Plan(params=p, owner=p["owner"], key_type="bigint", from_key=1, to_key=max(n + 1, 2),
+                    batch_size=p["batch_size"], concurrency=p["concurrency"], slices=slices, total_estimate=n)
+
+    # -- one batch -------------------------------------------------------------------
+
+    def process(self, conn: Connection, ctx: BatchContext, cursor: keys.Key, end: keys.Key) -> BatchResult:
+        assert isinstance(cursor, int) and isinstance(end, int)
+        p = ctx.params
+        layout = self.layout(conn, p)
+        hi = min(cursor + ctx.batch_size, end - 1)
+        if hi <= cursor:
+            return BatchResult(checkpoint=end - 1, processed=0, exhausted=True)
+        rows = conn.execute(text(BATCH), {"snapshot": p["snapshot"], "lo": cursor, "hi": hi}).all()
+        skips: dict[str, str] = {}
+        wanted = []
+        for r in rows:
+            if r.xref and not p.get("force"):
+                skips[r.stream_id] = "cross-referenced by a live stream (use --force)"
+            else:
+                wanted.append(r.stream_id)
+        moved = self.move(conn, layout, wanted, p) if wanted else {}
+        for sid in wanted:
+            if sid not in moved:
+                skips[sid] = "already unarchived or gone" if self.unarchive else "already archived or gone"
+        action = "unarchive" if self.unarchive else "archive"
+        audit = [(action if r.stream_id in moved else "skip", r.stream_id, r.stream_type,
+                  moved.get(r.stream_id, 0), skips.get(r.stream_id)) for r in rows]
+        if audit:
+            conn.execute(text(AUDIT), {
+                "job_id": ctx.job_id, "layout": layout.name, "actor": p["owner"],
+                "actions": [a[0] for a in audit], "ids": [a[1] for a in audit], "types": [a[2] for a in audit],
+                "ns": [a[3] for a in audit], "whys": [a[4] if a[4] else p.get("reason") for a in audit],
+            })
+        # counted before the commit: a batch that then rolls back is counted again when it is
+        # redone, so these counters may run slightly ahead; archive_audit is exact.
+        metrics.ARCHIVE_STREAMS.labels(action).inc(len(moved))
+        metrics.ARCHIVE_STREAMS.labels("skip").inc(len(rows) - len(moved))
+        metrics.ARCHIVE_EVENTS.labels("to_hot" if self.unarchive else "to_archive").inc(sum(moved.values()))
+        return BatchResult(checkpoint=hi, processed=len(rows), exhausted=hi >= end - 1)
+
+    def summary(self, engine: Engine, job_id: str) -> dict[str, Any]:
+        """What the runtime logs when a run ends: attempted, archived, skipped, failed, elapsed, remaining."""
+        from jobs.archive import report  # report builds on this module
+
+        return report.summary(engine, job_id)
+
+    def move(self, conn: Connection, layout: Layout, ids: list[str], p: dict[str, Any]) -> dict[str, int]:
+        """Lock, mark and move these streams; returns {stream id: events moved} for those moved."""
+        locked = self._lock_and_mark(conn, layout, ids, p)
+        if not locked:
+            return {}
+        ev = {"estream": layout.event_stream.ident, "etype": identifiers.type_of(layout.event_stream)}
+        if not self.unarchive:
+            self._move_models(conn, layout, locked)
+        if layout.flag:
+            flag = layout.event_cols["archived_flag"]
+            counts = conn.execute(render(FLAG, events=layout.events, eflag=flag.ident, **ev),
+                                  {"ids": locked, "archived": not self.unarchive}).all()
+        else:
+            assert layout.archive is not None
+            src, dst = (layout.archive, layout.events) if self.unarchive else (layout.events, layout.archive)
+            counts = conn.execute(render(MOVE, src=src, dst=dst, cols=layout.event_columns, **ev),
+                                  {"ids": locked}).all()
+        if self.unarchive:
+            self._move_models(conn, layout, locked)
+        moved = {sid: 0 for sid in locked}
+        moved.update({r.stream_id: int(r.n) for r in counts})
+        return moved
+
+    def _move_models(self, conn: Connection, layout: Layout, ids: list[str]) -> None:
+        for m in layout.read_models:
+            src, dst = (m.archive, m.table) if self.unarchive else (m.table, m.archive)
+            conn.execute(render(MODEL, src=src, dst=dst, cols=m.columns, rkey=m.key.ident,
+                                rtype=identifiers.type_of(m.key)), {"ids": ids})
+
+    def _lock_and_mark(self, conn: Connection, layout: Layout, ids: list[str], p: dict[str, Any]) -> list[str]:
+        """One statement: lock the streams still in the expected state, in key order, and set (or clear)
+        their marks. Marks go first so that a guard trigger lets unarchived events back in and sees
+        archived streams as archived the moment the batch commits."""
+        idents = {"key": layout.key.ident, "streams": layout.streams, "ktype": identifiers.type_of(layout.key)}
+        state = selection.state_sql(layout, idents, archived=self.unarchive)
+        sets = []
+        params: dict[str, Any] = {"ids": ids}
+        for name, archive_value, unarchive_value in (("archived_flag", "true", "false"),
+                                                     ("archived_at", "now()", "NULL"),
+                                                     ("archived_by", ":by", "NULL"),
+                                                     ("archive_reason", ":reason", "NULL")):
+            col = layout.col(name)
+            if col is not None:
+                idents["m_" + name] = col.ident
+                sets.append("{m_" + name + "} = " + (unarchive_value if self.unarchive else archive_value))
+        if not self.unarchive:
+            if layout.col("archived_by") is not None:
+                params["by"] = p["owner"]
+            if layout.col("archive_reason") is not None:
+                params["reason"] = p.get("reason")
+        sql = LOCK_MARK.replace("STATE", state).replace("SETS", ", ".join(sets))
+        return list(conn.execute(render(sql, **idents), params).scalars().all())
+
+
+def normalize(payload: Any, unarchive: bool) -> dict[str, Any]:
+    """The payload with defaults applied and every field checked; raises InvalidInput."""
+    if not isinstance(payload, dict):
+        raise InvalidInput(f"payload must be a JSON object, got {type(payload).__name__}")
+    p = dict(payload)
+    unknown = sorted(set(p) - KNOWN)
+    if unknown:
+        raise InvalidInput(f"unknown payload field(s): {', '.join(unknown)}; known: {', '.join(sorted(KNOWN))}")
+    if "layout" not in p and "layout_spec" not in p:
+        raise InvalidInput("payload is missing 'layout' (tidegate, marten, rillflow, or a layout document)")
+    p["layout_spec"] = layouts.load_spec(p.get("layout_spec", p.get("layout")))
+    if isinstance(p.get("layout"), dict):
+        p["layout"] = p["layout_spec"].get("name", "custom")
+    selection.check_filters(p.get("where"))
+    for field in ("type", "tenant", "reason", "from_audit"):
+        if p.get(field) is not None and (not isinstance(p[field], str) or len(p[field]) > 1000):
+            raise InvalidInput(f"{field} must be a string of at most 1,000 characters")
+    if p.get("from_audit") is not None:
+        if not unarchive:
+            raise InvalidInput("from_audit is for unarchive-range")
+        try:
+            p["from_audit"] = str(uuid.UUID(p["from_audit"]))
+        except ValueError:
+            raise InvalidInput(f"from_audit must be a job id (uuid), got {p['from_audit']!r}") from None
+    if p.get("before") is not None:
+        p["before"] = keys.encode(keys.parse("timestamptz", p["before"], "before"))
+    streams = p.get("streams")
+    if streams is not None and (not isinstance(streams, list) or not all(isinstance(s, str | int) for s in streams)):
+        raise InvalidInput("streams must be a list of stream ids")
+    p["batch_size"] = checks.bounded(p.get("batch_size", 500), "batch_size", 1, MAX_BATCH)
+    p["concurrency"] = checks.bounded(p.get("concurrency", 1), "concurrency", 1, MAX_CONCURRENCY)
+    if p.get("limit") is not None:
+        p["limit"] = checks.bounded(p["limit"], "limit", 1, 10**12)
+    if not isinstance(p.get("force", False), bool):
+        raise InvalidInput("force must be true or false")
+    p["owner"] = checks.owner(p.get("owner", "unknown"))
+    p["action"] = "unarchive" if unarchive else "archive"
+    return p
+
+
+
+ARCHIVE = ArchiveRange("archive_range", unarchive=False, aliases=("archive",))
+UNARCHIVE = ArchiveRange("unarchive_range", unarchive=True, aliases=("unarchive",))

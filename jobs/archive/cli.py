@@ -1,0 +1,241 @@
+"""Commands: `enqueue archive-range`, `enqueue unarchive-range`, `discover`, `archive status|report`.
+
+Enqueueing is a dry run unless ``--apply``: it plans the job in a rolled-back
+transaction and prints the discovery report of what would move. ``--apply`` asks
+for the typed word (ARCHIVE, or UNARCHIVE) on stdin unless ``--yes``; with no
+answer (stdin closed, as in CI) it refuses and writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from jobs.archive import guard, layouts, report
+from jobs.cli import queue_options, submit
+from worker.cliutil import Database, actor_option, database_option, echo_json
+from worker.errors import InvalidInput
+
+
+def selection_options(func: Any) -> Any:
+    for option in reversed([
+        click.option("--layout", required=True,
+                     help=f"Event-store layout: {', '.join(layouts.SHIPPED)}, or a TOML/YAML file."),
+        click.option("--type", "type_", help="Only streams of this type."),
+        click.option("--where", "where", multiple=True,
+                     help="Filter 'FIELD OP VALUE' (= != < <= > >= in, is null): a stream column the layout"
+                          " allows, else a key of the create event's data. Repeatable (AND)."),
+        click.option("--before", help="Only streams whose last activity is before this timestamp."),
+        click.option("--tenant", help="Only this tenant's streams."),
+        click.option("--stream", "streams", multiple=True, help="Only this stream id. Repeatable."),
+        click.option("--limit", type=int, help="At most this many streams (in stream-id order)."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _payload(layout: str, type_: str | None, where: tuple[str, ...], before: str | None, tenant: str | None,
+             streams: tuple[str, ...], limit: int | None) -> dict[str, Any]:
+    spec = layouts.load_spec(layout)
+    payload: dict[str, Any] = {"layout": layout if layout in layouts.SHIPPED else spec}
+    if type_ is not None:
+        payload["type"] = type_
+    if where:
+        from jobs.archive.selection import parse_where
+
+        payload["where"] = [parse_where(w).to_json() for w in where]
+    for name, value in (("before", before), ("tenant", tenant), ("limit", limit)):
+        if value is not None:
+            payload[name] = value
+    if streams:
+        payload["streams"] = list(streams)
+    return payload
+
+
+def _confirm(word: str) -> None:
+    click.echo(f"Type {word} to enqueue this job for real: ", err=True, nl=False)
+    answer = sys.stdin.readline() if sys.stdin is not None else ""
+    if not answer:
+        raise InvalidInput(f"no confirmation: stdin is closed. Type {word} interactively, or pass --yes (CI)")
+    if answer.strip() != word:
+        raise InvalidInput(f"confirmation {answer.strip()!r} is not {word}; nothing was enqueued")
+
+
+def _enqueue(db: Database, unarchive: bool, payload: dict[str, Any], apply: bool, yes: bool, as_json: bool,
+             opts: dict[str, Any]) -> None:
+    pv = report.preview(db.engine, payload, unarchive=unarchive)
+    verb = "unarchive" if unarchive else "archive"
+    out = report.render_preview(pv, verb)
+    click.echo(out, err=apply or as_json)
+    if not apply:
+        if as_json:
+            echo_json({"dry_run": True, "by_type": pv.by_type, "totals": pv.totals})
+        click.echo("dry run: nothing was written; add --apply to enqueue", err=True)
+        return
+    if not yes:
+        _confirm(verb.upper())
+    submit(db, "unarchive_range" if unarchive else "archive_range", payload, {**opts, "as_json": as_json})
+
+
+@click.command("archive-range")
+@selection_options
+@click.option("--batch-size", default=500, show_default=True, type=int, help="Streams per transaction.")
+@click.option("--concurrency", default=1, show_default=True, type=int, help="Slices worked at once.")
+@click.option("--reason", required=True, help="Why (stored on the streams and in the audit).")
+@click.option("--force", is_flag=True, help="Archive cross-referenced candidates too.")
+@click.option("--apply", is_flag=True, help="Enqueue for real (default: dry run).")
+@click.option("--yes", is_flag=True, help="Skip the typed ARCHIVE confirmation (CI).")
+@click.option("--max-rows-per-second", type=float, help="Cap on streams per second, across slices.")
+@queue_options
+def enqueue_archive(db: Database, layout: str, type_: str | None, where: tuple[str, ...], before: str | None,
+                    tenant: str | None, streams: tuple[str, ...], limit: int | None, batch_size: int,
+                    concurrency: int, reason: str, force: bool, apply: bool, yes: bool,
+                    max_rows_per_second: float | None, **opts: Any) -> None:
+    """Archive whole event streams (dry run unless --apply); prints the job id."""
+    payload = _payload(layout, type_, where, before, tenant, streams, limit)
+    payload.update(batch_size=batch_size, concurrency=concurrency, reason=reason, force=force,
+                   owner=opts.pop("owner"))
+    if max_rows_per_second is not None:
+        payload["max_rows_per_second"] = max_rows_per_second
+    _enqueue(db, False, payload, apply, yes, opts.pop("as_json"), opts)
+
+
+@click.command("unarchive-range")
+@selection_options
+@click.option("--from-audit", "from_audit", help="The streams this archive job archived (its job id).")
+@click.option("--batch-size", default=500, show_default=True, type=int, help="Streams per transaction.")
+@click.option("--concurrency", default=1, show_default=True, type=int, help="Slices worked at once.")
+@click.option("--reason", help="Why (stored in the audit).")
+@click.option("--apply", is_flag=True, help="Enqueue for real (default: dry run).")
+@click.option("--yes", is_flag=True, help="Skip the typed UNARCHIVE confirmation (CI).")
+@queue_options
+def enqueue_unarchive(db: Database, layout: str, type_: str | None, where: tuple[str, ...], before: str | None,
+                      tenant: str | None, streams: tuple[str, ...], limit: int | None, from_audit: str | None,
+                      batch_size: int, concurrency: int, reason: str | None, apply: bool, yes: bool,
+                      **opts: Any) -> None:
+    """Move archived streams back to the hot tables and clear their marks (dry run unless --apply)."""
+    payload = _payload(layout, type_, where, before, tenant, streams, limit)
+    payload.update(batch_size=batch_size, concurrency=concurrency, owner=opts.pop("owner"))
+    if reason:
+        payload["reason"] = reason
+    if from_audit:
+        payload["from_audit"] = from_audit
+    _enqueue(db, True, payload, apply, yes, opts.pop("as_json"), opts)
+
+
+enqueue_archive.tidegate_enqueue = True  # type: ignore[attr-defined]
+enqueue_unarchive.tidegate_enqueue = True  # type: ignore[attr-defined]
+
+
+@click.command("discover")
+@selection_options
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the candidate stream ids to this CSV file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@database_option
+def discover(db: Database, layout: str, type_: str | None, where: tuple[str, ...], before: str | None,
+             tenant: str | None, streams: tuple[str, ...], limit: int | None, csv_path: Path | None,
+             as_json: bool) -> None:
+    """The discovery report: archive candidates per stream type, create-only vs with updates,
+    their events, and the cross-reference check. Reads only."""
+    payload = _payload(layout, type_, where, before, tenant, streams, limit)
+    payload["owner"] = "discover"
+    pv = report.preview(db.engine, payload, csv_path=csv_path)
+    if as_json:
+        echo_json({"by_type": pv.by_type, "totals": pv.totals})
+    else:
+        click.echo(report.render_preview(pv, "archive").rsplit("\n", 1)[0])
+    if csv_path is not None:
+        click.echo(f"{pv.totals['streams']} candidate stream id(s) written to {csv_path}", err=True)
+
+
+@click.group("archive")
+def archive() -> None:
+    """Event-store archive: status, run summaries, the append guard."""
+
+
+@archive.command("status")
+@click.option("--layout", required=True, help=f"{', '.join(layouts.SHIPPED)}, or a TOML/YAML file.")
+@click.option("--json", "as_json", is_flag=True)
+@database_option
+def archive_status(db: Database, layout: str, as_json: bool) -> None:
+    """Hot vs archived streams and events per stream type, and table sizes."""
+    st = report.status(db.engine, layout)
+    if as_json:
+        echo_json(st)
+        return
+    click.echo(f"layout {st['layout']} ({st['strategy']})")
+    click.echo(f"{'stream type':<28}{'hot streams':>13}{'hot events':>13}{'archived':>11}{'arch. events':>14}")
+    for r in st["by_type"]:
+        click.echo(f"{str(r['stream_type'])[:27]:<28}{r['hot_streams']:>13,}{r['hot_events']:>13,}"
+                   f"{r['archived_streams']:>11,}{r['archived_events']:>14,}")
+    for name, t in st["tables"].items():
+        click.echo(f"table {name}: {t['bytes'] / 1048576:.1f} MiB, ~{t['rows_estimate']:,} rows")
+
+
+@archive.command("report")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@database_option
+def archive_report(db: Database, job_id: str, as_json: bool) -> None:
+    """The run's summary: attempted, archived, skipped, failed, elapsed, candidates left."""
+    s = report.summary(db.engine, job_id)
+    if as_json:
+        echo_json(s)
+        return
+    for key, value in s.items():
+        click.echo(f"{key.replace('_', ' '):<22}{value}")
+
+
+@archive.command("guard")
+@click.option("--layout", required=True, help=f"{', '.join(layouts.SHIPPED)}, or a TOML/YAML file.")
+@click.option("--mode", required=True, type=click.Choice(guard.MODES),
+              help="reject: appends to archived streams fail; redirect: they go to the archive; off: remove.")
+@actor_option
+@database_option
+def archive_guard(db: Database, layout: str, mode: str, actor: str) -> None:
+    """Install (or remove) the trigger that guards archived streams against appends."""
+    done = guard.set_guard(db.engine, layout, mode, actor)
+    click.echo(f"archive guard on {done['events_table']}: {mode}")
+
+
+@click.command("watch-deletions")
+@click.option("--layout", required=True, help=f"{', '.join(layouts.SHIPPED)}, or a TOML/YAML file.")
+@click.option("--map", "mapping", multiple=True, required=True,
+              help="EVENT_TYPE=STREAM_TYPE: archive the stream such an event is appended to (STREAM_TYPE * = any).")
+@click.option("--name", default="default", show_default=True, help="Watcher name (its cursor).")
+@click.option("--owner", default="watch-deletions", show_default=True, help="Owner of the jobs it enqueues.")
+@click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(0.05, 3600),
+              help="Seconds between polls.")
+@click.option("--lookback", default=10_000, show_default=True, type=click.IntRange(0, 10**9),
+              help="Sequence numbers re-read behind the cursor (late commits).")
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--once", is_flag=True, help="One poll, then exit.")
+@actor_option
+@database_option
+def watch_deletions(db: Database, layout: str, mapping: tuple[str, ...], name: str, owner: str, interval: float,
+                    lookback: int, batch_size: int, once: bool, actor: str) -> None:
+    """Tail the events table for deletion events and enqueue archive-range work for their streams."""
+    import signal
+    import threading
+
+    from jobs.archive import watch
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    spec = layout if layout in layouts.SHIPPED else layouts.load_spec(layout)
+    pairs = watch.parse_map(mapping)
+    while True:
+        done = watch.poll(db.engine, name, spec, pairs, owner=owner, actor=actor, lookback=lookback,
+                          batch_size=batch_size)
+        if done["job_id"] or once:
+            click.echo(json.dumps(done), err=not once)
+        if once or stop.wait(interval):
+            return
+
+
+COMMANDS = [enqueue_archive, enqueue_unarchive, discover, archive, watch_deletions]

@@ -1,0 +1,224 @@
+"""Event-store layouts: which tables and columns hold streams, events and their archive.
+
+A layout is a small TOML (or YAML, when PyYAML is installed) document; three ship with
+tidegate (``tidegate``, ``marten``, ``rillflow`` under ``jobs/archive/layouts/``) and a
+user passes their own by path. The CLI puts the parsed document itself into the job's
+payload, so a worker never needs the user's file::
+
+    name = "mine"
+    strategy = "move"            # move: events go to [events].archive_table
+                                 # flag: events and stream get archived_flag = true
+    [streams]
+    table = "app.streams"        # schema-qualified or on the search path
+    key = "id"                   # stream id (uuid, text or integer)
+    type = "type"                # optional: stream type (discover groups by it)
+    tenant = "tenant_id"         # optional: --tenant
+    activity = "updated_at"      # optional: --before compares it
+    archived_flag = "archived"   # flag strategy (or also with move)
+    archived_at = "archived_at"  # optional audit columns, set on archive, cleared on unarchive
+    archived_by = "archived_by"
+    archive_reason = "archive_reason"
+    filter_columns = ["type"]    # stream columns --where may name (others are event-data keys)
+    [events]
+    table = "app.events"
+    stream = "stream_id"
+    sequence = "seq"             # global order (the create event is the lowest per stream)
+    version = "version"
+    data = "data"                # jsonb: --where FIELD reads the create event's data->>FIELD
+    archived_flag = "archived"   # flag strategy
+    archive_table = "app.events_archive"   # move strategy: holds every column of events
+    references = ["ParentId"]    # data keys holding other streams' ids (cross-reference check)
+    [[read_models]]              # rows keyed by stream id, moved with their stream
+    table = "app.stream_summary"
+    key = "stream_id"
+    archive_table = "app.stream_summary_archive"
+
+Every name is checked against the catalog (:mod:`worker.identifiers`) when a job is
+planned and before any statement uses it, then quoted; a name that does not exist
+is refused, whatever characters it holds. Unknown keys are refused too, so a typo
+is an error rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection
+
+from worker import identifiers
+from worker.errors import InvalidIdentifier, InvalidInput
+from worker.identifiers import Column, Ident
+
+SHIPPED = ("tidegate", "marten", "rillflow")
+STREAM_KEYS = {"table", "key", "type", "version", "tenant", "activity", "archived_flag", "archived_at",
+               "archived_by", "archive_reason", "filter_columns"}
+EVENT_KEYS = {"table", "stream", "sequence", "version", "type", "data", "archived_flag", "archive_table",
+              "references"}
+READ_MODEL_KEYS = {"table", "key", "archive_table"}
+
+
+def load_spec(ref: Any) -> dict[str, Any]:
+    """A layout document from a shipped name, a file path, or an already parsed dict."""
+    if isinstance(ref, dict):
+        spec = copy.deepcopy(ref)
+    elif isinstance(ref, str) and ref in SHIPPED:
+        spec = tomllib.loads(resources.files(__package__).joinpath("layouts", f"{ref}.toml").read_text())
+    elif isinstance(ref, str) and ref:
+        path = Path(ref)
+        try:
+            source = path.read_text()
+        except OSError as err:
+            raise InvalidInput(f"layout {ref!r}: not a shipped layout ({', '.join(SHIPPED)})"
+                               f" and not a readable file ({err.strerror})") from None
+        spec = _parse(path, source)
+    else:
+        raise InvalidInput(f"layout must be one of {', '.join(SHIPPED)} or a file path, got {ref!r}")
+    check_spec(spec)
+    return spec
+
+
+def _parse(path: Path, source: str) -> dict[str, Any]:
+    try:
+        if path.suffix in (".yml", ".yaml"):
+            try:
+                import yaml  # optional: TOML needs nothing beyond the standard library
+            except ImportError:
+                raise InvalidInput("YAML layouts need PyYAML (pip install pyyaml); or write it in TOML") from None
+            spec = yaml.safe_load(source)
+        else:
+            spec = tomllib.loads(source)
+    except (tomllib.TOMLDecodeError, ValueError) as err:
+        raise InvalidInput(f"layout {path}: {err}") from None
+    except Exception as err:  # yaml.YAMLError, without importing yaml for its type
+        raise InvalidInput(f"layout {path}: {type(err).__name__}: {err}") from None
+    if not isinstance(spec, dict):
+        raise InvalidInput(f"layout {path}: expected a table of settings")
+    return spec
+
+
+def check_spec(spec: dict[str, Any]) -> None:
+    """Shape checks that need no database: known keys, strings where names go."""
+    unknown = sorted(set(spec) - {"name", "strategy", "streams", "events", "read_models"})
+    if unknown:
+        raise InvalidInput(f"layout: unknown key(s) {', '.join(unknown)}")
+    if spec.get("strategy") not in ("move", "flag"):
+        raise InvalidInput(f"layout: strategy must be 'move' or 'flag', got {spec.get('strategy')!r}")
+    if not isinstance(spec.get("name", "custom"), str):
+        raise InvalidInput("layout: name must be a string")
+    for section, known, required in (("streams", STREAM_KEYS, ("table", "key")),
+                                     ("events", EVENT_KEYS, ("table", "stream", "sequence"))):
+        part = spec.get(section)
+        if not isinstance(part, dict):
+            raise InvalidInput(f"layout: missing [{section}] table")
+        bad = sorted(set(part) - known)
+        if bad:
+            raise InvalidInput(f"layout [{section}]: unknown key(s) {', '.join(bad)};"
+                               f" known: {', '.join(sorted(known))}")
+        for key in required:
+            if key not in part:
+                raise InvalidInput(f"layout [{section}]: {key!r} is required")
+        for key, value in part.items():
+            if key in ("filter_columns", "references"):
+                if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                    raise InvalidInput(f"layout [{section}].{key}: expected a list of names")
+            elif not isinstance(value, str) or not value:
+                raise InvalidInput(f"layout [{section}].{key}: expected a name, got {value!r}")
+    models = spec.get("read_models", [])
+    if not isinstance(models, list) or not all(isinstance(m, dict) and set(m) == READ_MODEL_KEYS
+                                               and all(isinstance(v, str) and v for v in m.values())
+                                               for m in models):
+        raise InvalidInput("layout: each [[read_models]] needs exactly table, key and archive_table names")
+    streams, events = spec["streams"], spec["events"]
+    if spec["strategy"] == "move" and "archive_table" not in events:
+        raise InvalidInput("layout: strategy 'move' needs [events].archive_table")
+    if spec["strategy"] == "flag" and ("archived_flag" not in events or "archived_flag" not in streams):
+        raise InvalidInput("layout: strategy 'flag' needs archived_flag in [streams] and [events]")
+    if "archived_flag" not in streams and "archived_at" not in streams:
+        raise InvalidInput("layout: [streams] needs archived_flag or archived_at to mark archived streams")
+
+
+@dataclass(frozen=True)
+class ReadModel:
+    table: Ident
+    key: Column
+    archive: Ident
+    columns: Ident
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A layout whose every name exists in the catalog, quoted."""
+
+    name: str
+    strategy: str
+    streams: Ident
+    key: Column
+    stream_cols: dict[str, Column]  # type, version, tenant, activity, archived_* present in the layout
+    filter_columns: dict[str, Column]
+    events: Ident
+    event_stream: Column
+    sequence: Column
+    event_cols: dict[str, Column]  # version, type, data, archived_flag
+    archive: Ident | None
+    event_columns: Ident  # every column of events, for INSERT ... SELECT of whole rows
+    references: list[str]
+    read_models: list[ReadModel]
+
+    def col(self, name: str) -> Column | None:
+        return self.stream_cols.get(name)
+
+    @property
+    def flag(self) -> bool:
+        return self.strategy == "flag"
+
+
+def resolve(conn: Connection, spec: dict[str, Any]) -> Layout:
+    s, e = spec["streams"], spec["events"]
+    streams = identifiers.table(conn, s["table"], what="layout streams table")
+    events = identifiers.table(conn, e["table"], what="layout events table")
+    stream_cols = {k: identifiers.column(conn, streams, s[k], what=f"layout streams.{k} column")
+                   for k in ("type", "version", "tenant", "activity", "archived_flag", "archived_at",
+                             "archived_by", "archive_reason") if k in s}
+    filters = {name: identifiers.column(conn, streams, name, what="layout filter column")
+               for name in s.get("filter_columns", [])}
+    event_cols = {k: identifiers.column(conn, events, e[k], what=f"layout events.{k} column")
+                  for k in ("version", "type", "data", "archived_flag") if k in e}
+    all_event_cols = identifiers.columns(conn, events)
+    archive = None
+    if spec["strategy"] == "move":
+        archive = identifiers.table(conn, e["archive_table"], what="layout events archive table")
+        _same_columns(conn, all_event_cols, archive, "events archive table")
+    models = []
+    for m in spec.get("read_models", []):
+        table = identifiers.table(conn, m["table"], what="layout read-model table")
+        cols = identifiers.columns(conn, table)
+        model_archive = identifiers.table(conn, m["archive_table"], what="layout read-model archive table")
+        _same_columns(conn, cols, model_archive, "read-model archive table")
+        models.append(ReadModel(table, identifiers.column(conn, table, m["key"], what="layout read-model key"),
+                                model_archive, identifiers.column_list(cols)))
+    for ref in e.get("references", []):
+        if "data" not in event_cols:
+            raise InvalidInput("layout: [events].references needs [events].data")
+        if len(ref) > 200:
+            raise InvalidInput(f"layout: reference key {ref[:40]!r}... is too long")
+    return Layout(
+        name=str(spec.get("name", "custom")), strategy=spec["strategy"], streams=streams,
+        key=identifiers.column(conn, streams, s["key"], what="layout streams.key column"), stream_cols=stream_cols,
+        filter_columns=filters, events=events,
+        event_stream=identifiers.column(conn, events, e["stream"], what="layout events.stream column"),
+        sequence=identifiers.column(conn, events, e["sequence"], what="layout events.sequence column"),
+        event_cols=event_cols, archive=archive, event_columns=identifiers.column_list(all_event_cols),
+        references=list(e.get("references", [])), read_models=models,
+    )
+
+
+def _same_columns(conn: Connection, cols: list[Column], archive: Ident, what: str) -> None:
+    have = {c.ident.name for c in identifiers.columns(conn, archive)}
+    missing = [c.ident.name for c in cols if c.ident.name not in have]
+    if missing:
+        raise InvalidIdentifier(f"{what} {archive.name!r} lacks column(s) {', '.join(missing)}")

@@ -1,0 +1,152 @@
+"""What a selection holds (dry run, discover), what a run did (summary), and archive status.
+
+Everything here reads; the dry run plans the job in a transaction that is rolled back,
+so the report is exactly what a worker would snapshot at that moment and nothing is
+written.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+
+from jobs.archive import layouts, selection
+from jobs.archive.archive_range import ARCHIVE, UNARCHIVE, normalize
+from worker.errors import InvalidInput, NotFound
+from worker.sql import render
+
+BY_TYPE = """SELECT coalesce(stream_type, '(none)') AS stream_type, count(*) AS streams,
+       count(*) FILTER (WHERE events <= 1) AS create_only, count(*) FILTER (WHERE events > 1) AS with_updates,
+       CAST(coalesce(sum(events), 0) AS bigint) AS events, count(*) FILTER (WHERE xref) AS cross_referenced
+FROM archive_candidates WHERE snapshot = CAST(:snapshot AS uuid) GROUP BY 1 ORDER BY 2 DESC, 1"""
+IDS = """SELECT seq, stream_id, stream_type, events, xref FROM archive_candidates
+WHERE snapshot = CAST(:snapshot AS uuid) ORDER BY seq"""
+
+
+@dataclass
+class Preview:
+    by_type: list[dict[str, Any]]
+    params: dict[str, Any]
+
+    @property
+    def totals(self) -> dict[str, int]:
+        keys = ("streams", "create_only", "with_updates", "events", "cross_referenced")
+        return {k: sum(int(r[k]) for r in self.by_type) for k in keys}
+
+
+def preview(engine: Engine, payload: dict[str, Any], *, unarchive: bool = False,
+            csv_path: Path | None = None) -> Preview:
+    """Plan the job and report its selection, then roll everything back."""
+    kind = UNARCHIVE if unarchive else ARCHIVE
+    with engine.connect() as conn:
+        try:
+            plan = kind.plan(conn, payload, count_events=True)
+            snap = {"snapshot": plan.params["snapshot"]}
+            rows = [dict(r._mapping) for r in conn.execute(text(BY_TYPE), snap)]
+            if csv_path is not None:
+                with csv_path.open("w", newline="") as out:
+                    writer = csv.writer(out)
+                    writer.writerow(["seq", "stream_id", "stream_type", "events", "cross_referenced"])
+                    for r in conn.execute(text(IDS), snap):
+                        writer.writerow(list(r))
+        finally:
+            conn.rollback()
+    return Preview(rows, plan.params)
+
+
+def render_preview(pv: Preview, verb: str) -> str:
+    head = f"{'stream type':<28}{'streams':>10}{'create-only':>13}{'with updates':>14}{'events':>12}{'x-ref':>8}"
+    lines = [head, "-" * len(head)]
+    for r in [*pv.by_type, {"stream_type": "total", **pv.totals}]:
+        lines.append(f"{str(r['stream_type'])[:27]:<28}{r['streams']:>10,}{r['create_only']:>13,}"
+                     f"{r['with_updates']:>14,}{r['events']:>12,}{r['cross_referenced']:>8,}")
+    xref = pv.totals["cross_referenced"]
+    if xref:
+        lines.append(f"{xref} candidate(s) are referenced by live streams: they are skipped unless --force")
+    else:
+        lines.append("cross-reference check: no live stream references a candidate")
+    lines.append(f"would {verb} {pv.totals['streams']:,} stream(s) with {pv.totals['events']:,} event(s)"
+                 f" in batches of {pv.params['batch_size']} stream(s)")
+    return "\n".join(lines)
+
+
+# -- after a run ---------------------------------------------------------------------
+
+SUMMARY = """SELECT j.kind, j.status, j.params, j.total_estimate, j.processed_count, j.error_count,
+       j.started_at, coalesce(j.finished_at, now()) - j.started_at AS elapsed,
+       (SELECT count(*) FILTER (WHERE a.action IN ('archive', 'unarchive')) FROM archive_audit a
+        WHERE a.job_id = j.job_id) AS moved,
+       (SELECT count(*) FILTER (WHERE a.action = 'skip') FROM archive_audit a WHERE a.job_id = j.job_id) AS skipped,
+       (SELECT coalesce(sum(a.events), 0) FROM archive_audit a WHERE a.job_id = j.job_id) AS events
+FROM backfill_jobs j WHERE j.job_id = CAST(:job_id AS uuid)"""
+
+
+def summary(engine: Engine, job_id: str) -> dict[str, Any]:
+    """attempted, archived, skipped, failed, elapsed, and the candidates still left now."""
+    with engine.connect() as conn:
+        row = conn.execute(text(SUMMARY), {"job_id": job_id}).first()
+        if row is None:
+            raise NotFound(f"no archive job {job_id} (not planned yet, or not an archive job)")
+        if row.kind not in ("archive_range", "unarchive_range"):
+            raise InvalidInput(f"job {job_id} is a {row.kind} job, not an archive job")
+        unarchive = row.kind == "unarchive_range"
+        params = {k: v for k, v in row.params.items() if k not in ("snapshot", "limit")}
+        remaining = recount(conn, params, unarchive)
+    return {"job_id": job_id, "kind": row.kind, "status": row.status, "attempted": int(row.total_estimate or 0),
+            "done_so_far": int(row.processed_count), "archived" if not unarchive else "unarchived": int(row.moved),
+            "skipped": int(row.skipped), "failed": int(row.error_count), "events_moved": int(row.events),
+            "elapsed_seconds": round(row.elapsed.total_seconds(), 3), "remaining_candidates": remaining}
+
+
+def recount(conn: Connection, params: dict[str, Any], unarchive: bool) -> int:
+    p = normalize(params, unarchive)
+    layout = layouts.resolve(conn, p["layout_spec"])
+    query = selection.candidates(conn, layout, p, unarchive=unarchive, count_events=False)
+    return int(conn.execute(render("SELECT count(*) FROM (" + query.sql + ") c", **query.idents),
+                            query.params).scalar_one())
+
+
+# -- archive status --------------------------------------------------------------------
+
+STATUS = """SELECT TYPE AS stream_type,
+       count(*) FILTER (WHERE NOT ARCHIVED) AS hot_streams, count(*) FILTER (WHERE ARCHIVED) AS archived_streams,
+       CAST(coalesce(sum(e.n) FILTER (WHERE NOT ARCHIVED), 0) AS bigint) AS hot_events,
+       CAST(coalesce(sum(e.n) FILTER (WHERE ARCHIVED), 0) AS bigint) AS archived_events
+FROM {streams} s LEFT JOIN (EVENTS) e ON e.sid = s.{key}
+GROUP BY 1 ORDER BY 1"""
+EVENT_COUNTS = "SELECT x.{estream} AS sid, count(*) AS n FROM {src} x GROUP BY 1"
+SIZE = "SELECT pg_total_relation_size(CAST(:rel AS regclass)) AS bytes,"\
+       " (SELECT reltuples FROM pg_class WHERE oid = CAST(:rel AS regclass)) AS rows"
+
+
+def status(engine: Engine, layout_ref: str) -> dict[str, Any]:
+    """Hot vs archived streams and events per stream type, and the tables' sizes."""
+    spec = layouts.load_spec(layout_ref)
+    with engine.connect() as conn:
+        layout = layouts.resolve(conn, spec)
+        idents = {"streams": layout.streams, "key": layout.key.ident, "estream": layout.event_stream.ident}
+        archived = selection.state_sql(layout, idents, archived=True)
+        stype = layout.col("type")
+        if stype is not None:
+            idents["stype"] = stype.ident
+        events_sql = EVENT_COUNTS
+        if layout.archive is not None:
+            events_sql = EVENT_COUNTS + " UNION ALL " + EVENT_COUNTS.replace("{src}", "{archive}")
+            idents["archive"] = layout.archive
+        idents["src"] = layout.events
+        sql = (STATUS.replace("TYPE", "CAST(s.{stype} AS text)" if stype is not None else "CAST(NULL AS text)")
+               .replace("NOT ARCHIVED", "NOT (" + archived + ")").replace("ARCHIVED", archived)
+               .replace("EVENTS", events_sql))
+        rows = [dict(r._mapping) for r in conn.execute(render(sql, **idents))]
+        tables = [layout.streams, layout.events, *([layout.archive] if layout.archive else []),
+                  *[t for m in layout.read_models for t in (m.table, m.archive)]]
+        sizes = {}
+        for t in tables:
+            size = conn.execute(text(SIZE), {"rel": t.sql}).one()
+            sizes[t.name] = {"bytes": int(size.bytes), "rows_estimate": max(0, int(size.rows or 0))}
+        conn.rollback()
+    return {"layout": layout.name, "strategy": layout.strategy, "by_type": rows, "tables": sizes}

@@ -1,0 +1,249 @@
+"""Which streams a job archives: structured filters, and the candidate snapshot.
+
+Filters are (field, operator, value) triples, never SQL text. ``--where`` takes
+``FIELD OP VALUE`` (or ``FIELD!=VALUE`` without spaces); operators are
+``= != <> < <= > >= in`` (value: comma-separated list), ``is null`` and
+``is not null``. FIELD is a stream column the layout lists in ``filter_columns``
+(compared after a CAST of the value to the column's type) or else a key of the
+stream's create event's JSON data (its first event by sequence), compared as text,
+as the Marten runbook's ``data->>'DataSource' != 'LuckBox'`` does (a stream without
+the key matches neither ``=`` nor ``!=``: SQL's NULL rules). Every value, and every
+JSON key, is a bound parameter; column names pass the catalog check.
+
+The SQL is assembled from constant fragments only: an operator is looked up in
+:data:`OPS` and placeholders are numbered, so no user text reaches a statement.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, TextClause
+from sqlalchemy.exc import DBAPIError
+
+from jobs.archive.layouts import Layout
+from worker import identifiers
+from worker.errors import InvalidInput
+from worker.identifiers import Ident
+from worker.sql import render
+
+OPS = {"=": "=", "!=": "<>", "<>": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+UNARY = {"is null": "IS NULL", "is not null": "IS NOT NULL"}
+FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+WHERE = re.compile(
+    r"^\s*(?P<field>[A-Za-z_][A-Za-z0-9_]*)\s*(?:"
+    r"(?P<op>!=|<>|<=|>=|=|<|>)\s*(?P<value>.*?)"
+    r"|\s+(?P<in>in)\s+(?P<list>.+?)"
+    r"|\s+(?P<unary>is\s+not\s+null|is\s+null))\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+@dataclass(frozen=True)
+class Filter:
+    field: str
+    op: str  # a key of OPS or UNARY, or "in"
+    value: str | list[str] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"field": self.field, "op": self.op, "value": self.value}
+
+
+def parse_where(text: str) -> Filter:
+    """``DataSource!=LuckBox``, ``type = venue``, ``tenant_id in a,b``, ``Region is null``."""
+    m = WHERE.match(text or "")
+    if m is None:
+        raise InvalidInput(f"--where {text!r}: expected FIELD OP VALUE with OP one of"
+                           " = != < <= > >= in, or FIELD is null / is not null")
+    if m["unary"]:
+        return Filter(m["field"], " ".join(m["unary"].lower().split()), None)
+    if m["in"]:
+        return Filter(m["field"], "in", [v.strip() for v in m["list"].split(",") if v.strip()])
+    value = m["value"]
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]  # quotes are optional; the value is bound either way
+    return Filter(m["field"], m["op"], value)
+
+
+def check_filters(raw: Any) -> list[Filter]:
+    """Payload ``where``: a list of {field, op, value} objects (or --where strings)."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise InvalidInput("where must be a list of {field, op, value} objects")
+    found = []
+    for item in raw:
+        if isinstance(item, str):
+            found.append(parse_where(item))
+            continue
+        if not isinstance(item, dict) or set(item) - {"field", "op", "value"}:
+            raise InvalidInput(f"where: expected {{field, op, value}}, got {item!r}")
+        field, op, value = item.get("field"), str(item.get("op", "")).lower(), item.get("value")
+        if not isinstance(field, str) or not FIELD.match(field):
+            raise InvalidInput(f"where: field {field!r} must be a plain name (letters, digits, _)")
+        if op in UNARY:
+            value = None
+        elif op == "in":
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+                raise InvalidInput(f"where {field} in: expected a non-empty list of strings, got {value!r}")
+        elif op in OPS:
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise InvalidInput(f"where {field} {op}: expected a string or number, got {value!r}")
+            value = str(value)
+        else:
+            raise InvalidInput(f"where: unknown operator {op!r}; use one of {', '.join([*OPS, 'in', *UNARY])}")
+        found.append(Filter(field, op, value))
+    return found
+
+
+# -- the candidate query ----------------------------------------------------------------
+
+SELECT = """SELECT s.{key}::text AS stream_id, STYPE AS stream_type, EVENTS AS events,
+       row_number() OVER (ORDER BY s.{key}) AS seq
+FROM {streams} s
+WHERE STATE"""
+SNAPSHOT = """INSERT INTO archive_candidates (snapshot, seq, stream_id, stream_type, events)
+SELECT CAST(:snapshot AS uuid), c.seq, c.stream_id, c.stream_type, c.events FROM (QUERY) c"""
+CREATE_EVENT = ("(SELECT e.{data} ->> CAST(:kN AS text) FROM {src} e WHERE e.{estream} = s.{key}"
+                " ORDER BY e.{seq} LIMIT 1)")
+
+
+@dataclass
+class Query:
+    sql: str
+    idents: dict[str, Ident]
+    params: dict[str, Any]
+
+    def clause(self) -> TextClause:
+        return render(self.sql, **self.idents)
+
+
+def state_sql(layout: Layout, idents: dict[str, Ident], archived: bool) -> str:
+    """``s`` is (not) archived, by the flag when the layout has one, else by archived_at."""
+    flag = layout.col("archived_flag")
+    if flag is not None:
+        idents["sflag"] = flag.ident
+        return "s.{sflag}" if archived else "NOT s.{sflag}"
+    at = layout.col("archived_at")
+    assert at is not None  # layouts.check_spec
+    idents["sat"] = at.ident
+    return "s.{sat} IS NOT NULL" if archived else "s.{sat} IS NULL"
+
+
+COUNT_EVENTS = "(SELECT count(*) FROM {src} e WHERE e.{estream} = s.{key})"
+
+
+def candidates(conn: Connection, layout: Layout, sel: dict[str, Any], *, unarchive: bool,
+               count_events: bool = True) -> Query:
+    """The streams a job selects, ordered by stream key, numbered from 1 (``seq``).
+
+    ``count_events`` adds each stream's event count (the discovery report's create-only vs
+    with updates); a worker planning the job leaves it out, as the batches count what they move."""
+    src = layout.archive if (unarchive and layout.archive is not None) else layout.events
+    idents: dict[str, Ident] = {"key": layout.key.ident, "src": src, "estream": layout.event_stream.ident,
+                                "streams": layout.streams}
+    params: dict[str, Any] = {}
+    stype = layout.col("type")
+    if stype is not None:
+        idents["stype"] = stype.ident
+    conds = [state_sql(layout, idents, archived=unarchive)]
+    for option, column, what in (("type", "type", "--type"), ("tenant", "tenant", "--tenant")):
+        if sel.get(option) is not None:
+            col = layout.col(column)
+            if col is None:
+                raise InvalidInput(f"{what}: layout {layout.name!r} names no stream {column} column")
+            idents["c_" + option] = col.ident
+            conds.append("CAST(s.{c_" + option + "} AS text) = CAST(:" + option + " AS text)")
+            params[option] = str(sel[option])
+    if sel.get("before") is not None:
+        col = layout.col("activity")
+        if col is None:
+            raise InvalidInput(f"--before: layout {layout.name!r} names no stream activity column")
+        idents["c_activity"] = col.ident
+        conds.append("s.{c_activity} < CAST(:before AS timestamptz)")
+        params["before"] = sel["before"]
+    if sel.get("streams"):
+        idents["ktype"] = identifiers.type_of(layout.key)
+        conds.append("s.{key} = ANY(CAST(:stream_ids AS {ktype}[]))")
+        params["stream_ids"] = [str(v) for v in sel["streams"]]
+    if sel.get("from_audit"):
+        conds.append("s.{key}::text IN (SELECT a.stream_id FROM archive_audit a"
+                     " WHERE a.job_id = CAST(:audit_job AS uuid) AND a.action = 'archive')")
+        params["audit_job"] = sel["from_audit"]
+    for n, f in enumerate(check_filters(sel.get("where"))):
+        conds.append(_filter_sql(layout, f, n, idents, params))
+    sql = SELECT.replace("EVENTS", COUNT_EVENTS if count_events else "0")
+    sql = sql.replace("STYPE", "CAST(s.{stype} AS text)" if stype is not None else "CAST(NULL AS text)")
+    sql = sql.replace("STATE", "\n  AND ".join(conds)) + "\nORDER BY s.{key}"
+    if sel.get("limit"):
+        sql += "\nLIMIT :limit"
+        params["limit"] = int(sel["limit"])
+    used = {name for _, name, _, _ in string.Formatter().parse(sql) if name}
+    return Query(sql, {k: v for k, v in idents.items() if k in used}, params)
+
+
+def _filter_sql(layout: Layout, f: Filter, n: int, idents: dict[str, Ident], params: dict[str, Any]) -> str:
+    tag = str(n)
+    column = layout.filter_columns.get(f.field)
+    if column is not None:
+        idents["f" + tag] = column.ident
+        idents["t" + tag] = identifiers.type_of(column)
+        expr = "s.{f" + tag + "}"
+        cast = "CAST(:w" + tag + " AS {t" + tag + "})"
+        cast_list = "CAST(:w" + tag + " AS {t" + tag + "}[])"
+    else:
+        data = layout.event_cols.get("data")
+        if data is None:
+            raise InvalidInput(f"--where {f.field}: not a filter column of layout {layout.name!r}"
+                               f" ({', '.join(layout.filter_columns) or 'none'}) and the layout has no event data")
+        idents.update(data=data.ident, seq=layout.sequence.ident)
+        expr = CREATE_EVENT.replace("kN", "k" + tag)
+        params["k" + tag] = f.field
+        cast = "CAST(:w" + tag + " AS text)"
+        cast_list = "CAST(:w" + tag + " AS text[])"
+    if f.op in UNARY:
+        return expr + " " + UNARY[f.op]
+    params["w" + tag] = f.value
+    if f.op == "in":
+        return expr + " = ANY(" + cast_list + ")"
+    return expr + " " + OPS[f.op] + " " + cast
+
+
+def snapshot(conn: Connection, query: Query, snapshot_id: str) -> int:
+    """Store the selection under ``snapshot_id``; returns how many streams it holds."""
+    sql = SNAPSHOT.replace("QUERY", query.sql)
+    try:
+        with conn.begin_nested():
+            result = conn.execute(render(sql, **query.idents), {**query.params, "snapshot": snapshot_id})
+    except DBAPIError as err:  # a value that does not cast (a malformed uuid, date...)
+        first = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
+        raise InvalidInput(f"selection: {first}") from None
+    return int(result.rowcount)
+
+
+XREF = """UPDATE archive_candidates c SET xref = true
+FROM {events} e
+WHERE c.snapshot = CAST(:snapshot AS uuid) AND e.{data} ->> CAST(:ref AS text) = c.stream_id LIVE
+  AND NOT EXISTS (SELECT 1 FROM archive_candidates o
+                  WHERE o.snapshot = CAST(:snapshot AS uuid) AND o.stream_id = e.{estream}::text)"""
+
+
+def mark_cross_references(conn: Connection, layout: Layout, snapshot_id: str) -> int:
+    """Flag candidates that an event of a live, unselected stream names in a reference key."""
+    data = layout.event_cols.get("data")
+    if not layout.references or data is None:
+        return 0
+    idents = {"events": layout.events, "data": data.ident, "estream": layout.event_stream.ident}
+    flag = layout.event_cols.get("archived_flag")
+    live = ""
+    if flag is not None:
+        idents["eflag"] = flag.ident
+        live = "AND NOT e.{eflag}"
+    marked = 0
+    for ref in layout.references:
+        marked += conn.execute(render(XREF.replace("LIVE", live), **idents),
+                               {"snapshot": snapshot_id, "ref": ref}).rowcount
+    return marked

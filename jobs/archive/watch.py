@@ -1,0 +1,95 @@
+"""`tidegate watch-deletions`: archive a stream when a deletion event is appended to it.
+
+Seed 002's archive-on-deletion service, as a poller over the events table. ``--map
+UserDeleted=user`` means: an event of type ``UserDeleted`` appended to a stream of type
+``user`` gets that stream archived (``--map UserDeleted=*`` for any stream type).
+
+Each poll is one transaction: it locks the watcher's cursor row (two watchers of one
+name take turns), reads deletion events after ``cursor - lookback`` in sequence order,
+records each in ``archive_watch_seen`` (primary key: watcher, sequence) and enqueues
+one archive_range job for the streams it had not seen before, then moves the cursor.
+Enqueue, seen-marks and cursor commit together, so a watcher killed at any point
+neither misses nor doubles a deletion when it restarts. The rescan behind the cursor
+(``--lookback`` sequence numbers, default 10,000) catches events whose transaction
+committed after a later sequence number had been read; the seen table drops the ones
+already handled.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from jobs.archive import layouts
+from worker import store
+from worker.errors import InvalidInput
+from worker.sql import q, render
+
+DELETIONS = """SELECT e.{seq} AS seq, e.{estream}::text AS stream_id, CAST(e.{etype} AS text) AS event_type, STYPE
+FROM {events} e JOIN {streams} s ON s.{key} = e.{estream}
+WHERE e.{seq} > :after AND CAST(e.{etype} AS text) = ANY(CAST(:types AS text[]))
+ORDER BY e.{seq} LIMIT :max"""
+MAX_SEQ = "SELECT max(e.{seq}) FROM {events} e"
+SEEN = """INSERT INTO archive_watch_seen (name, seq, stream_id)
+SELECT :name, u.seq, u.sid FROM unnest(CAST(:seqs AS bigint[]), CAST(:sids AS text[])) AS u(seq, sid)
+ON CONFLICT DO NOTHING RETURNING seq, stream_id"""
+
+
+def parse_map(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+    found = {}
+    for item in items:
+        event_type, sep, stream_type = item.partition("=")
+        if not sep or not event_type.strip() or not stream_type.strip():
+            raise InvalidInput(f"--map {item!r}: expected EVENT_TYPE=STREAM_TYPE (or EVENT_TYPE=*)")
+        found[event_type.strip()] = stream_type.strip()
+    if not found:
+        raise InvalidInput("give at least one --map EVENT_TYPE=STREAM_TYPE")
+    return found
+
+
+def poll(engine: Engine, name: str, layout_ref: Any, mapping: dict[str, str], *, owner: str, actor: str,
+         lookback: int = 10_000, max_events: int = 10_000, batch_size: int = 500) -> dict[str, Any]:
+    """One pass; returns what it did: events seen, streams enqueued, the job id, the cursor."""
+    spec = layouts.load_spec(layout_ref)
+    with engine.begin() as conn:
+        layout = layouts.resolve(conn, spec)
+        etype = layout.event_cols.get("type")
+        if etype is None:
+            raise InvalidInput(f"layout {layout.name!r} names no events type column: cannot spot deletion events")
+        conn.execute(text("INSERT INTO archive_watch_cursors (name, layout) VALUES (:n, :l) ON CONFLICT DO NOTHING"),
+                     {"n": name, "l": layout.name})
+        last = int(conn.execute(text("SELECT last_seq FROM archive_watch_cursors WHERE name = :n FOR UPDATE"),
+                                {"n": name}).scalar_one())
+        idents = {"seq": layout.sequence.ident, "estream": layout.event_stream.ident, "etype": etype.ident,
+                  "events": layout.events, "streams": layout.streams, "key": layout.key.ident}
+        stype = layout.col("type")
+        if stype is not None:
+            idents["stype"] = stype.ident
+        sql = DELETIONS.replace("STYPE", "CAST(s.{stype} AS text) AS stream_type" if stype is not None
+                                else "CAST(NULL AS text) AS stream_type")
+        top = conn.execute(render(MAX_SEQ, seq=layout.sequence.ident, events=layout.events)).scalar() or 0
+        rows = conn.execute(render(sql, **idents), {"after": max(0, last - lookback), "types": list(mapping),
+                                                     "max": max_events}).all()
+        wanted = [r for r in rows if mapping[r.event_type] in ("*", r.stream_type)]
+        fresh = conn.execute(text(SEEN), {"name": name, "seqs": [r.seq for r in wanted],
+                                          "sids": [r.stream_id for r in wanted]}).all() if wanted else []
+        streams = sorted({r.stream_id for r in fresh})
+        job_id = None
+        if streams:
+            kinds = sorted({r.event_type for r in wanted if r.seq in {f.seq for f in fresh}})
+            payload = {"layout": spec if layout_ref not in layouts.SHIPPED else layout_ref, "streams": streams,
+                       "batch_size": batch_size, "owner": owner, "reason": "deleted: " + ", ".join(kinds)}
+            job_id = str(conn.execute(q("enqueue"), {"type": "archive_range", "queue": "default",
+                                                     "payload": json.dumps(payload), "priority": 0,
+                                                     "max_attempts": 5, "run_after": None}).scalar_one())
+            store.audit(conn, actor, "enqueue", job_id, {"type": "archive_range", "watcher": name,
+                                                         "streams": len(streams)})
+            conn.execute(text("UPDATE archive_watch_seen SET job_id = CAST(:j AS uuid)"
+                              " WHERE name = :n AND seq = ANY(CAST(:s AS bigint[]))"),
+                         {"j": job_id, "n": name, "s": [f.seq for f in fresh]})
+        cursor = max(last, rows[-1].seq) if len(rows) >= max_events else max(last, int(top))
+        conn.execute(text("UPDATE archive_watch_cursors SET last_seq = :c, updated_at = now() WHERE name = :n"),
+                     {"c": cursor, "n": name})
+    return {"seen": len(wanted), "new_streams": len(streams), "job_id": job_id, "cursor": cursor}

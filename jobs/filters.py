@@ -1,0 +1,120 @@
+"""Structured row filters for backfill-range (``--where``): narrow a job to a slice of its range.
+
+A filter is ``{"field": column, "op": operator, "value": value}`` in the payload (so a plain
+INSERT can give them too); the CLI parses ``--where 'tenant_id = 7'``, ``'user_id in 1,2,3'``,
+``'raw_linkset is null'`` or ``'region!=eu'``. The field must be a column of the source (checked
+against the catalog and quoted); the operator comes from a fixed list; values are always bound
+parameters, which the server casts to the column's type. Filters combine with AND.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+
+from worker import identifiers
+from worker.errors import InvalidInput
+from worker.sql import render
+
+# operator -> SQL, with {f} for the column and :v for the value (never input text)
+OPS = {"=": "{f} = :v", "!=": "{f} <> :v", "<": "{f} < :v", "<=": "{f} <= :v", ">": "{f} > :v", ">=": "{f} >= :v",
+       "in": "{f} IN (:v)", "is null": "{f} IS NULL", "is not null": "{f} IS NOT NULL"}
+NO_VALUE = {"is null", "is not null"}
+MAX_IN = 1000
+_SYNTAX = re.compile(
+    r"^\s*([A-Za-z_][A-Za-z0-9_$]*)\s*(is\s+not\s+null|is\s+null|!=|<>|<=|>=|=|<|>|\s+in\s+)\s*(.*?)\s*$",
+    re.IGNORECASE | re.DOTALL)
+
+
+def parse(spec: str) -> dict[str, Any]:
+    """``'FIELD OP VALUE'`` as typed on the command line -> the payload form."""
+    m = _SYNTAX.match(spec)
+    if m is None:
+        raise InvalidInput(f"--where {spec!r}: expected FIELD OP VALUE with OP one of {', '.join(OPS)}")
+    field, op, value = m.group(1), " ".join(m.group(2).lower().split()), m.group(3)
+    op = "!=" if op == "<>" else op
+    if op in NO_VALUE:
+        if value:
+            raise InvalidInput(f"--where {spec!r}: {op} takes no value")
+        return {"field": field, "op": op}
+    if op == "in":
+        items = [v.strip() for v in value.strip().removeprefix("(").removesuffix(")").split(",")]
+        return {"field": field, "op": op, "value": [v for v in items if v]}
+    return {"field": field, "op": op, "value": value.strip("'\"") if len(value) > 1 else value}
+
+
+def normalize(filters: Any) -> list[dict[str, Any]]:
+    """The payload's ``where``, type-checked; raises InvalidInput with what is wrong."""
+    if not isinstance(filters, list):
+        raise InvalidInput(f"where must be a list of {{field, op, value}} objects, got {type(filters).__name__}")
+    out = []
+    for i, f in enumerate(filters):
+        if not isinstance(f, dict) or set(f) - {"field", "op", "value"} or "field" not in f or "op" not in f:
+            raise InvalidInput(f"where[{i}] must be an object with field, op and value, got {f!r}")
+        op = str(f["op"]).lower().strip()
+        if op not in OPS:
+            raise InvalidInput(f"where[{i}]: unknown operator {f['op']!r}; known: {', '.join(OPS)}")
+        if op in NO_VALUE:
+            if f.get("value") is not None:
+                raise InvalidInput(f"where[{i}]: {op} takes no value")
+            out.append({"field": f["field"], "op": op})
+            continue
+        value = f.get("value")
+        if op == "in":
+            if not isinstance(value, list) or not 1 <= len(value) <= MAX_IN:
+                raise InvalidInput(f"where[{i}]: in needs a list of 1 to {MAX_IN} values, got {value!r}")
+            if not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in value):
+                raise InvalidInput(f"where[{i}]: in values must be strings or numbers")
+            value = [str(v) for v in value]
+        elif not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise InvalidInput(f"where[{i}]: {op} needs a string or number value, got {value!r}")
+        else:
+            value = str(value)
+        out.append({"field": f["field"], "op": op, "value": value})
+    return out
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """`` AND ...`` to append to a query's WHERE, its identifiers and its bound values."""
+
+    sql: str
+    idents: dict[str, identifiers.Ident]
+    params: dict[str, str]
+
+    def into(self, template: str, **idents: identifiers.Ident) -> Any:
+        return render(template.replace("{where}", self.sql), **idents, **self.idents)
+
+
+NONE = Compiled("", {}, {})
+
+
+def compile_filters(conn: Connection, source: identifiers.Ident, filters: list[dict[str, Any]]) -> Compiled:
+    if not filters:
+        return NONE
+    parts, idents, params = [], {}, {}
+    for i, f in enumerate(filters):
+        col = identifiers.column(conn, source, f["field"], what="--where field")
+        idents[f"w{i}"] = col.ident
+        sql = OPS[f["op"]].replace("{f}", "{w" + str(i) + "}")
+        if f["op"] == "in":
+            names = [f"w{i}_{j}" for j in range(len(f["value"]))]
+            sql = sql.replace(":v", ", ".join(":" + n for n in names))
+            params.update(zip(names, f["value"], strict=True))
+        elif f["op"] not in NO_VALUE:
+            sql = sql.replace(":v", f":w{i}")
+            params[f"w{i}"] = f["value"]
+        parts.append(sql)
+    compiled = Compiled(" AND " + " AND ".join(parts), idents, params)
+    probe = compiled.into("SELECT 1 FROM {source} WHERE true{where} LIMIT 0", source=source)
+    try:
+        with conn.begin_nested():  # a value that does not fit the column's type fails here, not in a batch
+            conn.execute(probe, params)
+    except DBAPIError as err:
+        first = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
+        raise InvalidInput(f"where: {first}") from None
+    return compiled

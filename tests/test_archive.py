@@ -1,0 +1,141 @@
+"""archive-range / unarchive-range on each shipped layout, built the way its system builds it:
+dry run writes nothing, archive moves exactly the selection (audit = tables), unarchive restores
+the event store row for row (same sequence numbers and versions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import job_row, run_cli, scalar
+from tests.event_stores import build, fingerprint
+
+pytestmark = pytest.mark.slow
+
+# per layout: the CLI selection, and the same selection written independently in SQL
+CASES = {
+    "tidegate": (["--type", "luck_box_purchase", "--where", "DataSource!=LuckBox"],
+                 "SELECT count(*) FROM es_streams s WHERE s.type = 'luck_box_purchase' AND (SELECT e.data->>'DataSource'"
+                 " FROM es_events e WHERE e.stream_id = s.id ORDER BY e.seq LIMIT 1) <> 'LuckBox'"),
+    "marten": (["--where", "DataSource != LuckBox", "--tenant", "*DEFAULT*"],
+               "SELECT count(*) FROM mt_streams s WHERE s.tenant_id = '*DEFAULT*' AND (SELECT e.data->>'DataSource'"
+               " FROM mt_events e WHERE e.stream_id = s.id ORDER BY e.seq_id LIMIT 1) <> 'LuckBox'"),
+    "rillflow": (["--before", "2024-06-01T00:00:00Z", "--where", "aggregate_type in order,cart", "--tenant", "t1"],
+                 "SELECT count(*) FROM rf_streams WHERE updated_at < '2024-06-01Z' AND tenant_id = 't1'"),
+}
+HOT = {"tidegate": "es_events", "marten": "mt_events_default", "rillflow": "events"}
+ARCHIVE = {"tidegate": "es_events_archive", "marten": "mt_events_archived", "rillflow": "events_archive"}
+
+
+def drain(url: str) -> str:
+    proc = run_cli(url, "worker", "--concurrency", "2", "--drain", "--poll", "0.2", timeout=300)
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("layout", sorted(CASES))
+def test_archive_then_unarchive_round_trips_each_layout(engine, db_url, layout):
+    build(engine, db_url, layout, 600)
+    selection, expected_sql = CASES[layout]
+    expected = scalar(engine, expected_sql)
+    assert 0 < expected < 600
+    before = fingerprint(engine, layout)
+
+    dry = run_cli(db_url, "enqueue", "archive-range", "--layout", layout, *selection, "--batch-size", "40",
+                  "--reason", "duplicates", "--owner", "data-platform")
+    assert f"would archive {expected:,} stream(s)" in dry.stdout
+    assert "nothing was written" in dry.stderr
+    assert scalar(engine, "SELECT count(*) FROM queue_jobs") == 0
+    assert scalar(engine, "SELECT count(*) FROM archive_candidates") == 0
+    assert fingerprint(engine, layout) == before
+
+    job = run_cli(db_url, "enqueue", "archive-range", "--layout", layout, *selection, "--batch-size", "40",
+                  "--concurrency", "2", "--reason", "duplicates", "--owner", "data-platform", "--apply",
+                  "--yes").stdout.strip()
+    logged = drain(db_url)
+    row = job_row(engine, job)
+    # the run's summary, logged when the job ends
+    assert f"job {job} summary: " in logged and f"archived={expected}, skipped=0" in logged
+    assert "remaining_candidates=0" in logged
+    assert row.status == "done" and row.total_estimate == expected and row.processed_count == expected
+    archived_events = scalar(engine, f"SELECT count(*) FROM {ARCHIVE[layout]}")
+    assert scalar(engine, "SELECT count(*) FROM archive_audit WHERE job_id = :j AND action = 'archive'",
+                  j=job) == expected
+    assert scalar(engine, "SELECT sum(events) FROM archive_audit WHERE job_id = :j", j=job) == archived_events > 0
+    assert before[HOT[layout]][0] - scalar(engine, f"SELECT count(*) FROM {HOT[layout]}") == archived_events
+    assert job[:8] in run_cli(db_url, "status").stdout  # listed like any other job
+    summary = json.loads(run_cli(db_url, "archive", "report", job, "--json").stdout)
+    assert summary["archived"] == expected and summary["skipped"] == 0 and summary["remaining_candidates"] == 0
+    status = json.loads(run_cli(db_url, "archive", "status", "--layout", layout, "--json").stdout)
+    assert sum(r["archived_streams"] for r in status["by_type"]) == expected
+    assert sum(r["archived_events"] for r in status["by_type"]) == archived_events
+
+    run_cli(db_url, "enqueue", "unarchive-range", "--layout", layout, "--from-audit", job, "--owner", "data-platform",
+            "--batch-size", "25", "--apply", "--yes")
+    drain(db_url)
+    assert fingerprint(engine, layout) == before  # same rows, sequence numbers, versions; marks cleared
+    assert scalar(engine, "SELECT count(*) FROM archive_audit WHERE action = 'unarchive'") == expected
+
+
+def test_apply_needs_the_typed_word_or_yes(engine, db_url):
+    build(engine, db_url, "tidegate", 30)
+    args = ["enqueue", "archive-range", "--layout", "tidegate", "--reason", "r", "--owner", "o", "--apply"]
+    closed = run_cli(db_url, *args, check=False, input="")
+    assert closed.returncode == 2 and "--yes" in closed.stderr
+    wrong = run_cli(db_url, *args, check=False, input="archive\n")
+    assert wrong.returncode == 2 and "not ARCHIVE" in wrong.stderr
+    assert scalar(engine, "SELECT count(*) FROM queue_jobs") == 0
+    job = run_cli(db_url, *args, input="ARCHIVE\n").stdout.strip()
+    assert scalar(engine, "SELECT type FROM queue_jobs WHERE id = :j", j=job) == "archive_range"
+
+
+def test_cross_referenced_candidates_are_skipped_and_reported_unless_forced(engine, db_url, tmp_path):
+    build(engine, db_url, "tidegate", 90)
+    with engine.begin() as conn:
+        target = conn.execute(text("SELECT id FROM es_streams WHERE type = 'venue' ORDER BY id LIMIT 1")).scalar()
+        live = conn.execute(text("SELECT id FROM es_streams WHERE type = 'user' ORDER BY id LIMIT 1")).scalar()
+        conn.execute(text("INSERT INTO es_events (stream_id, version, type, data) VALUES (:s, 100, 'linked',"
+                          " jsonb_build_object('ref_stream_id', CAST(:t AS text)))"), {"s": live, "t": target})
+    venues = scalar(engine, "SELECT count(*) FROM es_streams WHERE type = 'venue'")
+    out = run_cli(db_url, "discover", "--layout", "tidegate", "--type", "venue", "--csv", str(tmp_path / "ids.csv"))
+    assert "1 candidate(s) are referenced by live streams" in out.stdout
+    assert str(target) in (tmp_path / "ids.csv").read_text()
+    assert len((tmp_path / "ids.csv").read_text().splitlines()) == venues + 1
+    job = run_cli(db_url, "enqueue", "archive-range", "--layout", "tidegate", "--type", "venue", "--reason", "r",
+                  "--owner", "o", "--apply", "--yes").stdout.strip()
+    drain(db_url)
+    assert scalar(engine, "SELECT archived_at IS NULL FROM es_streams WHERE id = :t", t=target)
+    assert scalar(engine, "SELECT reason FROM archive_audit WHERE job_id = :j AND action = 'skip'",
+                  j=job).startswith("cross-referenced")
+    summary = json.loads(run_cli(db_url, "archive", "report", job, "--json").stdout)
+    assert (summary["archived"], summary["skipped"], summary["remaining_candidates"]) == (venues - 1, 1, 1)
+    run_cli(db_url, "enqueue", "archive-range", "--layout", "tidegate", "--type", "venue", "--force",
+            "--reason", "r", "--owner", "o", "--apply", "--yes")
+    drain(db_url)
+    assert scalar(engine, "SELECT archived_at IS NOT NULL FROM es_streams WHERE id = :t", t=target)
+
+
+def test_limit_and_stream_selectors_and_sql_enqueue(engine, db_url):
+    build(engine, db_url, "marten", 60)
+    ids = [str(i) for i in scalar_list(engine, "SELECT id FROM mt_streams ORDER BY id LIMIT 3")]
+    run_cli(db_url, "enqueue", "archive-range", "--layout", "marten", "--stream", ids[0], "--stream", ids[2],
+            "--reason", "r", "--owner", "o", "--apply", "--yes")
+    drain(db_url)
+    with engine.begin() as conn:  # the same by SQL, as the runbook's INSERT INTO queue_jobs
+        conn.execute(text("INSERT INTO queue_jobs (type, payload) VALUES ('archive_range', CAST(:p AS jsonb))"),
+                     {"p": json.dumps({"layout": "marten", "type": "venue", "limit": 5, "batch_size": 2,
+                                       "reason": "by sql", "owner": "sql"})})
+    drain(db_url)
+    archived = set(map(str, scalar_list(engine, "SELECT id FROM mt_streams WHERE is_archived")))
+    assert {ids[0], ids[2]} <= archived
+    assert (ids[1] in archived) == (scalar(engine, "SELECT type FROM mt_streams WHERE id = CAST(:i AS uuid)",
+                                           i=ids[1]) == "venue")
+    assert scalar(engine, "SELECT count(*) FROM archive_audit WHERE reason = 'by sql' AND action = 'archive'") == 5
+    assert scalar(engine, "SELECT count(*) FROM mt_events_default e JOIN mt_streams s ON s.id = e.stream_id"
+                          " WHERE s.is_archived") == 0
+
+
+def scalar_list(engine, sql: str) -> list:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return list(conn.execute(text(sql)).scalars())

@@ -1,0 +1,55 @@
+"""`tidegate rollout` against a running pool: canary, verify, then concurrency raised step by step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import job_row, run_cli
+from tests.fixtures import seed_demo
+
+pytestmark = pytest.mark.slow
+
+RANGE = ("--from", "2024-01-01T00:00:00Z", "--to", "2025-01-01T00:00:00Z")
+
+
+def _canary_job(url: str, handler: str) -> str:
+    return run_cli(url, "enqueue", "backfill-range", *RANGE, "--handler", handler, "--batch-size", "100",
+                   "--concurrency", "1", "--limit", "300", "--owner", "tests").stdout.strip()
+
+
+def _concurrency_steps(engine, job: str) -> list[int]:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT details FROM tidegate_audit WHERE job_id = :j AND action = 'set' ORDER BY id"),
+                            {"j": job}).scalars().all()
+    return [d["concurrency"] for d in rows if "concurrency" in d]
+
+
+def test_rollout_goes_from_canary_to_full_concurrency_verifying_each_step(engine, db_url, pools):
+    seed_demo(engine, 4000)
+    job = _canary_job(db_url, "hero_troops")
+    pools("--concurrency", "4", "--poll", "0.1")
+    out = run_cli(db_url, "rollout", job[:8], "--steps", "1,2,4", "--step-rows", "600", "--poll", "0.05",
+                  "--by", "sre-bob", timeout=180).stdout
+    assert "canary: verified" in out and "rollout complete" in out and "FAIL" not in out
+    row = job_row(engine, job)
+    assert (row.status, row.processed_count, row.row_limit) == ("done", 4000, None)
+    steps = _concurrency_steps(engine, job)
+    assert steps[0] == 1 and steps == sorted(steps) and set(steps) <= {1, 2, 4}
+    assert json.loads(run_cli(db_url, "verify", job[:8], "--json").stdout)["ok"]
+
+
+def test_rollout_holds_at_the_canary_when_its_verification_fails(engine, db_url, pools):
+    seed_demo(engine, 4000)
+    job = _canary_job(db_url, "tests.handlers:off_by_one_troops")
+    pools("--concurrency", "4", "--poll", "0.1")
+    out = run_cli(db_url, "rollout", job[:8], "--steps", "1,4", "--step-rows", "600", "--poll", "0.05",
+                  check=False, timeout=180)
+    assert out.returncode == 1
+    assert "FAIL sample recomputed" in out.stdout and "holding at canary" in out.stderr
+    row = job_row(engine, job)
+    assert (row.status, row.processed_count, row.concurrency) == ("paused", 300, 1)
+    assert row.status_reason == "canary limit reached"  # it stays paused where the canary stopped it
+    assert _concurrency_steps(engine, job) == []  # no step was taken

@@ -1,0 +1,154 @@
+"""Pace and self-protection of a running job: live knobs, live concurrency, batch timeouts,
+error-rate auto-pause and the canary limit, all through real worker processes."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import enqueue_items, job_row, run_cli, scalar, wait_for
+from tests.fixtures import LOG_HANDLER, log_report, make_items, slow_handler
+
+pytestmark = pytest.mark.slow
+
+ALL_ONCE = {"distinct_keys": 1000, "items": 1000, "missing": 0, "logged": 1000}
+
+
+def _batch_sizes(engine) -> list[int]:  # type: ignore[no-untyped-def]
+    """Rows per batch in commit order: a batch is one transaction, so one now() per batch."""
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(text("SELECT count(*) FROM processed_log GROUP BY at ORDER BY at"))]
+
+
+def _in_flight(engine, job: str) -> int:  # type: ignore[no-untyped-def]
+    return int(scalar(engine, "SELECT count(*) FROM backfill_slices s JOIN tidegate_workers w ON w.id = s.locked_by"
+                              " WHERE s.job_id = :j AND s.status = 'pending'"
+                              " AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)", j=job))
+
+
+def test_set_and_an_update_by_sql_apply_at_the_next_batch(engine, db_url, tmp_path, pools):
+    make_items(engine, 1000)
+    job = enqueue_items(db_url, tmp_path, LOG_HANDLER, "--sleep-between-batches", "0.2", batch_size=10)
+    pools("--concurrency", "1", "--poll", "0.1")
+    wait_for(lambda: len(_batch_sizes(engine)) >= 2, what="two batches")
+    run_cli(db_url, "set", job[:8], "--batch-size", "25")
+    wait_for(lambda: 25 in _batch_sizes(engine), what="a batch of the new size")
+    with engine.begin() as conn:  # what an SRE types
+        conn.execute(text("UPDATE backfill_jobs SET batch_size = 50, sleep_between_batches = 0 WHERE job_id = :j"),
+                     {"j": job})
+    wait_for(lambda: job_row(engine, job).status == "done", what="done")
+    sizes = _batch_sizes(engine)
+    first_25, first_50 = sizes.index(25), sizes.index(50)
+    assert set(sizes[:first_25]) == {10} and set(sizes[first_25:first_50]) == {25}
+    assert set(sizes[first_50:-1]) == {50}  # the last batch may be short
+    assert log_report(engine) == ALL_ONCE
+    assert scalar(engine, "SELECT count(*) FROM tidegate_audit WHERE action = 'set' AND job_id = :j", j=job) == 1
+
+
+def test_live_concurrency_one_to_four_and_back_processes_every_key_once(engine, db_url, tmp_path, pools):
+    make_items(engine, 6000)
+    job = enqueue_items(db_url, tmp_path, slow_handler(0.05), batch_size=20, concurrency=1)
+    pools("--concurrency", "4", "--poll", "0.1", "--lease", "3")
+    wait_for(lambda: job_row(engine, job).processed_count > 0, what="a first batch")
+    assert _in_flight(engine, job) == 1
+
+    run_cli(db_url, "set", job[:8], "--concurrency", "4")
+    wait_for(lambda: _in_flight(engine, job) == 4, what="four slices in flight")
+    wait_for(lambda: scalar(engine, "SELECT count(DISTINCT pid) FROM processed_log") >= 4,
+             what="batches from four workers")
+
+    run_cli(db_url, "set", job[:8], "--concurrency", "1")
+    wait_for(lambda: _in_flight(engine, job) == 1, what="back to one slice in flight")
+    for _ in range(5):  # and it stays there: released slices are not claimed again
+        assert _in_flight(engine, job) <= 1
+        wait_for(lambda: True)
+
+    run_cli(db_url, "set", job[:8], "--concurrency", "4")  # finish quickly
+    wait_for(lambda: job_row(engine, job).status == "done", timeout=120, what="done")
+    assert log_report(engine) == {"logged": 6000, "distinct_keys": 6000, "items": 6000, "missing": 0}
+    assert job_row(engine, job).processed_count == 6000
+
+
+def test_a_batch_that_times_out_is_split_and_retried_not_failed(engine, db_url, tmp_path, pools):
+    make_items(engine, 400)
+    with engine.begin() as conn:  # 5 ms per row: a 400-row batch takes 2 s, over its 1 s timeout
+        conn.execute(text("CREATE FUNCTION slow_k(k bigint) RETURNS bigint LANGUAGE sql VOLATILE"
+                          " AS 'SELECT pg_sleep(0.005); SELECT k'"))
+    handler = "INSERT INTO processed_log (k) SELECT slow_k(k) FROM items WHERE k > :lo AND k <= :hi"
+    job = enqueue_items(db_url, tmp_path, handler, "--target-batch-seconds", "0.1", batch_size=400)
+    pool = pools("--concurrency", "1", "--poll", "0.1")
+    wait_for(lambda: job_row(engine, job).status == "done", what="done")
+    assert "timed out; retrying with 200 rows" in pool.output()
+    assert log_report(engine) == {"logged": 400, "distinct_keys": 400, "items": 400, "missing": 0}
+    assert scalar(engine, "SELECT max(attempts) FROM backfill_slices WHERE job_id = :j", j=job) == 0
+    assert max(_batch_sizes(engine)) < 400
+
+
+def _python_job(url: str, handler: str) -> str:
+    return run_cli(url, "enqueue", "backfill-range", "--source", "items", "--key", "k", "--from", "1", "--to",
+                   "100000", "--handler", handler, "--batch-size", "200", "--owner", "tests").stdout.strip()
+
+
+def test_error_rate_over_threshold_pauses_the_job_with_its_reason(engine, db_url):
+    make_items(engine, 3000)
+    job = _python_job(db_url, "tests.handlers:fail_5_percent")
+    run_cli(db_url, "worker", "--concurrency", "1", "--drain", "--poll", "0.1")
+    row = job_row(engine, job)
+    assert row.status == "paused" and row.status_by == "tidegate"
+    assert row.status_reason.startswith("error rate 5") and "above 1" in row.status_reason
+    assert row.processed_count < 3000  # it stopped early
+    assert "is a bad item" in run_cli(db_url, "errors", job[:8]).stdout
+
+    # the SRE decides these items may fail, and resumes from the checkpoint
+    run_cli(db_url, "set", job[:8], "--error-rate-threshold", "0.1")
+    run_cli(db_url, "resume", job[:8])
+    run_cli(db_url, "worker", "--concurrency", "1", "--drain", "--poll", "0.1")
+    row = job_row(engine, job)
+    assert (row.status, row.processed_count, row.error_count) == ("done", 3000, 150)
+    assert scalar(engine, "SELECT count(*) - count(DISTINCT k) FROM processed_log") == 0
+
+
+def test_error_rate_under_threshold_does_not_pause(engine, db_url):
+    make_items(engine, 3000)
+    job = _python_job(db_url, "tests.handlers:fail_01_percent")
+    run_cli(db_url, "worker", "--concurrency", "1", "--drain", "--poll", "0.1")
+    row = job_row(engine, job)
+    assert (row.status, row.processed_count, row.error_count) == ("done", 3000, 3)
+
+
+def test_canary_limit_pauses_then_resume_without_limit_continues_from_checkpoint(engine, db_url, tmp_path):
+    make_items(engine, 1000)
+    job = enqueue_items(db_url, tmp_path, LOG_HANDLER, "--limit", "250", batch_size=100, concurrency=2)
+    run_cli(db_url, "worker", "--concurrency", "2", "--drain", "--poll", "0.1")
+    row = job_row(engine, job)
+    assert (row.status, row.status_reason, row.processed_count) == ("paused", "canary limit reached", 250)
+    assert log_report(engine)["logged"] == 250
+
+    # resuming with the limit still in place pauses again, without work
+    run_cli(db_url, "resume", job[:8])
+    run_cli(db_url, "worker", "--concurrency", "1", "--drain", "--poll", "0.1")
+    row = job_row(engine, job)
+    assert (row.status, row.status_reason, row.processed_count) == ("paused", "canary limit reached", 250)
+
+    run_cli(db_url, "set", job[:8], "--limit", "none")
+    run_cli(db_url, "resume", job[:8])
+    run_cli(db_url, "worker", "--concurrency", "2", "--drain", "--poll", "0.1")
+    assert job_row(engine, job).status == "done"
+    assert log_report(engine) == ALL_ONCE
+
+
+def test_set_refuses_what_would_not_work_and_changes_nothing(engine, db_url, tmp_path):
+    make_items(engine, 10)
+    job = enqueue_items(db_url, tmp_path, LOG_HANDLER, "--limit", "5")
+    run_cli(db_url, "worker", "--concurrency", "1", "--drain", "--poll", "0.1")  # plans it, canary pauses it
+    before = job_row(engine, job)
+    for args, code, message in [
+        ((), 2, "nothing to change"),
+        (("--max-rows-per-second", "fast"), 2, "must be a number or 'none'"),
+        (("--limit", "0"), 2, "must be positive"),
+        (("--min-batch-size", "500", "--max-batch-size", "100"), 2, "refused by the database"),
+    ]:
+        out = run_cli(db_url, "set", job[:8], *args, check=False)
+        assert out.returncode == code and message in out.stderr, (args, out.stderr)
+    assert job_row(engine, job) == before
+    assert run_cli(db_url, "set", "00000000", "--concurrency", "2", check=False).returncode == 3

@@ -1,0 +1,140 @@
+"""Health gates: checked between batches; while one holds, the job waits (it is not failed).
+
+A gate is a small object: ``check(conn, written_tables) -> Verdict`` returning go, hold (with a
+reason) or unknown (it could not tell, e.g. no privilege to read pg_stat_replication: unknown
+never holds). The pool builds its gates from `tidegate worker --gate-*` options; add your own by
+passing more objects to :class:`Gates`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
+
+
+@dataclass(frozen=True)
+class Verdict:
+    state: str  # "go" | "hold" | "unknown"
+    reason: str = ""
+
+
+GO = Verdict("go")
+
+
+class Gate(Protocol):
+    name: str
+
+    def check(self, conn: Connection, written: list[str]) -> Verdict: ...
+
+
+@dataclass(frozen=True)
+class Connections:
+    """Hold while the server's connections exceed a share of max_connections (the runbook's 80%)."""
+
+    share: float = 0.8
+    name: str = "connections"
+
+    def check(self, conn: Connection, written: list[str]) -> Verdict:
+        used, limit = conn.execute(text(
+            "SELECT count(*), current_setting('max_connections')::int FROM pg_stat_activity"
+            " WHERE backend_type = 'client backend'")).one()
+        if used >= self.share * limit:
+            return Verdict("hold", f"{used} of {limit} connections in use (hold at {self.share:.0%})")
+        return GO
+
+
+@dataclass(frozen=True)
+class LongTransactions:
+    """Hold while another session's transaction in this database has been open longer than ``seconds``.
+
+    Only this database: a transaction elsewhere does not hold back vacuum of our tables (its
+    snapshot horizon is per database), and tidegate's own sessions are not counted."""
+
+    seconds: float = 300.0
+    name: str = "long_transactions"
+
+    def check(self, conn: Connection, written: list[str]) -> Verdict:
+        row = conn.execute(text(
+            "SELECT pid, extract(epoch FROM now() - xact_start) AS age FROM pg_stat_activity"
+            " WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            " AND datname = current_database()"
+            " AND application_name NOT LIKE 'tidegate%' AND now() - xact_start > make_interval(secs => :s)"
+            " ORDER BY xact_start LIMIT 1"), {"s": self.seconds}).first()
+        if row is not None:
+            return Verdict("hold", f"transaction of pid {row.pid} open for {row.age:.0f}s"
+                                   f" (hold over {self.seconds:.0f}s)")
+        return GO
+
+
+@dataclass(frozen=True)
+class ReplicationLag:
+    """Hold while any replica replays more than ``seconds`` behind."""
+
+    seconds: float = 30.0
+    name: str = "replication_lag"
+
+    def lag_seconds(self, conn: Connection) -> float | None:
+        """The largest replay (else write) lag of any replica; None with no replica."""
+        lag = conn.execute(text(
+            "SELECT max(extract(epoch FROM coalesce(replay_lag, write_lag))) FROM pg_stat_replication")).scalar()
+        return None if lag is None else float(lag)
+
+    def check(self, conn: Connection, written: list[str]) -> Verdict:
+        try:
+            with conn.begin_nested():
+                lag = self.lag_seconds(conn)
+        except DBAPIError:
+            return Verdict("unknown", "cannot read pg_stat_replication")
+        if lag is not None and lag > self.seconds:
+            return Verdict("hold", f"a replica is {lag:.0f}s behind (hold over {self.seconds:.0f}s)")
+        return GO
+
+
+@dataclass(frozen=True)
+class Autovacuum:
+    """Hold while (auto)vacuum works on a table the job writes."""
+
+    name: str = "autovacuum"
+
+    def check(self, conn: Connection, written: list[str]) -> Verdict:
+        if not written:
+            return GO
+        row = conn.execute(text(
+            "SELECT p.relid::regclass::text AS rel FROM pg_stat_progress_vacuum p"
+            " WHERE p.datname = current_database() AND p.relid = ANY(CAST(:tables AS regclass[])) LIMIT 1"),
+            {"tables": written}).first()
+        if row is not None:
+            return Verdict("hold", f"vacuum running on {row.rel}")
+        return GO
+
+
+class Gates:
+    """The gates of a pool, checked at most every ``every`` seconds per job."""
+
+    def __init__(self, gates: list[Gate], every: float = 1.0) -> None:
+        self.gates = gates
+        self.every = every
+        self._last: dict[str, tuple[float, tuple[str, str] | None]] = {}
+
+    def recently_go(self, job_id: str) -> bool:
+        """Every gate said go for this job less than ``every`` seconds ago: no need to ask again."""
+        seen = self._last.get(job_id)
+        return seen is not None and seen[1] is None and time.monotonic() - seen[0] < self.every
+
+    def holding(self, conn: Connection, job_id: str, written: list[str]) -> tuple[str, str] | None:
+        """(gate name, reason) of the first gate that holds, or None."""
+        if self.recently_go(job_id):
+            return None
+        now = time.monotonic()
+        result = None
+        for gate in self.gates:
+            verdict = gate.check(conn, written)
+            if verdict.state == "hold":
+                result = (gate.name, verdict.reason)
+                break
+        self._last[job_id] = (now, result)
+        return result
