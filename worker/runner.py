@@ -264,9 +264,13 @@ class Worker:
                 timeout = throttle.statement_timeout_ms(state.knobs)
                 if timeout:  # transaction-scoped, so it is safe behind PgBouncer
                     conn.execute(store.q("local_statement_timeout"), {"ms": str(timeout)})
+                end_key = state.end_key
+                if state.short_of_slices:  # the new half waits, unowned, for an idle worker
+                    end_key = store.cut_slice(conn, job_id, slice_no, state.key_type, state.checkpoint,
+                                              end_key) or end_key
                 ctx = kinds.BatchContext(job_id, slice_no, state.params, state.key_type, size)
                 cursor = keys.decode(state.key_type, state.checkpoint)
-                end = keys.decode(state.key_type, state.end_key)
+                end = keys.decode(state.key_type, end_key)
                 work_started = time.monotonic()
                 result = self.kinds[state.kind].process(conn, ctx, cursor, end)
                 work = time.monotonic() - work_started

@@ -67,6 +67,7 @@ class BatchState:
     processed_count: int
     knobs: Knobs
     over_concurrency: bool = False
+    short_of_slices: bool = False
 
 
 def register_worker(conn: Connection, worker_id: str, pool: str, hostname: str, pid: int, lease: float) -> None:
@@ -167,7 +168,8 @@ def begin_batch(conn: Connection, job_id: str, slice_no: int, worker_id: str) ->
     knobs = Knobs(row.batch_size, row.concurrency, row.max_rows_per_second, row.sleep_between_batches,
                   row.target_batch_seconds, row.min_batch_size, row.max_batch_size, row.row_limit)
     return BatchState(row.status, row.kind, row.params, row.key_type, row.checkpoint, row.end_key,
-                      row.batch_size_now, row.processed_count, knobs, bool(row.over_concurrency))
+                      row.batch_size_now, row.processed_count, knobs, bool(row.over_concurrency),
+                      bool(row.short_of_slices))
 
 
 def record_batch(
@@ -287,23 +289,28 @@ def shrink_batch(conn: Connection, job_id: str, slice_no: int, worker_id: str, s
 
 
 def split_one(conn: Connection, queues: list[str], kinds: list[str]) -> tuple[str, int] | None:
-    """Cut the largest free slice of a job that wants more slices than it has; (job, new slice) or None."""
+    """Cut the largest free slice of a job that wants more slices than it has; (job, slice) or None."""
     row = conn.execute(q("split_candidate"), {"queues": queues, "kinds": kinds}).first()
-    if row is None:
-        return None
-    lo = keys.decode(row.key_type, row.checkpoint)
-    hi = keys.decode(row.key_type, row.end_key)
-    cut = keys.midpoint(lo, hi)
-    if cut is None:
-        return None
-    try:
-        with conn.begin_nested():  # two workers cutting slices of one job at once: one numbering wins
-            conn.execute(q("split_slice"), {"job_id": row.job_id, "slice_no": row.slice_no,
-                                            "cut_end": keys.encode(keys.after(cut)), "cut": keys.encode(cut),
-                                            "end_key": row.end_key})
-    except IntegrityError:
+    if row is None or cut_slice(conn, str(row.job_id), row.slice_no, row.key_type, row.checkpoint,
+                                row.end_key) is None:
         return None
     return str(row.job_id), row.slice_no
+
+
+def cut_slice(conn: Connection, job_id: str, slice_no: int, key_type: keys.KeyType, checkpoint: str,
+              end_key: str) -> str | None:
+    """Cut a slice (locked by the caller) in two; the slice's new end key, or None when it is too small."""
+    cut = keys.midpoint(keys.decode(key_type, checkpoint), keys.decode(key_type, end_key))
+    if cut is None:
+        return None
+    new_end = keys.encode(keys.after(cut))
+    try:
+        with conn.begin_nested():  # two workers cutting slices of one job at once: one numbering wins
+            conn.execute(q("split_slice"), {"job_id": job_id, "slice_no": slice_no, "cut_end": new_end,
+                                            "cut": keys.encode(cut), "end_key": end_key})
+    except IntegrityError:
+        return None
+    return new_end
 
 
 def locked_processed_count(conn: Connection, job_id: str) -> int:

@@ -143,7 +143,10 @@ SELECT j.status, j.kind, j.params, j.key_type, j.batch_size, s.checkpoint, s.end
        -- concurrency lowered under us: the slices with the lowest numbers keep running, the others let go
        (SELECT count(*) FROM backfill_slices o JOIN tidegate_workers w ON w.id = o.locked_by
         WHERE o.job_id = s.job_id AND o.status = 'pending' AND o.slice_no < s.slice_no
-          AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)) >= j.concurrency AS over_concurrency
+          AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)) >= j.concurrency AS over_concurrency,
+       -- concurrency raised under us: fewer slices than wanted, so this batch cuts its own slice in two
+       (SELECT count(*) FROM backfill_slices o
+        WHERE o.job_id = s.job_id AND o.status = 'pending') < j.concurrency AS short_of_slices
 FROM backfill_slices s
 JOIN backfill_jobs j ON j.job_id = s.job_id
 WHERE s.job_id = :job_id AND s.slice_no = :slice_no
