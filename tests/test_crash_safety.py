@@ -63,7 +63,7 @@ def test_every_key_is_processed_exactly_once_through_a_kill_storm(engine, db_url
 
 
 def test_sigterm_finishes_the_batch_in_flight_releases_and_exits_zero(engine, db_url, tmp_path):
-    make_items(engine, 3000)
+    make_items(engine, 1200)
     job = enqueue_items(db_url, tmp_path, slow_handler(0.3), batch_size=20, concurrency=2)
     pool = _start(db_url, "--concurrency", "2")
     wait_for(lambda: job_row(engine, job).processed_count >= 60, what="some progress")
@@ -71,13 +71,13 @@ def test_sigterm_finishes_the_batch_in_flight_releases_and_exits_zero(engine, db
 
     row = job_row(engine, job)
     # the checkpoint and the derived rows agree: the batch in flight committed whole, or not at all
-    assert log_report(engine)["logged"] == row.processed_count < 3000
+    assert log_report(engine)["logged"] == row.processed_count < 1200
     assert scalar(engine, "SELECT count(*) FROM backfill_slices WHERE locked_by IS NOT NULL") == 0
     assert scalar(engine, "SELECT count(*) FROM tidegate_workers") == 0
     assert "finishing the batch in flight" in pool.output()
 
     run_cli(db_url, "worker", "--concurrency", "2", "--drain")  # resumes from the checkpoints
-    assert log_report(engine) == {"logged": 3000, "distinct_keys": 3000, "items": 3000, "missing": 0}
+    assert log_report(engine) == {"logged": 1200, "distinct_keys": 1200, "items": 1200, "missing": 0}
 
 
 def test_a_killed_workers_slice_is_taken_over_after_its_lease(engine, db_url, tmp_path):
