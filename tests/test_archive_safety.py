@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 import signal
 import threading
@@ -69,13 +68,6 @@ def kill_storm(engine, db_url, pools, streams: int, kills: int, seed: int) -> No
 
 def test_sigkill_mid_archive_tears_no_stream_and_the_rerun_finishes(engine, db_url, pools):
     kill_storm(engine, db_url, pools, streams=3000, kills=3, seed=11)
-
-
-@pytest.mark.chaos
-def test_archive_kill_storm_million_events(engine, db_url, pools):
-    """make test-chaos: about TIDEGATE_CHAOS_EVENTS events (default 1,000,000), 20 kills."""
-    events = int(os.environ.get("TIDEGATE_CHAOS_EVENTS", "1000000"))
-    kill_storm(engine, db_url, pools, streams=max(30, events // 2), kills=20, seed=5)
 
 
 VERSIONS = itertools.count(10_000)  # naive appenders: globally unique versions, so no unique-key clash
