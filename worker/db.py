@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 from sqlalchemy import Engine, create_engine, event, pool
+from sqlalchemy.exc import DBAPIError
 
 from worker.errors import DatabaseUnavailable
 
@@ -73,11 +74,34 @@ def _translate(context) -> None:  # type: ignore[no-untyped-def]
     """Driver errors that mean "no database" become one tidegate error."""
     err = context.original_exception
     if isinstance(err, psycopg.OperationalError) and (context.is_disconnect or context.connection is None):
-        raise DatabaseUnavailable(f"database unavailable: {mask_url(_first_line(err))}") from err
+        raise DatabaseUnavailable(f"database unavailable: {mask_url(first_line(err))}") from err
 
 
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+def is_timeout(err: BaseException) -> bool:
+    orig = err.orig if isinstance(err, DBAPIError) else err
+    return getattr(orig, "sqlstate", None) == "57014"  # query_canceled: our statement_timeout
+
+
+# SQLSTATEs that mean "the connection or the server is gone", not "this batch is wrong"
+OUTAGE_STATES = ("08", "57P01", "57P02", "57P03")
+
+
+def is_outage(err: BaseException) -> bool:
+    if isinstance(err, DatabaseUnavailable):
+        return True
+    if isinstance(err, DBAPIError):
+        if err.connection_invalidated:
+            return True
+        orig = err.orig
+        if isinstance(orig, psycopg.OperationalError):
+            state = getattr(orig, "sqlstate", None)
+            return state is None or state.startswith(OUTAGE_STATES)
+    return isinstance(err, psycopg.OperationalError) and not getattr(err, "sqlstate", None)
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 @contextlib.contextmanager
@@ -86,6 +110,6 @@ def connect(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connectio
     try:
         conn = psycopg.connect(libpq_url(url), autocommit=autocommit, prepare_threshold=None)
     except psycopg.OperationalError as err:
-        raise DatabaseUnavailable(f"cannot connect to {mask_url(url)}: {_first_line(err)}") from err
+        raise DatabaseUnavailable(f"cannot connect to {mask_url(url)}: {first_line(err)}") from err
     with conn:
         yield conn

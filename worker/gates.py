@@ -8,12 +8,20 @@ passing more objects to :class:`Gates`.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
+
+from worker import metrics, store
+from worker.logs import job_ctx
+from worker.states import ACTIVE
+
+log = logging.getLogger("worker.runner")
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,8 @@ class Gates:
         self.gates = gates
         self.every = every
         self._last: dict[str, tuple[float, tuple[str, str] | None]] = {}
+        self._written: dict[str, list[str]] = {}  # per job: the tables it declares it writes
+        self._held: set[str] = set()  # jobs this process has recorded as held
 
     def recently_go(self, job_id: str) -> bool:
         """Every gate said go for this job less than ``every`` seconds ago: no need to ask again."""
@@ -138,3 +148,29 @@ class Gates:
                 break
         self._last[job_id] = (now, result)
         return result
+
+    def wait_if_held(self, engine: Engine, job_id: str, stop: threading.Event) -> bool:
+        """Between two batches of a job: while a gate holds, record which on the job (``status`` shows
+        it), wait ``every`` seconds and return True; clear the record when none holds any more."""
+        if not self.gates or self.recently_go(job_id):
+            return False  # no transaction of its own on the batch path while the gates say go
+        with engine.begin() as conn:
+            job = conn.execute(store.q("job_params"), {"job_id": job_id}).first()
+            if job is None or job.status not in ACTIVE:
+                return False  # paused or cancelled while held: let begin_batch see it and let go
+            written = self._written.setdefault(job_id, list((job.params or {}).get("writes") or []))
+            held = self.holding(conn, job_id, written)
+            if held is None:
+                if job_id in self._held:
+                    store.hold(conn, job_id, None)
+                    self._held.discard(job_id)
+                    log.info("job %s: no gate holds it any more", job_id, extra=job_ctx(job_id))
+                return False
+            gate, reason = held
+            store.hold(conn, job_id, gate)
+        metrics.GATE_HOLDS.labels(gate).inc()
+        if job_id not in self._held:
+            log.warning("job %s held by gate %s: %s", job_id, gate, reason, extra=job_ctx(job_id, gate=gate))
+            self._held.add(job_id)
+        stop.wait(self.every)
+        return True

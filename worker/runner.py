@@ -28,14 +28,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-import psycopg
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
 
 from worker import keys, kinds, metrics, store, throttle
-from worker.db import make_engine
-from worker.errors import DatabaseUnavailable, InvalidInput
+from worker.db import first_line, is_outage, is_timeout, make_engine
+from worker.errors import InvalidInput
 from worker.gates import Gate, Gates
+from worker.heartbeat import Heartbeat
 from worker.logs import job_ctx
 from worker.states import ACTIVE
 
@@ -71,8 +70,6 @@ class Worker:
         self._heartbeat = Heartbeat(self, config.lease_seconds)
         self.batches_done = 0
         self.gates = Gates(config.gates)
-        self._written: dict[str, list[str]] = {}
-        self._held: set[str] = set()
         self._one_shots_flowing = False
         self._last_plan = 0.0
 
@@ -234,7 +231,7 @@ class Worker:
 
     def run_batch(self, job_id: str, slice_no: int, *, takeover: bool = False) -> str:
         """One batch in one transaction. Returns "more", "slice-done", "stopped" or "failed"."""
-        if self._gate_holds(job_id):
+        if self.gates.wait_if_held(self.engine, job_id, self.stop):
             return "more"  # the slice stays ours; try again after the gate's pause
         started = time.monotonic()
         kind_name = "?"
@@ -314,31 +311,6 @@ class Worker:
             self.stop.wait(wait)
         return "more"
 
-    def _gate_holds(self, job_id: str) -> bool:
-        """Check the health gates; while one holds, record it on the job and wait a little."""
-        if not self.gates.gates or self.gates.recently_go(job_id):
-            return False  # no transaction of its own on the batch path while the gates say go
-        with self.engine.begin() as conn:
-            job = conn.execute(store.q("job_params"), {"job_id": job_id}).first()
-            if job is None or job.status not in ACTIVE:
-                return False  # paused or cancelled while held: let begin_batch see it and let go
-            written = self._written.setdefault(job_id, list((job.params or {}).get("writes") or []))
-            held = self.gates.holding(conn, job_id, written)
-            if held is None:
-                if job_id in self._held:
-                    store.hold(conn, job_id, None)
-                    self._held.discard(job_id)
-                    log.info("job %s: no gate holds it any more", job_id, extra=job_ctx(job_id))
-                return False
-            gate, reason = held
-            store.hold(conn, job_id, gate)
-        metrics.GATE_HOLDS.labels(gate).inc()
-        if job_id not in self._held:
-            log.warning("job %s held by gate %s: %s", job_id, gate, reason, extra=job_ctx(job_id, gate=gate))
-            self._held.add(job_id)
-        self.stop.wait(self.gates.every)
-        return True
-
     def _log_summary(self, job_id: str, kind_name: str) -> None:
         """The run's summary line, for kinds that offer one (``summary(engine, job_id) -> dict``)."""
         summarize = getattr(self.kinds.get(kind_name), "summary", None)
@@ -394,76 +366,3 @@ class Worker:
         log.info("job %s slice %d: batch (%s, %s] rows=%s errors=%s; job: %d rows processed%s, %d errors",
                  job_id, slice_no, b["lo"], b["hi"], b["rows"], b["errors"], row.processed_count, pct,
                  row.error_count, extra=bounds)
-
-
-def is_timeout(err: BaseException) -> bool:
-    orig = err.orig if isinstance(err, DBAPIError) else err
-    return getattr(orig, "sqlstate", None) == "57014"  # query_canceled: our statement_timeout
-
-
-# SQLSTATEs that mean "the connection or the server is gone", not "this batch is wrong"
-OUTAGE_STATES = ("08", "57P01", "57P02", "57P03")
-
-
-def is_outage(err: BaseException) -> bool:
-    if isinstance(err, DatabaseUnavailable):
-        return True
-    if isinstance(err, DBAPIError):
-        if err.connection_invalidated:
-            return True
-        orig = err.orig
-        if isinstance(orig, psycopg.OperationalError):
-            state = getattr(orig, "sqlstate", None)
-            return state is None or state.startswith(OUTAGE_STATES)
-    return isinstance(err, psycopg.OperationalError) and not getattr(err, "sqlstate", None)
-
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-class Heartbeat:
-    """Renews the worker's lease from its own thread and connection.
-
-    It touches only the worker's row in tidegate_workers, never a slice, so a
-    long batch holding its slice's row lock never blocks the renewal.
-    """
-
-    def __init__(self, worker: Worker, lease_seconds: float) -> None:
-        self.worker = worker
-        self.interval = max(0.2, lease_seconds / 4)
-        self._stop = threading.Event()
-        self._beats = 0
-        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
-
-    def start(self) -> None:
-        """Register synchronously (retrying through an outage), then renew from a thread."""
-        delay = 0.5
-        while not self.worker.stop.is_set() and not self._beat():
-            self.worker.stop.wait(delay)
-            delay = min(delay * 2, 10.0)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _beat(self) -> bool:
-        w = self.worker
-        try:
-            with w.engine.begin() as conn:
-                if not store.heartbeat(conn, w.id):  # first beat, or reaped after a long outage
-                    store.register_worker(conn, w.id, w.config.pool, socket.gethostname(), os.getpid(),
-                                          w.config.lease_seconds)
-                self._beats += 1
-                if self._beats % 50 == 0:
-                    store.reap_workers(conn)
-            return True
-        except Exception as err:  # keep beating; the lease may lapse, the fence keeps data safe
-            log.warning("worker %s: heartbeat failed: %s", w.id, first_line(err))
-            return False
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._beat()
