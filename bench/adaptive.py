@@ -97,10 +97,12 @@ def run(url: str | None = None, rows: int = 100_000, block: int = 5_000, chunk: 
         engine.dispose()
         fixed_size = int(out["adaptive"]["median_rows"])
         out["fixed_size"] = fixed_size
-        out["fixed"] = _stats(*_job(db, str(SQL_HANDLER), "--batch-size", str(fixed_size)), target)
+        fixed, timeouts = _job(db, str(SQL_HANDLER), "--batch-size", str(fixed_size))
+        out["fixed"] = _stats(fixed, target, timeouts)
     with scratch_database(server) as db:
         _prepare(db, rows, RUNS, {"chunk": chunk})
-        out["runs"] = _stats(*_job(db, str(SQL_HANDLER), *adaptive_knobs), target)
+        runs, timeouts = _job(db, str(SQL_HANDLER), *adaptive_knobs)
+        out["runs"] = _stats(runs, target, timeouts)
     for name in LABELS:
         x = out[name]
         print(f"{name}: {x['batches']} batches, {x['within_25']:.0%} within 25% of {target}s, {x['within_50']:.0%}"
