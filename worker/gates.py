@@ -80,25 +80,45 @@ class LongTransactions:
 
 @dataclass(frozen=True)
 class ReplicationLag:
-    """Hold while any replica replays more than ``seconds`` behind."""
+    """Hold while any replica replays more than ``seconds`` behind.
+
+    The lag is PostgreSQL's own measure in pg_stat_replication: the time since the primary
+    flushed the oldest WAL a standby has not yet written, flushed or replayed (the largest of
+    write_lag, flush_lag, replay_lag). It keeps growing while a standby's replay is stuck
+    (paused, or blocked by a conflicting query), because the standby's receiver still reports
+    in (every ``wal_receiver_status_interval``, 10 s by default). A standby that is not
+    connected is not in the view, so it cannot hold a job. A role that can see the replicas
+    but not their progress (neither superuser nor pg_read_all_stats) gets unknown.
+    """
 
     seconds: float = 30.0
     name: str = "replication_lag"
 
+    def worst(self, conn: Connection):  # type: ignore[no-untyped-def]
+        """The replica furthest behind (name, lag in seconds, bytes not replayed), or None with
+        no replica; with no privilege to see progress, a row whose ``hidden`` is true."""
+        return conn.execute(text(
+            "SELECT coalesce(nullif(application_name, ''), host(client_addr), pid::text) AS replica,"
+            " extract(epoch FROM greatest(write_lag, flush_lag, replay_lag))::float AS lag,"
+            " pg_wal_lsn_diff(sent_lsn, replay_lsn)::bigint AS bytes, state IS NULL AS hidden"
+            " FROM pg_stat_replication ORDER BY state IS NULL DESC, 2 DESC NULLS LAST LIMIT 1")).first()
+
     def lag_seconds(self, conn: Connection) -> float | None:
-        """The largest replay (else write) lag of any replica; None with no replica."""
-        lag = conn.execute(text(
-            "SELECT max(extract(epoch FROM coalesce(replay_lag, write_lag))) FROM pg_stat_replication")).scalar()
-        return None if lag is None else float(lag)
+        """The largest lag of any replica; None with no replica (or none measured lately)."""
+        row = self.worst(conn)
+        return None if row is None or row.lag is None else float(row.lag)
 
     def check(self, conn: Connection, written: list[str]) -> Verdict:
         try:
             with conn.begin_nested():
-                lag = self.lag_seconds(conn)
+                row = self.worst(conn)
         except DBAPIError:
             return Verdict("unknown", "cannot read pg_stat_replication")
-        if lag is not None and lag > self.seconds:
-            return Verdict("hold", f"a replica is {lag:.0f}s behind (hold over {self.seconds:.0f}s)")
+        if row is not None and row.hidden:
+            return Verdict("unknown", "cannot see the replicas' progress (needs pg_read_all_stats)")
+        if row is not None and row.lag is not None and row.lag > self.seconds:
+            return Verdict("hold", f"replica {row.replica} is {row.lag:.0f}s behind ({row.bytes or 0} bytes"
+                                   f" not replayed; hold over {self.seconds:.0f}s)")
         return GO
 
 

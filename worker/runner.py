@@ -268,10 +268,10 @@ class Worker:
                 ctx = kinds.BatchContext(job_id, slice_no, state.params, state.key_type, size)
                 cursor = keys.decode(state.key_type, state.checkpoint)
                 end = keys.decode(state.key_type, end_key)
-                work_started = time.monotonic()
                 result = self.kinds[state.kind].process(conn, ctx, cursor, end)
-                work = time.monotonic() - work_started
-                next_size = throttle.next_batch_size(state.knobs, size, result.processed, work)
+                # the batch's own overhead (its locks, this bookkeeping) counts toward its target too
+                next_size = throttle.next_batch_size(state.knobs, size, result.processed,
+                                                     time.monotonic() - started)
                 job_done, paused = store.record_batch(
                     conn, job_id, slice_no, self.id, state.key_type, result.checkpoint, result.processed,
                     result.errors, result.exhausted, next_size or state.batch_size_now,
