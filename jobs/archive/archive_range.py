@@ -6,7 +6,7 @@ Payload (``queue_jobs.payload``; ``tidegate enqueue archive-range`` writes the s
      "type": "venue", "tenant": "t1", "before": "2025-01-01T00:00:00Z", "streams": ["<id>", ...],
      "where": [{"field": "DataSource", "op": "!=", "value": "LuckBox"}],
      "from_audit": "<job id>",            # unarchive only: the streams that job archived
-     "limit": 1000, "batch_size": 500, "concurrency": 2, "force": false,
+     "limit": 1000, "batch_size": 1000, "concurrency": 2, "force": false,
      "reason": "duplicate aggregates", "owner": "data-platform"}
 
 Planning (once, by the worker that claims the queue row) snapshots the selection into
@@ -51,6 +51,8 @@ from worker.errors import InvalidInput
 from worker.kinds import BatchContext, BatchResult, Plan, SlicePlan
 from worker.sql import render
 
+# streams per batch: 1,000 moved the bench's 1M events faster than 500 or 2,000 (bench/RESULTS.md)
+DEFAULT_BATCH = 1_000
 MAX_BATCH = 10_000
 MAX_CONCURRENCY = 64
 KNOWN = {"layout", "type", "tenant", "before", "streams", "where", "from_audit", "limit", "batch_size",
@@ -65,10 +67,10 @@ LOCK_MARK = """WITH locked AS (SELECT s.{key} AS k FROM {streams} s
 UPDATE {streams} t SET SETS WHERE t.{key} = ANY(ARRAY(SELECT k FROM locked)) RETURNING t.{key}::text"""
 MOVE = """WITH moved AS (DELETE FROM {src} e WHERE e.{estream} = ANY(CAST(:ids AS {etype}[])) RETURNING {cols}),
 ins AS (INSERT INTO {dst} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM moved),
-counts AS (SELECT {estream}::text AS stream_id, count(*) AS n FROM moved GROUP BY 1)"""
+counts AS (SELECT g.s::text AS stream_id, g.n FROM (SELECT {estream} AS s, count(*) AS n FROM moved GROUP BY 1) g)"""
 FLAG = """WITH flagged AS (UPDATE {events} e SET {eflag} = :archived
   WHERE e.{estream} = ANY(CAST(:ids AS {etype}[])) AND e.{eflag} <> :archived RETURNING e.{estream}),
-counts AS (SELECT {estream}::text AS stream_id, count(*) AS n FROM flagged GROUP BY 1)"""
+counts AS (SELECT g.s::text AS stream_id, g.n FROM (SELECT {estream} AS s, count(*) AS n FROM flagged GROUP BY 1) g)"""
 NOTHING_MOVED = "WITH counts AS (SELECT CAST(NULL AS text) AS stream_id, CAST(0 AS bigint) AS n WHERE false)"
 MODEL = """WITH moved AS (DELETE FROM {src} r WHERE r.{rkey} = ANY(CAST(:ids AS {rtype}[])) RETURNING {cols})
 INSERT INTO {dst} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM moved"""
@@ -238,7 +240,7 @@ def normalize(payload: Any, unarchive: bool) -> dict[str, Any]:
     streams = p.get("streams")
     if streams is not None and (not isinstance(streams, list) or not all(isinstance(s, str | int) for s in streams)):
         raise InvalidInput("streams must be a list of stream ids")
-    p["batch_size"] = checks.bounded(p.get("batch_size", 500), "batch_size", 1, MAX_BATCH)
+    p["batch_size"] = checks.bounded(p.get("batch_size", DEFAULT_BATCH), "batch_size", 1, MAX_BATCH)
     p["concurrency"] = checks.bounded(p.get("concurrency", 1), "concurrency", 1, MAX_CONCURRENCY)
     if p.get("limit") is not None:
         p["limit"] = checks.bounded(p["limit"], "limit", 1, 10**12)
