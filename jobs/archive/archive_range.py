@@ -10,9 +10,10 @@ Payload (``queue_jobs.payload``; ``tidegate enqueue archive-range`` writes the s
      "reason": "duplicate aggregates", "owner": "data-platform"}
 
 Planning (once, by the worker that claims the queue row) snapshots the selection into
-``archive_candidates`` under a fresh ``snapshot`` id, numbered ``seq`` 1..N in stream-key
-order, and marks the cross-referenced ones. The job is then an ordinary bigint range job
-over ``[1, N+1)``: slices, leases, checkpoints, pause/resume and status are the runtime's.
+``archive_candidates`` under a fresh ``snapshot`` id, numbered ``seq`` 1..N in the order of
+the stream rows on disk (see :data:`selection.SNAPSHOT`), and marks the cross-referenced ones.
+The job is then an ordinary bigint range job over ``[1, N+1)``: slices, leases, checkpoints,
+pause/resume and status are the runtime's.
 The selection is fixed from then on; streams appended or archived meanwhile are handled
 by the batch's own checks.
 
