@@ -3,7 +3,7 @@
 1. 1,000,000 events in 100,000 streams (10 each) of tidegate's demo event store; two thirds
    of the streams selected (type != keep). The single statement locks the selected streams,
    moves their events with ``WITH moved AS (DELETE ... RETURNING *) INSERT ...`` and marks the
-   streams; tidegate runs archive-range (batches of 500 streams) at concurrency 1 and 2 on a
+   streams; tidegate runs archive-range (batches of 1,000 streams, its default) at concurrency 1 and 2 on a
    fresh copy of the same data. Every run must leave the same archive (checksum of seq,
    stream, version). Read models and the cross-reference check are left out of the layout so both sides do the
    same work.
@@ -27,7 +27,7 @@ from bench.common import cli, engine_for, run_pool, scratch_database, server_url
 
 STREAMS = 100_000
 PER_STREAM = 10
-BATCH = 500  # streams per batch (5,000 events)
+BATCH = 1_000  # streams per batch (10,000 events): archive-range's default
 FILL = [
     "TRUNCATE es_stream_summaries, es_stream_summaries_archive, es_events, es_events_archive, es_streams",
     "SELECT setval('es_events_seq_seq', 1, false)",

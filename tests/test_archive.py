@@ -9,6 +9,7 @@ import json
 import pytest
 from sqlalchemy import text
 
+from jobs.archive.archive_range import ARCHIVE as ARCHIVE_KIND
 from tests.conftest import job_row, run_cli, scalar
 from tests.event_stores import build, fingerprint
 
@@ -134,6 +135,22 @@ def test_limit_and_stream_selectors_and_sql_enqueue(engine, db_url):
     assert scalar(engine, "SELECT count(*) FROM archive_audit WHERE reason = 'by sql' AND action = 'archive'") == 5
     assert scalar(engine, "SELECT count(*) FROM mt_events_default e JOIN mt_streams s ON s.id = e.stream_id"
                           " WHERE s.is_archived") == 0
+
+
+def test_candidates_are_numbered_in_disk_order_and_limit_keeps_the_lowest_keys(engine, db_url):
+    """Batches follow the stream rows' order on disk (locality for the move), while --limit still
+    selects the first streams by key."""
+    build(engine, db_url, "tidegate", 60)
+    with engine.begin() as conn:
+        plan = ARCHIVE_KIND.plan(conn, {"layout": "tidegate", "limit": 20, "owner": "o"})
+        numbered = list(conn.execute(text("SELECT stream_id FROM archive_candidates"
+                                          " WHERE snapshot = CAST(:s AS uuid) ORDER BY seq"),
+                                     {"s": plan.params["snapshot"]}).scalars())
+        lowest = list(conn.execute(text("SELECT id::text FROM es_streams ORDER BY id LIMIT 20")).scalars())
+        on_disk = list(conn.execute(text("SELECT id::text FROM es_streams WHERE id::text = ANY(:ids) ORDER BY ctid"),
+                                    {"ids": lowest}).scalars())
+    assert numbered == on_disk and sorted(numbered) == lowest
+    assert numbered != lowest  # random uuids: disk order is not key order
 
 
 def scalar_list(engine, sql: str) -> list:  # type: ignore[no-untyped-def]

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from jobs.archive import guard, layouts, report
+from jobs.archive.archive_range import DEFAULT_BATCH
 from jobs.cli import queue_options, submit
 from worker.cliutil import Database, actor_option, database_option, echo_json
 from worker.errors import InvalidInput
@@ -83,7 +84,7 @@ def _enqueue(db: Database, unarchive: bool, payload: dict[str, Any], apply: bool
 
 @click.command("archive-range")
 @selection_options
-@click.option("--batch-size", default=500, show_default=True, type=int, help="Streams per transaction.")
+@click.option("--batch-size", default=DEFAULT_BATCH, show_default=True, type=int, help="Streams per transaction.")
 @click.option("--concurrency", default=1, show_default=True, type=int, help="Slices worked at once.")
 @click.option("--reason", required=True, help="Why (stored on the streams and in the audit).")
 @click.option("--force", is_flag=True, help="Archive cross-referenced candidates too.")
@@ -107,7 +108,7 @@ def enqueue_archive(db: Database, layout: str, type_: str | None, where: tuple[s
 @click.command("unarchive-range")
 @selection_options
 @click.option("--from-audit", "from_audit", help="The streams this archive job archived (its job id).")
-@click.option("--batch-size", default=500, show_default=True, type=int, help="Streams per transaction.")
+@click.option("--batch-size", default=DEFAULT_BATCH, show_default=True, type=int, help="Streams per transaction.")
 @click.option("--concurrency", default=1, show_default=True, type=int, help="Slices worked at once.")
 @click.option("--reason", help="Why (stored in the audit).")
 @click.option("--apply", is_flag=True, help="Enqueue for real (default: dry run).")

@@ -78,11 +78,13 @@ def render_preview(pv: Preview, verb: str) -> str:
 
 SUMMARY = """SELECT j.kind, j.status, j.params, j.total_estimate, j.processed_count, j.error_count,
        j.started_at, coalesce(j.finished_at, now()) - j.started_at AS elapsed,
-       (SELECT count(*) FILTER (WHERE a.action IN ('archive', 'unarchive')) FROM archive_audit a
-        WHERE a.job_id = j.job_id) AS moved,
-       (SELECT count(*) FILTER (WHERE a.action = 'skip') FROM archive_audit a WHERE a.job_id = j.job_id) AS skipped,
-       (SELECT coalesce(sum(a.events), 0) FROM archive_audit a WHERE a.job_id = j.job_id) AS events
-FROM backfill_jobs j WHERE j.job_id = CAST(:job_id AS uuid)"""
+       a.moved, a.skipped, a.events
+FROM backfill_jobs j
+CROSS JOIN LATERAL (SELECT count(*) FILTER (WHERE a.action IN ('archive', 'unarchive')) AS moved,
+                           count(*) FILTER (WHERE a.action = 'skip') AS skipped,
+                           coalesce(sum(a.events), 0) AS events
+                    FROM archive_audit a WHERE a.job_id = j.job_id) a
+WHERE j.job_id = CAST(:job_id AS uuid)"""
 
 
 def summary(engine: Engine, job_id: str) -> dict[str, Any]:

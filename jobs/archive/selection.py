@@ -21,7 +21,7 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, TextClause
+from sqlalchemy import Connection, TextClause, text
 from sqlalchemy.exc import DBAPIError
 
 from jobs.archive.layouts import Layout
@@ -101,12 +101,20 @@ def check_filters(raw: Any) -> list[Filter]:
 
 # -- the candidate query ----------------------------------------------------------------
 
-SELECT = """SELECT s.{key}::text AS stream_id, STYPE AS stream_type, EVENTS AS events,
-       row_number() OVER (ORDER BY s.{key}) AS seq
+SELECT = """SELECT s.{key}::text AS stream_id, STYPE AS stream_type, EVENTS AS events, POS AS pos
 FROM {streams} s
 WHERE STATE"""
+# Candidates are numbered in the order of the stream rows on disk (``pos``: the row's ctid), not by
+# stream key: streams created together sit together, and so, mostly, do their events. Consecutive
+# batches then delete from neighbouring pages of the events table and append at one end of the
+# archive's sequence index, as one big statement would; in key order (random, for uuids) every batch
+# touched pages all over both. Measured: the move statement 117 -> 83 ms per 10,000 events on the
+# 1M-event bench. Each batch still locks its streams in key order.
 SNAPSHOT = """INSERT INTO archive_candidates (snapshot, seq, stream_id, stream_type, events)
-SELECT CAST(:snapshot AS uuid), c.seq, c.stream_id, c.stream_type, c.events FROM (QUERY) c"""
+SELECT CAST(:snapshot AS uuid), row_number() OVER (ORDER BY c.pos, c.stream_id), c.stream_id, c.stream_type,
+       c.events
+FROM (QUERY) c"""
+PHYSICAL = "SELECT c.relkind IN ('r', 'p', 'm') FROM pg_class c WHERE c.oid = CAST(:rel AS regclass)"
 CREATE_EVENT = ("(SELECT e.{data} ->> CAST(:kN AS text) FROM {src} e WHERE e.{estream} = s.{key}"
                 " ORDER BY e.{seq} LIMIT 1)")
 
@@ -138,7 +146,8 @@ COUNT_EVENTS = "(SELECT count(*) FROM {src} e WHERE e.{estream} = s.{key})"
 
 def candidates(conn: Connection, layout: Layout, sel: dict[str, Any], *, unarchive: bool,
                count_events: bool = True) -> Query:
-    """The streams a job selects, ordered by stream key, numbered from 1 (``seq``).
+    """The streams a job selects, ordered by stream key (``--limit`` keeps the first N), with each
+    row's position on disk (``pos``, the order :func:`snapshot` numbers them in).
 
     ``count_events`` adds each stream's event count (the discovery report's create-only vs
     with updates); a worker planning the job leaves it out, as the batches count what they move."""
@@ -175,7 +184,9 @@ def candidates(conn: Connection, layout: Layout, sel: dict[str, Any], *, unarchi
         params["audit_job"] = sel["from_audit"]
     for n, f in enumerate(check_filters(sel.get("where"))):
         conds.append(_filter_sql(layout, f, n, idents, params))
+    physical = conn.execute(text(PHYSICAL), {"rel": layout.streams.sql}).scalar()
     sql = SELECT.replace("EVENTS", COUNT_EVENTS if count_events else "0")
+    sql = sql.replace("POS", "s.ctid" if physical else "s.{key}")  # a view has no ctid
     sql = sql.replace("STYPE", "CAST(s.{stype} AS text)" if stype is not None else "CAST(NULL AS text)")
     sql = sql.replace("STATE", "\n  AND ".join(conds)) + "\nORDER BY s.{key}"
     if sel.get("limit"):
