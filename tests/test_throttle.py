@@ -71,17 +71,35 @@ def test_live_concurrency_one_to_four_and_back_processes_every_key_once(engine, 
 
 def test_a_batch_that_times_out_is_split_and_retried_not_failed(engine, db_url, tmp_path, pools):
     make_items(engine, 400)
-    with engine.begin() as conn:  # 5 ms per row: a 400-row batch takes 2 s, over its 1 s timeout
+    with engine.begin() as conn:  # 5 ms per row
         conn.execute(text("CREATE FUNCTION slow_k(k bigint) RETURNS bigint LANGUAGE sql VOLATILE"
                           " AS 'SELECT pg_sleep(0.005); SELECT k'"))
     handler = "INSERT INTO processed_log (k) SELECT slow_k(k) FROM items WHERE k > :lo AND k <= :hi"
-    job = enqueue_items(db_url, tmp_path, handler, "--target-batch-seconds", "0.1", batch_size=400)
+    # a first estimate of 4,000 rows: the first step (a twelfth, 333 rows) takes 1.7 s, over its 1 s timeout
+    job = enqueue_items(db_url, tmp_path, handler, "--target-batch-seconds", "0.1", batch_size=4000)
     pool = pools("--concurrency", "1", "--poll", "0.1")
     wait_for(lambda: job_row(engine, job).status == "done", what="done")
-    assert "timed out; retrying with 200 rows" in pool.output()
+    assert "timed out; retrying with an estimate of 83 rows" in pool.output()
     assert log_report(engine) == {"logged": 400, "distinct_keys": 400, "items": 400, "missing": 0}
     assert scalar(engine, "SELECT max(attempts) FROM backfill_slices WHERE job_id = :j", j=job) == 0
-    assert max(_batch_sizes(engine)) < 400
+
+
+def test_an_adaptive_batch_takes_fewer_rows_where_rows_are_slow(engine, db_url, tmp_path, pools):
+    make_items(engine, 3000)
+    with engine.begin() as conn:  # keys above 1,500 take at least 2 ms each, those below a tenth of that
+        conn.execute(text("CREATE FUNCTION slow_k(k bigint) RETURNS bigint LANGUAGE sql VOLATILE"
+                          " AS 'SELECT pg_sleep(CASE WHEN k > 1500 THEN 0.002 ELSE 0.0002 END); SELECT k'"))
+    handler = "INSERT INTO processed_log (k) SELECT slow_k(k) FROM items WHERE k > :lo AND k <= :hi"
+    job = enqueue_items(db_url, tmp_path, handler, "--target-batch-seconds", "0.2", batch_size=100)
+    pools("--concurrency", "1", "--poll", "0.1")
+    wait_for(lambda: job_row(engine, job).status == "done", what="done")
+    with engine.connect() as conn:  # one transaction, one now(): a batch is the rows sharing `at`
+        batches = conn.execute(text("SELECT min(k) AS lo, max(k) AS hi, count(*) AS n FROM processed_log"
+                                    " GROUP BY at ORDER BY at")).all()
+    assert log_report(engine) == {"logged": 3000, "distinct_keys": 3000, "items": 3000, "missing": 0}
+    # a 0.2 s batch holds at most ~100 slow rows, whatever the machine's speed (the last step may run over)
+    assert all(b.n <= 130 for b in batches if b.lo > 1500), [tuple(b) for b in batches]
+    assert any(b.n > 130 for b in batches if b.hi <= 1500), [tuple(b) for b in batches]  # fast rows: bigger batches
 
 
 def _python_job(url: str, handler: str) -> str:

@@ -72,6 +72,7 @@ class Worker:
         self.gates = Gates(config.gates)
         self._one_shots_flowing = False
         self._last_plan = 0.0
+        self._tail_seconds = 0.0  # moving average of a batch's time after its last step
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -235,7 +236,7 @@ class Worker:
             return "more"  # the slice stays ours; try again after the gate's pause
         started = time.monotonic()
         kind_name = "?"
-        size = 0
+        steps = [0]  # rows asked for by each step so far (one step unless adaptive)
         try:
             with self.engine.begin() as conn:
                 state = store.begin_batch(conn, job_id, slice_no, self.id)
@@ -250,6 +251,7 @@ class Worker:
                 if state.knobs.row_limit is not None:  # canary batches of a job run one at a time
                     processed = store.locked_processed_count(conn, job_id)
                 size = throttle.batch_size(state.knobs, state.batch_size_now, processed)
+                steps[-1] = size
                 if state.status in ACTIVE and size <= 0:  # resumed with its canary limit still used up
                     store.pause_self(conn, job_id, "canary limit reached")
                 if state.status not in ACTIVE or size <= 0 or state.over_concurrency:
@@ -265,26 +267,32 @@ class Worker:
                 if state.short_of_slices:  # the new half waits, unowned, for an idle worker
                     end_key = store.cut_slice(conn, job_id, slice_no, state.key_type, state.checkpoint,
                                               end_key) or end_key
-                ctx = kinds.BatchContext(job_id, slice_no, state.params, state.key_type, size)
                 cursor = keys.decode(state.key_type, state.checkpoint)
                 end = keys.decode(state.key_type, end_key)
-                result = self.kinds[state.kind].process(conn, ctx, cursor, end)
-                # the batch's own overhead (its locks, this bookkeeping) counts toward its target too
-                next_size = throttle.next_batch_size(state.knobs, size, result.processed,
-                                                     time.monotonic() - started)
+                if state.knobs.target_batch_seconds:
+                    box = throttle.TimeBox(state.knobs, state.batch_size_now, size, self._tail_seconds)
+                    result = self._steps(conn, box, steps, state, job_id, slice_no, cursor, end, started)
+                    next_size = box.estimate()
+                else:
+                    ctx = kinds.BatchContext(job_id, slice_no, state.params, state.key_type, size)
+                    result = self.kinds[state.kind].process(conn, ctx, cursor, end)
+                    next_size = state.batch_size_now
+                work_done = time.monotonic()
                 job_done, paused = store.record_batch(
                     conn, job_id, slice_no, self.id, state.key_type, result.checkpoint, result.processed,
-                    result.errors, result.exhausted, next_size or state.batch_size_now,
+                    result.errors, result.exhausted, next_size,
                 )
         except Exception as err:  # the batch rolled back
             if is_outage(err):
                 raise  # not the batch's fault: no attempt is counted
-            if is_timeout(err) and size > 1:
-                self._shrink(job_id, slice_no, size // 2)
+            if is_timeout(err) and steps[-1] > 1:  # a step ran 4x over the target: a quarter of its rows fit
+                self._shrink(job_id, slice_no, max(1, steps[-1] // 4))
                 return "more"
             self._fail_attempt(job_id, slice_no, kind_name, err)
             return "failed"
         elapsed = time.monotonic() - started
+        # what a batch costs after its last step (bookkeeping, commit): the next time box leaves room for it
+        self._tail_seconds = 0.7 * self._tail_seconds + 0.3 * (started + elapsed - work_done)
         metrics.BATCHES.labels(kind_name).inc()
         metrics.BATCH_SECONDS.labels(kind_name).observe(elapsed)
         metrics.ROWS_PROCESSED.labels(kind_name, job_id).inc(result.processed)
@@ -311,6 +319,29 @@ class Worker:
             self.stop.wait(wait)
         return "more"
 
+    def _steps(self, conn: Connection, box: throttle.TimeBox, steps: list[int], state: store.BatchState,
+               job_id: str, slice_no: int, cursor: keys.Key, end: keys.Key, started: float) -> kinds.BatchResult:
+        """An adaptive batch: the kind's process called step after step, in the batch's transaction,
+        each step sized by ``box`` from the cost of those before it, until the target is spent."""
+        kind = self.kinds[state.kind]
+        processed, errors = 0, []
+        steps[-1] = box.first_step()
+        while True:
+            step_started = time.monotonic()
+            ctx = kinds.BatchContext(job_id, slice_no, state.params, state.key_type, steps[-1])
+            result = kind.process(conn, ctx, cursor, end)
+            now = time.monotonic()
+            processed += result.processed
+            errors += result.errors
+            cursor = result.checkpoint
+            if result.exhausted:
+                break
+            n = box.next_step(result.processed, now - step_started, now - started)
+            if n <= 0:
+                break
+            steps.append(n)
+        return kinds.BatchResult(checkpoint=cursor, processed=processed, exhausted=result.exhausted, errors=errors)
+
     def _log_summary(self, job_id: str, kind_name: str) -> None:
         """The run's summary line, for kinds that offer one (``summary(engine, job_id) -> dict``)."""
         summarize = getattr(self.kinds.get(kind_name), "summary", None)
@@ -327,7 +358,7 @@ class Worker:
     def _shrink(self, job_id: str, slice_no: int, size: int) -> None:
         with self.engine.begin() as conn:
             store.shrink_batch(conn, job_id, slice_no, self.id, size)
-        log.warning("job %s slice %d: batch timed out; retrying with %d rows", job_id, slice_no, size,
+        log.warning("job %s slice %d: batch timed out; retrying with an estimate of %d rows", job_id, slice_no, size,
                     extra=job_ctx(job_id, slice_no, batch_size=size))
 
     def _fail_attempt(self, job_id: str, slice_no: int, kind_name: str, err: Exception) -> None:

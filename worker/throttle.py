@@ -9,43 +9,82 @@ from __future__ import annotations
 from worker.store import Knobs
 
 MAX_BATCH = 100_000
-# Adaptive sizing. The slice's batch_size_now is its estimate of seconds per row, expressed as the
-# rows that fit in the target (estimate = target / size), so the estimate needs no column of its own.
-SMOOTHING = 0.3  # weight of the last batch in the moving average of seconds per row
-JUMP = 2.0  # a batch this many times off its target is a change of rows, not noise: follow it at once
-STEP = (1 / 8, 2.0)  # a step at most divides the batch by 8 (a slow batch is a fact) or doubles it
+# Adaptive sizing. With a target, a batch is time-boxed: it runs in steps (calls of the kind's
+# process, all in the batch's one transaction), each sized from the cost per row the steps before
+# it measured, until the target is nearly spent. A run of heavy rows shows in the step that meets
+# it, not a batch later, so the batch ends near its target whatever its rows cost.
+STEP_SHARE = 1 / 12  # a step is planned to take at most this share of the target...
+FILL = 0.5  # ...and at most this share of the time the batch has left
+DONE_WITHIN = 0.08  # the batch ends once less than this share of the target is left
+SMOOTHING = 0.5  # weight of the last step in the moving average of seconds per row
+GROWTH = 4  # a step asks for at most this many times the rows of the one before
 
 
 def batch_size(knobs: Knobs, current: int | None, processed_so_far: int) -> int:
-    """How many rows the next batch asks for: adaptive size if any, capped by a canary row limit."""
+    """How many rows the next batch may take: its fixed size, or for an adaptive job the most it
+    may take (max_batch_size); capped by a canary row limit."""
     size = knobs.batch_size
-    if knobs.target_batch_seconds:  # adaptive: the slice's own size (below min only after a timeout split)
-        size = min(current or size, knobs.max_batch_size or MAX_BATCH)
+    if knobs.target_batch_seconds:
+        size = knobs.max_batch_size or MAX_BATCH
+        if current is not None and current < (knobs.min_batch_size or 1):  # split after a timeout
+            size = current
     if knobs.row_limit is not None:
         size = min(size, max(0, knobs.row_limit - processed_so_far))
     return size
 
 
-def next_batch_size(knobs: Knobs, size: int, rows: int, seconds: float) -> int | None:
-    """Toward target_batch_seconds: ``target / estimated seconds per row``, within min/max.
+class TimeBox:
+    """The steps of one adaptive batch. ``estimate`` is the slice's rows that fit in the target (its
+    ``batch_size_now``: the moving average of seconds per row, as target / cost), ``cap`` the most
+    rows the batch may take, ``tail`` the seconds expected after the last step (bookkeeping, commit).
 
-    The estimate is an exponentially weighted moving average of seconds per row (geometric, as
-    batch times vary by factors), kept as the size itself: the last batch, which asked for
-    ``size`` rows and took ``seconds``, moves it by (target / seconds) ** SMOOTHING, which
-    averages noise out over the last few batches. A batch off by more than JUMP times says the
-    rows changed (a run of big rows starts or ends): the size then follows it fully, within STEP.
+    Call :meth:`first_step`, run the step, then :meth:`next_step` with what it did, until it says 0.
     """
-    if not knobs.target_batch_seconds or rows < size or rows <= 0:  # a short last page says nothing
-        return None
-    ratio = knobs.target_batch_seconds * rows / (max(seconds, 1e-3) * size)  # rows > size: ties on the last key
-    if 1 / JUMP <= ratio <= JUMP:
-        ratio **= SMOOTHING
-    new = size * min(STEP[1], max(STEP[0], ratio))
-    return max(knobs.min_batch_size or 1, min(round(new) or 1, knobs.max_batch_size or MAX_BATCH))
+
+    def __init__(self, knobs: Knobs, estimate: int | None, cap: int, tail: float = 0.0) -> None:
+        assert knobs.target_batch_seconds
+        self.target = knobs.target_batch_seconds
+        self.knobs = knobs
+        self.cost = self.target / max(1, estimate or knobs.batch_size)
+        self.cap = cap
+        self.floor = min(knobs.min_batch_size or 1, cap)
+        self.tail = tail
+        self.rows = 0
+        self.steps = 0
+
+    def first_step(self) -> int:
+        return self._rows(STEP_SHARE * self.target / self.cost, growth_from=None)
+
+    def next_step(self, rows: int, seconds: float, elapsed: float) -> int:
+        """After a step of ``rows`` that took ``seconds``, ``elapsed`` into the batch: the rows of
+        the next step, or 0 to end the batch."""
+        self.rows += rows
+        self.steps += 1
+        step_cost = max(seconds, 1e-6) / max(rows, 1)
+        # plan by the dearer of the last step and the moving average: a heavy run starting is believed
+        # at once, a light one after a step or two
+        self.cost = max(step_cost, self.cost ** (1 - SMOOTHING) * step_cost ** SMOOTHING)
+        left = self.target - elapsed - self.tail
+        if self.rows >= self.cap or (self.rows >= self.floor and left < DONE_WITHIN * self.target):
+            return 0
+        if self.rows < self.floor and left <= 0:
+            return self._rows(self.floor - self.rows, growth_from=None)
+        return self._rows(min(FILL * left, STEP_SHARE * self.target) / self.cost, growth_from=rows)
+
+    def _rows(self, n: float, growth_from: int | None) -> int:
+        if growth_from is not None:
+            n = min(n, GROWTH * max(growth_from, 1))
+        return max(1, min(round(n), self.cap - self.rows))
+
+    def estimate(self) -> int:
+        """The slice's new estimate of the rows that fit in the target, within min/max."""
+        return max(self.knobs.min_batch_size or 1,
+                   min(round(self.target / self.cost) or 1, self.knobs.max_batch_size or MAX_BATCH))
 
 
 def statement_timeout_ms(knobs: Knobs) -> int | None:
-    """A batch running four times over its target is cut short, then split (never failed for it)."""
+    """A step running four times over its batch's target is cut short and the batch retried with a
+    smaller estimate (never failed for it)."""
     return int(max(1.0, 4 * knobs.target_batch_seconds) * 1000) if knobs.target_batch_seconds else None
 
 
