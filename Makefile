@@ -21,11 +21,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install tidegate with its test tools
 
-# Debian packages some tests drive for real: PgBouncer (transaction pooling) and Chromium
-# (the status page, headless). Installed only when missing and when we may (root with
-# apt-get); otherwise those tests skip and say why.
-SYSTEM_PACKAGES := pgbouncer:/usr/sbin/pgbouncer chromium:/usr/bin/chromium
-system-deps: ## install Debian's pgbouncer and chromium for the tests that drive them (root only)
+# Debian packages some tests drive for real: PgBouncer (transaction pooling), Chromium
+# (the status page, headless) and Prometheus for promtool (the alert rules' unit tests; no
+# server is started). Installed only when missing and when we may (root with apt-get);
+# otherwise those tests skip and say why.
+SYSTEM_PACKAGES := pgbouncer:/usr/sbin/pgbouncer chromium:/usr/bin/chromium prometheus:/usr/bin/promtool
+system-deps: ## install Debian's pgbouncer, chromium and prometheus (promtool) for the tests that drive them (root only)
 	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
 	  [ -x "$${entry#*:}" ] || missing="$$missing $${entry%%:*}"; done; \
 	if [ -n "$$missing" ]; then \

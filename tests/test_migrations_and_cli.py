@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from tests import pg
-from tests.conftest import ROOT, run_cli, scalar
+from tests.conftest import ROOT, job_row, run_cli, scalar
 from tests.fixtures import seed_demo
 from worker.db import make_engine
 
@@ -142,3 +143,28 @@ def test_json_logs_carry_job_slice_bounds_and_counts(engine, db_url):
     assert len(progress) >= 3
     assert all(d["slice"] == 0 and d["rows"] > 0 and "hi" in d and "job_processed" in d for d in progress)
     assert any(d.get("status") == "done" and d.get("job_id") == job for d in lines)
+
+
+def test_the_demo_as_make_run_runs_it_and_the_sql_handler_gives_the_same_table(engine, db_url):
+    # make run's steps, smaller: seed, enqueue, a 2-process pool to the end, status, check
+    run_cli(db_url, "demo", "seed", "--rows", "3000")
+    assert scalar(engine, "SELECT count(*) FROM hero_snapshots") == 3000
+    job = run_cli(db_url, "enqueue", "backfill-range", "--from", "2024-01-01T00:00:00Z", "--to",
+                  "2030-01-01T00:00:00Z", "--handler", "hero_troops", "--batch-size", "500", "--concurrency", "2",
+                  "--owner", "demo").stdout.strip()
+    run_cli(db_url, "worker", "--concurrency", "2", "--drain")
+    assert job[:8] in run_cli(db_url, "status", "--limit", "5").stdout
+    python = json.loads(run_cli(db_url, "demo", "check").stdout)
+    row = job_row(engine, job)
+    assert (row.status, row.processed_count) == ("done", 3000)
+    assert row.error_count == scalar(engine, "SELECT count(*) FROM etl_errors WHERE job_id = :j", j=job) > 0
+    assert python["user_troops_rows"] > 3000
+
+    run_cli(db_url, "demo", "seed", "--rows", "3000")  # same rows kept, user_troops emptied
+    assert scalar(engine, "SELECT count(*) FROM user_troops") == 0
+    handler = Path(__file__).resolve().parent.parent / "jobs/demo/hero_troops.sql"
+    run_cli(db_url, "enqueue", "backfill-range", "--source", "hero_snapshots", "--key", "created_at", "--from",
+            "2024-01-01T00:00:00Z", "--to", "2030-01-01T00:00:00Z", "--handler", f"sql:{handler}", "--batch-size",
+            "500", "--owner", "demo")
+    run_cli(db_url, "worker", "--drain")
+    assert json.loads(run_cli(db_url, "demo", "check").stdout) == python

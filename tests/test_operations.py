@@ -72,21 +72,46 @@ def test_cli_pause_resume_cancel_and_retry(engine, db_url, tmp_path, pools):
     assert actions == ["enqueue", "plan", "pause", "resume", "cancel", "retry"]
 
 
-def test_pause_all_covers_pending_and_running_jobs(engine, db_url, tmp_path):
-    make_items(engine, 100)
-    first = enqueue_items(db_url, tmp_path, LOG_HANDLER, frm="1", to="50")
-    second = enqueue_items(db_url, tmp_path, LOG_HANDLER, frm="50", to="101")
-    out = run_cli(db_url, "pause", "--all").stdout
-    assert "paused 0 job(s)" in out  # nothing planned yet: queue rows are not range jobs
-    run_cli(db_url, "pause", first)  # an unplanned job can still be paused, in the queue
-    assert scalar(engine, "SELECT status FROM queue_jobs WHERE id = :j", j=first) == "paused"
-    run_cli(db_url, "worker", "--drain")
-    assert job_row(engine, second).status == "done"
-    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE job_id = :j", j=first) == 0
-    run_cli(db_url, "resume", first)
-    run_cli(db_url, "worker", "--drain")
-    assert job_row(engine, first).status == "done"
-    assert log_report(engine)["missing"] == 0
+def test_pause_all_covers_running_and_queued_jobs_and_pools_keep_to_their_queue(engine, db_url, tmp_path, pools):
+    make_items(engine, 2000)
+    running = enqueue_items(db_url, tmp_path, slow_handler(0.2), batch_size=20, frm="1", to="1001")
+    queued = enqueue_items(db_url, tmp_path, LOG_HANDLER, "--queue", "later", frm="1001", to="2001")
+    pools("--concurrency", "1", "--poll", "0.1")  # the default queue only
+    wait_for(lambda: job_row(engine, running).processed_count > 0, what="a first batch")
+    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE job_id = :j", j=queued) == 0
+
+    assert "paused 2 job(s)" in run_cli(db_url, "pause", "--all").stdout
+    assert job_row(engine, running).status == "paused"
+    assert scalar(engine, "SELECT status FROM queue_jobs WHERE id = :j", j=queued) == "paused"
+    wait_for(lambda: _idle(engine, running), what="the paused job's slice let go")
+    stopped_at = job_row(engine, running).processed_count
+    run_cli(db_url, "worker", "--queue", "later", "--drain")  # a pool of that queue: nothing it may take
+    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE job_id = :j", j=queued) == 0
+    assert job_row(engine, running).processed_count == stopped_at < 1000
+
+    run_cli(db_url, "resume", queued)
+    run_cli(db_url, "worker", "--queue", "later", "--drain")
+    assert job_row(engine, queued).status == "done"
+    assert job_row(engine, running).processed_count == stopped_at  # the other queue's job stayed paused
+    run_cli(db_url, "resume", running)
+    wait_for(lambda: job_row(engine, running).status == "done", what="done after resume")
+    assert log_report(engine) == {"logged": 2000, "distinct_keys": 2000, "items": 2000, "missing": 0}
+
+
+def test_priority_orders_the_claims_and_run_after_holds_a_job_back(engine, db_url, tmp_path):
+    make_items(engine, 300)
+    low = enqueue_items(db_url, tmp_path, LOG_HANDLER, "--priority", "0", frm="1", to="101")
+    high = enqueue_items(db_url, tmp_path, LOG_HANDLER, "--priority", "5", frm="101", to="201")
+    later = enqueue_items(db_url, tmp_path, LOG_HANDLER, "--run-after", "2099-01-01T00:00:00+00:00", frm="201",
+                          to="301")
+    run_cli(db_url, "worker", "--types", "archive_range", "--drain")  # a pool for another kind takes none
+    assert scalar(engine, "SELECT count(*) FROM backfill_jobs") == 0
+    run_cli(db_url, "worker", "--concurrency", "1", "--drain")
+    assert job_row(engine, low).status == job_row(engine, high).status == "done"
+    assert job_row(engine, high).started_at < job_row(engine, low).started_at  # planned first
+    assert scalar(engine, "SELECT status FROM queue_jobs WHERE id = :j", j=later) == "pending"
+    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE job_id = :j", j=later) == 0
+    assert log_report(engine)["missing"] == 100  # keys 201..300: the job held back until 2099
 
 
 FLAKY = ("INSERT INTO processed_log (k) SELECT k / (SELECT count(*) FROM healthy)::int"

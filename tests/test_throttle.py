@@ -170,3 +170,19 @@ def test_set_refuses_what_would_not_work_and_changes_nothing(engine, db_url, tmp
         assert out.returncode == code and message in out.stderr, (args, out.stderr)
     assert job_row(engine, job) == before
     assert run_cli(db_url, "set", "00000000", "--concurrency", "2", check=False).returncode == 3
+
+
+def test_max_rows_per_second_caps_the_pace_of_the_whole_job(engine, db_url, tmp_path, pools):
+    make_items(engine, 600)
+    job = enqueue_items(db_url, tmp_path, LOG_HANDLER, "--max-rows-per-second", "200", batch_size=50,
+                        concurrency=2)
+    pools("--concurrency", "2", "--poll", "0.1")
+    wait_for(lambda: job_row(engine, job).status == "done", what="done")
+    assert log_report(engine) == {"logged": 600, "distinct_keys": 600, "items": 600, "missing": 0}
+    with engine.connect() as conn:  # each batch commits at its own now(): the rows after the first batch over the span
+        span, first = conn.execute(text("SELECT extract(epoch FROM max(at) - min(at)),"
+                                        " (SELECT count(*) FROM processed_log WHERE at = (SELECT min(at) FROM"
+                                        " processed_log)) FROM processed_log")).one()
+    # a cap can only slow a job down, so this holds on any machine. The two slices share the 200 rows/s
+    # (100 each, waited after each batch); unthrottled, this job runs at thousands of rows a second
+    assert (600 - first) / float(span) <= 200 * 1.25

@@ -317,7 +317,8 @@ def _action(name: str, doc: str) -> click.Command:
 
     command.__doc__ = doc
     if name == "pause":
-        command = click.option("--all", "all_jobs", is_flag=True, help="Pause every pending or running job.")(command)
+        command = click.option("--all", "all_jobs", is_flag=True, help="Pause every job that could start a batch: pending or running, and queued ones"
+                                                " no worker has planned yet (resume them one by one).")(command)
     return cli.command(name)(command)
 
 

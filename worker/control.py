@@ -75,8 +75,12 @@ def _mirror_queue_row(conn: Connection, job_id: str, target: JobStatus) -> None:
 
 
 def pause_all(conn: Connection, actor: str, reason: str | None) -> list[str]:
+    """Every job that could still start a batch: planned ones (pending, running) and queue rows no
+    worker has planned yet. Unplanned ones first: one being planned meanwhile is waited for, and then
+    its new checkpoint row is paused by the second statement."""
     sources, target = TRANSITIONS["pause"]
-    rows = conn.execute(
+    rows = conn.execute(q("pause_unplanned")).all()
+    rows += conn.execute(
         q("set_all_jobs_status"),
         {"to_status": target.value, "reason": reason or f"pause --all by {actor}", "actor": actor,
          "from_statuses": [s.value for s in sources]},

@@ -289,6 +289,15 @@ SET status = :to_status, status_reason = :reason, status_by = :actor, updated_at
 WHERE status = ANY(:from_statuses)
 RETURNING job_id;
 
+-- name: pause_unplanned
+-- description: pause --all for queue rows no worker has planned yet (they wait in the queue, unclaimable).
+-- A row a planner holds is waited for, then re-checked: once planned it is 'running' and skipped here;
+-- the same transaction's next statement pauses its new backfill_jobs row.
+UPDATE queue_jobs q
+SET status = 'paused', updated_at = now()
+WHERE q.status = 'pending' AND NOT EXISTS (SELECT 1 FROM backfill_jobs j WHERE j.job_id = q.id)
+RETURNING q.id AS job_id;
+
 -- name: set_queue_status
 -- description: Move a queue row (unplanned jobs, or mirroring a planned one).
 UPDATE queue_jobs
