@@ -317,8 +317,9 @@ def _action(name: str, doc: str) -> click.Command:
 
     command.__doc__ = doc
     if name == "pause":
-        command = click.option("--all", "all_jobs", is_flag=True, help="Pause every job that could start a batch: pending or running, and queued ones"
-                                                " no worker has planned yet (resume them one by one).")(command)
+        every = ("Pause every job that could start a batch: pending or running, and queued ones no worker"
+                 " has planned yet (resume them one by one).")
+        command = click.option("--all", "all_jobs", is_flag=True, help=every)(command)
     return cli.command(name)(command)
 
 
