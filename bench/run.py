@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--memory-rows", type=ints, help="source rows of the memory runs (default 100k,1M,5M)")
     parser.add_argument("--jobs", type=int, help="no-op jobs of the queue benchmark (default 20,000)")
     parser.add_argument("--queue-processes", type=ints, help="worker processes per queue run (default 1,2)")
+    parser.add_argument("--queue-repeats", type=int, help="drains per system in the queue runs, median kept (3)")
     parser.add_argument("--queue-systems", type=lambda v: tuple(v.split(",")),
                         help="systems of the queue runs (default tidegate,pgqueuer,procrastinate)")
     parser.add_argument("--scaling-processes", type=ints, help="worker processes of the scaling runs (1,2,4,8)")
@@ -43,7 +44,8 @@ def main() -> None:
     args = parser.parse_args()
     options = {
         "backfill": {"rows": args.rows, "memory_rows": args.memory_rows},
-        "queue": {"jobs": args.jobs, "processes": args.queue_processes, "systems": args.queue_systems},
+        "queue": {"jobs": args.jobs, "processes": args.queue_processes, "systems": args.queue_systems,
+                  "repeats": args.queue_repeats},
         "scaling": {"processes": args.scaling_processes},
         "foreground": {"seconds": args.pgbench_seconds},
         "adaptive": {},

@@ -99,12 +99,13 @@ def register(kind: JobKind) -> None:
 
 
 class OneShotKind(Protocol):
-    """A small job that needs no slices or checkpoints: ``run`` does it all in a savepoint.
+    """A small job that needs no slices or checkpoints: ``run`` does it all in the transaction given.
 
-    The runner claims such jobs in handfuls and marks them done together, so the
-    queue's own overhead stays small (the noop benchmark measures it). The handful runs in one
-    savepoint; if any job of it raises, the savepoint rolls back and each job runs again in its own,
-    so ``run`` may run twice for one job: effects outside the database must be idempotent."""
+    The runner claims such jobs in handfuls, marked done by the claim itself, and runs them in that
+    one transaction, so the queue's own overhead stays small (the noop benchmark measures it) and a
+    job's mark commits with its effects. If any job of a handful raises, the whole transaction rolls
+    back and the next handfuls run each job in its own savepoint, so ``run`` may run more than once
+    for one job: effects outside the database must be idempotent."""
 
     name: str
     one_shot: bool  # True

@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine
@@ -71,6 +72,7 @@ class Worker:
         self.batches_done = 0
         self.gates = Gates(config.gates)
         self._one_shots_flowing = False
+        self._careful_one_shots = False  # a handful rolled back: run the next ones in savepoints
         self._last_plan = 0.0
         self._tail_seconds = 0.0  # moving average of a batch's time after its last step
 
@@ -163,45 +165,57 @@ class Worker:
         return True
 
     def run_one_shots(self) -> bool:
-        """Small jobs that need no slices (kinds with ``one_shot``): up to ``claim_batch`` per
-        transaction, each in a savepoint, all marked done by one UPDATE. False if none."""
+        """Small jobs that need no slices (kinds with ``one_shot``): up to ``claim_batch`` claimed and
+        marked done by one statement and run in the same transaction, so each job's mark commits with
+        its effects. False if none.
+
+        A handful runs without savepoints. If a job raises, the whole transaction rolls back (nothing
+        of it happened: the jobs are pending again, no attempt counted) and the next handfuls run each
+        job in its own savepoint, the failing one moved back for a retry on its own, until a handful
+        runs clean."""
         self._one_shots_flowing = False
         if not self.one_shot_names:
             return False
-        with self.engine.begin() as conn:
-            jobs = store.claim_one_shots(conn, self.config.queues, self.one_shot_names, self.config.claim_batch)
-            if not jobs:
-                return False
-            self._one_shots_flowing = True
-            try:  # the whole handful in one savepoint: two round trips, not two per job
-                with conn.begin_nested():
+        careful = self._careful_one_shots
+        try:
+            with self.engine.begin() as conn:
+                jobs = store.claim_one_shots(conn, self.config.queues, self.one_shot_names, self.config.claim_batch)
+                if not jobs:
+                    return False
+                self._one_shots_flowing = True
+                if careful:
+                    failed = self._one_shots_one_by_one(conn, jobs)
+                else:
                     for job in jobs:
                         self.kinds[job.type].run(conn, job.payload)  # type: ignore[attr-defined]
-                done = [job.id for job in jobs]
-                for job in jobs:
-                    metrics.ONE_SHOT_JOBS.labels(job.type, "done").inc()
-            except Exception as err:
-                if is_outage(err):
-                    raise
-                done = self._one_shots_one_by_one(conn, jobs)  # one failed: again, each in its own savepoint
-            store.finish_one_shots(conn, done)
+                    failed = set()
+        except Exception as err:
+            if is_outage(err) or careful:
+                raise
+            self._careful_one_shots = True
+            log.info("a handful of one-shot jobs rolled back (%s: %s); running the next ones one by one",
+                     type(err).__name__, first_line(err))
+            return True
+        self._careful_one_shots = bool(failed)
+        for kind, n in Counter(job.type for job in jobs if job.id not in failed).items():
+            metrics.ONE_SHOT_JOBS.labels(kind, "done").inc(n)
         return True
 
-    def _one_shots_one_by_one(self, conn: Connection, jobs: list[store.QueueJob]) -> list[str]:
-        done = []
+    def _one_shots_one_by_one(self, conn: Connection, jobs: list[store.QueueJob]) -> set[str]:
+        """Each claimed job in its own savepoint; those that raise go back for a retry. Returns their ids."""
+        failed = set()
         for job in jobs:
             try:
                 with conn.begin_nested():
                     self.kinds[job.type].run(conn, job.payload)  # type: ignore[attr-defined]
-                done.append(job.id)
-                metrics.ONE_SHOT_JOBS.labels(job.type, "done").inc()
             except Exception as err:
                 if is_outage(err):
                     raise
+                failed.add(job.id)
                 metrics.ONE_SHOT_JOBS.labels(job.type, "retried").inc()
-                store.retry_queue_job(conn, job.id, f"{type(err).__name__}: {first_line(err)}",
-                                      self.config.backoff_base, self.config.backoff_max)
-        return done
+                store.retry_claimed_one_shot(conn, job.id, f"{type(err).__name__}: {first_line(err)}",
+                                             self.config.backoff_base, self.config.backoff_max)
+        return failed
 
     # -- slices and batches -------------------------------------------------
 

@@ -130,13 +130,16 @@ def store_plan(conn: Connection, job_id: str, kind: str, plan: Plan) -> None:
 
 
 def claim_one_shots(conn: Connection, queues: list[str], types: list[str], limit: int) -> list[QueueJob]:
+    """Claimed and marked done (see the query); run them before this transaction commits."""
     rows = conn.execute(q("claim_one_shots"), {"queues": queues, "types": types, "limit": limit}).all()
+    rows.sort(key=lambda r: -r.priority)  # RETURNING keeps no order
     return [QueueJob(str(r.id), r.type, r.payload, r.queue, r.priority, r.attempts, r.max_attempts) for r in rows]
 
 
-def finish_one_shots(conn: Connection, job_ids: list[str]) -> None:
-    if job_ids:
-        conn.execute(q("finish_one_shots"), {"ids": job_ids})
+def retry_claimed_one_shot(conn: Connection, job_id: str, error: str, backoff_base: float,
+                           backoff_max: float) -> None:
+    conn.execute(q("retry_claimed_one_shot"), {"job_id": job_id, "error": error, "backoff_base": backoff_base,
+                                               "backoff_max": backoff_max})
 
 
 def retry_queue_job(conn: Connection, job_id: str, error: str, backoff_base: float, backoff_max: float) -> None:
