@@ -1,19 +1,34 @@
 -- Least-privilege roles for tidegate. Run as the schema owner after `tidegate db upgrade`.
 -- Rename the roles to taste; grant each to the login roles that need it.
 -- tests/test_security.py applies this file and checks each role can do its part and nothing else.
+--
+-- What bounds a job is the worker's role. A job's payload may carry its own SQL statement (`sql`,
+-- the CLI's --handler sql:PATH) or name a Python handler as `module:function`: an enqueue-only login
+-- can therefore make the pool run any statement the worker role may run, and import any module the
+-- worker can import. Grant tg_worker only the tables jobs should touch, and keep the handler code
+-- the worker can import to the code you deploy.
 
--- Data engineers: enqueue jobs (CLI or INSERT) and read their status.
--- Enqueueing validates the job against its source table, so also
---   GRANT SELECT ON <source table> TO tg_enqueue;
+-- Data engineers: enqueue jobs (CLI or INSERT) and read their status. Enqueueing validates the
+-- job against its tables, so also grant what it reads, e.g.
+--   GRANT SELECT ON hero_snapshots TO tg_enqueue;              -- backfill-range's source
+--   GRANT SELECT ON es_streams, es_events TO tg_enqueue;       -- archive: discover and dry run
 CREATE ROLE tg_enqueue NOLOGIN;
 GRANT SELECT ON queue_jobs, backfill_jobs, backfill_slices, etl_errors, tidegate_workers TO tg_enqueue;
 GRANT INSERT ON queue_jobs TO tg_enqueue;
 GRANT INSERT ON tidegate_audit TO tg_enqueue;
 GRANT USAGE ON SEQUENCE tidegate_audit_id_seq TO tg_enqueue;
+-- archive: discover and the dry run snapshot the selection into archive_candidates and roll it back;
+-- `archive report`/`status` read the audit; watch-deletions enqueues from its own cursor tables
+GRANT SELECT, INSERT, UPDATE ON archive_candidates TO tg_enqueue;
+GRANT SELECT ON archive_audit, archive_audit_batches TO tg_enqueue;
+GRANT SELECT, INSERT, UPDATE ON archive_watch_cursors, archive_watch_seen TO tg_enqueue;
 
 -- SREs: pause, resume, cancel, retry (CLI or the runbook's UPDATE) and read everything tidegate keeps.
+-- `archive report` and `archive status` count what is left in the event store, so also e.g.
+--   GRANT SELECT ON es_streams, es_events TO tg_operator;
 CREATE ROLE tg_operator NOLOGIN;
-GRANT SELECT ON queue_jobs, backfill_jobs, backfill_slices, etl_errors, tidegate_workers, tidegate_audit TO tg_operator;
+GRANT SELECT ON queue_jobs, backfill_jobs, backfill_slices, etl_errors, tidegate_workers, tidegate_audit,
+                archive_candidates, archive_audit, archive_audit_batches, archive_guards TO tg_operator;
 GRANT UPDATE (status, status_reason, status_by, updated_at, finished_at) ON backfill_jobs TO tg_operator;
 GRANT UPDATE (status, updated_at, finished_at) ON queue_jobs TO tg_operator;
 GRANT UPDATE (attempts, run_after, last_error, updated_at) ON backfill_slices TO tg_operator;
@@ -23,9 +38,25 @@ GRANT USAGE ON SEQUENCE tidegate_audit_id_seq TO tg_operator;
 -- The worker pool: the queue and checkpoint tables, nothing else of tidegate's.
 -- Each job also needs its own data privileges, e.g. for the demo:
 --   GRANT SELECT ON hero_snapshots TO tg_worker; GRANT SELECT, INSERT, UPDATE ON user_troops TO tg_worker;
+-- and for archive-range on tidegate's demo event store (move strategy):
+--   GRANT SELECT, UPDATE ON es_streams TO tg_worker;
+--   GRANT SELECT, DELETE ON es_events, es_stream_summaries TO tg_worker;   -- hot events, read model
+--   GRANT INSERT ON es_events_archive, es_stream_summaries_archive TO tg_worker;
+-- (unarchive-range: the same the other way round)
 CREATE ROLE tg_worker NOLOGIN;
 GRANT SELECT, UPDATE ON queue_jobs TO tg_worker;
 GRANT SELECT, INSERT, UPDATE ON backfill_jobs, backfill_slices TO tg_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON tidegate_workers TO tg_worker;
 GRANT INSERT ON etl_errors, tidegate_audit TO tg_worker;
 GRANT USAGE ON SEQUENCE etl_errors_id_seq, tidegate_audit_id_seq TO tg_worker;
+GRANT SELECT, INSERT, UPDATE ON archive_candidates TO tg_worker;
+GRANT SELECT, INSERT ON archive_audit_batches TO tg_worker;
+GRANT SELECT ON archive_audit TO tg_worker;
+GRANT USAGE ON SEQUENCE archive_audit_batches_id_seq TO tg_worker;
+
+-- Retention (the pool's maintenance thread, or `tidegate maintenance run-once` from cron): deletes
+-- finished jobs and old errors. Grant it to the pool's login, or run the pool with --no-maintenance
+-- and the cron job as a login holding this role.
+CREATE ROLE tg_maintenance NOLOGIN;
+GRANT SELECT, DELETE ON queue_jobs, backfill_jobs, backfill_slices, etl_errors, archive_candidates
+    TO tg_maintenance;

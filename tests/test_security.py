@@ -10,10 +10,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
 from tests.conftest import ROOT, run_cli, scalar
+from tests.event_stores import build
 from tests.fixtures import seed_demo
 from worker.db import make_engine
 
 pytestmark = pytest.mark.slow
+ROLES = ("enqueue", "operator", "worker", "maintenance")
 
 
 @pytest.fixture
@@ -23,15 +25,16 @@ def roles(engine, db_url):  # type: ignore[no-untyped-def]
     sql = (ROOT / "ops/roles.sql").read_text().replace("tg_", prefix)
     with engine.begin() as conn:
         conn.execute(text(sql))
-        for role in ("enqueue", "operator", "worker"):
+        for role in ROLES:
             conn.execute(text(f"ALTER ROLE {prefix}{role} LOGIN"))
         conn.execute(text(f"GRANT SELECT ON hero_snapshots TO {prefix}enqueue, {prefix}worker"))
         conn.execute(text(f"GRANT SELECT, INSERT, UPDATE ON user_troops TO {prefix}worker"))
     url = make_url(db_url)
-    yield {r: url.set(username=f"{prefix}{r}", password=None).render_as_string(hide_password=False)
-           for r in ("enqueue", "operator", "worker")}
+    found = {r: url.set(username=f"{prefix}{r}", password=None).render_as_string(hide_password=False) for r in ROLES}
+    found["prefix"] = prefix
+    yield found
     with engine.begin() as conn:
-        for role in ("enqueue", "operator", "worker"):
+        for role in ROLES:
             conn.execute(text(f"DROP OWNED BY {prefix}{role}"))
             conn.execute(text(f"DROP ROLE {prefix}{role}"))
 
@@ -68,6 +71,44 @@ def test_each_role_can_do_its_part_and_nothing_else(engine, roles):
     assert _denied(roles["worker"], "TRUNCATE backfill_jobs")
     assert _denied(roles["worker"], "DROP TABLE etl_errors")
     assert _denied(roles["worker"], "UPDATE tidegate_audit SET actor = 'someone else'")
+
+
+def test_archive_jobs_and_retention_with_the_roles_ops_ships(engine, db_url, roles):
+    build(engine, db_url, "tidegate", 120)
+    p = roles["prefix"]
+    with engine.begin() as conn:  # the event store's own grants, as ops/roles.sql's comments say
+        conn.execute(text(f"GRANT SELECT ON es_streams, es_events TO {p}enqueue"))
+        conn.execute(text(f"GRANT SELECT, UPDATE ON es_streams TO {p}worker"))
+        conn.execute(text(f"GRANT SELECT, DELETE ON es_events TO {p}worker"))
+        conn.execute(text(f"GRANT INSERT ON es_events_archive, es_stream_summaries_archive TO {p}worker"))
+        conn.execute(text(f"GRANT SELECT, DELETE ON es_stream_summaries TO {p}worker"))
+    selection = ["--layout", "tidegate", "--type", "luck_box_purchase"]
+    assert "candidate" in run_cli(roles["enqueue"], "discover", *selection).stdout
+    job = run_cli(roles["enqueue"], "enqueue", "archive-range", *selection, "--reason", "r", "--owner", "o",
+                  "--apply", "--yes").stdout.strip()
+    run_cli(roles["worker"], "worker", "--drain", "--no-maintenance")
+    assert scalar(engine, "SELECT status FROM backfill_jobs WHERE job_id = :j", j=job) == "done", scalar(
+        engine, "SELECT last_error FROM backfill_jobs WHERE job_id = :j", j=job)
+    moved = scalar(engine, "SELECT count(*) FROM es_events_archive")
+    assert moved > 0 and moved == scalar(engine, "SELECT sum(events) FROM archive_audit WHERE job_id = :j", j=job)
+    denied = run_cli(roles["operator"], "archive", "report", job, check=False)  # its recount reads the event store
+    assert denied.returncode == 6 and "permission denied for table es_streams" in denied.stderr
+    assert "Traceback" not in denied.stderr
+    with engine.begin() as conn:
+        conn.execute(text(f"GRANT SELECT ON es_streams, es_events TO {p}operator"))
+    assert "archived" in run_cli(roles["operator"], "archive", "report", job).stdout
+    run_cli(roles["operator"], "cancel", job, check=False)  # done: refused, but by the state machine
+    assert _denied(roles["enqueue"], "DELETE FROM es_events_archive")
+    assert _denied(roles["worker"], "DELETE FROM es_events_archive")  # the move writes the archive, never deletes it
+
+    # retention: the maintenance role prunes finished jobs; the worker role cannot
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE queue_jobs SET finished_at = now() - interval '30 days'"))
+    assert run_cli(roles["worker"], "maintenance", "run-once", check=False).returncode != 0
+    run_cli(roles["maintenance"], "maintenance", "run-once")
+    assert scalar(engine, "SELECT count(*) FROM queue_jobs") == 0
+    assert scalar(engine, "SELECT count(*) FROM backfill_jobs") == 0  # cascaded
+    assert _denied(roles["maintenance"], "UPDATE backfill_jobs SET status = 'paused'")
 
 
 def test_no_password_in_logs_status_or_errors(engine, db_url, tmp_path):

@@ -15,10 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+import psycopg
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
-from worker.db import make_engine, mask_url, resolve_url
-from worker.errors import TidegateError
+from worker.db import first_line, is_outage, make_engine, mask_url, resolve_url
+from worker.errors import DatabaseUnavailable, PermissionDenied, TidegateError
 
 F = Callable[..., Any]
 
@@ -97,5 +99,17 @@ def run_cli(group: click.Group) -> None:
     except TidegateError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
+    except DBAPIError as err:  # a grant missing, say: the server's words, not a traceback
+        orig = err.orig
+        message = first_line(orig) if orig is not None else first_line(err)
+        if is_outage(err):
+            click.echo(f"error: {DatabaseUnavailable()} ({message})", err=True)
+            sys.exit(DatabaseUnavailable.exit_code)
+        if isinstance(orig, psycopg.errors.InsufficientPrivilege):
+            click.echo(f"error: {message} (the role lacks a grant: ops/roles.sql lists what each role needs)",
+                       err=True)
+            sys.exit(PermissionDenied.exit_code)
+        click.echo(f"error: the database refused: {message}", err=True)
+        sys.exit(1)
     except SystemExit:
         raise

@@ -40,5 +40,11 @@ class DatabaseUnavailable(TidegateError):
     exit_code = 5
 
 
+class PermissionDenied(TidegateError):
+    """The database role lacks a privilege this command needs (ops/roles.sql lists them)."""
+
+    exit_code = 6
+
+
 class LeaseLost(TidegateError):
     """This worker no longer owns the slice (its lease expired and another worker took it)."""

@@ -390,16 +390,17 @@ SELECT count(*) FROM tidegate_workers WHERE heartbeat_at > now() - make_interval
 
 -- name: prune_queue_jobs
 -- description: Delete up to :batch finished queue rows older than the retention (their checkpoint rows cascade).
+-- No FOR UPDATE in the subquery: it would need UPDATE privilege, and the DELETE locks what it deletes.
 DELETE FROM queue_jobs WHERE id IN (
     SELECT id FROM queue_jobs
     WHERE status IN ('done', 'failed', 'cancelled') AND finished_at < now() - make_interval(secs => :age_seconds)
-    LIMIT :batch FOR UPDATE SKIP LOCKED);
+    LIMIT :batch);
 
 -- name: prune_etl_errors
 -- description: Delete up to :batch failed-item rows older than the retention.
 DELETE FROM etl_errors WHERE id IN (
     SELECT id FROM etl_errors WHERE created_at < now() - make_interval(secs => :age_seconds)
-    LIMIT :batch FOR UPDATE SKIP LOCKED);
+    LIMIT :batch);
 
 -- name: hold_job
 -- description: A gate holds the job: say which and since when (kept while it keeps holding).
