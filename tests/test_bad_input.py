@@ -9,7 +9,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from tests import pg
-from tests.conftest import run_cli, scalar
+from tests.conftest import ROOT, run_cli, scalar
+from tests.event_stores import build, fingerprint
 from tests.fixtures import seed_demo
 from worker.db import make_engine
 
@@ -153,3 +154,95 @@ def test_operator_commands_refuse_unknown_jobs_and_types(engine, db_url):
     assert hostile.returncode == 2 and "is not a job id" in hostile.stderr
     types = run_cli(db_url, "worker", "--types", "backfill_range,nope", "--drain", check=False)
     assert types.returncode == 2 and "unknown job type(s) nope" in types.stderr
+
+
+# archive-range: flags, layout files and SQL payloads. Each: exit 2 with the words, nothing queued,
+# the event store untouched.
+GOOD_LAYOUT = (ROOT / "jobs/archive/layouts/tidegate.toml").read_text()
+LAYOUT_FILES = {
+    "toml-syntax": ("layout.toml", "strategy = move\n[streams", "layout.toml"),
+    "yaml-not-a-table": ("layout.yaml", "- just\n- a list\n", "expected a table of settings"),
+    "unknown-key": ("layout.toml", GOOD_LAYOUT.replace('strategy = "move"', 'strategy = "move"\nshred = true'),
+                    "unknown key(s) shred"),
+    "bad-strategy": ("layout.toml", GOOD_LAYOUT.replace('strategy = "move"', 'strategy = "truncate"'),
+                     "strategy must be 'move' or 'flag'"),
+    "missing-table": ("layout.toml", GOOD_LAYOUT.replace('table = "es_streams"', 'table = "no_such_streams"'),
+                      "does not exist"),
+    "semicolon-name": ("layout.toml", GOOD_LAYOUT.replace('table = "es_events"\n', 'table = "es_events; DROP TABLE'
+                                                           ' es_streams"\n'), "does not exist"),
+    "quote-name": ("layout.toml", GOOD_LAYOUT.replace('key = "id"', 'key = "id\\" OR 1=1 --"'), "does not exist"),
+    "unicode-name": ("layout.toml", GOOD_LAYOUT.replace('archive_table = "es_events_archive"',
+                                                        'archive_table = "es_évents_archivé"'), "does not exist"),
+    "move-without-archive": ("layout.toml", GOOD_LAYOUT.replace('archive_table = "es_events_archive"\n', ''),
+                             "strategy 'move' needs [events].archive_table"),
+}
+ARCHIVE_FLAGS = [
+    (["--layout", "cassandra"], "not a shipped layout"),
+    (["--layout", "tidegate", "--batch-size", "0"], "batch_size must be between 1"),
+    (["--layout", "tidegate", "--batch-size", "99999999"], "batch_size must be between 1"),
+    (["--layout", "tidegate", "--before", "last tuesday"], "ISO 8601"),
+    (["--layout", "tidegate", "--where", "type ~~ x"], "expected FIELD OP VALUE"),
+    (["--layout", "tidegate", "--where", "type; DROP TABLE es_events = 1"], "expected FIELD OP VALUE"),
+    (["--layout", "tidegate", "--limit", "0"], "limit must be between 1"),
+]
+
+
+@pytest.mark.parametrize("case", sorted(LAYOUT_FILES))
+def test_bad_layout_files_are_refused_and_change_nothing(engine, db_url, tmp_path, case):
+    build(engine, db_url, "tidegate", 20)
+    before = fingerprint(engine, "tidegate")
+    name, body, words = LAYOUT_FILES[case]
+    path = tmp_path / name
+    path.write_text(body)
+    for command in (["discover"], ["enqueue", "archive-range", "--reason", "r", "--owner", "qa", "--apply", "--yes"]):
+        proc = run_cli(db_url, *command, "--layout", str(path), check=False)
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert words in proc.stderr and "Traceback" not in proc.stderr
+    assert scalar(engine, "SELECT count(*) FROM queue_jobs") == 0
+    assert fingerprint(engine, "tidegate") == before
+
+
+@pytest.mark.parametrize("args,words", ARCHIVE_FLAGS, ids=[f"archive-cli-{i}" for i in range(len(ARCHIVE_FLAGS))])
+def test_bad_archive_flags_are_refused_and_queue_nothing(engine, db_url, args, words):
+    build(engine, db_url, "tidegate", 20)
+    before = fingerprint(engine, "tidegate")
+    proc = run_cli(db_url, "enqueue", "archive-range", *args, "--reason", "r", "--owner", "qa", "--apply", "--yes",
+                   check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert words in proc.stderr and "Traceback" not in proc.stderr
+    assert scalar(engine, "SELECT count(*) FROM queue_jobs") == 0
+    assert fingerprint(engine, "tidegate") == before
+
+
+ARCHIVE_PAYLOADS = [
+    ("not-an-object", "archive_range", '["tidegate"]', "must be a JSON object"),
+    ("no-layout", "archive_range", '{"owner": "qa"}', "missing 'layout'"),
+    ("unknown-layout", "archive_range", '{"layout": "cassandra"}', "not a shipped layout"),
+    ("raw-sql-where", "archive_range", '{"layout": "tidegate", "where": "1=1; DROP TABLE es_events"}',
+     "where must be a list"),
+    ("from-audit-on-archive", "archive_range", '{"layout": "tidegate", "from_audit": "x"}', "from_audit is for"),
+    ("bad-from-audit", "unarchive_range", '{"layout": "tidegate", "from_audit": "last run"}', "must be a job id"),
+    ("hostile-layout-document", "archive_range",
+     json.dumps({"layout": {**{"strategy": "move"}, "streams": {"table": "es_streams\"; DROP TABLE es_events; --"}}}),
+     "invalid job:"),
+]
+
+
+def test_bad_archive_payloads_inserted_by_sql_fail_clearly_and_touch_nothing(engine, db_url):
+    build(engine, db_url, "tidegate", 20)
+    before = fingerprint(engine, "tidegate")
+    ids = {}
+    with engine.begin() as conn:
+        for case, job_type, payload, _ in ARCHIVE_PAYLOADS:
+            ids[case] = str(conn.execute(text(
+                "INSERT INTO queue_jobs (type, payload) VALUES (:t, CAST(:p AS jsonb)) RETURNING id"),
+                {"t": job_type, "p": payload}).scalar_one())
+    run_cli(db_url, "worker", "--drain")
+    with engine.connect() as conn:
+        for case, _, _, words in ARCHIVE_PAYLOADS:
+            row = conn.execute(text("SELECT status, last_error FROM queue_jobs WHERE id = :i"), {"i": ids[case]}).one()
+            assert row.status == "failed" and row.last_error.startswith("invalid job:"), case
+            assert words in row.last_error, (case, row.last_error)
+    assert scalar(engine, "SELECT count(*) FROM backfill_jobs") == 0
+    assert scalar(engine, "SELECT count(*) FROM archive_candidates") == 0
+    assert fingerprint(engine, "tidegate") == before

@@ -7,6 +7,7 @@ import signal
 import time
 
 import pytest
+from sqlalchemy import text
 
 from tests.conftest import enqueue_items, job_row, run_cli, scalar, wait_for
 from tests.fixtures import clean_run_checksum, log_report, make_items, seed_demo, slow_handler, troops_checksum
@@ -102,17 +103,47 @@ def test_a_killed_workers_slice_is_taken_over_after_its_lease(engine, db_url, tm
     assert "taking over from" in second.output()
 
 
+# logs the OS pid of the worker process (its application_name is "tidegate-worker host:pid:tag")
+BY_WORKER = ("INSERT INTO processed_log (k, pid) SELECT k, split_part(current_setting('application_name'), ':', 2)::int"
+             " FROM items, (SELECT pg_sleep(0.01)) d WHERE k > :lo AND k <= :hi")
+
+
 def test_two_pools_on_one_database_never_process_the_same_key(engine, db_url, tmp_path):
     make_items(engine, 4000)
-    jobs = [enqueue_items(db_url, tmp_path, slow_handler(0.01), batch_size=40, concurrency=c,
+    jobs = [enqueue_items(db_url, tmp_path, BY_WORKER, batch_size=40, concurrency=c,
                           frm=str(lo), to=str(lo + 1000)) for c, lo in ((3, 1), (1, 1001), (2, 2001), (4, 3001))]
     a = _start(db_url, "--concurrency", "2", "--drain")
     b = _start(db_url, "--concurrency", "2", "--drain")
+    pids_a = {w.pid for w in a.wait_workers(2)}
+    pids_b = {w.pid for w in b.wait_workers(2)}
     assert a.wait(180) == 0 and b.wait(180) == 0
     assert all(_done(engine, j) for j in jobs)
     assert log_report(engine) == {"logged": 4000, "distinct_keys": 4000, "items": 4000, "missing": 0}
     # both pools really took part
-    assert scalar(engine, "SELECT count(DISTINCT pid) FROM processed_log") >= 2
+    with engine.connect() as conn:
+        pids = set(conn.execute(text("SELECT DISTINCT pid FROM processed_log")).scalars())
+    assert pids & pids_a and pids & pids_b, (pids, pids_a, pids_b)
+
+
+def test_with_the_default_lease_a_dead_workers_slice_is_taken_over_within_15_seconds(engine, db_url, tmp_path):
+    """The issue's promise, with the defaults (10 s lease, 1 s poll): no early takeover, none later than 15 s."""
+    make_items(engine, 3000)
+    job = enqueue_items(db_url, tmp_path, slow_handler(0.1), batch_size=20, concurrency=1)
+    first = _start(db_url, "--concurrency", "1")
+    wait_for(lambda: job_row(engine, job).processed_count >= 40, what="progress")
+    second = _start(db_url, "--concurrency", "1")  # idle: the only slice is taken
+    second.wait_workers(1)
+    owner = scalar(engine, "SELECT locked_by FROM backfill_slices WHERE job_id = :j", j=job)
+    first.kill()
+    killed_at = scalar(engine, "SELECT now()")
+    wait_for(lambda: scalar(engine, "SELECT locked_by FROM backfill_slices WHERE job_id = :j", j=job)
+             not in (None, owner), timeout=60, what="takeover")
+    taken_at = scalar(engine, "SELECT locked_at FROM backfill_slices WHERE job_id = :j", j=job)
+    last_beat = scalar(engine, "SELECT heartbeat_at FROM tidegate_workers WHERE id = :w", w=owner)
+    assert last_beat <= killed_at  # the dead worker's heartbeat stopped with it
+    assert (taken_at - last_beat).total_seconds() >= 10  # never before its lease ran out
+    assert (taken_at - killed_at).total_seconds() < 15
+    assert second.terminate() == 0
 
 
 _pools: list = []
