@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from jobs.archive.archive_range import ARCHIVE as ARCHIVE_KIND
-from tests.conftest import job_row, run_cli, scalar
+from tests.conftest import ROOT, job_row, run_cli, scalar
 from tests.event_stores import build, fingerprint
 
 pytestmark = pytest.mark.slow
@@ -156,3 +156,44 @@ def test_candidates_are_numbered_in_disk_order_and_limit_keeps_the_lowest_keys(e
 def scalar_list(engine, sql: str) -> list:  # type: ignore[no-untyped-def]
     with engine.connect() as conn:
         return list(conn.execute(text(sql)).scalars())
+
+
+@pytest.mark.parametrize("fmt", ["toml", "yaml"])
+def test_a_custom_layout_file_moves_streams_events_and_read_models_and_discover_counts_them(engine, db_url,
+                                                                                           tmp_path, fmt):
+    import tomllib
+
+    import yaml
+
+    build(engine, db_url, "tidegate", 90)
+    shipped = (ROOT / "jobs/archive/layouts/tidegate.toml").read_text().replace('name = "tidegate"', 'name = "ours"')
+    path = tmp_path / f"ours.{fmt}"
+    path.write_text(shipped if fmt == "toml" else yaml.safe_dump(tomllib.loads(shipped)))
+    layout = ["--layout", str(path), "--type", "venue"]
+
+    found = json.loads(run_cli(db_url, "discover", "--layout", str(path), "--json").stdout)
+    with engine.connect() as conn:  # the report's counts per stream type, written independently
+        want = {r.type: tuple(r[1:]) for r in conn.execute(text(
+            "SELECT type, count(*), count(*) FILTER (WHERE n = 1), count(*) FILTER (WHERE n > 1), sum(n) FROM"
+            " (SELECT s.type, (SELECT count(*) FROM es_events e WHERE e.stream_id = s.id) AS n FROM es_streams s) c"
+            " GROUP BY type"))}
+    got = {r["stream_type"]: (r["streams"], r["create_only"], r["with_updates"], r["events"]) for r in found["by_type"]}
+    assert got == want
+    assert want["user"][1] == want["user"][0] and want["venue"][2] == want["venue"][0]  # both kinds occur
+    venues = want["venue"][0]
+
+    before = fingerprint(engine, "tidegate")
+    job = run_cli(db_url, "enqueue", "archive-range", *layout, "--reason", "r", "--owner", "o", "--apply",
+                  "--yes").stdout.strip()
+    drain(db_url)
+    assert scalar(engine, "SELECT count(*) FROM archive_audit WHERE job_id = :j AND action = 'archive'",
+                  j=job) == venues
+    # the read model went with its streams, and only theirs
+    assert scalar(engine, "SELECT count(*) FROM es_stream_summaries m JOIN es_streams s ON s.id = m.stream_id"
+                          " WHERE s.type = 'venue'") == 0
+    assert scalar(engine, "SELECT count(*) FROM es_stream_summaries_archive") == venues
+    assert scalar(engine, "SELECT count(*) FROM es_stream_summaries") == 90 - venues
+    run_cli(db_url, "enqueue", "unarchive-range", "--layout", str(path), "--from-audit", job, "--owner", "o",
+            "--apply", "--yes")
+    drain(db_url)
+    assert fingerprint(engine, "tidegate") == before

@@ -36,12 +36,15 @@ def archive(url: str, *extra: str, batch_size: int = 25, concurrency: int = 3) -
                    "--owner", "tests", "--apply", "--yes", *extra).stdout.strip()
 
 
-def kill_storm(engine, db_url, pools, streams: int, kills: int, seed: int) -> None:  # type: ignore[no-untyped-def]
+def kill_storm(engine, db_url, pools, streams: int, kills: int, seed: int,  # type: ignore[no-untyped-def]
+               pool_url: str | None = None) -> None:
+    """Archive on a pool of 3 (through ``pool_url`` if given, e.g. a PgBouncer) while random workers are
+    SIGKILLed; no stream is ever torn, the run finishes, nothing is repeated or lost."""
     build(engine, db_url, "tidegate", streams)
     selected = scalar(engine, SELECTED)
     events = scalar(engine, "SELECT count(*) FROM es_events")
     job = archive(db_url)
-    pool = pools("--concurrency", "3", "--lease", "2", "--poll", "0.2")
+    pool = pools("--concurrency", "3", "--lease", "2", "--poll", "0.2", url=pool_url)
     rng = random.Random(seed)
     killed = 0
     while killed < kills and job_row(engine, job).status != "done":

@@ -94,3 +94,9 @@ def test_kill_storm_through_pgbouncer_transaction_pooling(engine, db_url, tmp_pa
     assert log_report(engine) == {"logged": 3000, "distinct_keys": 3000, "items": 3000, "missing": 0}
     assert job_row(engine, job).processed_count == 3000
     assert Path(tmp_path).exists()
+
+
+def test_archive_kill_storm_through_pgbouncer_transaction_pooling(engine, db_url, pools, bouncer):
+    from tests.test_archive_safety import kill_storm
+
+    kill_storm(engine, db_url, pools, streams=2000, kills=3, seed=5, pool_url=bouncer)
