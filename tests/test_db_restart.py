@@ -42,26 +42,33 @@ def private_server(tmp_path_factory):  # type: ignore[no-untyped-def]
         pass
 
 
+# short in make test; make test-chaos restarts the server five times during a bigger job
+SIZES = [pytest.param((1500, 1), id="short"), pytest.param((12000, 5), id="long", marks=pytest.mark.chaos)]
+
+
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
-def test_workers_survive_a_database_restart(private_server, tmp_path, pools, mode):
+def test_workers_survive_a_database_restart(private_server, tmp_path, pools, mode, size):
+    items, restarts = size
     url, stop, start = private_server
     name = pg.create_template(url)  # migrations straight into a database of the private server
     db_url = pg.with_database(url, name)
     engine = make_engine(db_url)
-    make_items(engine, 1500)
+    make_items(engine, items)
     job = enqueue_items(db_url, tmp_path, slow_handler(0.05), batch_size=20, concurrency=2)
     pool = pools("--concurrency", "2", "--lease", "3", url=db_url)
-    wait_for(lambda: job_row(engine, job).processed_count >= 100, what="progress before the restart")
+    for n in range(restarts):
+        wait_for(lambda n=n: job_row(engine, job).processed_count >= 100 + n * items // (restarts + 1),
+                 timeout=180, what="progress before the restart")
+        engine.dispose()
+        stop(mode)
+        time.sleep(2)  # workers see the outage and back off
+        start()
 
-    engine.dispose()
-    stop(mode)
-    time.sleep(2)  # workers see the outage and back off
-    start()
-
-    wait_for(lambda: job_row(engine, job).status == "done", timeout=180, what="done after the restart")
+    wait_for(lambda: job_row(engine, job).status == "done", timeout=600, what="done after the restart")
     assert pool.terminate() == 0
-    assert log_report(engine) == {"logged": 1500, "distinct_keys": 1500, "items": 1500, "missing": 0}
-    assert job_row(engine, job).processed_count == 1500
+    assert log_report(engine) == {"logged": items, "distinct_keys": items, "items": items, "missing": 0}
+    assert job_row(engine, job).processed_count == items
     assert "database unavailable" in pool.output() and "reconnecting in" in pool.output()
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM backfill_slices WHERE status <> 'done'")).scalar() == 0

@@ -31,25 +31,34 @@ def _upstream(db_url: str) -> tuple[str, int] | str:
     return (host or "127.0.0.1", url.port or 5432)
 
 
-def test_dropped_and_stalled_connections_lose_and_double_nothing(engine, db_url, tmp_path, pools):
-    make_items(engine, 2000)
+# short in make test; make test-chaos runs the long ones
+PROXY_SIZES = [pytest.param((2000, 14), id="short"), pytest.param((20000, 120), id="long", marks=pytest.mark.chaos)]
+OPERATOR_SIZES = [pytest.param((3000, 5), id="short"), pytest.param((20000, 30), id="long", marks=pytest.mark.chaos)]
+
+
+@pytest.mark.parametrize("size", PROXY_SIZES)
+def test_dropped_and_stalled_connections_lose_and_double_nothing(engine, db_url, tmp_path, pools, size):
+    items, faults = size
+    make_items(engine, items)
     job = enqueue_items(db_url, tmp_path, slow_handler(0.03), batch_size=25, concurrency=3)
     proxy = ChaosProxy(_upstream(db_url), seed=3)
     try:
         pool = pools("--concurrency", "2", "--lease", "3", url=_through(proxy, db_url))
         wait_for(lambda: job_row(engine, job).processed_count > 0, what="first batches through the proxy")
-        proxy.chaos(events=14)
-        wait_for(lambda: job_row(engine, job).status == "done", timeout=240, what="done despite the faults")
+        proxy.chaos(events=faults)
+        wait_for(lambda: job_row(engine, job).status == "done", timeout=900, what="done despite the faults")
         assert pool.terminate() == 0
     finally:
         proxy.close()
-    assert proxy.dropped + proxy.stalled == 14 and proxy.dropped > 0
-    assert log_report(engine) == {"logged": 2000, "distinct_keys": 2000, "items": 2000, "missing": 0}
-    assert job_row(engine, job).processed_count == 2000
+    assert proxy.dropped + proxy.stalled == faults and proxy.dropped > 0
+    assert log_report(engine) == {"logged": items, "distinct_keys": items, "items": items, "missing": 0}
+    assert job_row(engine, job).processed_count == items
 
 
-def test_concurrent_operators_leave_the_job_in_the_last_commanded_state(engine, db_url, tmp_path, pools):
-    make_items(engine, 3000)
+@pytest.mark.parametrize("size", OPERATOR_SIZES)
+def test_concurrent_operators_leave_the_job_in_the_last_commanded_state(engine, db_url, tmp_path, pools, size):
+    items, commands = size
+    make_items(engine, items)
     # paced so the job outlasts the operators' commands even on a loaded machine
     job = enqueue_items(db_url, tmp_path, slow_handler(0.03), "--sleep-between-batches", "0.1", batch_size=20,
                         concurrency=2)
@@ -73,7 +82,7 @@ def test_concurrent_operators_leave_the_job_in_the_last_commanded_state(engine, 
                     conn.execute(text("UPDATE backfill_jobs SET concurrency = :c WHERE job_id = :j"),
                                  {"c": rng.choice([1, 2, 3]), "j": job})
 
-    threads = [threading.Thread(target=operator, args=(seed, 5)) for seed in (9, 10, 11)]
+    threads = [threading.Thread(target=operator, args=(seed, commands)) for seed in (9, 10, 11)]
     for t in threads:
         t.start()
     for t in threads:
@@ -94,5 +103,5 @@ def test_concurrent_operators_leave_the_job_in_the_last_commanded_state(engine, 
         run_cli(db_url, "resume", job)
     elif status in ("cancelled",):
         run_cli(db_url, "retry", job)
-    wait_for(lambda: job_row(engine, job).status == "done", timeout=180, what="done")
-    assert log_report(engine) == {"logged": 3000, "distinct_keys": 3000, "items": 3000, "missing": 0}
+    wait_for(lambda: job_row(engine, job).status == "done", timeout=900, what="done")
+    assert log_report(engine) == {"logged": items, "distinct_keys": items, "items": items, "missing": 0}

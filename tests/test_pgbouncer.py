@@ -76,27 +76,36 @@ def bouncer(db_url):  # type: ignore[no-untyped-def]
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_kill_storm_through_pgbouncer_transaction_pooling(engine, db_url, tmp_path, pools, bouncer):
-    make_items(engine, 3000)
+# short in make test; make test-chaos runs the long ones
+SIZES = [pytest.param((3000, 6), id="short"), pytest.param((30000, 40), id="long", marks=pytest.mark.chaos)]
+ARCHIVE_SIZES = [pytest.param((2000, 3), id="short"), pytest.param((40000, 20), id="long", marks=pytest.mark.chaos)]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_kill_storm_through_pgbouncer_transaction_pooling(engine, db_url, tmp_path, pools, bouncer, size):
+    items, storm = size
+    make_items(engine, items)
     job = enqueue_items(db_url, tmp_path, slow_handler(0.02), batch_size=30, concurrency=3)
     pool = pools("--concurrency", "3", "--lease", "2", url=bouncer)
     rng = random.Random(4)
     kills = 0
-    while kills < 6 and job_row(engine, job).status != "done":
+    while kills < storm and job_row(engine, job).status != "done":
         time.sleep(rng.uniform(0.3, 1.0))
         workers = pool.workers()
         if workers:
             rng.choice(workers).send_signal(signal.SIGKILL)
             kills += 1
-    wait_for(lambda: job_row(engine, job).status == "done", timeout=240, what="done through pgbouncer")
+    wait_for(lambda: job_row(engine, job).status == "done", timeout=900, what="done through pgbouncer")
     assert pool.terminate() == 0
     assert kills >= 3
-    assert log_report(engine) == {"logged": 3000, "distinct_keys": 3000, "items": 3000, "missing": 0}
-    assert job_row(engine, job).processed_count == 3000
+    assert log_report(engine) == {"logged": items, "distinct_keys": items, "items": items, "missing": 0}
+    assert job_row(engine, job).processed_count == items
     assert Path(tmp_path).exists()
 
 
-def test_archive_kill_storm_through_pgbouncer_transaction_pooling(engine, db_url, pools, bouncer):
+@pytest.mark.parametrize("size", ARCHIVE_SIZES)
+def test_archive_kill_storm_through_pgbouncer_transaction_pooling(engine, db_url, pools, bouncer, size):
     from tests.test_archive_safety import kill_storm
 
-    kill_storm(engine, db_url, pools, streams=2000, kills=3, seed=5, pool_url=bouncer)
+    streams, kills = size
+    kill_storm(engine, db_url, pools, streams=streams, kills=kills, seed=5, pool_url=bouncer)

@@ -92,15 +92,7 @@ def _run(url: str, crash_at: set[int]) -> None:
     raise AssertionError("more crashes than planned")
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    lo=st.integers(-5, 820),
-    width=st.integers(1, 900),
-    batch_size=st.integers(1, 60),
-    concurrency=st.integers(1, 5),
-    crash_at=st.sets(st.integers(1, 30), max_size=3),
-)
-def test_each_key_in_range_exactly_once(pg_server, items_template, lo, width, batch_size, concurrency, crash_at):
+def _exactly_once(pg_server, items_template, lo, width, batch_size, concurrency, crash_at):  # type: ignore[no-untyped-def]
     name = pg.clone(pg_server, items_template)
     url = pg.with_database(pg_server, name)
     engine = make_engine(url)
@@ -121,3 +113,21 @@ def test_each_key_in_range_exactly_once(pg_server, items_template, lo, width, ba
     finally:
         engine.dispose()
         pg.drop(pg_server, name)
+
+
+# random ranges, batch sizes, concurrency and crash points (the batches after which a worker dies)
+CASES = {"lo": st.integers(-5, 820), "width": st.integers(1, 900), "batch_size": st.integers(1, 60),
+         "concurrency": st.integers(1, 5), "crash_at": st.sets(st.integers(1, 30), max_size=3)}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(**CASES)
+def test_each_key_in_range_exactly_once(pg_server, items_template, lo, width, batch_size, concurrency, crash_at):
+    _exactly_once(pg_server, items_template, lo, width, batch_size, concurrency, crash_at)
+
+
+@pytest.mark.chaos  # make test-chaos: ten times the examples
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(**CASES)
+def test_each_key_in_range_exactly_once_long(pg_server, items_template, lo, width, batch_size, concurrency, crash_at):
+    _exactly_once(pg_server, items_template, lo, width, batch_size, concurrency, crash_at)
