@@ -63,6 +63,18 @@ SQL_CASES = [
 ]
 
 
+def _insert_and_run(engine, url: str, cases: list[tuple[str, str, str, str]]) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Each case's payload inserted by SQL, as a user would, then one pool run over them; ids by case."""
+    ids = {}
+    with engine.begin() as conn:
+        for case, job_type, payload, _ in cases:
+            ids[case] = str(conn.execute(text(
+                "INSERT INTO queue_jobs (type, payload) VALUES (:t, CAST(:p AS jsonb)) RETURNING id"),
+                {"t": job_type, "p": payload}).scalar_one())
+    run_cli(url, "worker", "--concurrency", "2", "--drain")
+    return ids
+
+
 @pytest.fixture(scope="module")
 def rejected(pg_server, template):  # type: ignore[no-untyped-def]
     """Every bad payload inserted by SQL, then one worker pool run over them."""
@@ -70,13 +82,7 @@ def rejected(pg_server, template):  # type: ignore[no-untyped-def]
     url = pg.with_database(pg_server, name)
     engine = make_engine(url)
     seed_demo(engine, 500)
-    ids = {}
-    with engine.begin() as conn:
-        for case, job_type, payload, _ in SQL_CASES:
-            ids[case] = str(conn.execute(text(
-                "INSERT INTO queue_jobs (type, payload) VALUES (:t, CAST(:p AS jsonb)) RETURNING id"),
-                {"t": job_type, "p": payload}).scalar_one())
-    run_cli(url, "worker", "--concurrency", "2", "--drain")
+    ids = _insert_and_run(engine, url, SQL_CASES)
     yield engine, ids
     engine.dispose()
     pg.drop(pg_server, name)
@@ -242,13 +248,7 @@ ARCHIVE_PAYLOADS = [
 
 def test_bad_archive_payloads_inserted_by_sql_fail_clearly_and_touch_nothing(store):
     engine, db_url, before = store
-    ids = {}
-    with engine.begin() as conn:
-        for case, job_type, payload, _ in ARCHIVE_PAYLOADS:
-            ids[case] = str(conn.execute(text(
-                "INSERT INTO queue_jobs (type, payload) VALUES (:t, CAST(:p AS jsonb)) RETURNING id"),
-                {"t": job_type, "p": payload}).scalar_one())
-    run_cli(db_url, "worker", "--drain")
+    ids = _insert_and_run(engine, db_url, ARCHIVE_PAYLOADS)
     with engine.connect() as conn:
         for case, _, _, words in ARCHIVE_PAYLOADS:
             row = conn.execute(text("SELECT status, last_error FROM queue_jobs WHERE id = :i"), {"i": ids[case]}).one()
