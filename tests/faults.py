@@ -86,8 +86,13 @@ class ChaosProxy:
         """Drop or stall a random live connection, ``events`` times (blocking)."""
         for _ in range(events):
             time.sleep(self.rng.uniform(*every))
-            with self.lock:
-                live = [link for link in self.links if not link.closed]
+            deadline = time.monotonic() + 30
+            while True:  # every event hits a connection: wait for the workers to reconnect if none is live
+                with self.lock:
+                    live = [link for link in self.links if not link.closed]
+                if live or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             if not live:
                 continue
             link = self.rng.choice(live)
