@@ -67,8 +67,8 @@ def main() -> None:
               f" {psutil.cpu_count()} cores, {psutil.virtual_memory().total // 2**30} GiB, Python"
               f" {platform.python_version()}, in {(time.perf_counter() - started) / 60:.1f} min. Command:\n\n"
               f"```\n{command}\n```\n\n(`make bench` runs `python -m bench.run $(BENCH_ARGS)`.) Every ratio compares"
-              " runs of the same run on the same data. The machine is shared (other test suites and benchmarks ran"
-              " on it at the same time): read the ratios, not the seconds.\n")
+              " runs of the same run on the same data. Whatever else runs on the machine moves the seconds: read"
+              " the ratios, not the seconds.\n")
     text = header + "\n" + "\n\n".join(sections) + "\n"
     print(text)
     if not args.only:
