@@ -65,7 +65,11 @@ def test_archive_then_unarchive_round_trips_each_layout(engine, db_url, layout):
                   j=job) == expected
     assert scalar(engine, "SELECT sum(events) FROM archive_audit WHERE job_id = :j", j=job) == archived_events > 0
     assert before[HOT[layout]][0] - scalar(engine, f"SELECT count(*) FROM {HOT[layout]}") == archived_events
-    assert job[:8] in run_cli(db_url, "status").stdout  # listed like any other job
+    listed = run_cli(db_url, "status").stdout  # listed like any other job, with its streams and events moved
+    assert job[:8] in listed and f"events moved {archived_events:,}" in listed
+    shown = json.loads(run_cli(db_url, "status", job, "--json").stdout)
+    assert shown["details"] == {"streams_archived": expected, "streams_skipped": 0, "events_moved": archived_events}
+    assert shown["rows_per_second"] > 0 and shown["details_per_second"]["events_moved"] > 0
     summary = json.loads(run_cli(db_url, "archive", "report", job, "--json").stdout)
     assert summary["archived"] == expected and summary["skipped"] == 0 and summary["remaining_candidates"] == 0
     status = json.loads(run_cli(db_url, "archive", "status", "--layout", layout, "--json").stdout)

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from worker import kinds
 from worker.sql import q
 
 
@@ -64,6 +65,26 @@ def job_rows(conn: Connection, job_id: str | None = None, limit: int = 50) -> li
     return out
 
 
+def add_details(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each job kind may add facts of its own (``details(conn, job_ids) -> {job_id: {...}}``): an archive
+    job its streams and events moved. Added per row as ``details``, with the rate of each count."""
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_type.setdefault(r["type"], []).append(r)
+    registry = kinds.kinds()
+    for type_, group in by_type.items():
+        detail = getattr(registry.get(type_), "details", None)
+        if detail is None:
+            continue
+        found = detail(conn, [r["job_id"] for r in group])
+        for r in group:
+            r["details"] = found.get(r["job_id"], {})
+            if r["details"] and r["rows_per_second"] and r["processed_count"]:
+                seconds = r["processed_count"] / r["rows_per_second"]
+                r["details_per_second"] = {k: round(v / seconds, 1) for k, v in r["details"].items()}
+    return rows
+
+
 def human_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -92,6 +113,11 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             note = f"held by gate {r['held_by']} since {r['held_since'][:19].replace('T', ' ')}. {note}"
         if r["slices"]:
             note = f"slices {r['slices_done']}/{r['slices']} done, {r['slices_in_flight']} in flight. {note}"
+        if r.get("details"):
+            rates = r.get("details_per_second") or {}
+            facts = ", ".join(f"{k.replace('_', ' ')} {v:,}" + (f" ({rates[k]:,.0f}/s)" if rates.get(k) else "")
+                              for k, v in r["details"].items())
+            note = f"{facts}. {note}"
         lines.append(
             (
                 r["job_id"][:8],
@@ -103,7 +129,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
                 f"{r['rows_per_second']:.0f}" if r["rows_per_second"] else "-",
                 human_seconds(r["eta_seconds"]),
                 (r["last_checkpoint"] or "-")[:25],
-                note.strip()[:80],
+                note.strip()[:120],
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]

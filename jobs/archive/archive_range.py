@@ -42,7 +42,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 
 from jobs import checks
 from jobs.archive import layouts, selection
@@ -94,6 +94,9 @@ audit AS (
   RETURNING cardinality(actions) AS streams)
 SELECT (SELECT coalesce(sum(streams), 0) FROM audit) AS streams, (SELECT coalesce(sum(n), 0) FROM counts) AS events"""
 XREF_WHY = "cross-referenced by a live stream (use --force)"
+DETAILS = text("""SELECT job_id, count(*) FILTER (WHERE action <> 'skip') AS streams,
+       count(*) FILTER (WHERE action = 'skip') AS skipped, coalesce(sum(events), 0) AS events
+FROM archive_audit WHERE job_id = ANY(CAST(:ids AS uuid[])) GROUP BY job_id""")
 
 
 class ArchiveRange:
@@ -151,6 +154,13 @@ class ArchiveRange:
         metrics.ARCHIVE_STREAMS.labels("skip").inc(streams - len(locked))
         metrics.ARCHIVE_EVENTS.labels("to_hot" if self.unarchive else "to_archive").inc(events)
         return BatchResult(checkpoint=hi, processed=streams, exhausted=hi >= end - 1)
+
+    def details(self, conn: Connection, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """What `tidegate status` adds for these jobs: streams moved and skipped, events moved (from the audit)."""
+        rows = conn.execute(DETAILS, {"ids": job_ids}).all()
+        moved = "events_to_hot" if self.unarchive else "events_moved"
+        return {str(r.job_id): {"streams_" + ("unarchived" if self.unarchive else "archived"): int(r.streams),
+                                "streams_skipped": int(r.skipped), moved: int(r.events)} for r in rows}
 
     def summary(self, engine: Engine, job_id: str) -> dict[str, Any]:
         """What the runtime logs when a run ends: attempted, archived, skipped, failed, elapsed, remaining."""
