@@ -6,7 +6,8 @@ The batch protocol (the heart of tidegate), one transaction per batch:
    re-reads the job's status. No row means the lease was lost: another worker
    owns the slice now, so stop touching it. A status other than pending or
    running (a committed pause or cancel) means stop before doing any work.
-2. The job kind processes the keys after the slice's cursor.
+2. The job kind processes the keys after the slice's cursor (for an adaptive
+   job in time-boxed steps, all in this transaction: ``_steps``).
 3. ``record_batch`` writes failed items, advances the slice cursor and the
    job's counters and watermark, and marks the job done after its last slice.
 4. Commit. Derived rows and checkpoint commit together: a crash anywhere
