@@ -27,7 +27,6 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine
@@ -38,6 +37,7 @@ from worker.errors import InvalidInput
 from worker.gates import Gate, Gates
 from worker.heartbeat import Heartbeat
 from worker.logs import job_ctx
+from worker.one_shots import OneShots
 from worker.states import ACTIVE
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,7 @@ class Worker:
         self._heartbeat = Heartbeat(self, config.lease_seconds)
         self.batches_done = 0
         self.gates = Gates(config.gates)
-        self._one_shots_flowing = False
-        self._careful_one_shots = False  # a handful rolled back: run the next ones in savepoints
+        self.one_shots = OneShots(self.engine, self.kinds, self.one_shot_names, config)
         self._last_plan = 0.0
         self._tail_seconds = 0.0  # moving average of a batch's time after its last step
 
@@ -121,7 +120,7 @@ class Worker:
         """While one-shot jobs keep coming, look for jobs to plan once a second, not before every
         handful: that probe walks past every pending one-shot row."""
         now = time.monotonic()
-        if self._one_shots_flowing and now - self._last_plan < 1.0:
+        if self.one_shots.flowing and now - self._last_plan < 1.0:
             return False
         self._last_plan = now
         return True
@@ -166,57 +165,8 @@ class Worker:
         return True
 
     def run_one_shots(self) -> bool:
-        """Small jobs that need no slices (kinds with ``one_shot``): up to ``claim_batch`` claimed and
-        marked done by one statement and run in the same transaction, so each job's mark commits with
-        its effects. False if none.
-
-        A handful runs without savepoints. If a job raises, the whole transaction rolls back (nothing
-        of it happened: the jobs are pending again, no attempt counted) and the next handfuls run each
-        job in its own savepoint, the failing one moved back for a retry on its own, until a handful
-        runs clean."""
-        self._one_shots_flowing = False
-        if not self.one_shot_names:
-            return False
-        careful = self._careful_one_shots
-        try:
-            with self.engine.begin() as conn:
-                jobs = store.claim_one_shots(conn, self.config.queues, self.one_shot_names, self.config.claim_batch)
-                if not jobs:
-                    return False
-                self._one_shots_flowing = True
-                if careful:
-                    failed = self._one_shots_one_by_one(conn, jobs)
-                else:
-                    for job in jobs:
-                        self.kinds[job.type].run(conn, job.payload)  # type: ignore[attr-defined]
-                    failed = set()
-        except Exception as err:
-            if is_outage(err) or careful:
-                raise
-            self._careful_one_shots = True
-            log.info("a handful of one-shot jobs rolled back (%s: %s); running the next ones one by one",
-                     type(err).__name__, first_line(err))
-            return True
-        self._careful_one_shots = bool(failed)
-        for kind, n in Counter(job.type for job in jobs if job.id not in failed).items():
-            metrics.ONE_SHOT_JOBS.labels(kind, "done").inc(n)
-        return True
-
-    def _one_shots_one_by_one(self, conn: Connection, jobs: list[store.QueueJob]) -> set[str]:
-        """Each claimed job in its own savepoint; those that raise go back for a retry. Returns their ids."""
-        failed = set()
-        for job in jobs:
-            try:
-                with conn.begin_nested():
-                    self.kinds[job.type].run(conn, job.payload)  # type: ignore[attr-defined]
-            except Exception as err:
-                if is_outage(err):
-                    raise
-                failed.add(job.id)
-                metrics.ONE_SHOT_JOBS.labels(job.type, "retried").inc()
-                store.retry_claimed_one_shot(conn, job.id, f"{type(err).__name__}: {first_line(err)}",
-                                             self.config.backoff_base, self.config.backoff_max)
-        return failed
+        """One handful of small jobs (kinds with ``one_shot``, worker/one_shots.py); False if none."""
+        return self.one_shots.run()
 
     # -- slices and batches -------------------------------------------------
 
