@@ -212,7 +212,7 @@ def status_cmd(db: Database, job: str | None, as_json: bool, watch: bool, interv
     def fetch() -> list[dict]:
         with db.engine.connect() as conn:
             job_id = control.find_job(conn, job) if job else None
-            return status.add_details(conn, status.job_rows(conn, job_id, limit))
+            return status.job_rows(conn, job_id, limit)
 
     if watch and not as_json:
         from worker.watch import watch as live

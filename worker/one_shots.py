@@ -74,7 +74,6 @@ class OneShots:
                     raise
                 failed.add(job.id)
                 metrics.ONE_SHOT_JOBS.labels(job.type, "retried").inc()
-                store.retry_claimed_one_shot(conn, job.id, f"{type(err).__name__}: {first_line(err)}",
-                                             self.config.backoff_base, self.config.backoff_max)
+                store.retry_queue_job(conn, job.id, f"{type(err).__name__}: {first_line(err)}",
+                                      self.config.backoff_base, self.config.backoff_max, counted=True)
         return failed
-

@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Connection, Engine
 
@@ -201,7 +201,7 @@ class Worker:
             return "more"  # the slice stays ours; try again after the gate's pause
         started = time.monotonic()
         kind_name = "?"
-        steps = [0]  # rows asked for by each step so far (one step unless adaptive)
+        size, box = 0, None
         try:
             with self.engine.begin() as conn:
                 state = store.begin_batch(conn, job_id, slice_no, self.id)
@@ -216,7 +216,6 @@ class Worker:
                 if state.knobs.row_limit is not None:  # canary batches of a job run one at a time
                     processed = store.locked_processed_count(conn, job_id)
                 size = throttle.batch_size(state.knobs, state.batch_size_now, processed)
-                steps[-1] = size
                 if state.status in ACTIVE and size <= 0:  # resumed with its canary limit still used up
                     store.pause_self(conn, job_id, "canary limit reached")
                 if state.status not in ACTIVE or size <= 0 or state.over_concurrency:
@@ -234,13 +233,14 @@ class Worker:
                                               end_key) or end_key
                 cursor = keys.decode(state.key_type, state.checkpoint)
                 end = keys.decode(state.key_type, end_key)
+                ctx = kinds.BatchContext(job_id, slice_no, state.params, state.key_type, size)
+                kind = self.kinds[state.kind]
                 if state.knobs.target_batch_seconds:
                     box = throttle.TimeBox(state.knobs, state.batch_size_now, size, self._tail_seconds)
-                    result = self._steps(conn, box, steps, state, job_id, slice_no, cursor, end, started)
+                    result = self._steps(conn, kind, ctx, box, cursor, end, started)
                     next_size = box.estimate()
                 else:
-                    ctx = kinds.BatchContext(job_id, slice_no, state.params, state.key_type, size)
-                    result = self.kinds[state.kind].process(conn, ctx, cursor, end)
+                    result = kind.process(conn, ctx, cursor, end)
                     next_size = state.batch_size_now
                 work_done = time.monotonic()
                 job_done, paused = store.record_batch(
@@ -250,8 +250,9 @@ class Worker:
         except Exception as err:  # the batch rolled back
             if is_outage(err):
                 raise  # not the batch's fault: no attempt is counted
-            if is_timeout(err) and steps[-1] > 1:  # a step ran 4x over the target: a quarter of its rows fit
-                self._shrink(job_id, slice_no, max(1, steps[-1] // 4))
+            asked = box.asked if box is not None else size
+            if is_timeout(err) and asked > 1:  # a step ran 4x over the target: a quarter of its rows fit
+                self._shrink(job_id, slice_no, max(1, asked // 4))
                 return "more"
             self._fail_attempt(job_id, slice_no, kind_name, err)
             return "failed"
@@ -284,27 +285,25 @@ class Worker:
             self.stop.wait(wait)
         return "more"
 
-    def _steps(self, conn: Connection, box: throttle.TimeBox, steps: list[int], state: store.BatchState,
-               job_id: str, slice_no: int, cursor: keys.Key, end: keys.Key, started: float) -> kinds.BatchResult:
+    @staticmethod
+    def _steps(conn: Connection, kind: kinds.JobKind, ctx: kinds.BatchContext, box: throttle.TimeBox,
+               cursor: keys.Key, end: keys.Key, started: float) -> kinds.BatchResult:
         """An adaptive batch: the kind's process called step after step, in the batch's transaction,
         each step sized by ``box`` from the cost of those before it, until the target is spent."""
-        kind = self.kinds[state.kind]
         processed, errors = 0, []
-        steps[-1] = box.first_step()
+        rows = box.first_step()
         while True:
             step_started = time.monotonic()
-            ctx = kinds.BatchContext(job_id, slice_no, state.params, state.key_type, steps[-1])
-            result = kind.process(conn, ctx, cursor, end)
+            result = kind.process(conn, replace(ctx, batch_size=rows), cursor, end)
             now = time.monotonic()
             processed += result.processed
             errors += result.errors
             cursor = result.checkpoint
             if result.exhausted:
                 break
-            n = box.next_step(result.processed, now - step_started, now - started)
-            if n <= 0:
+            rows = box.next_step(result.processed, now - step_started, now - started)
+            if rows <= 0:
                 break
-            steps.append(n)
         return kinds.BatchResult(checkpoint=cursor, processed=processed, exhausted=result.exhausted, errors=errors)
 
     def _log_summary(self, job_id: str, kind_name: str) -> None:

@@ -12,6 +12,7 @@ from worker.sql import q
 
 
 def job_rows(conn: Connection, job_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """Status rows (newest first), with the facts each job kind adds (``add_details``)."""
     now = datetime.now(UTC)
     out = []
     for r in conn.execute(q("job_status"), {"job_id": job_id, "limit": limit}).mappings():
@@ -62,7 +63,7 @@ def job_rows(conn: Connection, job_id: str | None = None, limit: int = 50) -> li
                 "finished_at": r["finished_at"].isoformat() if r["finished_at"] else None,
             }
         )
-    return out
+    return add_details(conn, out)
 
 
 def add_details(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

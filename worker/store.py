@@ -136,15 +136,11 @@ def claim_one_shots(conn: Connection, queues: list[str], types: list[str], limit
     return [QueueJob(str(r.id), r.type, r.payload, r.queue, r.priority, r.attempts, r.max_attempts) for r in rows]
 
 
-def retry_claimed_one_shot(conn: Connection, job_id: str, error: str, backoff_base: float,
-                           backoff_max: float) -> None:
-    conn.execute(q("retry_claimed_one_shot"), {"job_id": job_id, "error": error, "backoff_base": backoff_base,
-                                               "backoff_max": backoff_max})
-
-
-def retry_queue_job(conn: Connection, job_id: str, error: str, backoff_base: float, backoff_max: float) -> None:
+def retry_queue_job(conn: Connection, job_id: str, error: str, backoff_base: float, backoff_max: float,
+                    counted: bool = False) -> None:
+    """Back off or fail; ``counted``: the claim already counted this attempt (one-shot jobs)."""
     conn.execute(q("retry_queue_job"), {"job_id": job_id, "error": error, "backoff_base": backoff_base,
-                                        "backoff_max": backoff_max})
+                                        "backoff_max": backoff_max, "add": 0 if counted else 1})
 
 
 def fail_queue_job(conn: Connection, job_id: str, error: str) -> None:

@@ -51,6 +51,7 @@ class TimeBox:
         self.tail = tail
         self.rows = 0
         self.steps = 0
+        self.asked = 0  # rows of the last step asked for (a step that times out says how many were too many)
 
     def first_step(self) -> int:
         return self._rows(STEP_SHARE * self.target / self.cost, growth_from=None)
@@ -74,7 +75,8 @@ class TimeBox:
     def _rows(self, n: float, growth_from: int | None) -> int:
         if growth_from is not None:
             n = min(n, GROWTH * max(growth_from, 1))
-        return max(1, min(round(n), self.cap - self.rows))
+        self.asked = max(1, min(round(n), self.cap - self.rows))
+        return self.asked
 
     def estimate(self) -> int:
         """The slice's new estimate of the rows that fit in the target, within min/max."""

@@ -48,7 +48,7 @@ class Api:
     def jobs(self, job: str | None = None) -> Any:
         with self.engine.connect() as conn:
             job_id = control.find_job(conn, job) if job else None
-            rows = status.add_details(conn, status.job_rows(conn, job_id, 100))
+            rows = status.job_rows(conn, job_id, 100)
         return rows[0] if job else rows
 
     def errors(self, job: str, limit: int = 50) -> list[dict[str, Any]]:

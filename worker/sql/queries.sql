@@ -41,7 +41,7 @@ FOR UPDATE SKIP LOCKED;
 -- name: claim_one_shots
 -- description: Take a handful of small jobs (kinds that need no slices) to run in this transaction,
 -- marked done in the same statement: they run before it commits, so the mark commits with their
--- effects or not at all (a job that raises is moved back by retry_claimed_one_shot). The rows are
+-- effects or not at all (a job that raises is moved back by retry_queue_job, counted). The rows are
 -- found once, by the claim index, instead of again by id in a second statement.
 -- One ordered scan of queue_jobs_claim_idx per queue (queue = ANY(...) cannot use the index's order,
 -- which meant a sort of every pending row per claim); with several queues the surplus rows stay
@@ -69,23 +69,14 @@ FROM claimed c
 WHERE q.id = c.id
 RETURNING q.id, q.type, q.payload, q.queue, q.priority, q.attempts, q.max_attempts;
 
--- name: retry_claimed_one_shot
--- description: A claimed small job that raised: back off (its attempt is counted already), or fail.
-UPDATE queue_jobs
-SET last_error = :error, updated_at = now(),
-    status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END,
-    finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
-    run_after = now() + make_interval(secs => LEAST(:backoff_max, :backoff_base * 2 ^ (attempts - 1))
-                                              * (0.8 + random() * 0.4))
-WHERE id = :job_id;
-
 -- name: retry_queue_job
 -- description: A queue job whose run (or planning) broke: back off, or fail once out of attempts.
+-- :add is 1, or 0 when the claim counted the attempt already (one-shot jobs).
 UPDATE queue_jobs
-SET attempts = attempts + 1, last_error = :error, updated_at = now(),
-    status = CASE WHEN attempts + 1 >= max_attempts THEN 'failed' ELSE 'pending' END,
-    finished_at = CASE WHEN attempts + 1 >= max_attempts THEN now() END,
-    run_after = now() + make_interval(secs => LEAST(:backoff_max, :backoff_base * 2 ^ attempts)
+SET attempts = attempts + :add, last_error = :error, updated_at = now(),
+    status = CASE WHEN attempts + :add >= max_attempts THEN 'failed' ELSE 'pending' END,
+    finished_at = CASE WHEN attempts + :add >= max_attempts THEN now() END,
+    run_after = now() + make_interval(secs => LEAST(:backoff_max, :backoff_base * 2 ^ (attempts + :add - 1))
                                               * (0.8 + random() * 0.4))
 WHERE id = :job_id;
 
