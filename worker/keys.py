@@ -79,11 +79,13 @@ def after(key: Key) -> Key:
     return key + _MICRO if isinstance(key, datetime) else key + 1
 
 
-def midpoint(cursor: Key, end: Key) -> Key | None:
-    """A cut inside the open range (cursor, end): None when there is no room for two pieces."""
+def midpoint(cursor: Key, end: Key, min_width: int = 3) -> Key | None:
+    """A cut inside the open range (cursor, end): None when there is no room for two pieces, or, for
+    integer keys, when fewer than ``min_width`` keys are left (the runner passes two batches: such a
+    slice holds at most two batches of rows, and finishing it beats handing half of it over)."""
     if isinstance(cursor, datetime):
         assert isinstance(end, datetime)
         width = (end - cursor) // _MICRO
         return cursor + _MICRO * (width // 2) if width >= 3 else None
     assert isinstance(end, int)
-    return cursor + (end - cursor) // 2 if end - cursor >= 3 else None
+    return cursor + (end - cursor) // 2 if end - cursor >= max(3, min_width) else None

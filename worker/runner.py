@@ -39,6 +39,7 @@ from worker.heartbeat import Heartbeat
 from worker.logs import job_ctx
 from worker.one_shots import OneShots
 from worker.states import ACTIVE
+from worker.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,11 @@ class WorkerConfig:
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, stop: threading.Event | None = None) -> None:
+    def __init__(self, config: WorkerConfig, stop: threading.Event | None = None,
+                 wakeup: Wakeup | None = None) -> None:
         self.config = config
         self.stop = stop or threading.Event()
+        self.wakeup = wakeup or Wakeup()  # shared by a pool's workers (worker/wakeup.py)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.kinds = kinds.kinds()
         wanted = set(config.types) or set(self.kinds)
@@ -84,6 +87,7 @@ class Worker:
         outages = 0
         try:
             while not self.stop.is_set():
+                seen = self.wakeup.seen()
                 try:
                     if self._plan_due() and self.plan_one() or self.run_one_shots() or self.work_one_slice():
                         outages = 0
@@ -104,7 +108,7 @@ class Worker:
                                 self.id, first_line(err), delay)
                     self.stop.wait(delay)
                     continue
-                self.stop.wait(self.config.poll_seconds * random.uniform(0.5, 1.0))
+                self.wakeup.wait(seen, self.config.poll_seconds * random.uniform(0.5, 1.0), self.stop)
         finally:
             self._heartbeat.stop()
             try:
@@ -159,6 +163,7 @@ class Worker:
                 return True
             store.store_plan(conn, job.id, job.type, plan)
             store.audit(conn, "tidegate", "plan", job.id, {"slices": len(plan.slices), "params": plan.params})
+        self.wakeup.notify()  # its other slices are claimable now
         log.info("job %s (%s) planned: %d slice(s), batch_size=%d", job.id, job.type, len(plan.slices),
                  plan.batch_size, extra=job_ctx(job.id, kind=job.type, slices=len(plan.slices),
                                                 batch_size=plan.batch_size, rows_estimate=plan.total_estimate))
@@ -179,6 +184,7 @@ class Worker:
                 if split is not None:
                     log.info("job %s: slice %d split for more concurrency", *split, extra=job_ctx(*split))
                     claimed = store.claim_slice(conn, self.id, self.config.queues, self.kind_names)
+                    self.wakeup.notify()
         if claimed is None:
             return False
         job, n = claimed.job_id, claimed.slice_no
@@ -201,7 +207,7 @@ class Worker:
             return "more"  # the slice stays ours; try again after the gate's pause
         started = time.monotonic()
         kind_name = "?"
-        size, box = 0, None
+        size, box, cut = 0, None, None
         try:
             with self.engine.begin() as conn:
                 state = store.begin_batch(conn, job_id, slice_no, self.id)
@@ -229,8 +235,9 @@ class Worker:
                     conn.execute(store.q("local_statement_timeout"), {"ms": str(timeout)})
                 end_key = state.end_key
                 if state.short_of_slices:  # the new half waits, unowned, for an idle worker
-                    end_key = store.cut_slice(conn, job_id, slice_no, state.key_type, state.checkpoint,
-                                              end_key) or end_key
+                    cut = store.cut_slice(conn, job_id, slice_no, state.key_type, state.checkpoint, end_key,
+                                          min_width=2 * size)
+                    end_key = cut or end_key
                 cursor = keys.decode(state.key_type, state.checkpoint)
                 end = keys.decode(state.key_type, end_key)
                 ctx = kinds.BatchContext(job_id, slice_no, state.params, state.key_type, size)
@@ -257,6 +264,8 @@ class Worker:
             self._fail_attempt(job_id, slice_no, kind_name, err)
             return "failed"
         elapsed = time.monotonic() - started
+        if cut or result.exhausted:  # a new half to claim, or a slice (maybe a drain) done
+            self.wakeup.notify()
         # what a batch costs after its last step (bookkeeping, commit): the next time box leaves room for it
         self._tail_seconds = 0.7 * self._tail_seconds + 0.3 * (started + elapsed - work_done)
         metrics.BATCHES.labels(kind_name).inc()

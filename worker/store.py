@@ -297,9 +297,10 @@ def split_one(conn: Connection, queues: list[str], kinds: list[str]) -> tuple[st
 
 
 def cut_slice(conn: Connection, job_id: str, slice_no: int, key_type: keys.KeyType, checkpoint: str,
-              end_key: str) -> str | None:
-    """Cut a slice (locked by the caller) in two; the slice's new end key, or None when it is too small."""
-    cut = keys.midpoint(keys.decode(key_type, checkpoint), keys.decode(key_type, end_key))
+              end_key: str, min_width: int = 3) -> str | None:
+    """Cut a slice (locked by the caller) in two; the slice's new end key, or None when it is too small
+    (``min_width``: integer keys left, see :func:`keys.midpoint`)."""
+    cut = keys.midpoint(keys.decode(key_type, checkpoint), keys.decode(key_type, end_key), min_width)
     if cut is None:
         return None
     new_end = keys.encode(keys.after(cut))
