@@ -7,6 +7,10 @@
    fresh copy of the same data. Every run must leave the same archive (checksum of seq,
    stream, version). Read models and the cross-reference check are left out of the layout so both sides do the
    same work.
+   The issue's bare prototype runs too, on the same data: batches of 1,000 streams locked FOR
+   UPDATE, their events moved with ``stream_id = ANY(...)``, the streams marked and a checkpoint
+   row advanced, one transaction each, with no queue, lease, audit or plan. It shows what the
+   method itself measures on this machine, next to what tidegate adds to it.
 2. The seed's UAT baseline on a Marten schema: 16,669 non-LuckBox streams in six entity types
    with the seed table's create-only / with-updates split, next to as many LuckBox streams;
    one archive-range --where DataSource!=LuckBox, end to end (enqueue, plan, run): wall time.
@@ -16,7 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
+import threading
 import time
 from importlib import resources
 from pathlib import Path
@@ -28,6 +34,7 @@ from bench.common import cli, engine_for, run_pool, scratch_database, server_url
 STREAMS = 100_000
 PER_STREAM = 10
 BATCH = 1_000  # streams per batch (10,000 events): archive-range's default
+ROUNDS = 3
 FILL = [
     "TRUNCATE es_stream_summaries, es_stream_summaries_archive, es_events, es_events_archive, es_streams",
     "SELECT setval('es_events_seq_seq', 1, false)",
@@ -44,6 +51,14 @@ moved AS (DELETE FROM es_events e USING sel WHERE e.stream_id = sel.id RETURNING
 ins AS (INSERT INTO es_events_archive SELECT * FROM moved)
 UPDATE es_streams s SET archived_at = now(), archived_by = 'bench', archive_reason = 'bench'
 FROM sel WHERE s.id = sel.id"""
+PROTO = [  # the prototype's batch: lock, move, mark, checkpoint (bench-owned names, not input)
+    "SELECT id FROM es_streams WHERE id = ANY(%(ids)s) AND archived_at IS NULL ORDER BY id FOR UPDATE",
+    "WITH moved AS (DELETE FROM es_events WHERE stream_id = ANY(%(locked)s) RETURNING *)"
+    " INSERT INTO es_events_archive SELECT * FROM moved",
+    "UPDATE es_streams SET archived_at = now(), archived_by = 'bench', archive_reason = 'bench'"
+    " WHERE id = ANY(%(locked)s)",
+    "UPDATE bench_checkpoint SET done = %(done)s WHERE part = %(part)s",
+]
 # the job's own time: from its plan (backfill_jobs.started_at, the planning transaction) to its last batch
 JOB_SECONDS = "SELECT extract(epoch FROM finished_at - started_at) FROM backfill_jobs WHERE job_id = :id"
 CHECK = ("SELECT count(*) AS n, md5(string_agg(seq || ':' || stream_id || ':' || version, ',' ORDER BY seq)) AS sum"
@@ -76,6 +91,41 @@ def _single(engine, streams: int, per: int) -> dict:  # type: ignore[no-untyped-
     return {"seconds": seconds, "check": check}
 
 
+def _prototype(engine, url: str, streams: int, per: int, conc: int) -> dict:  # type: ignore[no-untyped-def]
+    """The bare prototype at ``conc`` connections, each taking its share of the selection in disk order."""
+    import psycopg
+
+    from worker.db import libpq_url
+
+    _fill(engine, streams, per)
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_checkpoint (part int PRIMARY KEY, done bigint NOT NULL)")
+        conn.execute("TRUNCATE bench_checkpoint")
+        conn.execute("INSERT INTO bench_checkpoint SELECT g, 0 FROM generate_series(0, %s) g", (conc - 1,))
+        ids = [r[0] for r in conn.execute("SELECT id FROM es_streams WHERE type <> 'keep' ORDER BY ctid")]
+    parts = [ids[len(ids) * k // conc:len(ids) * (k + 1) // conc] for k in range(conc)]
+
+    def work(part: int) -> None:
+        with psycopg.connect(libpq_url(url)) as conn:
+            for i in range(0, len(parts[part]), BATCH):
+                locked = [r[0] for r in conn.execute(PROTO[0], {"ids": parts[part][i:i + BATCH]})]
+                for statement in PROTO[1:]:
+                    conn.execute(statement, {"locked": locked, "done": i + BATCH, "part": part})
+                conn.commit()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(conc)]  # psycopg waits without the GIL
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - started
+    with engine.connect() as conn:
+        check = tuple(conn.execute(text(CHECK)).one())
+    print(f"bare prototype c{conc}: {seconds:.1f}s", flush=True)
+    return {"seconds": seconds, "check": check}
+
+
 def _layout_without_read_models(tmp: Path) -> Path:
     source = resources.files("jobs.archive").joinpath("layouts/tidegate.toml").read_text()
     path = tmp / "bench-layout.toml"
@@ -83,36 +133,56 @@ def _layout_without_read_models(tmp: Path) -> Path:
     return path
 
 
-def run(url: str | None = None, streams: int = STREAMS, per: int = PER_STREAM) -> dict:
+def _tidegate(engine, db: str, layout: Path, streams: int, per: int, conc: int) -> dict:  # type: ignore[no-untyped-def]
+    _fill(engine, streams, per)
+    job = cli(db, "enqueue", "archive-range", "--layout", str(layout), "--where", "type != keep",
+              "--batch-size", str(BATCH), "--concurrency", str(conc), "--reason", "bench", "--owner",
+              "bench", "--apply", "--yes").splitlines()[0]
+    seconds, rss = run_pool(db, conc)
+    with engine.connect() as conn:
+        check = tuple(conn.execute(text(CHECK)).one())
+        job_seconds = float(conn.execute(text(JOB_SECONDS), {"id": job}).scalar())
+    print(f"archive-range c{conc}: {seconds:.1f}s wall, job {job_seconds:.1f}s", flush=True)
+    return {"seconds": seconds, "job_seconds": job_seconds, "rss_mb": rss, "check": check}
+
+
+def run(url: str | None = None, streams: int = STREAMS, per: int = PER_STREAM, rounds: int = ROUNDS) -> dict:
+    """``rounds`` rounds, each: the single statement, the prototype and tidegate at 1 and 2, on fresh
+    copies of the same data. Each ratio is taken within its round (the machine drifts between
+    rounds: the single statement alone has varied 2.7-4.4 s in one hour), and the median is kept."""
     server = url or server_url()
-    out: dict = {"streams": streams, "events": streams * per}
+    out: dict = {"streams": streams, "events": streams * per, "rounds": []}
     with scratch_database(server) as db, tempfile.TemporaryDirectory() as tmp:
         engine = engine_for(db)
         with engine.connect() as conn:
             out["server"] = conn.execute(text("SHOW server_version")).scalar()
-        singles = [_single(engine, streams, per)]  # timed before the tidegate runs, and again after
         layout = _layout_without_read_models(Path(tmp))
-        for conc in (1, 2):
-            _fill(engine, streams, per)
-            job = cli(db, "enqueue", "archive-range", "--layout", str(layout), "--where", "type != keep",
-                      "--batch-size", str(BATCH), "--concurrency", str(conc), "--reason", "bench", "--owner",
-                      "bench", "--apply", "--yes").splitlines()[0]
-            seconds, rss = run_pool(db, conc)
-            with engine.connect() as conn:
-                check = tuple(conn.execute(text(CHECK)).one())
-                job_seconds = float(conn.execute(text(JOB_SECONDS), {"id": job}).scalar())
-            out[f"c{conc}"] = {"seconds": seconds, "job_seconds": job_seconds, "rss_mb": rss, "check": check}
-        singles.append(_single(engine, streams, per))
-        single = {"seconds": sum(x["seconds"] for x in singles) / 2, "runs": [x["seconds"] for x in singles],
-                  "check": singles[0]["check"]}
-        out["single_statement"] = single
-        for conc in (1, 2):
-            x = out[f"c{conc}"]
-            x.update(ratio=single["seconds"] / x["seconds"], job_ratio=single["seconds"] / x["job_seconds"],
-                     same_data=x["check"] == single["check"] == singles[1]["check"])
-            print(f"archive-range c{conc}: {x['seconds']:.1f}s wall (ratio {x['ratio']:.2f}), job"
-                  f" {x['job_seconds']:.1f}s (ratio {x['job_ratio']:.2f}), same data {x['same_data']}", flush=True)
+        for _ in range(rounds):
+            single = _single(engine, streams, per)
+            r = {"single": single}
+            for conc in (1, 2):
+                r[f"proto_c{conc}"] = _prototype(engine, db, streams, per, conc)
+                r[f"c{conc}"] = _tidegate(engine, db, layout, streams, per, conc)
+            for key in ("proto_c1", "proto_c2", "c1", "c2"):
+                x = r[key]
+                x.update(ratio=single["seconds"] / x["seconds"], same_data=x["check"] == single["check"])
+                if "job_seconds" in x:
+                    x["job_ratio"] = single["seconds"] / x["job_seconds"]
+            out["rounds"].append(r)
         engine.dispose()
+    for key in ("single", "proto_c1", "proto_c2", "c1", "c2"):
+        runs = [r[key] for r in out["rounds"]]
+        out[key] = {k: statistics.median(x[k] for x in runs) for k in ("seconds", "job_seconds", "ratio",
+                                                                       "job_ratio", "rss_mb") if k in runs[0]}
+        out[key]["same_data"] = all(x.get("same_data", True) for x in runs)
+        out[key]["check"] = runs[0]["check"]
+        for k in ("ratio", "job_ratio"):
+            if k in runs[0]:
+                out[key][k + "_range"] = (min(x[k] for x in runs), max(x[k] for x in runs))
+        if key != "single":
+            x = out[key]
+            print(f"{key}: median ratio {x['ratio']:.2f} wall" + (f", {x['job_ratio']:.2f} job" if "job_ratio" in x
+                                                                 else ""), flush=True)
     out["uat"] = uat(server)
     return out
 
@@ -164,25 +234,40 @@ def uat(server: str) -> dict:
 
 
 def report(r: dict) -> str:
-    s = r["single_statement"]
+    s = r["single"]
     moved = s["check"][0]
+    n = len(r["rounds"])
+    singles = ", ".join(f"{x['single']['seconds']:.1f}" for x in r["rounds"])
+
+    def ratio(x: dict, k: str) -> str:
+        lo, hi = x[k + "_range"]
+        return f"{x[k]:.2f} ({lo:.2f}-{hi:.2f})"
+
     lines = [f"### archive-range vs one WITH moved AS (DELETE ... RETURNING *) INSERT statement"
              f" ({r['events']:,} events in {r['streams']:,} streams, {moved:,} events moved,"
-             f" PostgreSQL {r['server']})", "",
-             "| run | seconds, wall | ratio | seconds, job | ratio | events/s (job) | same archive |"
-             " peak worker RSS |", "|---|---|---|---|---|---|---|---|",
-             f"| single statement (mean of {' and '.join(f'{v:.1f}' for v in s['runs'])} s) | {s['seconds']:.1f} |"
-             f" 1.00 | {s['seconds']:.1f} | 1.00 | {moved / s['seconds']:,.0f} | - | - |"]
+             f" PostgreSQL {r['server']}, median of {n} rounds)", "",
+             "| run | seconds, wall | ratio, wall (range) | seconds, job | ratio, job (range) | events/s (job) |"
+             " same archive | peak worker RSS |", "|---|---|---|---|---|---|---|---|",
+             f"| single statement ({singles} s) |"
+             f" {s['seconds']:.1f} | 1.00 | {s['seconds']:.1f} | 1.00 | {moved / s['seconds']:,.0f} | - | - |"]
+    for conc in (1, 2):
+        x = r[f"proto_c{conc}"]
+        lines.append(f"| the issue's bare prototype, batches of {BATCH:,}, {conc} connection(s) | {x['seconds']:.1f} |"
+                     f" {ratio(x, 'ratio')} | - | - | {moved / x['seconds']:,.0f} (wall) |"
+                     f" {'yes' if x['same_data'] else 'NO'} | - |")
     for conc in (1, 2):
         x = r[f"c{conc}"]
         lines.append(f"| archive-range, batches of {BATCH:,} streams, concurrency {conc} | {x['seconds']:.1f} |"
-                     f" {x['ratio']:.2f} | {x['job_seconds']:.1f} | {x['job_ratio']:.2f} |"
+                     f" {ratio(x, 'ratio')} | {x['job_seconds']:.1f} | {ratio(x, 'job_ratio')} |"
                      f" {moved / x['job_seconds']:,.0f} | {'yes' if x['same_data'] else 'NO'} |"
                      f" {x['rss_mb']:.0f} MiB |")
     lines += ["", "Wall: from launching `tidegate worker --drain` to its exit (interpreter start, connections,"
                   " the drain check). Job: from the job's planning transaction to its last batch"
-                  " (backfill_jobs.started_at to finished_at), the archiving work itself. The single statement is"
-                  " timed on the same fresh data before and after the tidegate runs; its mean is the baseline."]
+                  " (backfill_jobs.started_at to finished_at), the archiving work itself. Each round times the"
+                  " single statement, then the prototype and tidegate at 1 and 2, each on a fresh copy of the same"
+                  " data; a ratio is taken within its round, and the table shows the median over the rounds and"
+                  " their range. The bare prototype (no queue, plan, lease or audit; the ids in the bench's memory)"
+                  " is timed from its first batch to its last commit."]
     u = r["uat"]
     lines += ["", f"The Marten runbook's UAT example (16,669 non-LuckBox streams in six types, as many LuckBox"
                   f" streams; discover, enqueue, plan and archive at concurrency 2): {u['archived_streams']:,}"

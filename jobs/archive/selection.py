@@ -146,8 +146,9 @@ COUNT_EVENTS = "(SELECT count(*) FROM {src} e WHERE e.{estream} = s.{key})"
 
 def candidates(conn: Connection, layout: Layout, sel: dict[str, Any], *, unarchive: bool,
                count_events: bool = True) -> Query:
-    """The streams a job selects, ordered by stream key (``--limit`` keeps the first N), with each
-    row's position on disk (``pos``, the order :func:`snapshot` numbers them in).
+    """The streams a job selects (``--limit`` keeps the first N by stream key), with each row's
+    position on disk (``pos``, the order :func:`snapshot` numbers them in). Unordered otherwise:
+    ordering by key would cost an index scan of the streams table and a sort for nothing.
 
     ``count_events`` adds each stream's event count (the discovery report's create-only vs
     with updates); a worker planning the job leaves it out, as the batches count what they move."""
@@ -188,9 +189,9 @@ def candidates(conn: Connection, layout: Layout, sel: dict[str, Any], *, unarchi
     sql = SELECT.replace("EVENTS", COUNT_EVENTS if count_events else "0")
     sql = sql.replace("POS", "s.ctid" if physical else "s.{key}")  # a view has no ctid
     sql = sql.replace("STYPE", "CAST(s.{stype} AS text)" if stype is not None else "CAST(NULL AS text)")
-    sql = sql.replace("STATE", "\n  AND ".join(conds)) + "\nORDER BY s.{key}"
-    if sel.get("limit"):
-        sql += "\nLIMIT :limit"
+    sql = sql.replace("STATE", "\n  AND ".join(conds))
+    if sel.get("limit"):  # the first N by key; without a limit the order is the snapshot's (pos)
+        sql += "\nORDER BY s.{key}\nLIMIT :limit"
         params["limit"] = int(sel["limit"])
     used = {name for _, name, _, _ in string.Formatter().parse(sql) if name}
     return Query(sql, {k: v for k, v in idents.items() if k in used}, params)
