@@ -34,10 +34,6 @@ class RecordingWakeup(Wakeup):
         return super().wait(seen, timeout, stop)
 
 
-def _notify_from_child(wakeup: Wakeup) -> None:
-    wakeup.notify()
-
-
 def _notify_forever(wakeup: Wakeup) -> None:
     while True:
         wakeup.notify()
@@ -51,20 +47,7 @@ def test_a_notify_between_looking_and_waiting_is_not_lost():
     assert wakeup.wait(wakeup.seen(), 0.05, stop) is False  # nothing new: sleeps out its timeout
 
 
-def test_a_pool_wakeup_crosses_processes():
-    ctx = mp.get_context("spawn")
-    wakeup, stop = Wakeup(ctx), threading.Event()
-    seen = wakeup.seen()
-    child = ctx.Process(target=_notify_from_child, args=(wakeup,))
-    child.start()
-    try:
-        assert wakeup.wait(seen, HOUR, stop) is True
-    finally:
-        child.join(30)
-    assert child.exitcode == 0
-
-
-def test_a_worker_killed_while_notifying_leaves_the_wakeup_working():
+def test_a_notify_crosses_processes_and_a_worker_killed_while_notifying_leaves_it_working():
     """SIGKILL lands anywhere: a process-shared lock held by the dead worker would hang its siblings."""
     ctx = mp.get_context("spawn")
     wakeup, stop = Wakeup(ctx), threading.Event()
