@@ -184,7 +184,6 @@ class Worker:
                 if split is not None:
                     log.info("job %s: slice %d split for more concurrency", *split, extra=job_ctx(*split))
                     claimed = store.claim_slice(conn, self.id, self.config.queues, self.kind_names)
-                    self.wakeup.notify()
         if claimed is None:
             return False
         job, n = claimed.job_id, claimed.slice_no
