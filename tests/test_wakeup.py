@@ -6,6 +6,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import subprocess
+import sys
 import threading
 
 from sqlalchemy import text
@@ -94,3 +96,23 @@ def test_a_slice_narrower_than_two_batches_is_not_cut():
     assert keys.midpoint(0, 100, min_width=40) == 50
     assert keys.midpoint(0, 39, min_width=40) is None  # finishing 39 keys beats handing half of them over
     assert keys.midpoint(0, 3) == 1 and keys.midpoint(0, 2) is None
+
+
+SIGNAL_IN_THE_LOCK = """
+import os, signal, threading
+from worker.signals import on_signals
+stop = threading.Event()
+on_signals(lambda signum: stop.set())
+with stop._cond:  # the instant inside Event.wait when the main thread holds the event's own lock
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(100_000):  # the Python-level handler runs here, in this thread, lock held
+        pass
+print("stopped" if stop.wait(30) else "not stopped")
+"""
+
+
+def test_a_sigterm_landing_while_the_main_thread_holds_the_stop_events_lock_still_stops_it():
+    """The hang CI hit once: a handler calling stop.set() in the main thread, inside Event.wait's lock.
+    With the handler of worker/signals.py the signal is acted on from a thread of its own."""
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_IN_THE_LOCK], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "stopped"), proc.stderr

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import replace
 
-from worker import maintenance
+from worker import maintenance, signals
 from worker.db import make_engine
 from worker.logs import setup_logging
 from worker.maintenance import RetentionConfig
@@ -45,12 +45,11 @@ def _worker_main(config: WorkerConfig, index: int, log_level: str, log_format: s
         pass  # not Linux: orphans then stop at their next lease check
     stop = threading.Event()
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def on_signal(signum: int) -> None:  # on the signal watcher's thread (worker/signals.py)
         log.info("received %s: finishing the batch in flight, then exiting", signal.Signals(signum).name)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signals.on_signals(on_signal)
     code = Worker(config, stop, wakeup).run()
     # Connections are closed and logs flushed: skip the interpreter's teardown of every module
     # and object (about 0.3 s with SQLAlchemy loaded), as multiprocessing does for forked children.
@@ -83,17 +82,16 @@ def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", lo
         p.start()
         procs[index] = p
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def on_signal(signum: int) -> None:  # on the signal watcher's thread (worker/signals.py)
         if stopping.is_set():
             return
-        log.info("pool: %s received, draining %d worker(s)", signal.Signals(signum).name, len(procs))
+        running = [p for p in list(procs.values()) if p.pid and p.is_alive()]
+        log.info("pool: %s received, draining %d worker(s)", signal.Signals(signum).name, len(running))
         stopping.set()
-        for p in procs.values():
-            if p.pid and p.is_alive():
-                os.kill(p.pid, signal.SIGTERM)
+        for p in running:
+            os.kill(p.pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signals.on_signals(on_signal)
     for i in range(concurrency):
         start(i)
     log.info("pool: %d worker process(es) started (queues=%s)", concurrency, ",".join(config.queues))

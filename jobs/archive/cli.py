@@ -221,13 +221,13 @@ def archive_guard(db: Database, layout: str, mode: str, actor: str) -> None:
 def watch_deletions(db: Database, layout: str, mapping: tuple[str, ...], name: str, owner: str, interval: float,
                     lookback: int, batch_size: int, once: bool, actor: str) -> None:
     """Tail the events table for deletion events and enqueue archive-range work for their streams."""
-    import signal
     import threading
 
     from jobs.archive import watch
+    from worker import signals
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signals.on_signals(lambda _signum: stop.set())  # SIGTERM or SIGINT stop it between polls
     spec = layout if layout in layouts.SHIPPED else layouts.load_spec(layout)
     pairs = watch.parse_map(mapping)
     while True:

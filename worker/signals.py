@@ -1,0 +1,60 @@
+"""SIGTERM and SIGINT handled on a thread of their own, so a handler can never deadlock.
+
+A Python signal handler runs in the main thread between two bytecodes, maybe while that
+thread holds a lock the handler then needs. ``threading.Event.set()`` takes the event's
+lock, which is not reentrant, and the main thread holds that lock for an instant every time
+it enters or leaves ``Event.wait``. A worker idling in 50 ms waits does that twenty times a
+second, and a SIGTERM that landed in that instant hung it for good (once in about thirty
+pool shutdowns under load, in CI).
+
+So the Python-level handler does nothing. The C-level handler writes the signal's number to
+a pipe (``signal.set_wakeup_fd``), and a watcher thread reads the pipe and runs the callback
+like any other code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _nothing(_signum: int, _frame: object) -> None:
+    """A Python handler must be installed, or the signal's default action would kill the process."""
+
+
+def on_signals(callback: Callable[[int], None], signums: tuple[int, ...] = STOP_SIGNALS) -> Callable[[], None]:
+    """Call ``callback(signum)`` from a watcher thread whenever one of ``signums`` arrives. Call it
+    from the main thread. It returns a function that puts the previous handlers back."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous_fd = signal.set_wakeup_fd(write_fd)
+    previous = {s: signal.signal(s, _nothing) for s in signums}
+
+    def watch() -> None:
+        try:
+            while data := os.read(read_fd, 64):
+                for signum in data:
+                    if signum in signums:
+                        try:
+                            callback(signum)
+                        except Exception:  # keep watching: the next signal must still be heard
+                            log.exception("signal handler for %s failed", signal.Signals(signum).name)
+        finally:
+            os.close(read_fd)
+
+    threading.Thread(target=watch, name="signals", daemon=True).start()
+
+    def restore() -> None:
+        signal.set_wakeup_fd(previous_fd)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        os.close(write_fd)  # the watcher reads end-of-file and exits
+
+    return restore
