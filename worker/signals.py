@@ -29,32 +29,22 @@ def _nothing(_signum: int, _frame: object) -> None:
     """A Python handler must be installed, or the signal's default action would kill the process."""
 
 
-def on_signals(callback: Callable[[int], None], signums: tuple[int, ...] = STOP_SIGNALS) -> Callable[[], None]:
-    """Call ``callback(signum)`` from a watcher thread whenever one of ``signums`` arrives. Call it
-    from the main thread. It returns a function that puts the previous handlers back."""
+def on_signals(callback: Callable[[int], None]) -> None:
+    """Call ``callback(signum)`` from a watcher thread whenever SIGTERM or SIGINT arrives, for the rest
+    of the process's life. Call it from the main thread."""
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
-    previous_fd = signal.set_wakeup_fd(write_fd)
-    previous = {s: signal.signal(s, _nothing) for s in signums}
+    signal.set_wakeup_fd(write_fd)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _nothing)
 
     def watch() -> None:
-        try:
-            while data := os.read(read_fd, 64):
-                for signum in data:
-                    if signum in signums:
-                        try:
-                            callback(signum)
-                        except Exception:  # keep watching: the next signal must still be heard
-                            log.exception("signal handler for %s failed", signal.Signals(signum).name)
-        finally:
-            os.close(read_fd)
+        while True:
+            for signum in os.read(read_fd, 64):
+                if signum in STOP_SIGNALS:
+                    try:
+                        callback(signum)
+                    except Exception:  # keep watching: the next signal must still be heard
+                        log.exception("signal handler for %s failed", signal.Signals(signum).name)
 
     threading.Thread(target=watch, name="signals", daemon=True).start()
-
-    def restore() -> None:
-        signal.set_wakeup_fd(previous_fd)
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        os.close(write_fd)  # the watcher reads end-of-file and exits
-
-    return restore
