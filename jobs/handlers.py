@@ -8,7 +8,11 @@ Two forms:
   the whole batch's records set-based (an upsert, so reprocessing is
   idempotent);
 * a plain function ``fn(conn, row)`` (``module:function``): called per row
-  inside a SAVEPOINT, so a failing row rolls back alone.
+  inside a SAVEPOINT, so a failing row rolls back alone — when the failure is
+  the row's fault (worker/db.py ``is_row_fault``). An error of the database or
+  the transaction (a full disk, a statement timeout, a serialization failure,
+  a read-only transaction...) is raised: the whole batch rolls back and is
+  retried, so no row is ever filed as a bad item for the database's fault.
 
 Handlers run inside the batch's transaction. Effects outside the database are
 not rolled back with it: such handlers must be idempotent.
@@ -25,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from worker.db import is_row_fault
 from worker.errors import InvalidInput
 from worker.kinds import ItemError
 
@@ -125,6 +130,8 @@ def run(
             try:
                 records.extend(resolved.handler.transform(row))
             except Exception as err:  # a bad item is recorded, the batch goes on
+                if isinstance(err, MemoryError):
+                    raise
                 errors.append(_item_error(row, key_columns, err))
         if records:
             resolved.handler.write(conn, records)
@@ -135,6 +142,8 @@ def run(
             with conn.begin_nested():
                 resolved.function(conn, row)
         except Exception as err:
+            if not is_row_fault(err):  # the database's fault, not the row's: the whole batch retries
+                raise
             errors.append(_item_error(row, key_columns, err))
     return errors
 

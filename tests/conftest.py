@@ -67,10 +67,11 @@ def run_cli(url: str, *args: str, check: bool = True, timeout: float = 120, env:
 class Pool:
     """A `tidegate worker` pool in a subprocess, with its worker processes reachable for signals."""
 
-    def __init__(self, url: str, *args: str, log: Path | None = None) -> None:
+    def __init__(self, url: str, *args: str, log: Path | None = None, env: dict | None = None) -> None:
         self.log_path = log
         out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen([TIDEGATE, "worker", *args], env={**os.environ, **CHILD_ENV, "DATABASE_URL": url},
+        self.proc = subprocess.Popen([TIDEGATE, "worker", *args],
+                                     env={**os.environ, **CHILD_ENV, "DATABASE_URL": url, **(env or {})},
                                      stdout=out, stderr=subprocess.STDOUT)
 
     def workers(self) -> list[psutil.Process]:
@@ -118,8 +119,8 @@ class Pool:
 def pools(db_url: str, tmp_path: Path) -> Iterator[callable]:
     started: list[Pool] = []
 
-    def start(*args: str, url: str | None = None) -> Pool:
-        pool = Pool(url or db_url, *args, log=tmp_path / f"pool-{len(started)}.log")
+    def start(*args: str, url: str | None = None, env: dict | None = None) -> Pool:
+        pool = Pool(url or db_url, *args, log=tmp_path / f"pool-{len(started)}.log", env=env)
         started.append(pool)
         return pool
 

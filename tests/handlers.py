@@ -49,3 +49,60 @@ class _OffByOneTroops(HeroTroops):
 
 
 off_by_one_troops = _OffByOneTroops()
+
+
+# -- jobs that misbehave (tests/test_isolation.py): each must cost its own job, never a worker --------
+
+
+def exits(conn: Connection, row: Mapping[str, Any]) -> None:
+    """A `main` function called as a handler: argparse's way of giving up."""
+    raise SystemExit(2)
+
+
+def interrupts(conn: Connection, row: Mapping[str, Any]) -> None:
+    raise KeyboardInterrupt
+
+
+class _ExitsInTransform(ItemHandler):
+    def transform(self, row: Mapping[str, Any]) -> Iterable[Any]:
+        raise SystemExit("transform gave up")
+
+    def write(self, conn: Connection, records: list[Any]) -> None:
+        pass
+
+
+exits_in_transform = _ExitsInTransform()
+
+
+def record_all(conn: Connection, row: Mapping[str, Any]) -> None:
+    """Log every key, one statement per row (the per-row style, with no bad items)."""
+    conn.execute(text("INSERT INTO processed_log (k) VALUES (:k)"), {"k": row["k"]})
+
+
+def record_slowly_at_50s(conn: Connection, row: Mapping[str, Any]) -> None:
+    """Log every key; keys divisible by 50 cost 0.3 s of the database's time."""
+    if row["k"] % 50 == 0:
+        conn.execute(text("SELECT pg_sleep(0.3)"))
+    record_all(conn, row)
+
+
+class _LogSlowlyAt50s(ItemHandler):
+    """The set-based style of record_slowly_at_50s: one write per batch, 0.3 s per key divisible by 50."""
+
+    def transform(self, row: Mapping[str, Any]) -> Iterable[Any]:
+        return [{"k": row["k"]}]
+
+    def write(self, conn: Connection, records: list[Any]) -> None:
+        slow = sum(1 for r in records if r["k"] % 50 == 0)
+        if slow:
+            conn.execute(text("SELECT pg_sleep(:s)"), {"s": 0.3 * slow})
+        conn.execute(text("INSERT INTO processed_log (k) VALUES (:k)"), records)
+
+
+log_slowly_at_50s = _LogSlowlyAt50s()
+
+
+def sleep_in_database(conn: Connection, row: Mapping[str, Any]) -> None:
+    """A step of 1.5 s of the database's time per row, then log the key."""
+    conn.execute(text("SELECT pg_sleep(1.5)"))
+    record_all(conn, row)

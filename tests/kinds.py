@@ -20,4 +20,13 @@ class Stamp(OneShot):
             raise ValueError(f"negative stamp {payload['n']}")
 
 
-KINDS = [Stamp()]
+class Quit(OneShot):
+    """A one-shot job whose code calls sys.exit (tests/test_isolation.py): it must cost only itself."""
+
+    name = "quit"
+
+    def run(self, conn: Connection, payload: Any) -> None:
+        raise SystemExit(payload.get("code", 1))
+
+
+KINDS = [Stamp(), Quit()]

@@ -135,13 +135,18 @@ def db_embedded(stop: bool) -> None:
 @click.option("--gate-autovacuum/--no-gate-autovacuum", default=True, show_default=True,
               help="Hold batches while vacuum runs on a table the job writes.")
 @click.option("--no-gates", is_flag=True, help="Check no health gate.")
+@click.option("--retry-backoff", default=1.0, show_default=True, type=click.FloatRange(0.01, 3600),
+              help="Seconds before a failed batch's first retry; doubled on each failure in a row (capped at 300).")
+@click.option("--pause-after-failures", default=5, show_default=True, type=click.IntRange(1, 1000),
+              help="Pause a job after this many batches in a row failed in the database (full disk, timeouts,"
+                   " serialization failures...); other errors fail it after its max_attempts.")
 @database_option
 @click.pass_context
 def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queues: tuple[str, ...], drain: bool,
            lease_seconds: float, poll_seconds: float, pool_name: str, metrics_port: int | None,
            retention_jobs: float, retention_errors: float, no_maintenance: bool, progress_every: int,
            gate_connections: float, gate_long_transactions: float, gate_replication_lag: float,
-           gate_autovacuum: bool, no_gates: bool) -> None:
+           gate_autovacuum: bool, no_gates: bool, retry_backoff: float, pause_after_failures: int) -> None:
     """Run an isolated pool of worker processes until SIGTERM (or, with --drain, until idle)."""
     from worker.pool import run_pool
     from worker.runner import WorkerConfig
@@ -155,7 +160,8 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
         pass
     config = WorkerConfig(url=db.url, pool=pool_name, queues=list(queues), types=wanted,
                           lease_seconds=lease_seconds, poll_seconds=poll_seconds, drain=drain,
-                          progress_every=progress_every,
+                          progress_every=progress_every, backoff_base=retry_backoff,
+                          backoff_max=max(300.0, retry_backoff), pause_after_failures=pause_after_failures,
                           gates=[] if no_gates else [
                               gates.Connections(gate_connections), gates.LongTransactions(gate_long_transactions),
                               gates.ReplicationLag(gate_replication_lag),

@@ -61,6 +61,8 @@ def transition(conn: Connection, ref: str, action: str, actor: str, reason: str 
         _mirror_queue_row(conn, job_id, target)
         if action == "retry":
             conn.execute(q("reset_slices_for_retry"), {"job_id": job_id})
+        elif action == "resume":  # slices backing off after failed batches run at once, attempts kept
+            conn.execute(q("wake_slices"), {"job_id": job_id})
     store.audit(conn, actor, action, job_id, {"reason": reason})
     return job_id
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import sqlalchemy.exc
 from sqlalchemy import Engine, create_engine, event, pool
 from sqlalchemy.exc import DBAPIError
 
@@ -97,6 +98,50 @@ def is_outage(err: BaseException) -> bool:
             state = getattr(orig, "sqlstate", None)
             return state is None or state.startswith(OUTAGE_STATES)
     return isinstance(err, psycopg.OperationalError) and not getattr(err, "sqlstate", None)
+
+
+def sqlstate(err: BaseException) -> str | None:
+    """The SQLSTATE of a database error, whether SQLAlchemy wrapped it or not (else None)."""
+    orig = err.orig if isinstance(err, DBAPIError) else err
+    state = getattr(orig, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+# SQLSTATE classes of errors that are a row's own fault: its data does not fit (22), it breaks a
+# constraint (23) or a view's CHECK OPTION (44), or a PL/pgSQL function raised about it (P0).
+ROW_FAULT_CLASSES = ("22", "23", "44", "P0")
+
+
+def is_row_fault(err: BaseException) -> bool:
+    """Is this exception, raised by a handler for one row, that row's fault (an item error)?
+
+    A plain Python exception (``ValueError``, ``KeyError``...) is: the handler refused the row. A
+    database error is only for the classes above. Everything else is an error of the database or of
+    the transaction — connection (08), rollback (40), resources such as a full disk (53), program
+    limits (54), lock not available (55), operator intervention such as a statement timeout or a
+    cancel (57), system (58), invalid transaction state such as read-only (25), a missing table or
+    privilege (42), internal (XX) — or an error of SQLAlchemy's transaction bookkeeping (a savepoint
+    that cannot be rolled back to): the whole batch rolls back and is retried, its rows are never
+    filed as bad items behind the checkpoint. ``BaseException`` subclasses that are not
+    ``Exception`` (``SystemExit``, ``KeyboardInterrupt``) and ``MemoryError`` are never a row's fault.
+    """
+    if not isinstance(err, Exception) or isinstance(err, MemoryError):
+        return False
+    if isinstance(err, DatabaseUnavailable | sqlalchemy.exc.InvalidRequestError | sqlalchemy.exc.ResourceClosedError):
+        return False
+    if isinstance(err, DBAPIError | psycopg.Error):
+        state = sqlstate(err)
+        return state is not None and state.startswith(ROW_FAULT_CLASSES)
+    return True
+
+
+def is_database_fault(err: BaseException) -> bool:
+    """An error of the database or the transaction (see :func:`is_row_fault`): worth retrying the batch
+    unchanged later, and no reason to fail the job — after enough in a row the job pauses instead."""
+    if isinstance(err, DBAPIError | psycopg.Error):
+        state = sqlstate(err)
+        return state is None or not state.startswith(ROW_FAULT_CLASSES)
+    return isinstance(err, DatabaseUnavailable)
 
 
 def first_line(err: BaseException) -> str:

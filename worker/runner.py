@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from sqlalchemy import Connection, Engine
 
 from worker import keys, kinds, metrics, store, throttle
-from worker.db import first_line, is_outage, is_timeout, make_engine
+from worker.db import first_line, is_database_fault, is_outage, is_timeout, make_engine
 from worker.errors import InvalidInput
 from worker.gates import Gate, Gates
 from worker.heartbeat import Heartbeat
@@ -42,6 +42,10 @@ from worker.states import ACTIVE
 from worker.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
+
+# Errors that are the payload's (or a job row's) fault: the same input fails the same way again, so the
+# job fails at once with the reason instead of being retried as if the failure were transient.
+PAYLOAD_FAULTS = (InvalidInput, RecursionError, OverflowError, ValueError, TypeError, LookupError)
 
 
 @dataclass
@@ -58,6 +62,9 @@ class WorkerConfig:
     progress_every: int = 20  # batches between progress log lines
     claim_batch: int = 50  # one-shot jobs claimed per transaction
     gates: list[Gate] = field(default_factory=list)  # health gates checked between batches
+    # a job whose batches fail this many times in a row for the database's sake (full disk, timeouts,
+    # serialization...) pauses itself with the reason, instead of failing: the fix is the database's
+    pause_after_failures: int = 5
 
 
 class Worker:
@@ -84,28 +91,32 @@ class Worker:
     def run(self) -> int:
         self._heartbeat.start()  # registers the worker (and again if it was reaped after an outage)
         log.info("worker %s started (queues=%s kinds=%s)", self.id, self.config.queues, self.kind_names)
-        outages = 0
+        troubles = 0
         try:
             while not self.stop.is_set():
                 seen = self.wakeup.seen()
                 try:
                     if self._plan_due() and self.plan_one() or self.run_one_shots() or self.work_one_slice():
-                        outages = 0
+                        troubles = 0
                         continue
                     if self.config.drain and not self._work_left():
                         log.info("worker %s: no work left, draining out", self.id)
                         break
-                    outages = 0
-                except Exception as err:
-                    if not is_outage(err):
-                        raise
-                    # The database went away (restart, failover, network): whatever was in
-                    # flight rolled back with the connection. Reconnect with backoff and go on;
-                    # our slices stay ours while the lease holds, else someone else's.
-                    outages += 1
-                    delay = min(30.0, 0.5 * 2 ** min(outages, 6)) * random.uniform(0.8, 1.2)
-                    log.warning("worker %s: database unavailable (%s); reconnecting in %.1fs",
-                                self.id, first_line(err), delay)
+                    troubles = 0
+                except BaseException as err:  # noqa: B036 - only the stop event stops a worker
+                    # Whatever a job does is charged to that job where it happens (plan_one, run_batch,
+                    # one_shots). What reaches here belongs to no job: the database went away
+                    # (restart, failover, network: what was in flight rolled back with the connection),
+                    # or a fault of the runtime itself. Back off and go on; our slices stay ours while
+                    # the lease holds, else someone else's.
+                    troubles += 1
+                    delay = min(30.0, 0.5 * 2 ** min(troubles, 6)) * random.uniform(0.8, 1.2)
+                    if is_outage(err):
+                        log.warning("worker %s: database unavailable (%s); reconnecting in %.1fs",
+                                    self.id, first_line(err), delay)
+                    else:
+                        log.error("worker %s: %s: %s; going on in %.1fs", self.id, type(err).__name__,
+                                  first_line(err)[:300], delay, exc_info=True)
                     self.stop.wait(delay)
                     continue
                 self.wakeup.wait(seen, self.config.poll_seconds * random.uniform(0.5, 1.0), self.stop)
@@ -136,38 +147,62 @@ class Worker:
     # -- planning ----------------------------------------------------------
 
     def plan_one(self) -> bool:
-        """Turn one pending queue row into a range job with slices; False if none."""
-        with self.engine.begin() as conn:
-            job = store.claim_queue_job(conn, self.config.queues, self.config.types, self.one_shot_names)
-            if job is None:
-                return False
-            kind = self.kinds.get(job.type)
-            try:
-                if kind is None:
-                    raise InvalidInput(
-                        f"unknown job type {job.type!r}; known types: {', '.join(sorted(self.kinds))}"
-                    )
-                with conn.begin_nested():  # a failed validation query must not abort the claim
-                    plan = kind.plan(conn, job.payload)
-            except InvalidInput as err:
-                log.warning("job %s (%s) rejected: %s", job.id, job.type, err, extra=job_ctx(job.id, kind=job.type))
-                store.fail_queue_job(conn, job.id, f"invalid job: {err}")
-                return True
-            except Exception as err:  # planning broke (not the payload): retry later, like a batch
-                if is_outage(err):
-                    raise
-                store.retry_queue_job(conn, job.id, f"planning failed: {type(err).__name__}: {first_line(err)}",
-                                      self.config.backoff_base, self.config.backoff_max)
-                log.warning("job %s (%s): planning failed, will retry: %s", job.id, job.type, first_line(err),
-                            extra=job_ctx(job.id, kind=job.type))
-                return True
-            store.store_plan(conn, job.id, job.type, plan)
-            store.audit(conn, "tidegate", "plan", job.id, {"slices": len(plan.slices), "params": plan.params})
+        """Turn one pending queue row into a range job with slices; False if none.
+
+        Whatever planning raises is charged to the job: the payload's fault fails it at once, anything
+        else is a counted retry. If the claim's own transaction breaks on the way (a savepoint that
+        cannot be rolled back to), the failure is recorded in a fresh one."""
+        job = None
+        try:
+            with self.engine.begin() as conn:
+                job = store.claim_queue_job(conn, self.config.queues, self.config.types, self.one_shot_names)
+                if job is None:
+                    return False
+                if store.planned_already(conn, job.id):  # its queue row was set back to pending by hand
+                    store.restore_planned_queue_job(conn, job.id)
+                    log.warning("job %s was planned already; its queue row is set back to match", job.id,
+                                extra=job_ctx(job.id, kind=job.type))
+                    return True
+                try:
+                    with conn.begin_nested():  # a failed validation query must not abort the claim
+                        plan = self._plan(conn, job)
+                except BaseException as err:  # noqa: B036 - a job's fault, even SystemExit from its code
+                    if is_outage(err):
+                        raise
+                    self._planning_failed(conn, job, err)
+                    return True
+        except BaseException as err:  # noqa: B036
+            if job is None or is_outage(err):
+                raise
+            with self.engine.begin() as conn:
+                self._planning_failed(conn, job, err)
+            return True
         self.wakeup.notify()  # its other slices are claimable now
         log.info("job %s (%s) planned: %d slice(s), batch_size=%d", job.id, job.type, len(plan.slices),
                  plan.batch_size, extra=job_ctx(job.id, kind=job.type, slices=len(plan.slices),
                                                 batch_size=plan.batch_size, rows_estimate=plan.total_estimate))
         return True
+
+    def _plan(self, conn: Connection, job: store.QueueJob) -> kinds.Plan:
+        kind = self.kinds.get(job.type)
+        if kind is None:
+            raise InvalidInput(f"unknown job type {job.type[:100]!r}; known types: {', '.join(sorted(self.kinds))}")
+        plan = kind.plan(conn, job.payload())
+        store.store_plan(conn, job.id, job.type, plan)
+        store.audit(conn, "tidegate", "plan", job.id, {"slices": len(plan.slices), "params": plan.params})
+        return plan
+
+    def _planning_failed(self, conn: Connection, job: store.QueueJob, err: BaseException) -> None:
+        message = f"{type(err).__name__}: {first_line(err)[:500]}"
+        ctx = job_ctx(job.id, kind=job.type)
+        if isinstance(err, PAYLOAD_FAULTS):  # the same payload would fail the same way again
+            reason = f"invalid job: {first_line(err)[:500] if isinstance(err, InvalidInput) else message}"
+            log.warning("job %s (%s) rejected: %s", job.id, job.type, reason, extra=ctx)
+            store.fail_queue_job(conn, job.id, reason)
+            return
+        store.retry_queue_job(conn, job.id, f"planning failed: {message}", self.config.backoff_base,
+                              self.config.backoff_max)
+        log.warning("job %s (%s): planning failed, will retry: %s", job.id, job.type, message, extra=ctx)
 
     def run_one_shots(self) -> bool:
         """One handful of small jobs (kinds with ``one_shot``, worker/one_shots.py); False if none."""
@@ -253,12 +288,13 @@ class Worker:
                     conn, job_id, slice_no, self.id, state.key_type, result.checkpoint, result.processed,
                     result.errors, result.exhausted, next_size,
                 )
-        except Exception as err:  # the batch rolled back
+        except BaseException as err:  # noqa: B036 - the batch rolled back; its job pays, not the worker
             if is_outage(err):
                 raise  # not the batch's fault: no attempt is counted
-            asked = box.asked if box is not None else size
-            if is_timeout(err) and asked > 1:  # a step ran 4x over the target: a quarter of its rows fit
-                self._shrink(job_id, slice_no, max(1, asked // 4))
+            # an adaptive step ran over its time: a quarter of its rows fit. (A fixed-size batch keeps
+            # its size: its timeout is the database's setting, a failed attempt like any other.)
+            if is_timeout(err) and box is not None and box.asked > 1:
+                self._shrink(job_id, slice_no, max(1, box.asked // 4))
                 return "more"
             self._fail_attempt(job_id, slice_no, kind_name, err)
             return "failed"
@@ -279,7 +315,12 @@ class Worker:
                   state.checkpoint, keys.encode(result.checkpoint), result.processed, len(result.errors),
                   elapsed, extra=bounds)
         if self.batches_done % self.config.progress_every == 0:
-            self._log_progress(job_id, slice_no, bounds)
+            try:
+                self._log_progress(job_id, slice_no, bounds)
+            except Exception as err:  # a progress line must never cost the batch that just committed
+                if is_outage(err):
+                    raise
+                log.warning("job %s: no progress line (%s)", job_id, first_line(err)[:300], extra=bounds)
         if paused:
             log.warning("job %s paused itself: %s", job_id, paused, extra=job_ctx(job_id, slice_no, reason=paused))
         if job_done:
@@ -288,7 +329,12 @@ class Worker:
         if result.exhausted:
             log.info("job %s slice %d: finished", job_id, slice_no, extra=job_ctx(job_id, slice_no))
             return "slice-done"
-        wait = throttle.pause_after(state.knobs, result.processed, elapsed)
+        try:
+            wait = min(3600.0, throttle.pause_after(state.knobs, result.processed, elapsed))
+        except ArithmeticError as err:  # a knob no bound caught: the pace is the knob's, the worker goes on
+            log.warning("job %s: cannot pace (%s); no pause after this batch", job_id, first_line(err)[:300],
+                        extra=bounds)
+            wait = 0.0
         if wait > 0:
             self.stop.wait(wait)
         return "more"
@@ -333,22 +379,38 @@ class Worker:
         log.warning("job %s slice %d: batch timed out; retrying with an estimate of %d rows", job_id, slice_no, size,
                     extra=job_ctx(job_id, slice_no, batch_size=size))
 
-    def _fail_attempt(self, job_id: str, slice_no: int, kind_name: str, err: Exception) -> None:
+    def _fail_attempt(self, job_id: str, slice_no: int, kind_name: str, err: BaseException) -> None:
+        """Count a failed batch against its job: the payload's fault fails the job at once; the
+        database's fault (worker/db.py ``is_database_fault``) is retried with backoff and, after
+        ``pause_after_failures`` in a row, pauses the job; anything else fails it after its attempts."""
         metrics.BATCH_FAILURES.labels(kind_name).inc()
-        message = f"{type(err).__name__}: {first_line(err)}"
+        message = f"{type(err).__name__}: {first_line(err)[:500]}"
         with self.engine.begin() as conn:
             attempt = store.fail_attempt(conn, job_id, slice_no, self.id, message,
                                          self.config.backoff_base, self.config.backoff_max)
             if attempt is None:
                 return
-            if attempt.attempts >= attempt.max_attempts:
+            if isinstance(err, PAYLOAD_FAULTS) and not is_database_fault(err):
+                store.fail_job(conn, job_id, f"invalid job: {message}")
+                log.error("job %s slice %d: %s; job failed", job_id, slice_no, message,
+                          extra=job_ctx(job_id, slice_no, error=message))
+                return
+            if is_database_fault(err):
+                if attempt.attempts >= self.config.pause_after_failures:
+                    reason = f"{attempt.attempts} batches in a row failed in the database: {message}"
+                    if store.pause_self(conn, job_id, reason):
+                        log.error("job %s slice %d: paused itself: %s", job_id, slice_no, reason,
+                                  extra=job_ctx(job_id, slice_no, attempts=attempt.attempts, error=message))
+                        return
+            elif attempt.attempts >= attempt.max_attempts:
                 store.fail_job(conn, job_id, f"slice {slice_no} failed {attempt.attempts} times: {message}")
                 log.error("job %s slice %d: failed %d/%d times, job failed: %s",
                           job_id, slice_no, attempt.attempts, attempt.max_attempts, message,
                           extra=job_ctx(job_id, slice_no, attempts=attempt.attempts, error=message))
                 return
+        limit = self.config.pause_after_failures if is_database_fault(err) else attempt.max_attempts
         log.warning("job %s slice %d: batch failed (attempt %d/%d), retrying in %.1fs: %s",
-                    job_id, slice_no, attempt.attempts, attempt.max_attempts, attempt.delay_seconds, message,
+                    job_id, slice_no, attempt.attempts, limit, attempt.delay_seconds, message,
                     extra=job_ctx(job_id, slice_no, attempts=attempt.attempts, error=message))
 
     def _release(self, job_id: str, slice_no: int) -> None:

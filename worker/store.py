@@ -15,6 +15,8 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from worker import keys
+from worker.db import first_line
+from worker.errors import InvalidInput
 from worker.kinds import ItemError, Plan
 from worker.sql import q
 
@@ -23,11 +25,25 @@ from worker.sql import q
 class QueueJob:
     id: str
     type: str
-    payload: Any
+    payload_text: str  # parsed by ``payload()``: a payload Python cannot read fails its job, not the worker
     queue: str
     priority: int
     attempts: int
     max_attempts: int
+
+    def payload(self) -> Any:
+        return parse_json(self.payload_text, "payload")
+
+
+def parse_json(text: str, what: str) -> Any:
+    """JSON read from the database, or InvalidInput: an integer of more digits than Python converts
+    (4,300), nesting deeper than its recursion limit."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidInput(f"{what} is nested too deeply to read") from None
+    except ValueError as err:
+        raise InvalidInput(f"{what} cannot be read: {first_line(err)[:200]}") from None
 
 
 @dataclass(frozen=True)
@@ -143,6 +159,18 @@ def retry_queue_job(conn: Connection, job_id: str, error: str, backoff_base: flo
                                         "backoff_max": backoff_max, "add": 0 if counted else 1})
 
 
+def planned_already(conn: Connection, job_id: str) -> bool:
+    return bool(conn.execute(q("job_planned_already"), {"job_id": job_id}).scalar())
+
+
+def restore_planned_queue_job(conn: Connection, job_id: str) -> None:
+    conn.execute(q("restore_planned_queue_job"), {"job_id": job_id})
+
+
+def fail_claimed_one_shot(conn: Connection, job_id: str, error: str) -> None:
+    conn.execute(q("fail_claimed_one_shot"), {"job_id": job_id, "error": error})
+
+
 def fail_queue_job(conn: Connection, job_id: str, error: str) -> None:
     conn.execute(q("fail_queue_job"), {"job_id": job_id, "error": error})
 
@@ -166,9 +194,9 @@ def begin_batch(conn: Connection, job_id: str, slice_no: int, worker_id: str) ->
         return None
     knobs = Knobs(row.batch_size, row.concurrency, row.max_rows_per_second, row.sleep_between_batches,
                   row.target_batch_seconds, row.min_batch_size, row.max_batch_size, row.row_limit)
-    return BatchState(row.status, row.kind, row.params, row.key_type, row.checkpoint, row.end_key,
-                      row.batch_size_now, row.processed_count, knobs, bool(row.over_concurrency),
-                      bool(row.short_of_slices))
+    return BatchState(row.status, row.kind, parse_json(row.params, "the job's params"), row.key_type,
+                      row.checkpoint, row.end_key, row.batch_size_now, row.processed_count, knobs,
+                      bool(row.over_concurrency), bool(row.short_of_slices))
 
 
 def record_batch(

@@ -27,7 +27,8 @@ WHERE heartbeat_at < now() - make_interval(secs => lease_seconds * 20);
 
 -- name: claim_queue_job
 -- description: Take one pending queue job to plan; SKIP LOCKED lets many workers do this at once.
-SELECT id, type, payload, queue, priority, attempts, max_attempts
+-- payload as text: tidegate parses it itself, so a payload Python cannot read fails its job (store.py)
+SELECT id, type, CAST(payload AS text) AS payload, queue, priority, attempts, max_attempts
 FROM queue_jobs
 WHERE status = 'pending'
   AND run_after <= now()
@@ -67,7 +68,7 @@ UPDATE queue_jobs q
 SET status = 'done', attempts = q.attempts + 1, last_error = NULL, updated_at = now(), finished_at = now()
 FROM claimed c
 WHERE q.id = c.id
-RETURNING q.id, q.type, q.payload, q.queue, q.priority, q.attempts, q.max_attempts;
+RETURNING q.id, q.type, CAST(q.payload AS text) AS payload, q.queue, q.priority, q.attempts, q.max_attempts;
 
 -- name: retry_queue_job
 -- description: A queue job whose run (or planning) broke: back off, or fail once out of attempts.
@@ -100,6 +101,23 @@ VALUES (:job_id, :slice_no, :start_key, :end_key, :start_key);
 -- description: The queue row follows its range job from now on.
 UPDATE queue_jobs SET status = 'running', updated_at = now(), last_error = NULL
 WHERE id = :job_id AND status = 'pending';
+
+-- name: job_planned_already
+-- description: Does this queue job have its range job already (a planned job's queue row set back to pending)?
+SELECT EXISTS (SELECT 1 FROM backfill_jobs WHERE job_id = :job_id);
+
+-- name: restore_planned_queue_job
+-- description: Put a planned job's queue row back to what its range job says it is.
+UPDATE queue_jobs q
+SET status = CASE WHEN j.status IN ('done', 'failed', 'cancelled') THEN j.status ELSE 'running' END,
+    updated_at = now()
+FROM backfill_jobs j
+WHERE q.id = :job_id AND j.job_id = q.id;
+
+-- name: fail_claimed_one_shot
+-- description: A one-shot job the claim marked done cannot run at all (its payload cannot be read).
+UPDATE queue_jobs SET status = 'failed', last_error = :error, updated_at = now(), finished_at = now()
+WHERE id = :job_id;
 
 -- name: fail_queue_job
 -- description: A job that cannot run (bad payload, unknown type): failed, with the reason, nothing else touched.
@@ -142,7 +160,7 @@ WHERE job_id = :job_id AND status = 'pending';
 
 -- name: begin_batch
 -- description: Inside the batch transaction: fence on ownership, lock the slice, re-read the job's status and knobs.
-SELECT j.status, j.kind, j.params, j.key_type, j.batch_size, s.checkpoint, s.end_key, s.batch_size_now,
+SELECT j.status, j.kind, CAST(j.params AS text) AS params, j.key_type, j.batch_size, s.checkpoint, s.end_key, s.batch_size_now,
        j.processed_count, j.concurrency, j.max_rows_per_second, j.sleep_between_batches, j.target_batch_seconds,
        j.min_batch_size, j.max_batch_size, j.row_limit,
        -- concurrency lowered under us: the slices with the lowest numbers keep running, the others let go
@@ -315,6 +333,11 @@ RETURNING id;
 -- description: Retry: every unfinished slice may run again now, attempts forgotten.
 UPDATE backfill_slices SET attempts = 0, run_after = now(), last_error = NULL, updated_at = now()
 WHERE job_id = :job_id AND status = 'pending';
+
+-- name: wake_slices
+-- description: Resume: slices waiting out a failed batch's backoff may run now; their attempts stay counted.
+UPDATE backfill_slices SET run_after = now(), updated_at = now()
+WHERE job_id = :job_id AND status = 'pending' AND run_after > now();
 
 -- name: audit
 -- description: Who did what to which job.
