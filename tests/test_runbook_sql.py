@@ -86,7 +86,7 @@ def test_runbook_pause_of_pending_jobs_and_resume_by_job_id(engine, db_url):
 
     with engine.begin() as conn:
         job = store.claim_queue_job(conn, ["default"], [], [])
-        store.store_plan(conn, job.id, job.type, kinds.kinds()["backfill_range"].plan(conn, job.payload))
+        store.store_plan(conn, job.id, job.type, kinds.kinds()["backfill_range"].plan(conn, job.payload()))
     assert scalar(engine, "SELECT status FROM backfill_jobs") == "pending"
 
     with engine.begin() as conn:
