@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine
 
 from worker import metrics, store
 from worker.db import first_line, is_outage
+from worker.redact import error_text
 
 if TYPE_CHECKING:
     from worker.runner import WorkerConfig
@@ -74,6 +75,6 @@ class OneShots:
                     raise
                 failed.add(job.id)
                 metrics.ONE_SHOT_JOBS.labels(job.type, "retried").inc()
-                store.retry_queue_job(conn, job.id, f"{type(err).__name__}: {first_line(err)}",
+                store.retry_queue_job(conn, job.id, error_text(err),
                                       self.config.backoff_base, self.config.backoff_max, counted=True)
         return failed

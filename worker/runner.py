@@ -38,6 +38,7 @@ from worker.gates import Gate, Gates
 from worker.heartbeat import Heartbeat
 from worker.logs import job_ctx
 from worker.one_shots import OneShots
+from worker.redact import error_text
 from worker.states import ACTIVE
 from worker.wakeup import Wakeup
 
@@ -156,7 +157,7 @@ class Worker:
             except Exception as err:  # planning broke (not the payload): retry later, like a batch
                 if is_outage(err):
                     raise
-                store.retry_queue_job(conn, job.id, f"planning failed: {type(err).__name__}: {first_line(err)}",
+                store.retry_queue_job(conn, job.id, f"planning failed: {error_text(err)}",
                                       self.config.backoff_base, self.config.backoff_max)
                 log.warning("job %s (%s): planning failed, will retry: %s", job.id, job.type, first_line(err),
                             extra=job_ctx(job.id, kind=job.type))
@@ -335,7 +336,7 @@ class Worker:
 
     def _fail_attempt(self, job_id: str, slice_no: int, kind_name: str, err: Exception) -> None:
         metrics.BATCH_FAILURES.labels(kind_name).inc()
-        message = f"{type(err).__name__}: {first_line(err)}"
+        message = error_text(err)  # class and SQLSTATE, no row values (worker/redact.py)
         with self.engine.begin() as conn:
             attempt = store.fail_attempt(conn, job_id, slice_no, self.id, message,
                                          self.config.backoff_base, self.config.backoff_max)
