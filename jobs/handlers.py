@@ -32,6 +32,7 @@ from sqlalchemy import Connection
 from worker.db import is_row_fault
 from worker.errors import InvalidInput
 from worker.kinds import ItemError
+from worker.redact import error_text
 
 SAMPLE_CHARS = 1000
 
@@ -150,4 +151,4 @@ def run(
 
 def _item_error(row: Mapping[str, Any], key_columns: Sequence[str], err: Exception) -> ItemError:
     error_type = getattr(err, "error_type", None) or type(err).__name__
-    return ItemError(item_key(row, key_columns), error_type, str(err)[:2000] or type(err).__name__, sample(row))
+    return ItemError(item_key(row, key_columns), error_type, error_text(err, with_class=False), sample(row))

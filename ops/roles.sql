@@ -12,8 +12,12 @@
 -- job against its tables, so also grant what it reads, e.g.
 --   GRANT SELECT ON hero_snapshots TO tg_enqueue;              -- backfill-range's source
 --   GRANT SELECT ON es_streams, es_events TO tg_enqueue;       -- archive: discover and dry run
+-- etl_errors.sample is a copy of the failed source row: it is readable only with a grant on the
+-- column (give it to a login together with SELECT on the job's source; `tidegate errors` also checks
+-- the source and says "sample hidden: no SELECT on SOURCE" otherwise).
 CREATE ROLE tg_enqueue NOLOGIN;
-GRANT SELECT ON queue_jobs, backfill_jobs, backfill_slices, etl_errors, tidegate_workers TO tg_enqueue;
+GRANT SELECT ON queue_jobs, backfill_jobs, backfill_slices, tidegate_workers TO tg_enqueue;
+GRANT SELECT (id, job_id, slice_no, item_key, error_type, message, created_at) ON etl_errors TO tg_enqueue;
 GRANT INSERT ON queue_jobs TO tg_enqueue;
 GRANT INSERT ON tidegate_audit TO tg_enqueue;
 GRANT USAGE ON SEQUENCE tidegate_audit_id_seq TO tg_enqueue;
@@ -23,12 +27,18 @@ GRANT SELECT, INSERT, UPDATE ON archive_candidates TO tg_enqueue;
 GRANT SELECT ON archive_audit, archive_audit_batches TO tg_enqueue;
 GRANT SELECT, INSERT, UPDATE ON archive_watch_cursors, archive_watch_seen TO tg_enqueue;
 
--- SREs: pause, resume, cancel, retry (CLI or the runbook's UPDATE) and read everything tidegate keeps.
+-- SREs: pause, resume, cancel, retry (CLI or the runbook's UPDATE) and read what tidegate keeps, except
+-- the copies of source rows in etl_errors.sample (as for tg_enqueue above).
 -- `archive report` and `archive status` count what is left in the event store, so also e.g.
 --   GRANT SELECT ON es_streams, es_events TO tg_operator;
+-- The UPDATE grants below let the runbook's SQL work verbatim; what those UPDATEs may write is the
+-- state machine's business: triggers (migration 0005) refuse other moves (done by hand, planned ->
+-- pending, run_after in the future, attempts up) and audit every pause, resume, cancel and retry
+-- with the login that made it. ops/security.md says who can make what happen.
 CREATE ROLE tg_operator NOLOGIN;
-GRANT SELECT ON queue_jobs, backfill_jobs, backfill_slices, etl_errors, tidegate_workers, tidegate_audit,
+GRANT SELECT ON queue_jobs, backfill_jobs, backfill_slices, tidegate_workers, tidegate_audit,
                 archive_candidates, archive_audit, archive_audit_batches, archive_guards TO tg_operator;
+GRANT SELECT (id, job_id, slice_no, item_key, error_type, message, created_at) ON etl_errors TO tg_operator;
 GRANT UPDATE (status, status_reason, status_by, updated_at, finished_at) ON backfill_jobs TO tg_operator;
 GRANT UPDATE (status, updated_at, finished_at) ON queue_jobs TO tg_operator;
 GRANT UPDATE (attempts, run_after, last_error, updated_at) ON backfill_slices TO tg_operator;
@@ -58,5 +68,5 @@ GRANT USAGE ON SEQUENCE archive_audit_batches_id_seq TO tg_worker;
 -- finished jobs and old errors. Grant it to the pool's login, or run the pool with --no-maintenance
 -- and the cron job as a login holding this role.
 CREATE ROLE tg_maintenance NOLOGIN;
-GRANT SELECT, DELETE ON queue_jobs, backfill_jobs, backfill_slices, etl_errors, archive_candidates
-    TO tg_maintenance;
+GRANT SELECT, DELETE ON queue_jobs, backfill_jobs, backfill_slices, archive_candidates TO tg_maintenance;
+GRANT SELECT (id, created_at), DELETE ON etl_errors TO tg_maintenance;      -- not the samples

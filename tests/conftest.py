@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 
 from tests import pg
 from worker.db import make_engine
@@ -164,3 +166,29 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.1, what: str = 
 def scalar(engine: Engine, sql: str, **params: object) -> object:
     with engine.connect() as conn:
         return conn.execute(text(sql), params).scalar()
+
+
+ROLES = ("enqueue", "operator", "worker", "maintenance")
+
+
+@pytest.fixture
+def roles(engine, db_url):  # type: ignore[no-untyped-def]
+    """ops/roles.sql applied with cluster-unique role names; yields a URL per role (LOGIN, no password)
+    and "prefix" (the roles are PREFIX + enqueue/operator/worker/maintenance). The demo's grants are
+    added as ops/roles.sql's comments say: hero_snapshots to enqueue and worker, user_troops to worker."""
+    prefix = f"tg{uuid.uuid4().hex[:6]}_"
+    sql = (ROOT / "ops/roles.sql").read_text().replace("tg_", prefix)
+    with engine.begin() as conn:
+        conn.execute(text(sql))
+        for role in ROLES:
+            conn.execute(text(f"ALTER ROLE {prefix}{role} LOGIN"))
+        conn.execute(text(f"GRANT SELECT ON hero_snapshots TO {prefix}enqueue, {prefix}worker"))
+        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE ON user_troops TO {prefix}worker"))
+    url = make_url(db_url)
+    found = {r: url.set(username=f"{prefix}{r}", password=None).render_as_string(hide_password=False) for r in ROLES}
+    found["prefix"] = prefix
+    yield found
+    with engine.begin() as conn:
+        for role in ROLES:
+            conn.execute(text(f"DROP OWNED BY {prefix}{role}"))
+            conn.execute(text(f"DROP ROLE {prefix}{role}"))

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import click
 
-from worker import control, gates, kinds, status
+from worker import control, gates, kinds, status, store
 from worker.cliutil import Database, actor_option, database_option, echo_json, run_cli
 from worker.db import tidegate_home
 from worker.logs import setup_logging
 from worker.maintenance import DAY, RetentionConfig
-from worker.sql import q
+from worker.redact import redact
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -245,18 +245,22 @@ def status_cmd(db: Database, job: str | None, as_json: bool, watch: bool, interv
 @click.option("--json", "as_json", is_flag=True)
 @database_option
 def errors_cmd(db: Database, job: str, limit: int, as_json: bool) -> None:
-    """Items of JOB that failed in the handler (from etl_errors), newest first."""
+    """Items of JOB that failed in the handler (from etl_errors), newest first.
+
+    Each item's sample (a copy of its source row) is shown only to a login that may read the job's
+    source table and etl_errors.sample."""
     with db.engine.connect() as conn:
         job_id = control.find_job(conn, job)
-        rows = [dict(r) for r in conn.execute(q("job_errors"), {"job_id": job_id, "limit": limit}).mappings()]
+        found = store.job_errors(conn, job_id, limit)
     if as_json:
-        echo_json(rows)
+        echo_json([{**r, "sample_hidden": found.sample_hidden} if found.sample_hidden else r for r in found.rows])
         return
-    if not rows:
+    if not found.rows:
         click.echo("no failed items")
-    for r in rows:
+    for r in found.rows:
         click.echo(f"{r['created_at']:%Y-%m-%d %H:%M:%S}  slice {r['slice_no']}  item {r['item_key']}  "
-                   f"{r['error_type']}: {r['message']}")
+                   f"{r['error_type']}: {redact(r['message'])}")
+        click.echo(f"    sample hidden: {found.sample_hidden}" if found.sample_hidden else f"    sample: {r['sample']}")
 
 
 @cli.command("set")

@@ -1,7 +1,10 @@
 """Operator actions: pause, resume, cancel, retry — the same guarded updates as the runbook's SQL.
 
-A planned job moves in ``backfill_jobs`` (its queue row follows); a job no
-worker has planned yet moves in ``queue_jobs`` alone. Every action is audited.
+A planned job moves in ``backfill_jobs``; a job no worker has planned yet moves in ``queue_jobs``
+alone. The database does the rest, for these commands and a runbook's UPDATE alike (migration
+0005): its triggers refuse moves the state machine lacks, write the audit row (the trigger is its
+single writer: ``actor`` is the name given here, ``db_user`` the login), keep a planned job's queue
+row in step, and on retry give unfinished slices their attempts back.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from worker import store
 from worker.errors import IllegalTransition, InvalidInput, NotFound
 from worker.sql import q
-from worker.states import TERMINAL, TRANSITIONS, JobStatus
+from worker.states import TRANSITIONS
 
 # queue-row moves for jobs that have no backfill_jobs row yet
 _UNPLANNED = {
@@ -40,6 +43,8 @@ def transition(conn: Connection, ref: str, action: str, actor: str, reason: str 
     job_id = find_job(conn, ref)
     row = conn.execute(q("find_job"), {"prefix": job_id}).one()
     sources, target = TRANSITIONS[action]
+    reason = reason or f"{action} by {actor}"
+    _label(conn, actor, reason)
     if row.job_status is None:  # not planned yet
         q_from, q_to = _UNPLANNED[action]
         moved = conn.execute(
@@ -50,30 +55,21 @@ def transition(conn: Connection, ref: str, action: str, actor: str, reason: str 
     else:
         moved = conn.execute(
             q("set_job_status"),
-            {"job_id": job_id, "to_status": target.value, "reason": reason or f"{action} by {actor}",
-             "actor": actor, "from_statuses": [s.value for s in sources]},
+            {"job_id": job_id, "to_status": target.value, "reason": reason, "actor": actor,
+             "from_statuses": [s.value for s in sources]},
         ).first()
         if moved is None:
             raise IllegalTransition(
                 f"cannot {action} job {job_id}: it is {row.job_status}"
                 f" ({action} needs {' or '.join(s.value for s in sources)})"
             )
-        _mirror_queue_row(conn, job_id, target)
-        if action == "retry":
-            conn.execute(q("reset_slices_for_retry"), {"job_id": job_id})
-        elif action == "resume":  # slices backing off after failed batches run at once, attempts kept
-            conn.execute(q("wake_slices"), {"job_id": job_id})
-    store.audit(conn, actor, action, job_id, {"reason": reason})
     return job_id
 
 
-def _mirror_queue_row(conn: Connection, job_id: str, target: JobStatus) -> None:
-    queue_status = target.value if target in TERMINAL else "running"
-    conn.execute(
-        q("set_queue_status"),
-        {"job_id": job_id, "to_status": queue_status,
-         "from_statuses": ["pending", "running", "paused", "failed", "cancelled"]},
-    )
+def _label(conn: Connection, actor: str, reason: str) -> None:
+    """Who (``--by``) and why, for the audit rows this transaction's moves make. Labels only: the
+    trigger records the login (``session_user``) beside them and decides nothing by them."""
+    conn.execute(q("label_transaction"), {"actor": actor, "reason": reason})
 
 
 def pause_all(conn: Connection, actor: str, reason: str | None) -> list[str]:
@@ -81,15 +77,14 @@ def pause_all(conn: Connection, actor: str, reason: str | None) -> list[str]:
     worker has planned yet. Unplanned ones first: one being planned meanwhile is waited for, and then
     its new checkpoint row is paused by the second statement."""
     sources, target = TRANSITIONS["pause"]
+    reason = reason or f"pause --all by {actor}"
+    _label(conn, actor, reason)  # each job's pause is audited by the trigger, with this reason
     rows = conn.execute(q("pause_unplanned")).all()
     rows += conn.execute(
         q("set_all_jobs_status"),
-        {"to_status": target.value, "reason": reason or f"pause --all by {actor}", "actor": actor,
-         "from_statuses": [s.value for s in sources]},
+        {"to_status": target.value, "reason": reason, "actor": actor, "from_statuses": [s.value for s in sources]},
     ).all()
-    ids = [str(r.job_id) for r in rows]
-    store.audit(conn, actor, "pause-all", None, {"jobs": ids, "reason": reason})
-    return ids
+    return [str(r.job_id) for r in rows]
 
 
 KNOB_NAMES = ("concurrency", "batch_size", "max_rows_per_second", "sleep_between_batches", "target_batch_seconds",

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, create_engine, event, pool
 from sqlalchemy.exc import DBAPIError
 
 from worker.errors import DatabaseUnavailable
+from worker.redact import redact, register_url
 
 EMBEDDED = "embedded"
 
@@ -48,8 +49,7 @@ def sqlalchemy_url(url: str) -> str:
 
 def mask_url(url: str) -> str:
     """The URL with its password replaced, for logs, status and errors."""
-    masked = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
-    return re.sub(r"(password=)[^&\s]*", r"\1***", masked)
+    return redact(url)
 
 
 def make_engine(url: str, *, application_name: str = "tidegate", pool_size: int = 2) -> Engine:
@@ -59,6 +59,7 @@ def make_engine(url: str, *, application_name: str = "tidegate", pool_size: int 
     locks, no prepared statements, no LISTEN), so it works through PgBouncer
     in transaction mode.
     """
+    register_url(url)  # masked wherever this process prints it, even inside a handler's own message
     engine = create_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
@@ -152,6 +153,7 @@ def first_line(err: BaseException) -> str:
 @contextlib.contextmanager
 def connect(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
     """A plain psycopg connection (used where SQLAlchemy would only add overhead)."""
+    register_url(url)
     try:
         conn = psycopg.connect(libpq_url(url), autocommit=autocommit, prepare_threshold=None)
     except psycopg.OperationalError as err:

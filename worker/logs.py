@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from worker.redact import RedactFilter, guard_std_streams
+
 
 def job_ctx(job_id: str, slice_no: int | None = None, **fields: object) -> dict[str, object]:
     """``extra=`` for a log line about a job: JSON logs carry these as fields."""
@@ -28,8 +30,8 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         doc.update(getattr(record, "tidegate", {}))
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            doc["exc"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(doc)
 
 
@@ -38,7 +40,9 @@ def setup_logging(level: str = "INFO", fmt: str = "text", process_name: str | No
 
     if process_name:
         multiprocessing.current_process().name = process_name
+    guard_std_streams()  # a handler's own print or argument parser may echo a URL
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactFilter())  # every line: no password, token or registered secret
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

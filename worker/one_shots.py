@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine
 from worker import metrics, store
 from worker.db import first_line, is_outage
 from worker.errors import InvalidInput
+from worker.redact import error_text
 
 if TYPE_CHECKING:
     from worker.runner import WorkerConfig
@@ -93,10 +94,10 @@ class OneShots:
         return failed
 
     def _failed(self, conn: Connection, job: store.QueueJob, err: BaseException, counted: bool = True) -> None:
-        message = f"{type(err).__name__}: {first_line(err)[:500]}"
+        message = error_text(err, 500)
         if isinstance(err, InvalidInput):  # its payload cannot be read: the same would happen again
             metrics.ONE_SHOT_JOBS.labels(job.type, "failed").inc()
-            store.fail_claimed_one_shot(conn, job.id, f"invalid job: {first_line(err)[:500]}")
+            store.fail_claimed_one_shot(conn, job.id, f"invalid job: {error_text(err, 500, with_class=False)}")
             return
         metrics.ONE_SHOT_JOBS.labels(job.type, "retried").inc()
         store.retry_queue_job(conn, job.id, message, self.config.backoff_base, self.config.backoff_max,

@@ -38,6 +38,7 @@ from worker.gates import Gate, Gates
 from worker.heartbeat import Heartbeat
 from worker.logs import job_ctx
 from worker.one_shots import OneShots
+from worker.redact import error_text
 from worker.states import ACTIVE
 from worker.wakeup import Wakeup
 
@@ -193,10 +194,11 @@ class Worker:
         return plan
 
     def _planning_failed(self, conn: Connection, job: store.QueueJob, err: BaseException) -> None:
-        message = f"{type(err).__name__}: {first_line(err)[:500]}"
+        message = error_text(err, 500)
         ctx = job_ctx(job.id, kind=job.type)
         if isinstance(err, PAYLOAD_FAULTS):  # the same payload would fail the same way again
-            reason = f"invalid job: {first_line(err)[:500] if isinstance(err, InvalidInput) else message}"
+            why = error_text(err, 500, with_class=False) if isinstance(err, InvalidInput) else message
+            reason = f"invalid job: {why}"
             log.warning("job %s (%s) rejected: %s", job.id, job.type, reason, extra=ctx)
             store.fail_queue_job(conn, job.id, reason)
             return
@@ -384,7 +386,7 @@ class Worker:
         database's fault (worker/db.py ``is_database_fault``) is retried with backoff and, after
         ``pause_after_failures`` in a row, pauses the job; anything else fails it after its attempts."""
         metrics.BATCH_FAILURES.labels(kind_name).inc()
-        message = f"{type(err).__name__}: {first_line(err)[:500]}"
+        message = error_text(err, 500)
         with self.engine.begin() as conn:
             attempt = store.fail_attempt(conn, job_id, slice_no, self.id, message,
                                          self.config.backoff_base, self.config.backoff_max)

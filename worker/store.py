@@ -1,7 +1,9 @@
 """The query boundary: one function per runtime query, frozen results.
 
 Every function takes an open SQLAlchemy connection; the caller owns the
-transaction. Row counts of guarded UPDATEs are checked here.
+transaction. Row counts of guarded UPDATEs are checked here. Error text is
+written through :func:`worker.redact.redact` here, so no writer of
+``last_error`` or ``etl_errors.message`` can store a password.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from worker import keys
 from worker.db import first_line
 from worker.errors import InvalidInput
 from worker.kinds import ItemError, Plan
+from worker.redact import redact
 from worker.sql import q
 
 
@@ -155,7 +158,7 @@ def claim_one_shots(conn: Connection, queues: list[str], types: list[str], limit
 def retry_queue_job(conn: Connection, job_id: str, error: str, backoff_base: float, backoff_max: float,
                     counted: bool = False) -> None:
     """Back off or fail; ``counted``: the claim already counted this attempt (one-shot jobs)."""
-    conn.execute(q("retry_queue_job"), {"job_id": job_id, "error": error, "backoff_base": backoff_base,
+    conn.execute(q("retry_queue_job"), {"job_id": job_id, "error": redact(error), "backoff_base": backoff_base,
                                         "backoff_max": backoff_max, "add": 0 if counted else 1})
 
 
@@ -172,7 +175,7 @@ def fail_claimed_one_shot(conn: Connection, job_id: str, error: str) -> None:
 
 
 def fail_queue_job(conn: Connection, job_id: str, error: str) -> None:
-    conn.execute(q("fail_queue_job"), {"job_id": job_id, "error": error})
+    conn.execute(q("fail_queue_job"), {"job_id": job_id, "error": redact(error)})
 
 
 def claim_slice(conn: Connection, worker_id: str, queues: list[str], kinds: list[str]) -> ClaimedSlice | None:
@@ -219,7 +222,7 @@ def record_batch(
             q("insert_item_error"),
             [
                 {"job_id": job_id, "slice_no": slice_no, "item_key": e.item_key, "error_type": e.error_type,
-                 "message": e.message, "sample": e.sample}
+                 "message": redact(e.message), "sample": e.sample}
                 for e in errors
             ],
         )
@@ -263,6 +266,7 @@ def fail_attempt(
     backoff_base: float, backoff_max: float,
 ) -> Attempt | None:
     """Count a failed batch and schedule its retry; None if the slice was not ours."""
+    error = redact(error)
     row = conn.execute(
         q("fail_slice_attempt"),
         {"job_id": job_id, "slice_no": slice_no, "worker_id": worker_id, "error": error,
@@ -277,7 +281,7 @@ def fail_attempt(
 
 
 def fail_job(conn: Connection, job_id: str, reason: str) -> None:
-    conn.execute(q("fail_job"), {"job_id": job_id, "reason": reason})
+    conn.execute(q("fail_job"), {"job_id": job_id, "reason": redact(reason)})
     conn.execute(q("finish_queue_job"), {"job_id": job_id, "status": "failed"})
 
 
@@ -298,6 +302,27 @@ def audit(conn: Connection, actor: str, action: str, job_id: str | None, details
         q("audit"),
         {"actor": actor, "action": action, "job_id": job_id, "details": json.dumps(details, default=str)},
     )
+
+
+@dataclass(frozen=True)
+class ItemErrors:
+    rows: list[dict[str, Any]]
+    sample_hidden: str | None  # why ``sample`` is withheld, or None
+
+
+def job_errors(conn: Connection, job_id: str, limit: int) -> ItemErrors:
+    """A job's failed items. Their ``sample`` (a copy of the source row) is read only when the caller
+    may read the job's source table and the sample column (ops/roles.sql grants neither to
+    tg_enqueue or tg_operator): the error table must not widen what a login can read."""
+    access = conn.execute(q("sample_access"), {"job_id": job_id}).one()
+    hidden = None
+    if not access.can_read_source:
+        hidden = f"no SELECT on {access.source or 'the job source'}"
+    elif not access.can_read_sample:
+        hidden = "no SELECT on etl_errors.sample"
+    name = "job_errors_no_sample" if hidden else "job_errors"
+    rows = [dict(r) for r in conn.execute(q(name), {"job_id": job_id, "limit": limit}).mappings()]
+    return ItemErrors(rows, hidden)
 
 
 def to_jsonable(value: Any) -> Any:

@@ -29,10 +29,10 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from worker import control, kinds, status
+from worker import control, kinds, status, store
 from worker.enqueue import enqueue
 from worker.errors import IllegalTransition, InvalidInput, NotFound, TidegateError
-from worker.sql import q
+from worker.redact import register_secret
 
 log = logging.getLogger(__name__)
 TEMPLATE = resources.files("worker").joinpath("web.html").read_text()
@@ -54,7 +54,8 @@ class Api:
     def errors(self, job: str, limit: int = 50) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             job_id = control.find_job(conn, job)
-            return [dict(r) for r in conn.execute(q("job_errors"), {"job_id": job_id, "limit": limit}).mappings()]
+            found = store.job_errors(conn, job_id, limit)
+        return [{**r, "sample_hidden": found.sample_hidden} if found.sample_hidden else r for r in found.rows]
 
     def authorized(self, header: str | None) -> HTTPStatus | None:
         if not self.token:
@@ -109,6 +110,7 @@ def page(rows: list[dict[str, Any]], errors: dict[str, list[dict[str, Any]]], re
 
 def serve(engine: Engine, host: str, port: int, refresh: float = 2.0) -> ThreadingHTTPServer:
     api = Api(engine, os.environ.get("TIDEGATE_ADMIN_TOKEN") or None)
+    register_secret(api.token)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "tidegate"

@@ -329,15 +329,9 @@ SET status = :to_status, updated_at = now(),
 WHERE id = :job_id AND status = ANY(:from_statuses)
 RETURNING id;
 
--- name: reset_slices_for_retry
--- description: Retry: every unfinished slice may run again now, attempts forgotten.
-UPDATE backfill_slices SET attempts = 0, run_after = now(), last_error = NULL, updated_at = now()
-WHERE job_id = :job_id AND status = 'pending';
-
--- name: wake_slices
--- description: Resume: slices waiting out a failed batch's backoff may run now; their attempts stay counted.
-UPDATE backfill_slices SET run_after = now(), updated_at = now()
-WHERE job_id = :job_id AND status = 'pending' AND run_after > now();
+-- name: label_transaction
+-- description: Who (--by) and why, for the audit rows the state triggers write in this transaction only.
+SELECT set_config('tidegate.actor', :actor, true), set_config('tidegate.reason', :reason, true);
 
 -- name: audit
 -- description: Who did what to which job.
@@ -371,9 +365,23 @@ ORDER BY q.created_at DESC
 LIMIT :limit;
 
 -- name: job_errors
--- description: Failed items of a job, newest first.
+-- description: Failed items of a job, newest first, with the copy of each source row.
 SELECT id, slice_no, item_key, error_type, message, sample, created_at
 FROM etl_errors WHERE job_id = :job_id ORDER BY id DESC LIMIT :limit;
+
+-- name: job_errors_no_sample
+-- description: Failed items of a job, newest first, for a login that may not read the source rows.
+SELECT id, slice_no, item_key, error_type, message, CAST(NULL AS text) AS sample, created_at
+FROM etl_errors WHERE job_id = :job_id ORDER BY id DESC LIMIT :limit;
+
+-- name: sample_access
+-- description: May this login read a job's samples: SELECT on its source table (by OID, so a name that no
+-- description: longer resolves reads as "no") and on the sample column. Jobs without a source need the column only.
+SELECT src.source,
+       src.source IS NULL OR coalesce(has_table_privilege(to_regclass(src.source), 'SELECT'), false)
+         AS can_read_source,
+       has_column_privilege('etl_errors', 'sample', 'SELECT') AS can_read_sample
+FROM (SELECT (SELECT params ->> 'source' FROM backfill_jobs WHERE job_id = :job_id) AS source) src;
 
 -- name: enqueue
 -- description: Put a validated job on the queue (what the runbook's INSERT does by hand).
