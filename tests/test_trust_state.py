@@ -30,7 +30,7 @@ def planned_job(engine: Engine, *, start: bool = True) -> str:
         conn.execute(text(RUNBOOK_INSERT))
         job = store.claim_queue_job(conn, ["default"], [], [])
         assert job is not None
-        store.store_plan(conn, job.id, job.type, kinds.kinds()["backfill_range"].plan(conn, job.payload))
+        store.store_plan(conn, job.id, job.type, kinds.kinds()["backfill_range"].plan(conn, job.payload()))
         if start:
             assert store.claim_slice(conn, FAKE_WORKER, ["default"], ["backfill_range"]) is not None
     return job.id
