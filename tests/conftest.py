@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 
 from tests import pg
 from worker.db import make_engine
@@ -23,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # subprocesses load the test handlers (tests.handlers:...) as a deployment loads its own module:
 # importable (PYTHONPATH) and named in $TIDEGATE_HANDLERS, the handler registry's list
 CHILD_ENV = {"PYTHONPATH": str(ROOT), "TIDEGATE_HANDLERS": "tests.handlers"}
+ROLES = ("enqueue", "operator", "worker", "maintenance")  # ops/roles.sql's tg_* roles
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +55,28 @@ def engine(db_url: str) -> Iterator[Engine]:
     eng = make_engine(db_url, application_name="tidegate-tests")
     yield eng
     eng.dispose()
+
+
+@pytest.fixture
+def roles(engine: Engine, db_url: str) -> Iterator[dict[str, str]]:
+    """ops/roles.sql applied with cluster-unique role names; yields a URL per role."""
+    prefix = f"tg{uuid.uuid4().hex[:6]}_"
+    sql = (ROOT / "ops/roles.sql").read_text().replace("tg_", prefix)
+    with engine.begin() as conn:
+        conn.execute(text(sql))
+        for role in ROLES:
+            conn.execute(text(f"ALTER ROLE {prefix}{role} LOGIN"))
+        conn.execute(text(f"GRANT SELECT ON hero_snapshots TO {prefix}enqueue, {prefix}worker"))
+        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE ON user_troops TO {prefix}worker"))
+    url = make_url(db_url)
+    found = {r: url.set(username=f"{prefix}{r}", password=None).render_as_string(hide_password=False) for r in ROLES}
+    found["prefix"] = prefix
+    yield found
+    with engine.begin() as conn:
+        for role in ROLES:
+            conn.execute(text(f"DROP OWNED BY {prefix}{role}"))
+            conn.execute(text(f"DROP ROLE {prefix}{role}"))
+
 
 
 def run_cli(url: str, *args: str, check: bool = True, timeout: float = 120, env: dict | None = None,

@@ -47,7 +47,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -63,6 +65,7 @@ from worker.identifiers import Column, Ident
 SHIPPED = ("tidegate", "marten", "rillflow")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # as archive_layouts.name's CHECK; no dot, no slash
 LISTED = 30
+MAX_FILE = 256 * 1024
 GET = text("SELECT spec FROM archive_layouts WHERE name = :name")
 GET_SHA = text("SELECT sha256 FROM archive_layouts WHERE name = :name")
 NAMES = text("SELECT name FROM archive_layouts ORDER BY name LIMIT :limit")
@@ -118,12 +121,20 @@ class LayoutFile:
 
 
 def read_file(ref: str) -> LayoutFile:
+    """The user's own file (their command, their permissions): a small regular file, so a device or a FIFO
+    given by mistake is refused rather than read for ever."""
     path = Path(ref)
     try:
-        body = path.read_text()
+        with open(path, "rb", opener=_nonblocking) as f:  # Path.open takes no opener
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidInput(f"layout {_shown(ref)}: not a regular file")
+            if info.st_size > MAX_FILE:
+                raise InvalidInput(f"layout {_shown(ref)}: larger than {MAX_FILE // 1024} KiB")
+            body = f.read(MAX_FILE + 1).decode()
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
-        raise InvalidInput(f"layout {ref!r}: not a shipped layout ({', '.join(SHIPPED)}), a registered name,"
+        raise InvalidInput(f"layout {_shown(ref)}: not a shipped layout ({', '.join(SHIPPED)}), a registered name,"
                            f" nor a readable file ({reason})") from None
     spec = _parse(path, body)
     check_spec(spec)
@@ -171,6 +182,10 @@ def listing(conn: Connection) -> list[dict[str, Any]]:
     rows = [{"name": n, "source": "shipped", "strategy": shipped(n)["strategy"], "sha256": None, "added_by": None,
              "added_at": None} for n in SHIPPED]
     return rows + [dict(r._mapping) for r in conn.execute(LIST)]
+
+
+def _nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)  # opening a FIFO does not wait for a writer
 
 
 def _parse(path: Path, source: str) -> dict[str, Any]:
