@@ -2,7 +2,7 @@
 
 Payload (``queue_jobs.payload``; ``tidegate enqueue archive-range`` writes the same)::
 
-    {"layout": "marten" | "path/to/layout.toml" | {...the layout document...},
+    {"layout": "marten" | "<a layout registered with tidegate archive layout add>",
      "type": "venue", "tenant": "t1", "before": "2025-01-01T00:00:00Z", "streams": ["<id>", ...],
      "where": [{"field": "DataSource", "op": "!=", "value": "LuckBox"}],
      "from_audit": "<job id>",            # unarchive only: the streams that job archived
