@@ -116,7 +116,7 @@ def available() -> dict[str, ItemHandler | RowFunction]:
     for ep in entry_points(group=ENTRY_POINTS):
         try:
             loaded = ep.load()
-        except Exception:  # a broken handler package must not take the pool down: its handlers are just missing
+        except (Exception, SystemExit):  # a broken package must not take the pool down: its handlers are missing
             log.exception("could not load handler entry point %s = %s", ep.name, ep.value)
             continue
         if isinstance(loaded, ModuleType):
@@ -131,7 +131,7 @@ def available() -> dict[str, ItemHandler | RowFunction]:
             continue
         try:
             modules.append(importlib.import_module(name))
-        except Exception:
+        except (Exception, SystemExit):
             log.exception("could not load handler module %s", name)
     for module in modules:
         for attr, value in vars(module).items():
