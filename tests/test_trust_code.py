@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -224,8 +225,11 @@ def test_layouts_an_enqueuer_inserts_are_names_and_the_worker_opens_no_file(engi
         else:
             assert REFUSED_LAYOUT in error and "opens no file" in error, (case, error)
     # existing or missing, the same words: a payload learns nothing of the worker's files
-    secret, missing = tmp_path / "secret.toml", tmp_path / "missing.toml"
-    assert errors["existing-toml"].replace(str(secret), "P") == errors["missing-toml"].replace(str(missing), "P")
+    def without_path(error: str) -> str:  # the path is shown (cut at 80 characters), the rest must be equal
+        return re.sub(r"layout is .*?, not a layout name", "layout is P, not a layout name", error)
+
+    assert without_path(errors["existing-toml"]) == without_path(errors["missing-toml"])
+    assert "secret.toml" in errors["existing-toml"] or "..." in errors["existing-toml"]
     assert not any("topsecret_key" in e or "hunter2" in e for e in errors.values())
     assert scalar(engine, "SELECT count(*) FROM backfill_jobs") == 0
     assert scalar(engine, "SELECT count(*) FROM archive_candidates") == 0
