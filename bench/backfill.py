@@ -81,7 +81,7 @@ def run(url: str | None = None, rows: int = 500_000, memory_rows: tuple[int, ...
                 conn.execute(text("INSERT INTO bench_sink VALUES (0, 0)"))
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.execute(text("VACUUM ANALYZE bench_items"))
-            env = {"PYTHONPATH": str(ROOT)}
+            env = {"PYTHONPATH": str(ROOT), "TIDEGATE_HANDLERS": "bench.memory_handler"}
             cli(db, "enqueue", "backfill-range", "--source", "bench_items", "--key", "id", "--from", "1",
                 "--to", str(n + 1), "--handler", "bench.memory_handler:HANDLER", "--batch-size", "5000",
                 "--owner", "bench", env=env)

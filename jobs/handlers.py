@@ -16,24 +16,38 @@ Two forms:
 
 Handlers run inside the batch's transaction. Effects outside the database are
 not rolled back with it: such handlers must be idempotent.
+
+A payload names a handler; it never names code to import. The handlers a process
+offers are loaded once, from the deployment's own configuration: the
+``tidegate.handlers`` entry points and the modules listed in ``$TIDEGATE_HANDLERS``
+(``tidegate worker --handlers MODULE`` adds to it). ``module:function`` must name one
+of those, so ``os:system`` or ``builtins:len`` is refused before anything is imported,
+with the list of what is available. The enqueue CLI and the admin API resolve through
+the same registry, so they refuse what a worker would refuse.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import entry_points
+from types import ModuleType
 from typing import Any
 
 from sqlalchemy import Connection
 
+from worker import kinds
 from worker.db import is_row_fault
 from worker.errors import InvalidInput
 from worker.kinds import ItemError
 from worker.redact import error_text
 
+log = logging.getLogger(__name__)
 SAMPLE_CHARS = 1000
 
 
@@ -69,6 +83,10 @@ class Resolved:
 
 
 _registry: dict[str, ItemHandler] = {}
+ENTRY_POINTS = "tidegate.handlers"
+MODULES_ENV = kinds.HANDLERS_ENV
+LISTED = 40  # handlers named in a refusal at most
+_available: dict[str, ItemHandler | RowFunction] | None = None
 
 
 def register(handler: ItemHandler) -> ItemHandler:
@@ -79,7 +97,56 @@ def register(handler: ItemHandler) -> ItemHandler:
 
 
 def registered() -> dict[str, ItemHandler]:
+    """Handlers by name (``register``), once the deployment's handler modules are loaded."""
+    available()
     return dict(_registry)
+
+
+def configured_modules() -> list[str]:
+    """The modules named in ``$TIDEGATE_HANDLERS`` (comma-separated; ``tidegate worker --handlers`` adds to it)."""
+    return list(dict.fromkeys(filter(None, (n.strip() for n in os.environ.get(MODULES_ENV, "").split(",")))))
+
+
+def available() -> dict[str, ItemHandler | RowFunction]:
+    """Every handler a payload may name in this process, loaded once from the deployment's own configuration
+    (never from a payload): the ``tidegate.handlers`` entry points and the modules of ``$TIDEGATE_HANDLERS``.
+
+    An entry point names a module (``demo = "jobs.demo.handlers"``) or one object (``mine = "pkg.mod:HANDLER"``,
+    then named ``mine``). A loaded module offers, as ``module:name``, each public function defined in it and each
+    :class:`ItemHandler` instance it holds; handlers it registers are offered by their name."""
+    global _available
+    if _available is not None:
+        return {**_available, **_registry}
+    found: dict[str, ItemHandler | RowFunction] = {}
+    modules: list[ModuleType] = []
+    for ep in entry_points(group=ENTRY_POINTS):
+        try:
+            loaded = ep.load()
+        except (Exception, SystemExit):  # a broken package must not take the pool down: its handlers are missing
+            log.exception("could not load handler entry point %s = %s", ep.name, ep.value)
+            continue
+        if isinstance(loaded, ModuleType):
+            modules.append(loaded)
+        elif isinstance(loaded, ItemHandler) or inspect.isfunction(loaded):
+            found[ep.name] = loaded
+        else:
+            log.error("handler entry point %s = %s is not a module, an ItemHandler or a function", ep.name, ep.value)
+    for name in configured_modules():
+        if not kinds.MODULE_NAME.fullmatch(name):
+            log.error("$%s: %r is not a module name", MODULES_ENV, name)
+            continue
+        try:
+            modules.append(importlib.import_module(name))
+        except (Exception, SystemExit):
+            log.exception("could not load handler module %s", name)
+    for module in modules:
+        for attr, value in vars(module).items():
+            if attr.startswith("_"):
+                continue
+            if isinstance(value, ItemHandler) or (inspect.isfunction(value) and value.__module__ == module.__name__):
+                found[f"{module.__name__}:{attr}"] = value
+    _available = found
+    return {**found, **_registry}
 
 
 def default_handler() -> str:
@@ -88,27 +155,32 @@ def default_handler() -> str:
 
 
 def resolve(ref: object) -> Resolved:
+    """The handler a payload names, looked up in :func:`available`: nothing is imported for a payload."""
     if not isinstance(ref, str) or not ref.strip():
-        raise InvalidInput(f"handler must be a name or module:function, got {ref!r}")
+        raise InvalidInput(f"handler must be a name or module:function, got {_shown(ref)}")
     ref = ref.strip()
-    found = registered().get(ref)
-    if found is not None:
-        return Resolved(ref, handler=found)
-    if ":" not in ref:
-        raise InvalidInput(
-            f"unknown handler {ref!r}; registered: {', '.join(sorted(registered())) or 'none'}"
-            " (or give module:function, or sql:PATH on the CLI)"
-        )
-    module_name, _, attr = ref.partition(":")
-    try:
-        target = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise InvalidInput(f"handler {ref!r} cannot be imported: {err}") from None
+    offered = available()
+    target = offered.get(ref)
     if isinstance(target, ItemHandler):
         return Resolved(ref, handler=target)
-    if callable(target):
+    if target is not None:
         return Resolved(ref, function=target)
-    raise InvalidInput(f"handler {ref!r} is neither an ItemHandler nor a function")
+    names = sorted(offered)
+    listed = ", ".join(names[:LISTED]) + (f" and {len(names) - LISTED} more" if len(names) > LISTED else "")
+    if ":" not in ref:
+        why = f"unknown handler {_shown(ref)}"
+    elif ref.partition(":")[0] in {name.partition(":")[0] for name in names if ":" in name}:
+        why = (f"handler {_shown(ref)} is not available: its module is loaded, but a handler is a public function"
+               " defined there or an ItemHandler it holds")
+    else:
+        why = (f"handler {_shown(ref)} is not available: a payload names only handlers this deployment loaded"
+               f" (entry points {ENTRY_POINTS!r}, ${MODULES_ENV}, tidegate worker --handlers)")
+    raise InvalidInput(f"{why}; available: {listed or 'none'} (or sql:PATH on the CLI)")
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def item_key(row: Mapping[str, Any], key_columns: Sequence[str]) -> str:

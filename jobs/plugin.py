@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jobs.demo.handlers  # noqa: F401  (registers the demo's handlers)
 from jobs import backfill_range
 from jobs.archive import archive_range
 from jobs.archive.cli import COMMANDS as ARCHIVE_COMMANDS

@@ -3,10 +3,11 @@
 -- tests/test_security.py applies this file and checks each role can do its part and nothing else.
 --
 -- What bounds a job is the worker's role. A job's payload may carry its own SQL statement (`sql`,
--- the CLI's --handler sql:PATH) or name a Python handler as `module:function`: an enqueue-only login
--- can therefore make the pool run any statement the worker role may run, and import any module the
--- worker can import. Grant tg_worker only the tables jobs should touch, and keep the handler code
--- the worker can import to the code you deploy.
+-- the CLI's --handler sql:PATH): an enqueue-only login can therefore make the pool run any statement
+-- the worker role may run. Grant tg_worker only the tables jobs should touch. Code and files are not
+-- the payload's to choose: a handler must be one the worker loaded at start (the tidegate.handlers
+-- entry points, $TIDEGATE_HANDLERS, `tidegate worker --handlers`), and an archive layout a shipped
+-- one or one an operator registered in archive_layouts (`tidegate archive layout add FILE`).
 
 -- Data engineers: enqueue jobs (CLI or INSERT) and read their status. Enqueueing validates the
 -- job against its tables, so also grant what it reads, e.g.
@@ -26,6 +27,8 @@ GRANT USAGE ON SEQUENCE tidegate_audit_id_seq TO tg_enqueue;
 GRANT SELECT, INSERT, UPDATE ON archive_candidates TO tg_enqueue;
 GRANT SELECT ON archive_audit, archive_audit_batches TO tg_enqueue;
 GRANT SELECT, INSERT, UPDATE ON archive_watch_cursors, archive_watch_seen TO tg_enqueue;
+-- archive jobs name their layout: a shipped one or a registered one (read when enqueueing)
+GRANT SELECT ON archive_layouts TO tg_enqueue;
 
 -- SREs: pause, resume, cancel, retry (CLI or the runbook's UPDATE) and read what tidegate keeps, except
 -- the copies of source rows in etl_errors.sample (as for tg_enqueue above).
@@ -44,6 +47,9 @@ GRANT UPDATE (status, updated_at, finished_at) ON queue_jobs TO tg_operator;
 GRANT UPDATE (attempts, run_after, last_error, updated_at) ON backfill_slices TO tg_operator;
 GRANT INSERT ON tidegate_audit TO tg_operator;
 GRANT USAGE ON SEQUENCE tidegate_audit_id_seq TO tg_operator;
+-- register event-store layouts (`tidegate archive layout add FILE [--replace]`): which tables an
+-- archive job may move is the operator's choice, not the enqueuer's
+GRANT SELECT, INSERT, UPDATE ON archive_layouts TO tg_operator;
 
 -- The worker pool: the queue and checkpoint tables, nothing else of tidegate's.
 -- Each job also needs its own data privileges, e.g. for the demo:
@@ -62,6 +68,7 @@ GRANT USAGE ON SEQUENCE etl_errors_id_seq, tidegate_audit_id_seq TO tg_worker;
 GRANT SELECT, INSERT, UPDATE ON archive_candidates TO tg_worker;
 GRANT SELECT, INSERT ON archive_audit_batches TO tg_worker;
 GRANT SELECT ON archive_audit TO tg_worker;
+GRANT SELECT ON archive_layouts TO tg_worker;
 GRANT USAGE ON SEQUENCE archive_audit_batches_id_seq TO tg_worker;
 
 -- Retention (the pool's maintenance thread, or `tidegate maintenance run-once` from cron): deletes

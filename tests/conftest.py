@@ -22,8 +22,10 @@ from worker.db import make_engine
 BIN = Path(sys.executable).parent
 TIDEGATE = str(BIN / "tidegate")
 ROOT = Path(__file__).resolve().parent.parent
-# subprocesses can import test handlers (tests.handlers:...) like a user's own module
-CHILD_ENV = {"PYTHONPATH": str(ROOT)}
+# subprocesses load the test handlers (tests.handlers:...) as a deployment loads its own module:
+# importable (PYTHONPATH) and named in $TIDEGATE_HANDLERS, the handler registry's list
+CHILD_ENV = {"PYTHONPATH": str(ROOT), "TIDEGATE_HANDLERS": "tests.handlers"}
+ROLES = ("enqueue", "operator", "worker", "maintenance")  # ops/roles.sql's tg_* roles
 
 
 @pytest.fixture(scope="session")

@@ -177,7 +177,7 @@ def test_hostile_layout_names_are_refused_and_hostile_values_bound(engine, db_ur
             path = tmp_path / f"hostile-{n}-{field[:3]}.toml"
             path.write_text(shipped.replace(field, field.split(" = ")[0] + " = " + json.dumps(name), 1))
             with pytest.raises(InvalidInput), engine.connect() as conn:  # in process: every name, every place
-                layouts.resolve(conn, layouts.load_spec(str(path)))
+                layouts.resolve(conn, layouts.read_file(str(path)).spec)
     path = tmp_path / "hostile-0-tab.toml"
     for args in (["discover", "--layout", str(path)], ["archive", "guard", "--layout", str(path), "--mode", "reject"],
                  ["enqueue", "archive-range", "--layout", str(path), "--reason", "r", "--owner", "o", "--apply",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -140,17 +142,22 @@ def db_embedded(stop: bool) -> None:
 @click.option("--pause-after-failures", default=5, show_default=True, type=click.IntRange(1, 1000),
               help="Pause a job after this many batches in a row failed in the database (full disk, timeouts,"
                    " serialization failures...); other errors fail it after its max_attempts.")
+@click.option("--handlers", "handler_modules", multiple=True, metavar="MODULE",
+              help="A module whose handlers payloads may name (module:function), besides the"
+                   " tidegate.handlers entry points; repeatable. Adds to $TIDEGATE_HANDLERS.")
 @database_option
 @click.pass_context
 def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queues: tuple[str, ...], drain: bool,
            lease_seconds: float, poll_seconds: float, pool_name: str, metrics_port: int | None,
            retention_jobs: float, retention_errors: float, no_maintenance: bool, progress_every: int,
            gate_connections: float, gate_long_transactions: float, gate_replication_lag: float,
-           gate_autovacuum: bool, no_gates: bool, retry_backoff: float, pause_after_failures: int) -> None:
+           gate_autovacuum: bool, no_gates: bool, retry_backoff: float, pause_after_failures: int,
+           handler_modules: tuple[str, ...]) -> None:
     """Run an isolated pool of worker processes until SIGTERM (or, with --drain, until idle)."""
     from worker.pool import run_pool
     from worker.runner import WorkerConfig
 
+    _handler_modules(handler_modules)
     wanted = [t.strip() for t in types.split(",") if t.strip()]
     unknown = sorted(set(wanted) - set(kinds.kinds()))
     if unknown:
@@ -170,6 +177,22 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
     logging.getLogger(__name__).info("pool on %s", db.masked)
     raise SystemExit(run_pool(config, concurrency, ctx.obj["log_level"], ctx.obj["log_format"], metrics_port,
                               retention))
+
+
+def _handler_modules(given: tuple[str, ...]) -> None:
+    """--handlers: checked here (a typo fails the start, not every job) and handed to the worker processes
+    through the environment they inherit; the runtime never imports job code itself."""
+    configured = [n.strip() for n in os.environ.get(kinds.HANDLERS_ENV, "").split(",") if n.strip()]
+    names = list(dict.fromkeys([*configured, *given]))
+    for name in names:
+        try:
+            found = kinds.MODULE_NAME.fullmatch(name) and importlib.util.find_spec(name)
+        except Exception:  # a parent package that fails to import: no such module either
+            found = None
+        if not found:
+            raise click.BadParameter(f"no module {name!r}", param_hint=f"--handlers / ${kinds.HANDLERS_ENV}")
+    if given:
+        os.environ[kinds.HANDLERS_ENV] = ",".join(names)
 
 
 @cli.group()

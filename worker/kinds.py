@@ -16,6 +16,7 @@ import functools
 import importlib
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol
@@ -92,6 +93,11 @@ class JobKind(Protocol):
 
 _registry: dict[str, JobKind] = {}
 _loaded = False
+
+# The modules whose handlers a payload may name, besides the ``tidegate.handlers`` entry points: set by the
+# deployment (or `tidegate worker --handlers`), read by the job kinds' handler registry in each process.
+HANDLERS_ENV = "TIDEGATE_HANDLERS"
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def register(kind: JobKind) -> None:

@@ -2,7 +2,7 @@
 
 Payload (``queue_jobs.payload``; ``tidegate enqueue archive-range`` writes the same)::
 
-    {"layout": "marten" | "path/to/layout.toml" | {...the layout document...},
+    {"layout": "marten" | "<a layout registered with tidegate archive layout add>",
      "type": "venue", "tenant": "t1", "before": "2025-01-01T00:00:00Z", "streams": ["<id>", ...],
      "where": [{"field": "DataSource", "op": "!=", "value": "LuckBox"}],
      "from_audit": "<job id>",            # unarchive only: the streams that job archived
@@ -39,6 +39,7 @@ unarchive leaves the event store as it was.
 
 from __future__ import annotations
 
+import copy
 import uuid
 from typing import Any
 
@@ -115,9 +116,11 @@ class ArchiveRange:
 
     # -- planning ------------------------------------------------------------------
 
-    def plan(self, conn: Connection, payload: Any, *, count_events: bool = False) -> Plan:
-        """Snapshot the selection (``count_events``: with each stream's events, for the reports)."""
-        p = normalize(payload, self.unarchive)
+    def plan(self, conn: Connection, payload: Any, *, count_events: bool = False,
+             spec: dict[str, Any] | None = None) -> Plan:
+        """Snapshot the selection (``count_events``: with each stream's events, for the reports). ``spec``: the
+        layout document of a CLI user's own file (a dry run); a payload only names its layout."""
+        p = normalize(payload, self.unarchive, conn, spec=spec)
         layout = layouts.resolve(conn, p["layout_spec"])
         p["snapshot"] = str(uuid.uuid4())
         query = selection.candidates(conn, layout, p, unarchive=self.unarchive, count_events=count_events)
@@ -222,19 +225,27 @@ class ArchiveRange:
         return list(conn.execute(render(sql, **idents), params).scalars().all())
 
 
-def normalize(payload: Any, unarchive: bool) -> dict[str, Any]:
-    """The payload with defaults applied and every field checked; raises InvalidInput."""
+def normalize(payload: Any, unarchive: bool, conn: Connection, *, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The payload with defaults applied and every field checked; raises InvalidInput.
+
+    ``layout`` names a shipped or registered layout (:func:`layouts.named`); its document goes into the
+    job's params as ``layout_spec``, which only the planner writes (``spec``: a document the caller
+    trusts, the planned job's own or the CLI user's file)."""
     if not isinstance(payload, dict):
         raise InvalidInput(f"payload must be a JSON object, got {type(payload).__name__}")
     p = dict(payload)
     unknown = sorted(set(p) - KNOWN)
     if unknown:
         raise InvalidInput(f"unknown payload field(s): {', '.join(unknown)}; known: {', '.join(sorted(KNOWN))}")
-    if "layout" not in p and "layout_spec" not in p:
-        raise InvalidInput("payload is missing 'layout' (tidegate, marten, rillflow, or a layout document)")
-    p["layout_spec"] = layouts.load_spec(p.get("layout_spec", p.get("layout")))
-    if isinstance(p.get("layout"), dict):
-        p["layout"] = p["layout_spec"].get("name", "custom")
+    if spec is None and "layout_spec" in p:
+        raise InvalidInput("layout_spec is written by planning, not by a payload: name the layout in 'layout'")
+    if "layout" not in p:
+        raise InvalidInput(f"payload is missing 'layout' ({', '.join(layouts.SHIPPED)}, or a registered layout)")
+    if spec is not None:
+        layouts.check_spec(spec)
+        p["layout_spec"] = copy.deepcopy(spec)
+    else:
+        p["layout_spec"] = layouts.named(conn, p["layout"])
     selection.check_filters(p.get("where"))
     for field in ("type", "tenant", "reason", "from_audit"):
         if p.get(field) is not None and (not isinstance(p[field], str) or len(p[field]) > 1000):

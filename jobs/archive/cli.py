@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,14 @@ from jobs.cli import queue_options, submit
 from worker.cliutil import Database, actor_option, database_option, echo_json
 from worker.errors import InvalidInput
 
+LAYOUT_HELP = (f"Event-store layout: a shipped one ({', '.join(layouts.SHIPPED)}), a registered one (tidegate archive"
+               " layout list), or a TOML/YAML file (read by this command).")
+
 
 def selection_options(func: Any) -> Any:
     for option in reversed([
         click.option("--layout", required=True,
-                     help=f"Event-store layout: {', '.join(layouts.SHIPPED)}, or a TOML/YAML file."),
+                     help=LAYOUT_HELP + " A file is registered when a job is enqueued (--apply)."),
         click.option("--type", "type_", help="Only streams of this type."),
         click.option("--where", "where", multiple=True,
                      help="Filter 'FIELD OP VALUE' (= != < <= > >= in, is null): a stream column the layout"
@@ -39,10 +43,18 @@ def selection_options(func: Any) -> Any:
     return func
 
 
-def _payload(layout: str, type_: str | None, where: tuple[str, ...], before: str | None, tenant: str | None,
-             streams: tuple[str, ...], limit: int | None) -> dict[str, Any]:
-    spec = layouts.load_spec(layout)
-    payload: dict[str, Any] = {"layout": layout if layout in layouts.SHIPPED else spec}
+@dataclass
+class Selection:
+    payload: dict[str, Any]
+    spec: dict[str, Any]  # the layout document, for the dry run in this process
+    file: layouts.LayoutFile | None  # the user's own file, registered before a job naming it is enqueued
+
+
+def _payload(db: Database, layout: str, type_: str | None, where: tuple[str, ...], before: str | None,
+             tenant: str | None, streams: tuple[str, ...], limit: int | None) -> Selection:
+    with db.engine.connect() as conn:
+        spec, found = layouts.for_cli(conn, layout)
+    payload: dict[str, Any] = {"layout": spec["name"]}
     if type_ is not None:
         payload["type"] = type_
     if where:
@@ -54,7 +66,17 @@ def _payload(layout: str, type_: str | None, where: tuple[str, ...], before: str
             payload[name] = value
     if streams:
         payload["streams"] = list(streams)
-    return payload
+    return Selection(payload, spec, found)
+
+
+def _register(db: Database, found: layouts.LayoutFile | None, actor: str) -> None:
+    """A job names its layout: the user's file goes into archive_layouts first (or is already there)."""
+    if found is None:
+        return
+    with db.engine.begin() as conn:
+        done = layouts.register(conn, found, actor)
+    click.echo(f"layout {found.name} {'registered' if done == 'added' else 'already registered'}"
+               f" (sha256 {found.sha256[:12]})", err=True)
 
 
 def _confirm(word: str) -> None:
@@ -66,9 +88,10 @@ def _confirm(word: str) -> None:
         raise InvalidInput(f"confirmation {answer.strip()!r} is not {word}; nothing was enqueued")
 
 
-def _enqueue(db: Database, unarchive: bool, payload: dict[str, Any], apply: bool, yes: bool, as_json: bool,
+def _enqueue(db: Database, unarchive: bool, chosen: Selection, apply: bool, yes: bool, as_json: bool,
              opts: dict[str, Any]) -> None:
-    pv = report.preview(db.engine, payload, unarchive=unarchive)
+    payload = chosen.payload
+    pv = report.preview(db.engine, payload, unarchive=unarchive, spec=chosen.spec)
     verb = "unarchive" if unarchive else "archive"
     out = report.render_preview(pv, verb)
     click.echo(out, err=apply or as_json)
@@ -79,6 +102,7 @@ def _enqueue(db: Database, unarchive: bool, payload: dict[str, Any], apply: bool
         return
     if not yes:
         _confirm(verb.upper())
+    _register(db, chosen.file, opts["actor"])
     submit(db, "unarchive_range" if unarchive else "archive_range", payload, {**opts, "as_json": as_json})
 
 
@@ -97,12 +121,12 @@ def enqueue_archive(db: Database, layout: str, type_: str | None, where: tuple[s
                     concurrency: int, reason: str, force: bool, apply: bool, yes: bool,
                     max_rows_per_second: float | None, **opts: Any) -> None:
     """Archive whole event streams (dry run unless --apply); prints the job id."""
-    payload = _payload(layout, type_, where, before, tenant, streams, limit)
-    payload.update(batch_size=batch_size, concurrency=concurrency, reason=reason, force=force,
-                   owner=opts.pop("owner"))
+    chosen = _payload(db, layout, type_, where, before, tenant, streams, limit)
+    chosen.payload.update(batch_size=batch_size, concurrency=concurrency, reason=reason, force=force,
+                          owner=opts.pop("owner"))
     if max_rows_per_second is not None:
-        payload["max_rows_per_second"] = max_rows_per_second
-    _enqueue(db, False, payload, apply, yes, opts.pop("as_json"), opts)
+        chosen.payload["max_rows_per_second"] = max_rows_per_second
+    _enqueue(db, False, chosen, apply, yes, opts.pop("as_json"), opts)
 
 
 @click.command("unarchive-range")
@@ -119,13 +143,13 @@ def enqueue_unarchive(db: Database, layout: str, type_: str | None, where: tuple
                       batch_size: int, concurrency: int, reason: str | None, apply: bool, yes: bool,
                       **opts: Any) -> None:
     """Move archived streams back to the hot tables and clear their marks (dry run unless --apply)."""
-    payload = _payload(layout, type_, where, before, tenant, streams, limit)
-    payload.update(batch_size=batch_size, concurrency=concurrency, owner=opts.pop("owner"))
+    chosen = _payload(db, layout, type_, where, before, tenant, streams, limit)
+    chosen.payload.update(batch_size=batch_size, concurrency=concurrency, owner=opts.pop("owner"))
     if reason:
-        payload["reason"] = reason
+        chosen.payload["reason"] = reason
     if from_audit:
-        payload["from_audit"] = from_audit
-    _enqueue(db, True, payload, apply, yes, opts.pop("as_json"), opts)
+        chosen.payload["from_audit"] = from_audit
+    _enqueue(db, True, chosen, apply, yes, opts.pop("as_json"), opts)
 
 
 enqueue_archive.tidegate_enqueue = True  # type: ignore[attr-defined]
@@ -143,9 +167,9 @@ def discover(db: Database, layout: str, type_: str | None, where: tuple[str, ...
              as_json: bool) -> None:
     """The discovery report: archive candidates per stream type, create-only vs with updates,
     their events, and the cross-reference check. Reads only."""
-    payload = _payload(layout, type_, where, before, tenant, streams, limit)
-    payload["owner"] = "discover"
-    pv = report.preview(db.engine, payload, csv_path=csv_path)
+    chosen = _payload(db, layout, type_, where, before, tenant, streams, limit)
+    chosen.payload["owner"] = "discover"
+    pv = report.preview(db.engine, chosen.payload, csv_path=csv_path, spec=chosen.spec)
     if as_json:
         echo_json({"by_type": pv.by_type, "totals": pv.totals})
     else:
@@ -160,7 +184,7 @@ def archive() -> None:
 
 
 @archive.command("status")
-@click.option("--layout", required=True, help=f"{', '.join(layouts.SHIPPED)}, or a TOML/YAML file.")
+@click.option("--layout", required=True, help=LAYOUT_HELP)
 @click.option("--json", "as_json", is_flag=True)
 @database_option
 def archive_status(db: Database, layout: str, as_json: bool) -> None:
@@ -193,7 +217,7 @@ def archive_report(db: Database, job_id: str, as_json: bool) -> None:
 
 
 @archive.command("guard")
-@click.option("--layout", required=True, help=f"{', '.join(layouts.SHIPPED)}, or a TOML/YAML file.")
+@click.option("--layout", required=True, help=LAYOUT_HELP)
 @click.option("--mode", required=True, type=click.Choice(guard.MODES),
               help="reject: appends to archived streams fail; redirect: they go to the archive; off: remove.")
 @actor_option
@@ -205,7 +229,7 @@ def archive_guard(db: Database, layout: str, mode: str, actor: str) -> None:
 
 
 @click.command("watch-deletions")
-@click.option("--layout", required=True, help=f"{', '.join(layouts.SHIPPED)}, or a TOML/YAML file.")
+@click.option("--layout", required=True, help=LAYOUT_HELP + " A file is registered first: the jobs name it.")
 @click.option("--map", "mapping", multiple=True, required=True,
               help="EVENT_TYPE=STREAM_TYPE: archive the stream such an event is appended to (STREAM_TYPE * = any).")
 @click.option("--name", default="default", show_default=True, help="Watcher name (its cursor).")
@@ -228,15 +252,51 @@ def watch_deletions(db: Database, layout: str, mapping: tuple[str, ...], name: s
 
     stop = threading.Event()
     signals.on_signals(lambda _signum: stop.set())  # SIGTERM or SIGINT stop it between polls
-    spec = layout if layout in layouts.SHIPPED else layouts.load_spec(layout)
+    with db.engine.connect() as conn:
+        spec, found = layouts.for_cli(conn, layout)
+    _register(db, found, actor)
     pairs = watch.parse_map(mapping)
     while True:
-        done = watch.poll(db.engine, name, spec, pairs, owner=owner, actor=actor, lookback=lookback,
+        done = watch.poll(db.engine, name, spec["name"], pairs, owner=owner, actor=actor, lookback=lookback,
                           batch_size=batch_size)
         if done["job_id"] or once:
             click.echo(json.dumps(done), err=not once)
         if once or stop.wait(interval):
             return
+
+
+@archive.group("layout")
+def layout_group() -> None:
+    """Layouts a payload may name: the shipped ones and those an operator registered."""
+
+
+@layout_group.command("add")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--replace", is_flag=True, help="Replace a registered layout of the same name (jobs already planned"
+                                              " keep the layout they were planned with).")
+@actor_option
+@database_option
+def layout_add(db: Database, file: Path, replace: bool, actor: str) -> None:
+    """Check FILE (shape, then every name against the catalog) and register it under its name."""
+    found = layouts.read_file(str(file))
+    with db.engine.begin() as conn:
+        done = layouts.register(conn, found, actor, replace=replace)
+    click.echo(f"layout {found.name}: {done} (sha256 {found.sha256})")
+
+
+@layout_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@database_option
+def layout_list(db: Database, as_json: bool) -> None:
+    """The shipped layouts and the registered ones."""
+    with db.engine.connect() as conn:
+        rows = layouts.listing(conn)
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        origin = "shipped" if r["source"] == "shipped" else f"by {r['added_by']} at {r['added_at']:%Y-%m-%d %H:%M}"
+        click.echo(f"{r['name']:<24}{r['strategy'] or '?':<6}{(r['sha256'] or '')[:12]:<14}{origin}")
 
 
 COMMANDS = [enqueue_archive, enqueue_unarchive, discover, archive, watch_deletions]

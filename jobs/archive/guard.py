@@ -42,9 +42,8 @@ ON CONFLICT (events_table) DO UPDATE SET mode = EXCLUDED.mode, layout = EXCLUDED
 def set_guard(engine: Engine, layout_ref: Any, mode: str, actor: str) -> dict[str, Any]:
     if mode not in MODES:
         raise InvalidInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    spec = layouts.load_spec(layout_ref)
     with engine.begin() as conn:
-        layout = layouts.resolve(conn, spec)
+        layout = layouts.resolve(conn, layouts.for_cli(conn, layout_ref)[0])
         conn.execute(render(DROP, events=layout.events))
         conn.execute(text("DELETE FROM archive_guards WHERE events_table = :t"), {"t": layout.events.sql})
         if mode != "off":

@@ -1,9 +1,12 @@
 """Event-store layouts: which tables and columns hold streams, events and their archive.
 
 A layout is a small TOML (or YAML, when PyYAML is installed) document; three ship with
-tidegate (``tidegate``, ``marten``, ``rillflow`` under ``jobs/archive/layouts/``) and a
-user passes their own by path. The CLI puts the parsed document itself into the job's
-payload, so a worker never needs the user's file::
+tidegate (``tidegate``, ``marten``, ``rillflow`` under ``jobs/archive/layouts/``) and an
+operator registers others in ``archive_layouts`` (``tidegate archive layout add FILE``:
+checked, stored with its text and sha256). A payload names a layout; it never carries a
+path or a document, so a worker opens no file an enqueuer chose and moves no table an
+operator did not register. The CLI still reads a user's file for dry runs (``--layout
+./mine.toml``) and registers it on ``--apply``::
 
     name = "mine"
     strategy = "move"            # move: events go to [events].archive_table
@@ -42,19 +45,37 @@ is an error rather than a silently ignored setting.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import os
+import re
+import stat
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
-from worker import identifiers
-from worker.errors import InvalidIdentifier, InvalidInput
+from worker import identifiers, store
+from worker.errors import InvalidIdentifier, InvalidInput, PermissionDenied
 from worker.identifiers import Column, Ident
 
 SHIPPED = ("tidegate", "marten", "rillflow")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # as archive_layouts.name's CHECK; no dot, no slash
+LISTED = 30
+MAX_FILE = 256 * 1024
+GET = text("SELECT spec FROM archive_layouts WHERE name = :name")
+GET_SHA = text("SELECT sha256 FROM archive_layouts WHERE name = :name")
+NAMES = text("SELECT name FROM archive_layouts ORDER BY name LIMIT :limit")
+CAN_ADD = text("SELECT has_table_privilege('archive_layouts', 'INSERT')")
+UPSERT = text("""INSERT INTO archive_layouts (name, format, body, sha256, spec)
+VALUES (:name, :format, :body, :sha256, CAST(:spec AS jsonb))
+ON CONFLICT (name) DO UPDATE SET format = EXCLUDED.format, body = EXCLUDED.body, sha256 = EXCLUDED.sha256,
+    spec = EXCLUDED.spec, added_by = session_user, added_at = now()""")
+LIST = text("""SELECT name, 'registered' AS source, spec->>'strategy' AS strategy, sha256, added_by, added_at
+FROM archive_layouts ORDER BY name""")
 STREAM_KEYS = {"table", "key", "type", "version", "tenant", "activity", "archived_flag", "archived_at",
                "archived_by", "archive_reason", "filter_columns"}
 EVENT_KEYS = {"table", "stream", "sequence", "version", "type", "data", "archived_flag", "archive_table",
@@ -62,24 +83,109 @@ EVENT_KEYS = {"table", "stream", "sequence", "version", "type", "data", "archive
 READ_MODEL_KEYS = {"table", "key", "archive_table"}
 
 
-def load_spec(ref: Any) -> dict[str, Any]:
-    """A layout document from a shipped name, a file path, or an already parsed dict."""
-    if isinstance(ref, dict):
-        spec = copy.deepcopy(ref)
-    elif isinstance(ref, str) and ref in SHIPPED:
-        spec = tomllib.loads(resources.files(__package__).joinpath("layouts", f"{ref}.toml").read_text())
-    elif isinstance(ref, str) and ref:
-        path = Path(ref)
-        try:
-            source = path.read_text()
-        except OSError as err:
-            raise InvalidInput(f"layout {ref!r}: not a shipped layout ({', '.join(SHIPPED)})"
-                               f" and not a readable file ({err.strerror})") from None
-        spec = _parse(path, source)
+def shipped(name: str) -> dict[str, Any]:
+    return tomllib.loads(resources.files(__package__).joinpath("layouts", f"{name}.toml").read_text())
+
+
+def named(conn: Connection, ref: Any) -> dict[str, Any]:
+    """The layout a payload names: a shipped one or one registered in ``archive_layouts``. A payload
+    carries a name, never a path or a document, and nothing is opened but the shipped files."""
+    if not isinstance(ref, str) or not NAME.fullmatch(ref):
+        what = "a document" if isinstance(ref, dict) else f"{_shown(ref)}, not a layout name"
+        raise InvalidInput(f"layout is {what}: a payload names a shipped layout ({', '.join(SHIPPED)}) or one an"
+                           " operator registered (tidegate archive layout add FILE); a worker opens no file")
+    if ref in SHIPPED:
+        spec = shipped(ref)
     else:
-        raise InvalidInput(f"layout must be one of {', '.join(SHIPPED)} or a file path, got {ref!r}")
+        found = conn.execute(GET, {"name": ref}).scalar()
+        if found is None:
+            names = list(conn.execute(NAMES, {"limit": LISTED}).scalars())
+            raise InvalidInput(f"layout {ref!r} is not a shipped layout ({', '.join(SHIPPED)}) nor a registered"
+                               f" one ({', '.join(names) or 'none registered'}); an operator registers a file"
+                               " with: tidegate archive layout add FILE")
+        spec = copy.deepcopy(found)
     check_spec(spec)
+    spec["name"] = ref
     return spec
+
+
+@dataclass(frozen=True)
+class LayoutFile:
+    """A layout file the CLI's user gave (their own file, read by their own command)."""
+
+    name: str
+    format: str
+    body: str
+    sha256: str
+    spec: dict[str, Any]
+
+
+def read_file(ref: str) -> LayoutFile:
+    """The user's own file (their command, their permissions): a small regular file, so a device or a FIFO
+    given by mistake is refused rather than read for ever."""
+    path = Path(ref)
+    try:
+        with open(path, "rb", opener=_nonblocking) as f:  # Path.open takes no opener
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidInput(f"layout {_shown(ref)}: not a regular file")
+            if info.st_size > MAX_FILE:
+                raise InvalidInput(f"layout {_shown(ref)}: larger than {MAX_FILE // 1024} KiB")
+            body = f.read(MAX_FILE + 1).decode()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise InvalidInput(f"layout {_shown(ref)}: not a shipped layout ({', '.join(SHIPPED)}), a registered name,"
+                           f" nor a readable file ({reason})") from None
+    spec = _parse(path, body)
+    check_spec(spec)
+    name = spec.get("name") or path.stem
+    if not NAME.fullmatch(name):
+        raise InvalidInput(f"layout {path}: name {_shown(name)} must be letters, digits, _ or - (at most 63)")
+    spec["name"] = name
+    fmt = "yaml" if path.suffix in (".yml", ".yaml") else "toml"
+    return LayoutFile(name, fmt, body, hashlib.sha256(body.encode()).hexdigest(), spec)
+
+
+def for_cli(conn: Connection, ref: str) -> tuple[dict[str, Any], LayoutFile | None]:
+    """A command's --layout: a name (shipped or registered), else the path of the user's own file."""
+    if NAME.fullmatch(ref):
+        return named(conn, ref), None
+    found = read_file(ref)
+    return found.spec, found
+
+
+def register(conn: Connection, found: LayoutFile, actor: str, *, replace: bool = False) -> str:
+    """Store a checked layout under its name; returns added, replaced or unchanged. A different text under
+    a registered name needs ``replace`` (jobs already planned keep the layout they were planned with)."""
+    if found.name in SHIPPED:
+        raise InvalidInput(f"layout name {found.name!r} is a shipped layout's: give yours another name")
+    resolve(conn, found.spec)  # every name against the catalog, as a job's planning will
+    have = conn.execute(GET_SHA, {"name": found.name}).scalar()
+    if have == found.sha256:
+        return "unchanged"
+    if have is not None and not replace:
+        raise InvalidInput(f"layout {found.name!r} is registered with other text (sha256 {have[:12]}...);"
+                           " replace it with: tidegate archive layout add --replace FILE")
+    if not conn.execute(CAN_ADD).scalar():
+        raise PermissionDenied(f"layout {found.name!r} is not registered and this login may not register layouts:"
+                               " an operator runs tidegate archive layout add FILE")
+    conn.execute(UPSERT, {"name": found.name, "format": found.format, "body": found.body, "sha256": found.sha256,
+                          "spec": json.dumps(found.spec)})
+    done = "replaced" if have is not None else "added"
+    store.audit(conn, actor, "layout_" + ("replace" if have is not None else "add"), None,
+                {"layout": found.name, "sha256": found.sha256, "previous_sha256": have})
+    return done
+
+
+def listing(conn: Connection) -> list[dict[str, Any]]:
+    """The shipped layouts and the registered ones."""
+    rows = [{"name": n, "source": "shipped", "strategy": shipped(n)["strategy"], "sha256": None, "added_by": None,
+             "added_at": None} for n in SHIPPED]
+    return rows + [dict(r._mapping) for r in conn.execute(LIST)]
+
+
+def _nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)  # opening a FIFO does not wait for a writer
 
 
 def _parse(path: Path, source: str) -> dict[str, Any]:
@@ -99,6 +205,11 @@ def _parse(path: Path, source: str) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise InvalidInput(f"layout {path}: expected a table of settings")
     return spec
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def check_spec(spec: dict[str, Any]) -> None:

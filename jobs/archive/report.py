@@ -39,12 +39,12 @@ class Preview:
 
 
 def preview(engine: Engine, payload: dict[str, Any], *, unarchive: bool = False,
-            csv_path: Path | None = None) -> Preview:
-    """Plan the job and report its selection, then roll everything back."""
+            csv_path: Path | None = None, spec: dict[str, Any] | None = None) -> Preview:
+    """Plan the job and report its selection, then roll everything back (``spec``: the user's layout file)."""
     kind = UNARCHIVE if unarchive else ARCHIVE
     with engine.connect() as conn:
         try:
-            plan = kind.plan(conn, payload, count_events=True)
+            plan = kind.plan(conn, payload, count_events=True, spec=spec)
             snap = {"snapshot": plan.params["snapshot"]}
             rows = [dict(r._mapping) for r in conn.execute(text(BY_TYPE), snap)]
             if csv_path is not None:
@@ -105,7 +105,7 @@ def summary(engine: Engine, job_id: str) -> dict[str, Any]:
 
 
 def recount(conn: Connection, params: dict[str, Any], unarchive: bool) -> int:
-    p = normalize(params, unarchive)
+    p = normalize(params, unarchive, conn, spec=params["layout_spec"])  # the layout the job was planned with
     layout = layouts.resolve(conn, p["layout_spec"])
     query = selection.candidates(conn, layout, p, unarchive=unarchive, count_events=False)
     return int(conn.execute(render("SELECT count(*) FROM (" + query.sql + ") c", **query.idents),
@@ -127,9 +127,8 @@ SIZE = "SELECT pg_total_relation_size(CAST(:rel AS regclass)) AS bytes,"\
 
 def status(engine: Engine, layout_ref: str) -> dict[str, Any]:
     """Hot vs archived streams and events per stream type, and the tables' sizes."""
-    spec = layouts.load_spec(layout_ref)
     with engine.connect() as conn:
-        layout = layouts.resolve(conn, spec)
+        layout = layouts.resolve(conn, layouts.for_cli(conn, layout_ref)[0])
         idents = {"streams": layout.streams, "key": layout.key.ident, "estream": layout.event_stream.ident}
         archived = selection.state_sql(layout, idents, archived=True)
         stype = layout.col("type")

@@ -49,12 +49,12 @@ def parse_map(items: tuple[str, ...] | list[str]) -> dict[str, str]:
     return found
 
 
-def poll(engine: Engine, name: str, layout_ref: Any, mapping: dict[str, str], *, owner: str, actor: str,
+def poll(engine: Engine, name: str, layout_name: str, mapping: dict[str, str], *, owner: str, actor: str,
          lookback: int = 10_000, max_events: int = 10_000, batch_size: int = 500) -> dict[str, Any]:
-    """One pass; returns what it did: events seen, streams enqueued, the job id, the cursor."""
-    spec = layouts.load_spec(layout_ref)
+    """One pass; returns what it did: events seen, streams enqueued, the job id, the cursor. ``layout_name``:
+    a shipped or registered layout, which the jobs it enqueues name."""
     with engine.begin() as conn:
-        layout = layouts.resolve(conn, spec)
+        layout = layouts.resolve(conn, layouts.named(conn, layout_name))
         etype = layout.event_cols.get("type")
         if etype is None:
             raise InvalidInput(f"layout {layout.name!r} names no events type column: cannot spot deletion events")
@@ -79,7 +79,7 @@ def poll(engine: Engine, name: str, layout_ref: Any, mapping: dict[str, str], *,
         job_id = None
         if streams:
             kinds = sorted({r.event_type for r in wanted if r.seq in {f.seq for f in fresh}})
-            payload = {"layout": spec if layout_ref not in layouts.SHIPPED else layout_ref, "streams": streams,
+            payload = {"layout": layout_name, "streams": streams,
                        "batch_size": batch_size, "owner": owner, "reason": "deleted: " + ", ".join(kinds)}
             job_id = str(conn.execute(q("enqueue"), {"type": "archive_range", "queue": "default",
                                                      "payload": json.dumps(payload), "priority": 0,
