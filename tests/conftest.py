@@ -24,7 +24,7 @@ TIDEGATE = str(BIN / "tidegate")
 ROOT = Path(__file__).resolve().parent.parent
 # subprocesses load the test handlers (tests.handlers:...) as a deployment loads its own module:
 # importable (PYTHONPATH) and named in $TIDEGATE_HANDLERS, the handler registry's list
-CHILD_ENV = {"PYTHONPATH": str(ROOT), "TIDEGATE_HANDLERS": "tests.handlers"}
+CHILD_ENV = {"PYTHONPATH": str(ROOT), "TIDEGATE_HANDLERS": "tests.handlers,tests.trust_handlers"}
 ROLES = ("enqueue", "operator", "worker", "maintenance")  # ops/roles.sql's tg_* roles
 
 
@@ -168,9 +168,6 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.1, what: str = 
 def scalar(engine: Engine, sql: str, **params: object) -> object:
     with engine.connect() as conn:
         return conn.execute(text(sql), params).scalar()
-
-
-ROLES = ("enqueue", "operator", "worker", "maintenance")
 
 
 @pytest.fixture
