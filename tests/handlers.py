@@ -49,3 +49,32 @@ class _OffByOneTroops(HeroTroops):
 
 
 off_by_one_troops = _OffByOneTroops()
+
+
+# -- handlers that kill or wedge their worker (tests/test_deadlines.py) -----------------------
+
+
+def hang_forever(conn: Connection, row: Mapping[str, Any]) -> None:
+    """Hangs in Python, not in SQL: no statement to cancel."""
+    import time
+
+    time.sleep(10**9)
+
+
+def exit_hard(conn: Connection, row: Mapping[str, Any]) -> None:
+    import os
+
+    os._exit(1)
+
+
+def sigkill_self(conn: Connection, row: Mapping[str, Any]) -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def segfault(conn: Connection, row: Mapping[str, Any]) -> None:
+    import ctypes
+
+    ctypes.string_at(0)

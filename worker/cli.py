@@ -135,13 +135,22 @@ def db_embedded(stop: bool) -> None:
 @click.option("--gate-autovacuum/--no-gate-autovacuum", default=True, show_default=True,
               help="Hold batches while vacuum runs on a table the job writes.")
 @click.option("--no-gates", is_flag=True, help="Check no health gate.")
+@click.option("--batch-deadline", type=click.FloatRange(0.5, 86400),
+              help="Seconds a batch may run before its statement is cancelled (a failed attempt); a batch that"
+                   " then does not return wedges its worker, which exits. Default: 10x the job's"
+                   " target_batch_seconds (at least 60), else 600.")
+@click.option("--stop-grace", default=30.0, show_default=True, type=click.FloatRange(0, 3600),
+              help="After SIGTERM, seconds a batch in flight may run on before it is cancelled (not counted).")
+@click.option("--max-worker-deaths", default=3, show_default=True, type=click.IntRange(1, 1000),
+              help="Worker deaths in a row during a job's batches before the job fails as poison.")
 @database_option
 @click.pass_context
 def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queues: tuple[str, ...], drain: bool,
            lease_seconds: float, poll_seconds: float, pool_name: str, metrics_port: int | None,
            retention_jobs: float, retention_errors: float, no_maintenance: bool, progress_every: int,
            gate_connections: float, gate_long_transactions: float, gate_replication_lag: float,
-           gate_autovacuum: bool, no_gates: bool) -> None:
+           gate_autovacuum: bool, no_gates: bool, batch_deadline: float | None, stop_grace: float,
+           max_worker_deaths: int) -> None:
     """Run an isolated pool of worker processes until SIGTERM (or, with --drain, until idle)."""
     from worker.pool import run_pool
     from worker.runner import WorkerConfig
@@ -155,7 +164,8 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
         pass
     config = WorkerConfig(url=db.url, pool=pool_name, queues=list(queues), types=wanted,
                           lease_seconds=lease_seconds, poll_seconds=poll_seconds, drain=drain,
-                          progress_every=progress_every,
+                          progress_every=progress_every, batch_deadline=batch_deadline, stop_grace=stop_grace,
+                          max_worker_deaths=max_worker_deaths,
                           gates=[] if no_gates else [
                               gates.Connections(gate_connections), gates.LongTransactions(gate_long_transactions),
                               gates.ReplicationLag(gate_replication_lag),

@@ -31,13 +31,15 @@ from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Connection, Engine
 
-from worker import keys, kinds, metrics, store, throttle
+from worker import deadline, keys, kinds, metrics, store, throttle
 from worker.db import first_line, is_outage, is_timeout, make_engine
+from worker.deadline import BatchWatch
 from worker.errors import InvalidInput
 from worker.gates import Gate, Gates
 from worker.heartbeat import Heartbeat
 from worker.logs import job_ctx
 from worker.one_shots import OneShots
+from worker.slots import Slot
 from worker.states import ACTIVE
 from worker.wakeup import Wakeup
 
@@ -58,11 +60,15 @@ class WorkerConfig:
     progress_every: int = 20  # batches between progress log lines
     claim_batch: int = 50  # one-shot jobs claimed per transaction
     gates: list[Gate] = field(default_factory=list)  # health gates checked between batches
+    batch_deadline: float | None = None  # seconds; None: derived from the job's target (worker/deadline.py)
+    stop_grace: float = 30.0  # seconds a batch in flight may run on after a stop request
+    max_worker_deaths: int = 3  # worker deaths in a row during a job's batches before it fails as poison
+    exit_when_wedged: bool = False  # a pool's worker process exits when a batch wedges it
 
 
 class Worker:
     def __init__(self, config: WorkerConfig, stop: threading.Event | None = None,
-                 wakeup: Wakeup | None = None) -> None:
+                 wakeup: Wakeup | None = None, slot: Slot | None = None) -> None:
         self.config = config
         self.stop = stop or threading.Event()
         self.wakeup = wakeup or Wakeup()  # shared by a pool's workers (worker/wakeup.py)
@@ -72,7 +78,10 @@ class Worker:
         self.kind_names = sorted(wanted & set(self.kinds))
         self.one_shot_names = [k for k in self.kind_names if getattr(self.kinds[k], "one_shot", False)]
         self.engine: Engine = make_engine(config.url, application_name=f"tidegate-worker {self.id}")
-        self._heartbeat = Heartbeat(self, config.lease_seconds)
+        self.watch = BatchWatch(self.engine, self.id, self.stop, stop_grace=config.stop_grace,
+                                max_deaths=config.max_worker_deaths, slot=slot,
+                                exit_when_wedged=config.exit_when_wedged)
+        self._heartbeat = Heartbeat(self, config.lease_seconds, self.watch)
         self.batches_done = 0
         self.gates = Gates(config.gates)
         self.one_shots = OneShots(self.engine, self.kinds, self.one_shot_names, config)
@@ -229,6 +238,8 @@ class Worker:
                     log.info("job %s slice %d: %s, letting go", job_id, slice_no, why,
                              extra=job_ctx(job_id, slice_no, status=state.status))
                     return "stopped"
+                self.watch.arm(job_id, slice_no, state.backend_pid, state.xact_start,
+                               deadline.seconds_for(self.config.batch_deadline, state.knobs.target_batch_seconds))
                 timeout = throttle.statement_timeout_ms(state.knobs)
                 if timeout:  # transaction-scoped, so it is safe behind PgBouncer
                     conn.execute(store.q("local_statement_timeout"), {"ms": str(timeout)})
@@ -254,6 +265,9 @@ class Worker:
                     result.errors, result.exhausted, next_size,
                 )
         except Exception as err:  # the batch rolled back
+            stopped = self.watch.disarm()
+            if stopped is not None:  # the watch cancelled it (worker/deadline.py)
+                return self._stopped_by_watch(stopped, kind_name)
             if is_outage(err):
                 raise  # not the batch's fault: no attempt is counted
             asked = box.asked if box is not None else size
@@ -262,6 +276,7 @@ class Worker:
                 return "more"
             self._fail_attempt(job_id, slice_no, kind_name, err)
             return "failed"
+        self.watch.disarm()
         elapsed = time.monotonic() - started
         if cut or result.exhausted:  # a new half to claim, or a slice (maybe a drain) done
             self.wakeup.notify()
@@ -326,6 +341,18 @@ class Worker:
             return
         log.info("job %s summary: %s", job_id, ", ".join(f"{k}={v}" for k, v in facts.items() if k != "job_id"),
                  extra=job_ctx(job_id, **{k: v for k, v in facts.items() if k != "job_id"}))
+
+    def _stopped_by_watch(self, batch: deadline.Batch, kind_name: str) -> str:
+        """A batch the watch cancelled rolled back. Past its deadline: a failed attempt. Cancelled, paused
+        or stopping: no attempt; the next begin_batch (or the stop check) lets the slice go."""
+        if batch.stopped_by == "deadline":
+            err = deadline.BatchDeadlineExceeded(
+                f"batch ran past its deadline of {batch.deadline:g}s and was cancelled")
+            self._fail_attempt(batch.job_id, batch.slice_no, kind_name, err)
+            return "failed"
+        log.info("job %s slice %d: batch cancelled (%s), rolled back, not counted", batch.job_id, batch.slice_no,
+                 batch.stopped_by, extra=job_ctx(batch.job_id, batch.slice_no, reason=batch.stopped_by))
+        return "more"
 
     def _shrink(self, job_id: str, slice_no: int, size: int) -> None:
         with self.engine.begin() as conn:
