@@ -204,6 +204,7 @@ def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", lo
                     log.error("pool: worker-%d still running %.0fs after the stop request; killing it", index,
                               config.stop_grace + STOP_MARGIN)
                     p.kill()
+                    failed = True  # not a clean stop: what it held waits for its lease
                 kill_at = now + 3600  # once
         else:
             for index, when in list(restart_at.items()):
