@@ -29,7 +29,7 @@ GRANT SELECT, INSERT, UPDATE ON archive_watch_cursors, archive_watch_seen TO tg_
 CREATE ROLE tg_operator NOLOGIN;
 GRANT SELECT ON queue_jobs, backfill_jobs, backfill_slices, etl_errors, tidegate_workers, tidegate_audit,
                 archive_candidates, archive_audit, archive_audit_batches, archive_guards TO tg_operator;
-GRANT UPDATE (status, status_reason, status_by, updated_at, finished_at) ON backfill_jobs TO tg_operator;
+GRANT UPDATE (status, status_reason, status_by, updated_at, finished_at, worker_deaths) ON backfill_jobs TO tg_operator;
 GRANT UPDATE (status, updated_at, finished_at) ON queue_jobs TO tg_operator;
 GRANT UPDATE (attempts, run_after, last_error, updated_at) ON backfill_slices TO tg_operator;
 GRANT INSERT ON tidegate_audit TO tg_operator;
