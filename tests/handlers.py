@@ -106,3 +106,32 @@ def sleep_in_database(conn: Connection, row: Mapping[str, Any]) -> None:
     """A step of 1.5 s of the database's time per row, then log the key."""
     conn.execute(text("SELECT pg_sleep(1.5)"))
     record_all(conn, row)
+
+
+# -- handlers that kill or wedge their worker (tests/test_deadlines.py) -----------------------
+
+
+def hang_forever(conn: Connection, row: Mapping[str, Any]) -> None:
+    """Hangs in Python, not in SQL: no statement to cancel."""
+    import time
+
+    time.sleep(10**9)
+
+
+def exit_hard(conn: Connection, row: Mapping[str, Any]) -> None:
+    import os
+
+    os._exit(1)
+
+
+def sigkill_self(conn: Connection, row: Mapping[str, Any]) -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def segfault(conn: Connection, row: Mapping[str, Any]) -> None:
+    import ctypes
+
+    ctypes.string_at(0)

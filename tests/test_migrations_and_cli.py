@@ -38,7 +38,7 @@ def test_tidegate_db_upgrade_downgrade_and_alembic_itself(empty_db):
     engine = make_engine(empty_db)
     assert "base" in run_cli(empty_db, "db", "current").stdout
     run_cli(empty_db, "db", "upgrade")
-    assert run_cli(empty_db, "db", "current").stdout.strip() == "0006"  # the head revision
+    assert run_cli(empty_db, "db", "current").stdout.strip() == "0007"  # the head revision
     assert TABLES <= _tables(engine)
     run_cli(empty_db, "db", "downgrade", "base")
     assert not (TABLES & _tables(engine))

@@ -145,6 +145,14 @@ def db_embedded(stop: bool) -> None:
 @click.option("--handlers", "handler_modules", multiple=True, metavar="MODULE",
               help="A module whose handlers payloads may name (module:function), besides the"
                    " tidegate.handlers entry points; repeatable. Adds to $TIDEGATE_HANDLERS.")
+@click.option("--batch-deadline", type=click.FloatRange(0.5, 86400),
+              help="Seconds a batch may run before its statement is cancelled (a failed attempt); a batch that"
+                   " then does not return wedges its worker, which exits. Default: 10x the job's"
+                   " target_batch_seconds (at least 60), else 600.")
+@click.option("--stop-grace", default=30.0, show_default=True, type=click.FloatRange(0, 3600),
+              help="After SIGTERM, seconds a batch in flight may run on before it is cancelled (not counted).")
+@click.option("--max-worker-deaths", default=3, show_default=True, type=click.IntRange(1, 1000),
+              help="Worker deaths in a row during a job's batches before the job fails as poison.")
 @database_option
 @click.pass_context
 def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queues: tuple[str, ...], drain: bool,
@@ -152,7 +160,8 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
            retention_jobs: float, retention_errors: float, no_maintenance: bool, progress_every: int,
            gate_connections: float, gate_long_transactions: float, gate_replication_lag: float,
            gate_autovacuum: bool, no_gates: bool, retry_backoff: float, pause_after_failures: int,
-           handler_modules: tuple[str, ...]) -> None:
+           handler_modules: tuple[str, ...], batch_deadline: float | None, stop_grace: float,
+           max_worker_deaths: int) -> None:
     """Run an isolated pool of worker processes until SIGTERM (or, with --drain, until idle)."""
     from worker.pool import run_pool
     from worker.runner import WorkerConfig
@@ -169,6 +178,8 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
                           lease_seconds=lease_seconds, poll_seconds=poll_seconds, drain=drain,
                           progress_every=progress_every, backoff_base=retry_backoff,
                           backoff_max=max(300.0, retry_backoff), pause_after_failures=pause_after_failures,
+                          batch_deadline=batch_deadline, stop_grace=stop_grace,
+                          max_worker_deaths=max_worker_deaths,
                           gates=[] if no_gates else [
                               gates.Connections(gate_connections), gates.LongTransactions(gate_long_transactions),
                               gates.ReplicationLag(gate_replication_lag),

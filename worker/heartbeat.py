@@ -1,4 +1,8 @@
-"""The worker's lease: renewed from a thread of its own, on a connection of its own."""
+"""The worker's lease: renewed from a thread of its own, on a connection of its own.
+
+The same thread watches the batch in flight (its deadline, its job's status, the stop grace:
+worker/deadline.py), so a batch that hangs cannot keep a lease alive forever.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,14 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from worker import store
 from worker.db import first_line
 
 if TYPE_CHECKING:
+    from worker.deadline import BatchWatch
     from worker.runner import Worker
 
 log = logging.getLogger("worker.runner")
@@ -24,10 +30,11 @@ class Heartbeat:
     long batch holding its slice's row lock never blocks the renewal.
     """
 
-    def __init__(self, worker: Worker, lease_seconds: float) -> None:
+    def __init__(self, worker: Worker, lease_seconds: float, watch: BatchWatch) -> None:
         self.worker = worker
         self.interval = max(0.2, lease_seconds / 4)
-        self._stop = threading.Event()
+        self.watch = watch
+        self._stopping = False
         self._beats = 0
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -40,7 +47,8 @@ class Heartbeat:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping = True
+        self.watch.wake.set()
         self._thread.join(timeout=5)
 
     def _beat(self) -> bool:
@@ -59,5 +67,21 @@ class Heartbeat:
             return False
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._beat()
+        watch = self.watch
+        next_beat = time.monotonic() + self.interval
+        while not self._stopping:
+            now = time.monotonic()
+            due = min(next_beat, watch.next_tick(now) or next_beat)
+            watch.wake.wait(max(0.0, due - now))
+            watch.wake.clear()
+            if self._stopping:
+                return
+            try:
+                watch.tick()
+            except Exception as err:  # the next tick tries again
+                log.warning("worker %s: batch watch failed: %s", self.worker.id, first_line(err))
+            if watch.abandoned:
+                return  # a wedged batch: the lease must lapse (worker/deadline.py)
+            if time.monotonic() >= next_beat:
+                self._beat()
+                next_beat = time.monotonic() + self.interval

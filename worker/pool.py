@@ -1,11 +1,18 @@
 """The worker pool: N isolated worker processes under one supervisor.
 
 * Each worker is its own process (``spawn``: no inherited connections) with
-  its own connections and lease. A worker that dies is restarted, with a
-  short backoff; its slices become claimable when its lease expires.
+  its own connections and lease. A worker that dies is restarted with a
+  backoff of its own slot: at once after a worker that lived a minute, then
+  1 s, 2 s, 4 s ... up to 60 s while it keeps dying young; the pool logs why.
+  Its lease is expired at once, so its slices are taken over without waiting.
+* A worker that died during a batch (worker/slots.py says which) counts a death
+  against the batch's job; a job whose batches kill workers N times in a row
+  fails as poison (worker/deadline.py). The batch's server backend, if it
+  outlived its client, is terminated so its row lock goes.
 * SIGTERM or SIGINT to the supervisor is passed on; every worker finishes the
-  batch in flight, releases what it holds and exits 0, then the supervisor
-  exits 0.
+  batch in flight (or cancels it after ``--stop-grace``), releases what it
+  holds and exits 0, then the supervisor exits 0. A worker still there after
+  the grace and a margin is SIGKILLed (the pool then exits 1).
 * Workers ask the kernel for SIGTERM if the supervisor dies (PR_SET_PDEATHSIG),
   so a SIGKILLed supervisor leaves no orphan holding leases.
 * ``--drain``: workers exit once nothing is claimable; the pool exits 0 when
@@ -26,18 +33,26 @@ import threading
 import time
 from dataclasses import replace
 
-from worker import maintenance, signals
-from worker.db import make_engine
+from sqlalchemy import Engine
+
+from worker import maintenance, signals, store
+from worker.db import first_line, make_engine
+from worker.deadline import EXIT_WEDGED, log_death
 from worker.logs import setup_logging
 from worker.maintenance import RetentionConfig
 from worker.runner import Worker, WorkerConfig
+from worker.slots import InFlight, Slot, Slots
 from worker.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
+BACKOFF_MAX = 60.0  # seconds between restarts of a slot whose worker keeps dying young
+HEALTHY = 60.0  # a worker that lived this long resets its slot's backoff
+STOP_MARGIN = 15.0  # seconds after the stop grace before the pool SIGKILLs a worker still there
 
 
-def _worker_main(config: WorkerConfig, index: int, log_level: str, log_format: str, wakeup: Wakeup) -> None:
+def _worker_main(config: WorkerConfig, index: int, log_level: str, log_format: str, wakeup: Wakeup,
+                 slot: Slot) -> None:
     setup_logging(log_level, log_format, process_name=f"worker-{index}")
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -50,17 +65,64 @@ def _worker_main(config: WorkerConfig, index: int, log_level: str, log_format: s
         stop.set()
 
     signals.on_signals(on_signal)
-    code = Worker(config, stop, wakeup).run()
+    code = Worker(replace(config, exit_when_wedged=True), stop, wakeup, slot).run()
     # Connections are closed and logs flushed: skip the interpreter's teardown of every module
     # and object (about 0.3 s with SQLAlchemy loaded), as multiprocessing does for forked children.
     logging.shutdown()
     os._exit(code)
 
 
+def backoff(deaths_in_a_row: int) -> float:
+    """Seconds before restarting a slot whose worker died ``deaths_in_a_row`` times, each young."""
+    return 0.0 if deaths_in_a_row <= 1 else min(BACKOFF_MAX, 2.0 ** (deaths_in_a_row - 2))
+
+
+def how_it_ended(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    if code == EXIT_WEDGED:
+        return f"exit code {code}: a batch wedged it"
+    return f"exit code {code}"
+
+
+class _Deaths:
+    """The pool's bookkeeping after a worker process died, on a connection of the supervisor's own."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self._engine: Engine | None = None
+
+    def record(self, worker_id: str | None, batch: InFlight | None, how: str, count: bool) -> None:
+        """End the dead worker's batch backend, count the death against its job (``count``), expire its lease."""
+        if worker_id is None:
+            return
+        if self._engine is None:
+            self._engine = make_engine(self.config.url, application_name="tidegate-pool", pool_size=1)
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(store.q("local_lock_timeout"), {"ms": "5000"})
+                if batch is not None:
+                    store.terminate_backend(conn, batch.backend_pid, batch.xact_start)
+                    if count:
+                        deaths, poisoned = store.record_worker_death(
+                            conn, batch.job_id, f"worker died ({how}) during a batch of slice {batch.slice_no}",
+                            self.config.max_worker_deaths)
+                        log_death(batch.job_id, deaths, poisoned, self.config.max_worker_deaths)
+                store.expire_worker(conn, worker_id)
+        except Exception as err:  # its lease expires by itself; the death is not counted
+            log.warning("pool: could not record the death of worker %s (%s)", worker_id, first_line(err))
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
 def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", log_format: str = "text",
              metrics_port: int | None = None, retention: RetentionConfig | None = None) -> int:
     ctx = mp.get_context("spawn")
     wakeup = Wakeup(ctx)  # an idle worker wakes when a sibling makes work claimable, not a poll later
+    slots = Slots(ctx, concurrency)  # which batch each worker is in, read when one dies
+    deaths = _Deaths(config)
     stopping = threading.Event()
     if retention is not None:  # the supervisor prunes old rows now and then; workers only work
         engine = make_engine(config.url, application_name="tidegate-maintenance", pool_size=1)
@@ -72,31 +134,35 @@ def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", lo
 
         metrics = MetricsServer(metrics_port, make_engine(config.url, application_name="tidegate-metrics",
                                                           pool_size=1))
+    # Only this (main) thread touches the processes: a signal only sets ``stopping``, and the loop
+    # below passes it on, also to a worker it was restarting at that very moment.
     procs: dict[int, mp.process.BaseProcess] = {}
-    restarts: dict[int, float] = {}
+    born: dict[int, float] = {}
+    young_deaths: dict[int, int] = {}  # per slot: deaths in a row of workers that died young
+    restart_at: dict[int, float] = {}
+    signalled: set[int] = set()  # pids sent SIGTERM
+    kill_at: float | None = None
     failed = False
 
     def start(index: int) -> None:
-        p = ctx.Process(target=_worker_main, args=(replace(config), index, log_level, log_format, wakeup),
-                        name=f"tidegate-worker-{index}")
+        p = ctx.Process(target=_worker_main, args=(replace(config), index, log_level, log_format, wakeup,
+                                                   slots.slot(index)), name=f"tidegate-worker-{index}")
         p.start()
         procs[index] = p
+        born[index] = time.monotonic()
 
     def on_signal(signum: int) -> None:  # on the signal watcher's thread (worker/signals.py)
-        if stopping.is_set():
-            return
-        running = [p for p in list(procs.values()) if p.pid and p.is_alive()]
-        log.info("pool: %s received, draining %d worker(s)", signal.Signals(signum).name, len(running))
-        stopping.set()
-        for p in running:
-            os.kill(p.pid, signal.SIGTERM)
+        if not stopping.is_set():
+            log.info("pool: %s received, draining %d worker(s)", signal.Signals(signum).name, len(procs))
+            stopping.set()
 
     signals.on_signals(on_signal)
     for i in range(concurrency):
         start(i)
     log.info("pool: %d worker process(es) started (queues=%s)", concurrency, ",".join(config.queues))
 
-    while procs:
+    while procs or (restart_at and not stopping.is_set()):
+        now = time.monotonic()
         for index, p in list(procs.items()):
             if p.is_alive():
                 continue
@@ -105,23 +171,54 @@ def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", lo
             code = p.exitcode
             if metrics is not None and p.pid:
                 metrics.process_died(p.pid)
+            batch = slots.in_flight(index)
+            how = how_it_ended(code)
             if stopping.is_set() or (config.drain and code == 0):
                 if code and code > 0:  # a worker that errored out; one killed by a signal was logged already
                     failed = True
+                if code:  # killed by us after the grace, or crashed while stopping: free what it held
+                    deaths.record(slots.worker_id(index), batch, how, count=False)
+                slots.clear(index)
                 continue
-            how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
-            delay = 1.0 if time.monotonic() - restarts.get(index, 0) < 10 else 0.0
-            log.warning("pool: worker-%d died (%s); restarting%s", index, how, f" in {delay:.0f}s" if delay else "")
-            if delay:
-                stopping.wait(delay)
-                if stopping.is_set():
-                    continue
-            restarts[index] = time.monotonic()
-            start(index)
+            young_deaths[index] = 1 if now - born[index] >= HEALTHY else young_deaths.get(index, 0) + 1
+            delay = backoff(young_deaths[index])
+            during = f" during a batch of job {batch.job_id} slice {batch.slice_no}" if batch else ""
+            log.warning("pool: worker-%d died (%s)%s; restarting %s", index, how, during,
+                        f"in {delay:.0f}s" if delay else "now")
+            deaths.record(slots.worker_id(index), batch, how, count=True)
+            slots.clear(index)
+            restart_at[index] = now + delay
+        if stopping.is_set():
+            restart_at.clear()
+            for p in procs.values():
+                if p.pid not in signalled:
+                    signalled.add(p.pid)
+                    try:
+                        os.kill(p.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass  # it died on its own meanwhile: reaped above next time round
+            if kill_at is None:
+                kill_at = now + config.stop_grace + STOP_MARGIN
+            elif now >= kill_at and procs:
+                for index, p in procs.items():
+                    log.error("pool: worker-%d still running %.0fs after the stop request; killing it", index,
+                              config.stop_grace + STOP_MARGIN)
+                    p.kill()
+                    failed = True  # not a clean stop: what it held waits for its lease
+                kill_at = now + 3600  # once
+        else:
+            for index, when in list(restart_at.items()):
+                if now >= when:
+                    del restart_at[index]
+                    start(index)
         # back at once when a worker exits; a signal sets ``stopping`` and is seen within 0.2 s
+        timeout = min([0.2, *(max(0.0, t - now) for t in restart_at.values())])
         if procs:
-            mp.connection.wait([p.sentinel for p in procs.values()], timeout=0.2)
+            mp.connection.wait([p.sentinel for p in procs.values()], timeout=timeout)
+        elif restart_at:
+            stopping.wait(timeout)
     log.info("pool: all workers stopped")
+    deaths.close()
     if metrics is not None:
         metrics.close()
     return 1 if failed else 0

@@ -31,14 +31,16 @@ from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Connection, Engine
 
-from worker import keys, kinds, metrics, store, throttle
+from worker import deadline, keys, kinds, metrics, store, throttle
 from worker.db import first_line, is_database_fault, is_outage, is_timeout, make_engine
+from worker.deadline import BatchWatch
 from worker.errors import InvalidInput
 from worker.gates import Gate, Gates
 from worker.heartbeat import Heartbeat
 from worker.logs import job_ctx
 from worker.one_shots import OneShots
 from worker.redact import error_text
+from worker.slots import Slot
 from worker.states import ACTIVE
 from worker.wakeup import Wakeup
 
@@ -66,11 +68,15 @@ class WorkerConfig:
     # a job whose batches fail this many times in a row for the database's sake (full disk, timeouts,
     # serialization...) pauses itself with the reason, instead of failing: the fix is the database's
     pause_after_failures: int = 5
+    batch_deadline: float | None = None  # seconds; None: derived from the job's target (worker/deadline.py)
+    stop_grace: float = 30.0  # seconds a batch in flight may run on after a stop request
+    max_worker_deaths: int = 3  # worker deaths in a row during a job's batches before it fails as poison
+    exit_when_wedged: bool = False  # a pool's worker process exits when a batch wedges it
 
 
 class Worker:
     def __init__(self, config: WorkerConfig, stop: threading.Event | None = None,
-                 wakeup: Wakeup | None = None) -> None:
+                 wakeup: Wakeup | None = None, slot: Slot | None = None) -> None:
         self.config = config
         self.stop = stop or threading.Event()
         self.wakeup = wakeup or Wakeup()  # shared by a pool's workers (worker/wakeup.py)
@@ -80,7 +86,10 @@ class Worker:
         self.kind_names = sorted(wanted & set(self.kinds))
         self.one_shot_names = [k for k in self.kind_names if getattr(self.kinds[k], "one_shot", False)]
         self.engine: Engine = make_engine(config.url, application_name=f"tidegate-worker {self.id}")
-        self._heartbeat = Heartbeat(self, config.lease_seconds)
+        self.watch = BatchWatch(self.engine, self.id, self.stop, stop_grace=config.stop_grace,
+                                max_deaths=config.max_worker_deaths, slot=slot,
+                                exit_when_wedged=config.exit_when_wedged)
+        self._heartbeat = Heartbeat(self, config.lease_seconds, self.watch)
         self.batches_done = 0
         self.gates = Gates(config.gates)
         self.one_shots = OneShots(self.engine, self.kinds, self.one_shot_names, config)
@@ -266,6 +275,8 @@ class Worker:
                     log.info("job %s slice %d: %s, letting go", job_id, slice_no, why,
                              extra=job_ctx(job_id, slice_no, status=state.status))
                     return "stopped"
+                self.watch.arm(job_id, slice_no, state.backend_pid, state.xact_start,
+                               deadline.seconds_for(self.config.batch_deadline, state.knobs.target_batch_seconds))
                 timeout = throttle.statement_timeout_ms(state.knobs)
                 if timeout:  # transaction-scoped, so it is safe behind PgBouncer
                     conn.execute(store.q("local_statement_timeout"), {"ms": str(timeout)})
@@ -291,6 +302,9 @@ class Worker:
                     result.errors, result.exhausted, next_size,
                 )
         except BaseException as err:  # noqa: B036 - the batch rolled back; its job pays, not the worker
+            stopped = self.watch.disarm()
+            if stopped is not None:  # the watch cancelled it (worker/deadline.py)
+                return self._stopped_by_watch(stopped, kind_name)
             if is_outage(err):
                 raise  # not the batch's fault: no attempt is counted
             # an adaptive step ran over its time: a quarter of its rows fit. (A fixed-size batch keeps
@@ -300,6 +314,7 @@ class Worker:
                 return "more"
             self._fail_attempt(job_id, slice_no, kind_name, err)
             return "failed"
+        self.watch.disarm()
         elapsed = time.monotonic() - started
         if cut or result.exhausted:  # a new half to claim, or a slice (maybe a drain) done
             self.wakeup.notify()
@@ -375,6 +390,18 @@ class Worker:
         log.info("job %s summary: %s", job_id, ", ".join(f"{k}={v}" for k, v in facts.items() if k != "job_id"),
                  extra=job_ctx(job_id, **{k: v for k, v in facts.items() if k != "job_id"}))
 
+    def _stopped_by_watch(self, batch: deadline.Batch, kind_name: str) -> str:
+        """A batch the watch cancelled rolled back. Past its deadline: a failed attempt. Cancelled, paused
+        or stopping: no attempt; the next begin_batch (or the stop check) lets the slice go."""
+        if batch.stopped_by == "deadline":
+            err = deadline.BatchDeadlineExceeded(
+                f"batch ran past its deadline of {batch.deadline:g}s and was cancelled")
+            self._fail_attempt(batch.job_id, batch.slice_no, kind_name, err)
+            return "failed"
+        log.info("job %s slice %d: batch cancelled (%s), rolled back, not counted", batch.job_id, batch.slice_no,
+                 batch.stopped_by, extra=job_ctx(batch.job_id, batch.slice_no, reason=batch.stopped_by))
+        return "more"
+
     def _shrink(self, job_id: str, slice_no: int, size: int) -> None:
         with self.engine.begin() as conn:
             store.shrink_batch(conn, job_id, slice_no, self.id, size)
@@ -387,13 +414,16 @@ class Worker:
         ``pause_after_failures`` in a row, pauses the job; anything else fails it after its attempts."""
         metrics.BATCH_FAILURES.labels(kind_name).inc()
         message = error_text(err, 500)
+        invalid = isinstance(err, PAYLOAD_FAULTS) and not is_database_fault(err)
+        if invalid:  # the job's last_error says so: the state guard lets a worker fail such a job at once
+            message = f"invalid job: {message}"
         with self.engine.begin() as conn:
             attempt = store.fail_attempt(conn, job_id, slice_no, self.id, message,
                                          self.config.backoff_base, self.config.backoff_max)
             if attempt is None:
                 return
-            if isinstance(err, PAYLOAD_FAULTS) and not is_database_fault(err):
-                store.fail_job(conn, job_id, f"invalid job: {message}")
+            if invalid:
+                store.fail_job(conn, job_id, message)
                 log.error("job %s slice %d: %s; job failed", job_id, slice_no, message,
                           extra=job_ctx(job_id, slice_no, error=message))
                 return

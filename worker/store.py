@@ -87,6 +87,8 @@ class BatchState:
     knobs: Knobs
     over_concurrency: bool = False
     short_of_slices: bool = False
+    backend_pid: int = 0  # the server backend running the batch's transaction, and its start (the watchdog's target)
+    xact_start: datetime | None = None
 
 
 def register_worker(conn: Connection, worker_id: str, pool: str, hostname: str, pid: int, lease: float) -> None:
@@ -199,7 +201,8 @@ def begin_batch(conn: Connection, job_id: str, slice_no: int, worker_id: str) ->
                   row.target_batch_seconds, row.min_batch_size, row.max_batch_size, row.row_limit)
     return BatchState(row.status, row.kind, parse_json(row.params, "the job's params"), row.key_type,
                       row.checkpoint, row.end_key, row.batch_size_now, row.processed_count, knobs,
-                      bool(row.over_concurrency), bool(row.short_of_slices))
+                      bool(row.over_concurrency), bool(row.short_of_slices), row.backend_pid,
+                      row.xact_start)
 
 
 def record_batch(
@@ -372,3 +375,42 @@ def locked_processed_count(conn: Connection, job_id: str) -> int:
 
 def pause_self(conn: Connection, job_id: str, reason: str) -> bool:
     return conn.execute(q("pause_job_self"), {"job_id": job_id, "reason": reason}).first() is not None
+
+
+# -- batches in flight: the watchdog (worker/deadline.py) and the pool's deaths ------------------
+
+
+def batch_job_status(conn: Connection, job_id: str) -> str | None:
+    return conn.execute(q("batch_job_status"), {"job_id": job_id}).scalar()
+
+
+def cancel_backend(conn: Connection, pid: int, xact_start: datetime) -> bool:
+    """Cancel the statement of the backend running that transaction; False if it runs it no more."""
+    return bool(conn.execute(q("cancel_batch_backend"), {"pid": pid, "xact_start": xact_start}).scalar())
+
+
+def terminate_backend(conn: Connection, pid: int, xact_start: datetime) -> bool:
+    """End the backend running that transaction (it rolls back); False if it runs it no more."""
+    return bool(conn.execute(q("terminate_batch_backend"), {"pid": pid, "xact_start": xact_start}).scalar())
+
+
+def poison_reason(deaths: int) -> str:
+    return f"poison: {deaths} worker deaths during its batches"
+
+
+def record_worker_death(conn: Connection, job_id: str, error: str, limit: int) -> tuple[int, bool]:
+    """Count one more worker death in a row during the job's batches; at ``limit`` the job fails as poison.
+    Returns (deaths in a row, whether this one failed the job)."""
+    row = conn.execute(q("count_worker_death"), {"job_id": job_id, "error": error}).first()
+    if row is None:  # not a range job (or deleted since)
+        return 0, False
+    if row.worker_deaths < limit or row.status not in ("pending", "running", "paused"):
+        return row.worker_deaths, False
+    reason = poison_reason(row.worker_deaths)
+    fail_job(conn, job_id, reason)
+    conn.execute(q("note_job_error"), {"job_id": job_id, "attempts": 0, "error": reason})
+    return row.worker_deaths, True
+
+
+def expire_worker(conn: Connection, worker_id: str) -> None:
+    conn.execute(q("expire_worker"), {"worker_id": worker_id})

@@ -79,7 +79,11 @@ BEGIN
         END IF;
     ELSIF act = 'fail' AND NOT EXISTS (
             SELECT 1 FROM backfill_slices s JOIN queue_jobs q ON q.id = s.job_id
-            WHERE s.job_id = NEW.job_id AND s.attempts >= q.max_attempts) THEN
+            WHERE s.job_id = NEW.job_id AND s.attempts >= q.max_attempts)
+        -- the worker's other reasons, written by it in the same transaction in columns tg_operator
+        -- cannot write: a payload it cannot run, worker deaths during the job's batches (0007)
+        AND coalesce(NEW.last_error, '') NOT LIKE 'invalid job:%'
+        AND coalesce((to_jsonb(NEW) ->> 'worker_deaths')::int, 0) = 0 THEN
         why := 'a job fails when a slice has used its attempts; to stop it, cancel it';
     ELSIF act IS NULL THEN
         why := 'the state machine has no such move';

@@ -161,6 +161,8 @@ WHERE job_id = :job_id AND status = 'pending';
 -- name: begin_batch
 -- description: Inside the batch transaction: fence on ownership, lock the slice, re-read the job's status and knobs.
 SELECT j.status, j.kind, CAST(j.params AS text) AS params, j.key_type, j.batch_size, s.checkpoint, s.end_key, s.batch_size_now,
+       -- which server backend runs this transaction, and since when: the watchdog cancels exactly it
+       pg_backend_pid() AS backend_pid, now() AS xact_start,
        j.processed_count, j.concurrency, j.max_rows_per_second, j.sleep_between_batches, j.target_batch_seconds,
        j.min_batch_size, j.max_batch_size, j.row_limit,
        -- concurrency lowered under us: the slices with the lowest numbers keep running, the others let go
@@ -202,6 +204,7 @@ UPDATE backfill_jobs
 SET processed_count = processed_count + :processed,
     error_count = error_count + :errors,
     last_checkpoint = :watermark,
+    worker_deaths = 0,  -- a batch came through: deaths count only in a row (worker/deadline.py)
     window_processed = CASE WHEN window_processed + :processed >= error_window THEN 0
                             ELSE window_processed + :processed END,
     window_errors = CASE WHEN window_processed + :processed >= error_window THEN 0 ELSE window_errors + :errors END,
@@ -484,6 +487,10 @@ SET concurrency = CASE WHEN :set_concurrency THEN CAST(:concurrency AS integer) 
 WHERE job_id = :job_id
 RETURNING job_id;
 
+-- name: local_lock_timeout
+-- description: A lock timeout for this transaction only (the pool's bookkeeping after a worker died).
+SELECT set_config('lock_timeout', :ms, true);
+
 -- name: local_statement_timeout
 -- description: A statement timeout for this batch's transaction only (SET LOCAL).
 SELECT set_config('statement_timeout', :ms, true);
@@ -501,3 +508,29 @@ SELECT processed_count FROM backfill_jobs WHERE job_id = :job_id FOR NO KEY UPDA
 UPDATE backfill_jobs SET status = 'paused', status_reason = :reason, status_by = 'tidegate', updated_at = now()
 WHERE job_id = :job_id AND status IN ('pending', 'running')
 RETURNING job_id;
+
+-- name: batch_job_status
+-- description: The watchdog's look at the job of a batch in flight (a cancel stops it at once).
+SELECT status FROM backfill_jobs WHERE job_id = :job_id;
+
+-- name: cancel_batch_backend
+-- description: Cancel the statement of a batch past its deadline (or of a cancelled job), from another
+-- connection. Only while that backend still runs the same transaction: behind PgBouncer the server
+-- backend serves other clients once the batch's transaction is over.
+SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = :pid AND xact_start = :xact_start;
+
+-- name: terminate_batch_backend
+-- description: End the server backend of a wedged batch (or of a dead worker's batch): its transaction
+-- rolls back and its slice's row lock is freed for a takeover. Same guard as cancel_batch_backend.
+SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = :pid AND xact_start = :xact_start;
+
+-- name: count_worker_death
+-- description: A worker died, or was stopped wedged, during a batch of this job: one more death in a row.
+UPDATE backfill_jobs SET worker_deaths = worker_deaths + 1, last_error = :error, updated_at = now()
+WHERE job_id = :job_id
+RETURNING worker_deaths, status;
+
+-- name: expire_worker
+-- description: A worker process known dead (its pool saw it exit) loses its lease now, not after it: its
+-- slices are claimable (taken over) as soon as no transaction of its own holds their rows.
+DELETE FROM tidegate_workers WHERE id = :worker_id;
