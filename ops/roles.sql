@@ -2,11 +2,12 @@
 -- Rename the roles to taste; grant each to the login roles that need it.
 -- tests/test_security.py applies this file and checks each role can do its part and nothing else.
 --
--- What bounds a job is the worker's role. A job's payload may carry its own SQL statement (`sql`,
--- the CLI's --handler sql:PATH) or name a Python handler as `module:function`: an enqueue-only login
--- can therefore make the pool run any statement the worker role may run, and import any module the
--- worker can import. Grant tg_worker only the tables jobs should touch, and keep the handler code
--- the worker can import to the code you deploy.
+-- What bounds a job is the worker's role. A job's own SQL statement (`sql`, the CLI's --handler sql:PATH)
+-- runs with the worker's privileges, so it runs only on a pool started with --allow-sql and only when
+-- the login that enqueued it (recorded by the database: queue_jobs.enqueued_by) is a member of
+-- tg_sql_author (ops/security-sql.md). A payload may also name a Python handler as `module:function`:
+-- grant tg_worker only the tables jobs should touch, and keep the handler code the worker can import
+-- to the code you deploy.
 
 -- Data engineers: enqueue jobs (CLI or INSERT) and read their status. Enqueueing validates the
 -- job against its tables, so also grant what it reads, e.g.
@@ -22,6 +23,14 @@ GRANT USAGE ON SEQUENCE tidegate_audit_id_seq TO tg_enqueue;
 GRANT SELECT, INSERT, UPDATE ON archive_candidates TO tg_enqueue;
 GRANT SELECT ON archive_audit, archive_audit_batches TO tg_enqueue;
 GRANT SELECT, INSERT, UPDATE ON archive_watch_cursors, archive_watch_seen TO tg_enqueue;
+-- approved statements: enqueuers name them (payload sql_approved, --handler sql-approved:NAME)
+GRANT SELECT ON tidegate_sql_approved TO tg_enqueue;
+
+-- Data engineers trusted to have the workers run statements they write (payload sql, --handler
+-- sql:PATH) with the worker's privileges, on pools started with --allow-sql. Grant it to their logins
+-- (GRANT tg_sql_author TO alice); they need tg_enqueue too. Everyone else names an approved statement.
+-- A superuser passes this check without the grant, as in PostgreSQL itself.
+CREATE ROLE tg_sql_author NOLOGIN;
 
 -- SREs: pause, resume, cancel, retry (CLI or the runbook's UPDATE) and read everything tidegate keeps.
 -- `archive report` and `archive status` count what is left in the event store, so also e.g.
@@ -34,6 +43,8 @@ GRANT UPDATE (status, updated_at, finished_at) ON queue_jobs TO tg_operator;
 GRANT UPDATE (attempts, run_after, last_error, updated_at) ON backfill_slices TO tg_operator;
 GRANT INSERT ON tidegate_audit TO tg_operator;
 GRANT USAGE ON SEQUENCE tidegate_audit_id_seq TO tg_operator;
+-- approve and revoke statements any enqueuer may then name (tidegate sql approve FILE / revoke NAME)
+GRANT SELECT, INSERT, UPDATE, DELETE ON tidegate_sql_approved TO tg_operator;
 
 -- The worker pool: the queue and checkpoint tables, nothing else of tidegate's.
 -- Each job also needs its own data privileges, e.g. for the demo:
@@ -53,6 +64,7 @@ GRANT SELECT, INSERT, UPDATE ON archive_candidates TO tg_worker;
 GRANT SELECT, INSERT ON archive_audit_batches TO tg_worker;
 GRANT SELECT ON archive_audit TO tg_worker;
 GRANT USAGE ON SEQUENCE archive_audit_batches_id_seq TO tg_worker;
+GRANT SELECT ON tidegate_sql_approved TO tg_worker;
 
 -- Retention (the pool's maintenance thread, or `tidegate maintenance run-once` from cron): deletes
 -- finished jobs and old errors. Grant it to the pool's login, or run the pool with --no-maintenance

@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 
 from tests import pg
 from worker.db import make_engine
@@ -20,8 +22,10 @@ from worker.db import make_engine
 BIN = Path(sys.executable).parent
 TIDEGATE = str(BIN / "tidegate")
 ROOT = Path(__file__).resolve().parent.parent
-# subprocesses can import test handlers (tests.handlers:...) like a user's own module
-CHILD_ENV = {"PYTHONPATH": str(ROOT)}
+# subprocesses can import test handlers (tests.handlers:...) like a user's own module; the tests log in
+# as the superuser postgres, whose own SQL statements (sql:PATH) a pool runs once it allows ad-hoc SQL
+# (tests/test_trust_sql.py turns it off again where that is the point)
+CHILD_ENV = {"PYTHONPATH": str(ROOT), "TIDEGATE_ALLOW_SQL": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -67,10 +71,11 @@ def run_cli(url: str, *args: str, check: bool = True, timeout: float = 120, env:
 class Pool:
     """A `tidegate worker` pool in a subprocess, with its worker processes reachable for signals."""
 
-    def __init__(self, url: str, *args: str, log: Path | None = None) -> None:
+    def __init__(self, url: str, *args: str, log: Path | None = None, env: dict | None = None) -> None:
         self.log_path = log
         out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen([TIDEGATE, "worker", *args], env={**os.environ, **CHILD_ENV, "DATABASE_URL": url},
+        self.proc = subprocess.Popen([TIDEGATE, "worker", *args],
+                                     env={**os.environ, **CHILD_ENV, "DATABASE_URL": url, **(env or {})},
                                      stdout=out, stderr=subprocess.STDOUT)
 
     def workers(self) -> list[psutil.Process]:
@@ -118,8 +123,8 @@ class Pool:
 def pools(db_url: str, tmp_path: Path) -> Iterator[callable]:
     started: list[Pool] = []
 
-    def start(*args: str, url: str | None = None) -> Pool:
-        pool = Pool(url or db_url, *args, log=tmp_path / f"pool-{len(started)}.log")
+    def start(*args: str, url: str | None = None, env: dict | None = None) -> Pool:
+        pool = Pool(url or db_url, *args, log=tmp_path / f"pool-{len(started)}.log", env=env)
         started.append(pool)
         return pool
 
@@ -130,14 +135,47 @@ def pools(db_url: str, tmp_path: Path) -> Iterator[callable]:
 
 
 def enqueue_items(url: str, tmp_path: Path, sql: str, *extra: str, batch_size: int = 100,
-                  concurrency: int = 1, frm: str = "1", to: str = "1000000000") -> str:
+                  concurrency: int = 1, frm: str = "1", to: str = "1000000000", env: dict | None = None) -> str:
     """Enqueue a backfill over items(k) with a SQL handler through the real CLI; returns the job id."""
     handler = tmp_path / f"handler-{abs(hash(sql))}.sql"
     handler.write_text(sql)
     out = run_cli(url, "enqueue", "backfill-range", "--source", "items", "--key", "k", "--from", frm, "--to", to,
                   "--handler", f"sql:{handler}", "--batch-size", str(batch_size), "--concurrency",
-                  str(concurrency), "--owner", "tests", *extra)
+                  str(concurrency), "--owner", "tests", *extra, env=env)
     return out.stdout.strip()
+
+
+ROLES = ("enqueue", "operator", "worker", "maintenance")
+
+
+@pytest.fixture
+def roles(engine: Engine, db_url: str) -> Iterator[dict[str, str]]:
+    """ops/roles.sql applied with cluster-unique role names; yields a URL per LOGIN role: the four of the
+    file, and ``author``, a login with tg_enqueue and tg_sql_author. ``env`` holds the environment that
+    makes tidegate use this run's sql-author role; ``prefix`` replaces ``tg_`` in every role name."""
+    prefix = f"tg{uuid.uuid4().hex[:6]}_"
+    sql = (ROOT / "ops/roles.sql").read_text().replace("tg_", prefix)
+    with engine.begin() as conn:
+        conn.execute(text(sql))
+        for role in ROLES:
+            conn.execute(text(f"ALTER ROLE {prefix}{role} LOGIN"))
+        conn.execute(text(f"CREATE ROLE {prefix}author LOGIN IN ROLE {prefix}enqueue, {prefix}sql_author"))
+        conn.execute(text(f"GRANT SELECT ON hero_snapshots TO {prefix}enqueue, {prefix}worker"))
+        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE ON user_troops TO {prefix}worker"))
+    url = make_url(db_url)
+    found = {r: url.set(username=f"{prefix}{r}", password=None).render_as_string(hide_password=False)
+             for r in (*ROLES, "author")}
+    found["prefix"] = prefix
+    yield found
+    with engine.begin() as conn:
+        for role in (*ROLES, "author", "sql_author"):
+            conn.execute(text(f"DROP OWNED BY {prefix}{role}"))
+            conn.execute(text(f"DROP ROLE {prefix}{role}"))
+
+
+def role_env(roles: dict[str, str], allow_sql: bool = True) -> dict[str, str]:
+    """The environment of a tidegate command or pool for the ``roles`` fixture's sql-author role."""
+    return {"TIDEGATE_SQL_AUTHOR_ROLE": f"{roles['prefix']}sql_author", "TIDEGATE_ALLOW_SQL": "1" if allow_sql else "0"}
 
 
 def job_row(engine: Engine, job_id: str, timeout: float = 60):  # type: ignore[no-untyped-def]

@@ -9,34 +9,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
-from tests.conftest import ROOT, run_cli, scalar
+from tests.conftest import run_cli, scalar
 from tests.event_stores import build
 from tests.fixtures import seed_demo
 from worker.db import make_engine
 
 pytestmark = pytest.mark.slow
-ROLES = ("enqueue", "operator", "worker", "maintenance")
-
-
-@pytest.fixture
-def roles(engine, db_url):  # type: ignore[no-untyped-def]
-    """ops/roles.sql applied with cluster-unique role names; yields a URL per role."""
-    prefix = f"tg{uuid.uuid4().hex[:6]}_"
-    sql = (ROOT / "ops/roles.sql").read_text().replace("tg_", prefix)
-    with engine.begin() as conn:
-        conn.execute(text(sql))
-        for role in ROLES:
-            conn.execute(text(f"ALTER ROLE {prefix}{role} LOGIN"))
-        conn.execute(text(f"GRANT SELECT ON hero_snapshots TO {prefix}enqueue, {prefix}worker"))
-        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE ON user_troops TO {prefix}worker"))
-    url = make_url(db_url)
-    found = {r: url.set(username=f"{prefix}{r}", password=None).render_as_string(hide_password=False) for r in ROLES}
-    found["prefix"] = prefix
-    yield found
-    with engine.begin() as conn:
-        for role in ROLES:
-            conn.execute(text(f"DROP OWNED BY {prefix}{role}"))
-            conn.execute(text(f"DROP ROLE {prefix}{role}"))
 
 
 def _denied(url: str, sql: str) -> bool:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
 import click
 
-from worker import control, gates, kinds, status
+from worker import control, gates, kinds, status, trust
 from worker.cliutil import Database, actor_option, database_option, echo_json, run_cli
 from worker.db import tidegate_home
 from worker.logs import setup_logging
@@ -135,16 +136,25 @@ def db_embedded(stop: bool) -> None:
 @click.option("--gate-autovacuum/--no-gate-autovacuum", default=True, show_default=True,
               help="Hold batches while vacuum runs on a table the job writes.")
 @click.option("--no-gates", is_flag=True, help="Check no health gate.")
+@click.option("--allow-sql/--no-allow-sql", default=False, envvar=trust.ALLOW_SQL_ENV, show_default=True,
+              help="Run jobs' own SQL statements (payload sql), for enqueuers in the sql-author role only."
+                   " Approved statements (tidegate sql approve) run either way.")
+@click.option("--sql-author-role", default=trust.DEFAULT_AUTHOR_ROLE, envvar=trust.AUTHOR_ROLE_ENV, show_default=True,
+              help="Role whose members may have their own SQL run (superusers may too).")
 @database_option
 @click.pass_context
 def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queues: tuple[str, ...], drain: bool,
            lease_seconds: float, poll_seconds: float, pool_name: str, metrics_port: int | None,
            retention_jobs: float, retention_errors: float, no_maintenance: bool, progress_every: int,
            gate_connections: float, gate_long_transactions: float, gate_replication_lag: float,
-           gate_autovacuum: bool, no_gates: bool) -> None:
+           gate_autovacuum: bool, no_gates: bool, allow_sql: bool, sql_author_role: str) -> None:
     """Run an isolated pool of worker processes until SIGTERM (or, with --drain, until idle)."""
     from worker.pool import run_pool
     from worker.runner import WorkerConfig
+
+    # the worker processes (spawned) read the policy from their environment: exactly what was given here
+    os.environ[trust.ALLOW_SQL_ENV] = "1" if allow_sql else "0"
+    os.environ[trust.AUTHOR_ROLE_ENV] = sql_author_role
 
     wanted = [t.strip() for t in types.split(",") if t.strip()]
     unknown = sorted(set(wanted) - set(kinds.kinds()))
@@ -161,7 +171,8 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
                               gates.ReplicationLag(gate_replication_lag),
                               *([gates.Autovacuum()] if gate_autovacuum else [])])
     retention = None if no_maintenance else RetentionConfig(retention_jobs * DAY, retention_errors * DAY)
-    logging.getLogger(__name__).info("pool on %s", db.masked)
+    logging.getLogger(__name__).info("pool on %s%s", db.masked,
+                                     f"; ad-hoc SQL allowed for {sql_author_role}" if allow_sql else "")
     raise SystemExit(run_pool(config, concurrency, ctx.obj["log_level"], ctx.obj["log_format"], metrics_port,
                               retention))
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Connection, Engine
 
-from worker import keys, kinds, metrics, store, throttle
+from worker import keys, kinds, metrics, store, throttle, trust
 from worker.db import first_line, is_outage, is_timeout, make_engine
 from worker.errors import InvalidInput
 from worker.gates import Gate, Gates
@@ -147,7 +147,9 @@ class Worker:
                     raise InvalidInput(
                         f"unknown job type {job.type!r}; known types: {', '.join(sorted(self.kinds))}"
                     )
-                with conn.begin_nested():  # a failed validation query must not abort the claim
+                # a failed validation query must not abort the claim; the kind checks a job's own SQL
+                # against the role that enqueued it
+                with conn.begin_nested(), trust.planning_for(job.enqueued_by):
                     plan = kind.plan(conn, job.payload)
             except InvalidInput as err:
                 log.warning("job %s (%s) rejected: %s", job.id, job.type, err, extra=job_ctx(job.id, kind=job.type))
