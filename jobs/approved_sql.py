@@ -22,13 +22,12 @@ import click
 from sqlalchemy import Connection
 
 from jobs import sql_check
-from worker import store
+from worker import keys, store, trust
 from worker.cliutil import Database, actor_option, database_option, echo_json
 from worker.errors import InvalidInput, NotFound
 from worker.sql import q
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
-INSUFFICIENT_PRIVILEGE = "42501"
 
 
 @dataclass(frozen=True)
@@ -58,6 +57,16 @@ def find(conn: Connection, ref: str) -> Approved:
         raise InvalidInput(f"no approved statement {ref!r}; approved: {', '.join(names) or 'none'}"
                            " (an operator runs: tidegate sql approve FILE)")
     return Approved(row.name, row.sha256, row.sql, row.approved_by, row.approved_at)
+
+
+def check(conn: Connection, approved: Approved, key_type: keys.KeyType) -> None:
+    """Validate an approved statement for a job. A worker must be able to plan it; an enqueuer need
+    not hold the grants it uses (it runs with the worker's), so the CLI lets a permission error pass."""
+    try:
+        sql_check.check(conn, approved.sql, key_type)
+    except sql_check.NotPlanned as err:
+        if trust.in_worker() or err.sqlstate != sql_check.INSUFFICIENT_PRIVILEGE:
+            raise
 
 
 def text_of(conn: Connection, sha256: str) -> str | None:
@@ -90,7 +99,7 @@ def _plan_either_key_type(conn: Connection, statement: str) -> str | None:
         except sql_check.NotPlanned as err:
             failures.append(err)
     for err in failures:
-        if err.sqlstate == INSUFFICIENT_PRIVILEGE:
+        if err.sqlstate == sql_check.INSUFFICIENT_PRIVILEGE:
             return f"not planned here ({err}): every job plans it as the worker before it runs"
     raise InvalidInput(f"{failures[0]} (tried :lo and :hi as bigint and as timestamptz)")
 

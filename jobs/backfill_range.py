@@ -110,7 +110,7 @@ class BackfillRange:
             sql_check.check_plan(conn, p["sql"], target.key_type)
         elif "sql_approved" in p:
             approved = approved_sql.find(conn, p["sql_approved"])
-            sql_check.check(conn, approved.sql, target.key_type)
+            approved_sql.check(conn, approved, target.key_type)
             p.update(sql_approved=approved.name, sql_sha256=approved.sha256)  # the job runs this version
         else:
             resolved = handlers.resolve(p["handler"])

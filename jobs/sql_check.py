@@ -30,6 +30,7 @@ from worker import keys
 from worker.errors import InvalidInput
 
 MAX_CHARS = 100_000
+INSUFFICIENT_PRIVILEGE = "42501"
 FIRST_WORDS = ("insert", "update", "delete", "merge", "with")
 OPERATIONS = ("Insert", "Update", "Delete", "Merge")
 # Functions a batch statement has no business calling: session settings, dynamic SQL (which could
@@ -52,6 +53,8 @@ class NotPlanned(InvalidInput):
     def __init__(self, message: str, sqlstate: str | None = None) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
+        if sqlstate == INSUFFICIENT_PRIVILEGE:  # the CLI plans as the enqueuer: a grant is missing
+            self.exit_code = 6
 
 
 _DOLLAR = re.compile(r"\$([A-Za-z_\u0080-\uffff][A-Za-z_0-9\u0080-\uffff]*)?\$")

@@ -58,6 +58,11 @@ def planning_for(enqueued_by: str | None) -> Iterator[None]:
         _planning.reset(token)
 
 
+def in_worker() -> bool:
+    """Is a worker planning a queued job (else: the CLI validates what it is about to enqueue)?"""
+    return _planning.get() is not None
+
+
 def sql_allowed() -> bool:
     """Does this process run ad-hoc SQL (``tidegate worker --allow-sql``)?"""
     return os.environ.get(ALLOW_SQL_ENV, "").strip().lower() in TRUE
