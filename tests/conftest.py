@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # as the superuser postgres, whose own SQL statements (sql:PATH) a pool runs once it allows ad-hoc SQL
 # (tests/test_trust_sql.py turns it off again where that is the point)
 CHILD_ENV = {"PYTHONPATH": str(ROOT), "TIDEGATE_ALLOW_SQL": "1"}
+os.environ.setdefault("TIDEGATE_ALLOW_SQL", "1")  # the same for workers the tests run in-process
 
 
 @pytest.fixture(scope="session")

@@ -113,16 +113,13 @@ def check_author(conn: Connection, job_id: str | None = None) -> str:
 def run_own_sql(conn: Connection, statement: str, params: dict[str, Any]) -> None:
     """Run a job's own statement in the batch's transaction; no setting it makes outlives the batch.
 
-    Right after the statement, in the same transaction, RESET ALL puts every setting back to its
-    session default (a ``set_config(..., false)`` made by the statement is overridden, and the
-    override commits with the batch; a rolled-back batch undoes both), and RESET ROLE undoes a
-    ``SET ROLE``, which RESET ALL leaves alone. Both run in the transaction that ran the statement,
-    hence on the same server connection even behind PgBouncer in transaction mode, where a reset
-    at checkin (DISCARD ALL) would land on some other client's server connection. The batch's own
-    SET LOCAL statement timeout, read before the statement, is put back afterwards.
+    Right after the statement, in the same transaction, ``tidegate_reset_session()`` (migration 0009)
+    runs RESET ALL, which puts every setting back to its session default (a ``set_config(..., false)``
+    made by the statement is overridden, and the override commits with the batch; a rolled-back batch
+    undoes both), and RESET ROLE, which RESET ALL leaves alone. It runs in the transaction that ran
+    the statement, hence on the same server connection even behind PgBouncer in transaction mode,
+    where a reset at checkin (DISCARD ALL) would land on some other client's server connection. The
+    statement timeout in force is kept, LOCAL, for the rest of the batch (the time box needs it).
     """
-    timeout = conn.execute(q("current_statement_timeout")).scalar_one()
     conn.execute(text(statement), params)
-    conn.execute(q("reset_session_settings"))
-    conn.execute(q("reset_role"))
-    conn.execute(q("local_statement_timeout"), {"ms": timeout})
+    conn.execute(q("reset_session"))

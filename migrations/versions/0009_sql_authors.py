@@ -76,9 +76,25 @@ def upgrade() -> None:
         "CREATE TRIGGER tidegate_sql_approved_by BEFORE INSERT OR UPDATE ON tidegate_sql_approved"
         " FOR EACH ROW EXECUTE FUNCTION tidegate_stamp_approved_by()"
     )
+    # After a job's own statement, in its transaction (worker/trust.py): every setting back to its session
+    # default (RESET ALL), and the role (which RESET ALL leaves alone); the batch's statement timeout is
+    # kept for the rest of the batch (LOCAL). One round trip.
+    op.execute(
+        """
+        CREATE FUNCTION tidegate_reset_session() RETURNS void LANGUAGE plpgsql AS $$
+        DECLARE
+            timeout text := current_setting('statement_timeout');
+        BEGIN
+            RESET ALL;
+            RESET ROLE;
+            PERFORM set_config('statement_timeout', timeout, true);
+        END $$
+        """
+    )
 
 
 def downgrade() -> None:
+    op.execute("DROP FUNCTION tidegate_reset_session()")
     op.execute("DROP TABLE tidegate_sql_approved")
     op.execute("DROP FUNCTION tidegate_stamp_approved_by()")
     op.execute("ALTER TABLE backfill_jobs DROP COLUMN enqueued_by")

@@ -490,18 +490,10 @@ SELECT coalesce((SELECT r.rolsuper OR pg_has_role(r.oid, (SELECT a.oid FROM pg_r
 -- description: Who enqueued a job, as the database recorded it (the trigger of migration 0009).
 SELECT enqueued_by FROM queue_jobs WHERE id = :job_id;
 
--- name: reset_session_settings
+-- name: reset_session
 -- description: After a job's own statement, in its transaction (so on the same server connection, even
--- behind PgBouncer): every setting back to its session default; it commits with the batch.
-RESET ALL;
-
--- name: reset_role
--- description: The identity RESET ALL leaves alone (role is not reset by RESET ALL).
-RESET ROLE;
-
--- name: current_statement_timeout
--- description: The batch's statement timeout, to restore after RESET ALL.
-SELECT current_setting('statement_timeout');
+-- behind PgBouncer): every setting back to its session default, RESET ROLE too; commits with the batch.
+SELECT tidegate_reset_session();
 
 -- name: approved_sql_by_name
 -- description: The newest approved statement of a name, or the one with this sha256.
