@@ -84,7 +84,9 @@ def check(conn: Connection, statement: Any, key_type: keys.KeyType) -> str:
 
 def check_text(statement: Any) -> str:
     """The checks that need no database; returns the statement without a trailing semicolon."""
-    if not isinstance(statement, str) or not statement.strip():
+    if not isinstance(statement, str):
+        raise InvalidInput(f"sql handler: the statement must be a string, got {type(statement).__name__}")
+    if not statement.strip():
         raise InvalidInput("sql handler: the statement is empty")
     if len(statement) > MAX_CHARS:
         raise InvalidInput(f"sql handler: the statement is longer than {MAX_CHARS:,} characters")

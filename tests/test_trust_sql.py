@@ -104,6 +104,15 @@ def test_attackers_statements_never_run(engine, roles):
     # an INSERT that claims to come from the superuser: the trigger records the real login
     ids["claims-postgres"] = _insert(roles["enqueue"], {**ITEMS, "sql": DESTROY}, enqueued_by="postgres")
     operator = make_engine(roles["operator"])
+    # payloads that try to skip the checks: pin a hash nobody approved, smuggle a list of statements
+    others = {
+        "pinned-hash": ({**ITEMS, "sql_approved": "x", "sql_sha256": "0" * 64}, "unknown payload field(s): sql_sha256"),
+        "statement-list": ({**ITEMS, "sql": [DESTROY, "DELETE FROM user_troops"]}, "must be a string, got list"),
+        "sql-and-approved": ({**ITEMS, "sql": DESTROY, "sql_approved": "x"}, "give one of handler, sql or sql_approved"),
+        "approved-not-a-name": ({**ITEMS, "sql_approved": "x'; DROP TABLE items; --"}, "sql_approved must name"),
+    }
+    for case, (payload, _) in others.items():
+        ids[case] = _insert(roles["enqueue"], payload)
     with pytest.raises(ProgrammingError, match="permission denied"), operator.begin() as conn:
         conn.execute(text("UPDATE queue_jobs SET enqueued_by = 'postgres'"))  # not the operator's to change
     operator.dispose()
@@ -118,6 +127,9 @@ def test_attackers_statements_never_run(engine, roles):
         assert job.queue_status == "failed" and job.status is None, (case, job)
         assert job.last_error.startswith("invalid job:") and words in job.last_error, (case, job.last_error)
         assert job.enqueued_by == f"{p}{who}", (case, job.enqueued_by)
+    for case, (_, words) in others.items():
+        job = _job(engine, ids[case])
+        assert job.queue_status == "failed" and words in job.last_error, (case, job.last_error)
     assert f"role '{p}enqueue', which enqueued the job, is not a member of {p}sql_author" in _job(
         engine, ids["claims-postgres"]).last_error
     assert troops_checksum(engine) == before  # nothing ran: not at validation, not as a job
