@@ -87,7 +87,7 @@ def run_pool(url: str, concurrency: int, *extra: str, env: dict[str, str] | None
     """`tidegate worker --drain` until it exits; (seconds, peak worker RSS in MiB)."""
     started = time.perf_counter()
     proc = subprocess.Popen([TIDEGATE, "--log-level", "WARNING", "worker", "--concurrency", str(concurrency),
-                             "--drain", *extra], env={**os.environ, "DATABASE_URL": url, **(env or {})})
+                             "--drain", "--allow-sql", *extra], env={**os.environ, "DATABASE_URL": url, **(env or {})})
     with PeakRss(proc.pid) as rss:
         code = proc.wait()
     if code != 0:
@@ -118,7 +118,8 @@ def run_pool_logged(url: str, concurrency: int, *extra: str, env: dict[str, str]
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as logfile:
         proc = subprocess.Popen([TIDEGATE, "--log-level", "DEBUG", "--log-format", "json", "worker",
-                                 "--concurrency", str(concurrency), "--drain", "--no-maintenance", *extra],
+                                 "--concurrency", str(concurrency), "--drain", "--no-maintenance", "--allow-sql",
+                                 *extra],
                                 env={**os.environ, "DATABASE_URL": url, **(env or {})}, stderr=logfile)
         with PeakRss(proc.pid) as rss:
             code = proc.wait()

@@ -70,7 +70,8 @@ def _with_backfill(exe: str, db: str, engine, mode: str, seconds: int, clients: 
         conn.execute(text("TRUNCATE user_troops"))
     job = cli(db, "enqueue", "backfill-range", *RANGE, "--handler", f"sql:{sql_handler}", "--batch-size", "5000",
               "--concurrency", "1", "--owner", "bench", *throttle).splitlines()[0]
-    pool = subprocess.Popen([TIDEGATE, "--log-level", "WARNING", "worker", "--concurrency", "1", "--no-maintenance"],
+    pool = subprocess.Popen([TIDEGATE, "--log-level", "WARNING", "worker", "--concurrency", "1", "--no-maintenance",
+                             "--allow-sql"],
                             env={**os.environ, "DATABASE_URL": db})
     processed = "SELECT processed_count FROM backfill_jobs WHERE job_id = :id"
     try:

@@ -5,11 +5,17 @@ Payload (JSON object in ``queue_jobs.payload``; the CLI writes the same)::
     {"source": "hero_snapshots", "key": "created_at",
      "from": "2024-01-01T00:00:00Z", "to": "2024-06-01T00:00:00Z",   # [from, to)
      "handler": "hero_troops" | "module:function",   or   "sql": "INSERT ... :lo ... :hi",
+                                                          or   "sql_approved": "NAME" | "SHA256",
      "batch_size": 250, "concurrency": 4, "owner": "data-team"}
 
 The runbook's spelling ``from_created_at`` / ``to_created_at`` means
 ``key = "created_at"``; a missing handler means the deployment default
 (``TIDEGATE_DEFAULT_HANDLER``), whose ``source`` and ``key`` are defaults too.
+
+A job's own statement (``sql``) runs only on a worker started with ``--allow-sql`` and only if the
+role that enqueued the job is a sql author (worker/trust.py); a statement an operator approved
+(``sql_approved``, jobs/approved_sql.py) runs for anyone. Either is validated without being run
+(jobs/sql_check.py), and the session is reset after it at every batch.
 
 Batches are keyset pages on the key column: ``(lo, hi]`` where ``hi`` is the
 batch_size-th key after ``lo``, so ties on ``hi`` all fall in the same batch
@@ -24,11 +30,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Connection
 
-from jobs import checks, filters, handlers
-from worker import identifiers, keys
+from jobs import approved_sql, checks, filters, handlers, sql_check
+from worker import identifiers, keys, trust
 from worker.errors import InvalidInput
 from worker.kinds import BatchContext, BatchResult, Plan, SlicePlan
 from worker.sql import render
@@ -37,8 +42,8 @@ NAME = "backfill_range"
 MAX_BATCH = 100_000
 MAX_CONCURRENCY = 64
 EXACT_COUNT_BELOW = 5_000_000
-KNOWN_FIELDS = {"source", "key", "from", "to", "handler", "sql", "batch_size", "concurrency", "owner", "writes",
-                "max_rows_per_second", "sleep_between_batches", "target_batch_seconds", "min_batch_size",
+KNOWN_FIELDS = {"source", "key", "from", "to", "handler", "sql", "sql_approved", "batch_size", "concurrency", "owner",
+                "writes", "max_rows_per_second", "sleep_between_batches", "target_batch_seconds", "min_batch_size",
                 "max_batch_size", "row_limit", "error_rate_threshold", "where"}
 
 BOUNDS = """
@@ -100,7 +105,13 @@ class BackfillRange:
         hi = keys.parse(target.key_type, p["to"], "to")
         keys.check_range(lo, hi)
         if "sql" in p:
-            check_sql(conn, p["sql"], target.key_type)
+            p["sql"] = sql_check.check_text(p["sql"])
+            trust.check_author(conn)  # before the server even plans it
+            sql_check.check_plan(conn, p["sql"], target.key_type)
+        elif "sql_approved" in p:
+            approved = approved_sql.find(conn, p["sql_approved"])
+            approved_sql.check(conn, approved, target.key_type)
+            p.update(sql_approved=approved.name, sql_sha256=approved.sha256)  # the job runs this version
         else:
             resolved = handlers.resolve(p["handler"])
             if resolved.handler is not None and not p.get("writes"):
@@ -131,8 +142,8 @@ class BackfillRange:
             return BatchResult(checkpoint=keys.before(end), processed=0, exhausted=True)
         last = b.n < ctx.batch_size  # fewer rows than asked: nothing is left before `end`
         hi = keys.before(end) if last else b.hi
-        if "sql" in p:
-            conn.execute(text(p["sql"]), {"lo": cursor, "hi": hi})
+        if "sql" in p or "sql_sha256" in p:
+            trust.run_own_sql(conn, own_statement(conn, ctx.job_id, p), {"lo": cursor, "hi": hi})
             return BatchResult(checkpoint=hi, processed=b.n + b.ties_all - b.ties_seen, exhausted=last)
         rows = conn.execute(where.into(ROWS, **idents), {"lo": cursor, "hi": hi, **where.params}).mappings().all()
         errors = handlers.run(conn, handlers.resolve(p["handler"]), rows, p["item_key"])
@@ -157,14 +168,18 @@ def normalize(payload: Any) -> dict[str, Any]:
     unknown = sorted(set(p) - KNOWN_FIELDS)
     if unknown:
         raise InvalidInput(f"unknown payload field(s): {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_FIELDS))}")
-    if "sql" in p and "handler" in p:
-        raise InvalidInput("give either handler or sql, not both")
+    given = [f for f in ("handler", "sql", "sql_approved") if f in p]
+    if len(given) > 1:
+        raise InvalidInput(f"give one of handler, sql or sql_approved, not {' and '.join(given)}")
+    own_sql = "sql" in p or "sql_approved" in p
+    if "sql_approved" in p:
+        p["sql_approved"] = approved_sql.check_ref(p["sql_approved"])
     if "where" in p:
         p["where"] = filters.normalize(p["where"])
-        if p["where"] and "sql" in p:
+        if p["where"] and own_sql:
             raise InvalidInput("where works with Python handlers only: a SQL handler's statement sees only :lo and"
                                " :hi, so put the condition in the statement itself")
-    if "sql" not in p:
+    if not own_sql:
         p.setdefault("handler", handlers.default_handler())
     # source and key default to those of the named handler, else of the deployment's default handler
     for name in (p.get("handler"), handlers.default_handler()):
@@ -213,23 +228,18 @@ def resolve_target(conn: Connection, source: Any, key: Any) -> Target:
     return Target(tbl, col, key_type, pk)
 
 
-def check_sql(conn: Connection, statement: Any, key_type: keys.KeyType) -> None:
-    """A SQL handler: one statement binding exactly :lo and :hi, which the server can plan."""
-    if not isinstance(statement, str) or not statement.strip():
-        raise InvalidInput("sql handler: the statement is empty")
-    names = set(text(statement).compile().params)
-    if names != {"lo", "hi"}:
-        raise InvalidInput(
-            "sql handler: the statement must use the bind parameters :lo and :hi and no others"
-            f" (found {', '.join(sorted(names)) or 'none'}; write CAST(:lo AS type), not :lo::type)"
-        )
-    probe = keys.parse(key_type, 0 if key_type == "bigint" else "2000-01-01T00:00:00Z")
-    try:
-        with conn.begin_nested():
-            conn.execute(text("EXPLAIN " + statement.strip().rstrip(";")), {"lo": probe, "hi": probe})
-    except DBAPIError as err:
-        first = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
-        raise InvalidInput(f"sql handler does not plan: {first}") from None
+def own_statement(conn: Connection, job_id: str, params: dict[str, Any]) -> str:
+    """The job's own statement, checked again at every batch: an approved one must still be approved
+    (revoking stops it), an ad-hoc one needs this worker's --allow-sql and its enqueuer's sql-author
+    role (a revoked grant stops it)."""
+    if "sql_sha256" in params:
+        statement = approved_sql.text_of(conn, params["sql_sha256"])
+        if statement is None:
+            raise InvalidInput(f"approved statement {params.get('sql_approved')!r} (sha256 {params['sql_sha256']})"
+                               " is no longer approved")
+        return sql_check.check_text(statement)
+    trust.check_author(conn, job_id)
+    return str(params["sql"])
 
 
 def estimate(conn: Connection, target: Target, lo: keys.Key, hi: keys.Key,

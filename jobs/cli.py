@@ -10,10 +10,9 @@ from typing import Any
 import click
 from sqlalchemy import text
 
-from jobs import filters, inspect, rollout
+from jobs import approved_sql, filters, inspect, rollout, sql_check
 from worker.cliutil import Database, actor_option, database_option, echo_json
 from worker.enqueue import enqueue
-from worker.errors import InvalidInput
 from worker.keys import encode, parse
 from worker.sql import load
 
@@ -61,8 +60,10 @@ def submit(db: Database, job_type: str, payload: dict[str, Any], opts: dict[str,
 @click.option("--key", help="Indexed integer or timestamp column to page by. Default: the handler's.")
 @click.option("--from", "from_", required=True, help="Start of the range (inclusive).")
 @click.option("--to", required=True, help="End of the range (exclusive).")
-@click.option("--handler", help="Registered handler name, module:function, or sql:PATH (one statement using"
-                                " :lo and :hi). Default: $TIDEGATE_DEFAULT_HANDLER or hero_troops.")
+@click.option("--handler", help="Registered handler name, module:function, sql:PATH (one INSERT/UPDATE/DELETE/MERGE"
+                                " using :lo and :hi; needs the tg_sql_author role and a pool with --allow-sql) or"
+                                " sql-approved:NAME (a statement an operator approved with `tidegate sql approve`)."
+                                " Default: $TIDEGATE_DEFAULT_HANDLER or hero_troops.")
 @click.option("--batch-size", default=500, show_default=True, type=int, help="Source rows per transaction.")
 @click.option("--concurrency", default=1, show_default=True, type=int,
               help="Slices the range is cut into; different workers run them at once.")
@@ -102,11 +103,9 @@ def enqueue_backfill(db: Database, source: str | None, key: str | None, from_: s
     if key:
         payload["key"] = key
     if handler and handler.startswith("sql:"):
-        path = Path(handler[4:])
-        try:
-            payload["sql"] = path.read_text()
-        except OSError as err:
-            raise InvalidInput(f"cannot read SQL handler {path}: {err.strerror}") from None
+        payload["sql"] = sql_check.read_file(Path(handler[4:]))
+    elif handler and handler.startswith("sql-approved:"):
+        payload["sql_approved"] = handler[len("sql-approved:"):]
     elif handler:
         payload["handler"] = handler
     if dry_run:
@@ -240,4 +239,4 @@ def rollout_cmd(db: Database, job: str, steps: str, step_rows: int, sample: int,
         raise SystemExit(1) from None
 
 
-COMMANDS = [enqueue_backfill, demo, verify_cmd, rollout_cmd]
+COMMANDS = [enqueue_backfill, demo, verify_cmd, rollout_cmd, approved_sql.sql_group]

@@ -2,12 +2,13 @@
 -- Rename the roles to taste; grant each to the login roles that need it.
 -- tests/test_security.py applies this file and checks each role can do its part and nothing else.
 --
--- What bounds a job is the worker's role. A job's payload may carry its own SQL statement (`sql`,
--- the CLI's --handler sql:PATH): an enqueue-only login can therefore make the pool run any statement
--- the worker role may run. Grant tg_worker only the tables jobs should touch. Code and files are not
--- the payload's to choose: a handler must be one the worker loaded at start (the tidegate.handlers
--- entry points, $TIDEGATE_HANDLERS, `tidegate worker --handlers`), and an archive layout a shipped
--- one or one an operator registered in archive_layouts (`tidegate archive layout add FILE`).
+-- What bounds a job is the worker's role. A job's own SQL statement (`sql`, the CLI's --handler sql:PATH)
+-- runs with the worker's privileges, so it runs only on a pool started with --allow-sql and only when
+-- the login that enqueued it (recorded by the database: queue_jobs.enqueued_by) is a member of
+-- tg_sql_author (ops/security-sql.md). Grant tg_worker only the tables jobs should touch.
+-- Code and files are not the payload's to choose: a handler must be one the worker loaded at start (the
+-- tidegate.handlers entry points, $TIDEGATE_HANDLERS, `tidegate worker --handlers`), and an archive
+-- layout a shipped one or one an operator registered in archive_layouts (`tidegate archive layout add`).
 
 -- Data engineers: enqueue jobs (CLI or INSERT) and read their status. Enqueueing validates the
 -- job against its tables, so also grant what it reads, e.g.
@@ -30,6 +31,15 @@ GRANT SELECT, INSERT, UPDATE ON archive_watch_cursors, archive_watch_seen TO tg_
 -- archive jobs name their layout: a shipped one or a registered one (read when enqueueing)
 GRANT SELECT ON archive_layouts TO tg_enqueue;
 
+-- approved statements: enqueuers name them (payload sql_approved, --handler sql-approved:NAME)
+GRANT SELECT ON tidegate_sql_approved TO tg_enqueue;
+
+-- Data engineers trusted to have the workers run statements they write (payload sql, --handler
+-- sql:PATH) with the worker's privileges, on pools started with --allow-sql. Grant it to their logins
+-- (GRANT tg_sql_author TO alice); they need tg_enqueue too. Everyone else names an approved statement.
+-- A superuser passes this check without the grant, as in PostgreSQL itself.
+CREATE ROLE tg_sql_author NOLOGIN;
+
 -- SREs: pause, resume, cancel, retry (CLI or the runbook's UPDATE) and read what tidegate keeps, except
 -- the copies of source rows in etl_errors.sample (as for tg_enqueue above).
 -- `archive report` and `archive status` count what is left in the event store, so also e.g.
@@ -51,6 +61,9 @@ GRANT USAGE ON SEQUENCE tidegate_audit_id_seq TO tg_operator;
 -- archive job may move is the operator's choice, not the enqueuer's
 GRANT SELECT, INSERT, UPDATE ON archive_layouts TO tg_operator;
 
+-- approve and revoke statements any enqueuer may then name (tidegate sql approve FILE / revoke NAME)
+GRANT SELECT, INSERT, UPDATE, DELETE ON tidegate_sql_approved TO tg_operator;
+
 -- The worker pool: the queue and checkpoint tables, nothing else of tidegate's.
 -- Each job also needs its own data privileges, e.g. for the demo:
 --   GRANT SELECT ON hero_snapshots TO tg_worker; GRANT SELECT, INSERT, UPDATE ON user_troops TO tg_worker;
@@ -70,6 +83,7 @@ GRANT SELECT, INSERT ON archive_audit_batches TO tg_worker;
 GRANT SELECT ON archive_audit TO tg_worker;
 GRANT SELECT ON archive_layouts TO tg_worker;
 GRANT USAGE ON SEQUENCE archive_audit_batches_id_seq TO tg_worker;
+GRANT SELECT ON tidegate_sql_approved TO tg_worker;
 
 -- Retention (the pool's maintenance thread, or `tidegate maintenance run-once` from cron): deletes
 -- finished jobs and old errors. Grant it to the pool's login, or run the pool with --no-maintenance

@@ -23,8 +23,12 @@ BIN = Path(sys.executable).parent
 TIDEGATE = str(BIN / "tidegate")
 ROOT = Path(__file__).resolve().parent.parent
 # subprocesses load the test handlers (tests.handlers:...) as a deployment loads its own module:
-# importable (PYTHONPATH) and named in $TIDEGATE_HANDLERS, the handler registry's list
-CHILD_ENV = {"PYTHONPATH": str(ROOT), "TIDEGATE_HANDLERS": "tests.handlers,tests.trust_handlers"}
+# importable (PYTHONPATH) and named in $TIDEGATE_HANDLERS, the handler registry's list. The tests log in
+# as the superuser postgres, whose own SQL statements (sql:PATH) a pool runs once it allows ad-hoc SQL
+# (tests/test_trust_sql.py turns it off again where that is the point)
+CHILD_ENV = {"PYTHONPATH": str(ROOT), "TIDEGATE_HANDLERS": "tests.handlers,tests.trust_handlers",
+             "TIDEGATE_ALLOW_SQL": "1"}
+os.environ.setdefault("TIDEGATE_ALLOW_SQL", "1")  # the same for workers the tests run in-process
 ROLES = ("enqueue", "operator", "worker", "maintenance")  # ops/roles.sql's tg_* roles
 
 
@@ -135,14 +139,44 @@ def pools(db_url: str, tmp_path: Path) -> Iterator[callable]:
 
 
 def enqueue_items(url: str, tmp_path: Path, sql: str, *extra: str, batch_size: int = 100,
-                  concurrency: int = 1, frm: str = "1", to: str = "1000000000") -> str:
+                  concurrency: int = 1, frm: str = "1", to: str = "1000000000", env: dict | None = None) -> str:
     """Enqueue a backfill over items(k) with a SQL handler through the real CLI; returns the job id."""
     handler = tmp_path / f"handler-{abs(hash(sql))}.sql"
     handler.write_text(sql)
     out = run_cli(url, "enqueue", "backfill-range", "--source", "items", "--key", "k", "--from", frm, "--to", to,
                   "--handler", f"sql:{handler}", "--batch-size", str(batch_size), "--concurrency",
-                  str(concurrency), "--owner", "tests", *extra)
+                  str(concurrency), "--owner", "tests", *extra, env=env)
     return out.stdout.strip()
+
+
+@pytest.fixture
+def roles(engine: Engine, db_url: str) -> Iterator[dict[str, str]]:
+    """ops/roles.sql applied with cluster-unique role names; yields a URL per LOGIN role: the four of the
+    file, and ``author``, a login with tg_enqueue and tg_sql_author. ``env`` holds the environment that
+    makes tidegate use this run's sql-author role; ``prefix`` replaces ``tg_`` in every role name."""
+    prefix = f"tg{uuid.uuid4().hex[:6]}_"
+    sql = (ROOT / "ops/roles.sql").read_text().replace("tg_", prefix)
+    with engine.begin() as conn:
+        conn.execute(text(sql))
+        for role in ROLES:
+            conn.execute(text(f"ALTER ROLE {prefix}{role} LOGIN"))
+        conn.execute(text(f"CREATE ROLE {prefix}author LOGIN IN ROLE {prefix}enqueue, {prefix}sql_author"))
+        conn.execute(text(f"GRANT SELECT ON hero_snapshots TO {prefix}enqueue, {prefix}worker"))
+        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE ON user_troops TO {prefix}worker"))
+    url = make_url(db_url)
+    found = {r: url.set(username=f"{prefix}{r}", password=None).render_as_string(hide_password=False)
+             for r in (*ROLES, "author")}
+    found["prefix"] = prefix
+    yield found
+    with engine.begin() as conn:
+        for role in (*ROLES, "author", "sql_author"):
+            conn.execute(text(f"DROP OWNED BY {prefix}{role}"))
+            conn.execute(text(f"DROP ROLE {prefix}{role}"))
+
+
+def role_env(roles: dict[str, str], allow_sql: bool = True) -> dict[str, str]:
+    """The environment of a tidegate command or pool for the ``roles`` fixture's sql-author role."""
+    return {"TIDEGATE_SQL_AUTHOR_ROLE": f"{roles['prefix']}sql_author", "TIDEGATE_ALLOW_SQL": "1" if allow_sql else "0"}
 
 
 def job_row(engine: Engine, job_id: str, timeout: float = 60):  # type: ignore[no-untyped-def]
@@ -168,26 +202,3 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.1, what: str = 
 def scalar(engine: Engine, sql: str, **params: object) -> object:
     with engine.connect() as conn:
         return conn.execute(text(sql), params).scalar()
-
-
-@pytest.fixture
-def roles(engine, db_url):  # type: ignore[no-untyped-def]
-    """ops/roles.sql applied with cluster-unique role names; yields a URL per role (LOGIN, no password)
-    and "prefix" (the roles are PREFIX + enqueue/operator/worker/maintenance). The demo's grants are
-    added as ops/roles.sql's comments say: hero_snapshots to enqueue and worker, user_troops to worker."""
-    prefix = f"tg{uuid.uuid4().hex[:6]}_"
-    sql = (ROOT / "ops/roles.sql").read_text().replace("tg_", prefix)
-    with engine.begin() as conn:
-        conn.execute(text(sql))
-        for role in ROLES:
-            conn.execute(text(f"ALTER ROLE {prefix}{role} LOGIN"))
-        conn.execute(text(f"GRANT SELECT ON hero_snapshots TO {prefix}enqueue, {prefix}worker"))
-        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE ON user_troops TO {prefix}worker"))
-    url = make_url(db_url)
-    found = {r: url.set(username=f"{prefix}{r}", password=None).render_as_string(hide_password=False) for r in ROLES}
-    found["prefix"] = prefix
-    yield found
-    with engine.begin() as conn:
-        for role in ROLES:
-            conn.execute(text(f"DROP OWNED BY {prefix}{role}"))
-            conn.execute(text(f"DROP ROLE {prefix}{role}"))

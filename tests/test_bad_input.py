@@ -53,11 +53,11 @@ SQL_CASES = [
      json.dumps({**OK, "sql": "INSERT INTO nowhere SELECT :lo, :hi"}), "does not plan"),
     ("sql-two-statements", "backfill_range",
      json.dumps({**OK, "sql": "SELECT CAST(:lo AS timestamptz); DROP TABLE user_troops; SELECT CAST(:hi AS timestamptz)"}),
-     "does not plan"),
+     "one statement only"),
     ("sql-postgres-casts", "backfill_range",
      json.dumps({**OK, "sql": "SELECT :lo::timestamptz, :hi::timestamptz"}), "not :lo::type"),
     ("sql-and-handler", "backfill_range", json.dumps({**OK, "sql": "SELECT 1", "handler": "hero_troops"}),
-     "not both"),
+     "give one of handler, sql or sql_approved"),
     ("empty-owner", "backfill_range", json.dumps({**OK, "owner": " "}), "owner must be"),
     ("unknown-type", "backfill_rnge", json.dumps(OK), "unknown job type 'backfill_rnge'"),
 ]
@@ -137,7 +137,7 @@ CLI_CASES = [
     (["--from", "soon", "--to", "2024-06-01"], "ISO 8601"),
     (["--from", "2024-01-01", "--to", "2024-06-01", "--source", "users; DROP TABLE queue_jobs"], "does not exist"),
     (["--from", "2024-01-01", "--to", "2024-06-01", "--key", "created_at\"; --"], "does not exist"),
-    (["--from", "2024-01-01", "--to", "2024-06-01", "--handler", "sql:/no/such/file.sql"], "cannot read SQL handler"),
+    (["--from", "2024-01-01", "--to", "2024-06-01", "--handler", "sql:/no/such/file.sql"], "cannot read SQL file"),
     (["--from", "2024-01-01", "--to", "2024-06-01", "--max-attempts", "0"], "Invalid value for '--max-attempts'"),
     (["--to", "2024-06-01"], "Missing option '--from'"),
 ]

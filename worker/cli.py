@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from worker import control, gates, kinds, status, store
+from worker import control, gates, kinds, status, store, trust
 from worker.cliutil import Database, actor_option, database_option, echo_json, run_cli
 from worker.db import tidegate_home
 from worker.logs import setup_logging
@@ -153,6 +153,11 @@ def db_embedded(stop: bool) -> None:
               help="After SIGTERM, seconds a batch in flight may run on before it is cancelled (not counted).")
 @click.option("--max-worker-deaths", default=3, show_default=True, type=click.IntRange(1, 1000),
               help="Worker deaths in a row during a job's batches before the job fails as poison.")
+@click.option("--allow-sql/--no-allow-sql", default=False, envvar=trust.ALLOW_SQL_ENV, show_default=True,
+              help="Run jobs' own SQL statements (payload sql), for enqueuers in the sql-author role only."
+                   " Approved statements (tidegate sql approve) run either way.")
+@click.option("--sql-author-role", default=trust.DEFAULT_AUTHOR_ROLE, envvar=trust.AUTHOR_ROLE_ENV, show_default=True,
+              help="Role whose members may have their own SQL run (superusers may too).")
 @database_option
 @click.pass_context
 def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queues: tuple[str, ...], drain: bool,
@@ -161,12 +166,16 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
            gate_connections: float, gate_long_transactions: float, gate_replication_lag: float,
            gate_autovacuum: bool, no_gates: bool, retry_backoff: float, pause_after_failures: int,
            handler_modules: tuple[str, ...], batch_deadline: float | None, stop_grace: float,
-           max_worker_deaths: int) -> None:
+           max_worker_deaths: int, allow_sql: bool, sql_author_role: str) -> None:
     """Run an isolated pool of worker processes until SIGTERM (or, with --drain, until idle)."""
     from worker.pool import run_pool
     from worker.runner import WorkerConfig
 
     _handler_modules(handler_modules)
+    # the worker processes (spawned) read the policy from their environment: exactly what was given here
+    os.environ[trust.ALLOW_SQL_ENV] = "1" if allow_sql else "0"
+    os.environ[trust.AUTHOR_ROLE_ENV] = sql_author_role
+
     wanted = [t.strip() for t in types.split(",") if t.strip()]
     unknown = sorted(set(wanted) - set(kinds.kinds()))
     if unknown:
@@ -185,7 +194,8 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
                               gates.ReplicationLag(gate_replication_lag),
                               *([gates.Autovacuum()] if gate_autovacuum else [])])
     retention = None if no_maintenance else RetentionConfig(retention_jobs * DAY, retention_errors * DAY)
-    logging.getLogger(__name__).info("pool on %s", db.masked)
+    logging.getLogger(__name__).info("pool on %s%s", db.masked,
+                                     f"; ad-hoc SQL allowed for {sql_author_role}" if allow_sql else "")
     raise SystemExit(run_pool(config, concurrency, ctx.obj["log_level"], ctx.obj["log_format"], metrics_port,
                               retention))
 

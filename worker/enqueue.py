@@ -45,12 +45,13 @@ def enqueue(
     if not 1 <= max_attempts <= 1000:
         raise InvalidInput(f"max_attempts must be between 1 and 1000, got {max_attempts}")
     with engine.begin() as conn:
-        job_id = str(
-            conn.execute(
-                q("enqueue"),
-                {"type": job_type, "queue": queue, "payload": json.dumps(payload), "priority": priority,
-                 "max_attempts": max_attempts, "run_after": run_after},
-            ).scalar_one()
-        )
-        store.audit(conn, actor, "enqueue", job_id, {"type": job_type, "payload": payload, "queue": queue})
+        row = conn.execute(
+            q("enqueue"),
+            {"type": job_type, "queue": queue, "payload": json.dumps(payload), "priority": priority,
+             "max_attempts": max_attempts, "run_after": run_after},
+        ).one()
+        job_id = str(row.id)
+        # enqueued_by: the login role, as the database recorded it (a trigger); actor: what --by says
+        store.audit(conn, actor, "enqueue", job_id, {"type": job_type, "payload": payload, "queue": queue,
+                                                     "enqueued_by": row.enqueued_by})
     return job_id, plan

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Connection, Engine
 
-from worker import deadline, keys, kinds, metrics, store, throttle
+from worker import deadline, keys, kinds, metrics, store, throttle, trust
 from worker.db import first_line, is_database_fault, is_outage, is_timeout, make_engine
 from worker.deadline import BatchWatch
 from worker.errors import InvalidInput
@@ -197,7 +197,8 @@ class Worker:
         kind = self.kinds.get(job.type)
         if kind is None:
             raise InvalidInput(f"unknown job type {job.type[:100]!r}; known types: {', '.join(sorted(self.kinds))}")
-        plan = kind.plan(conn, job.payload())
+        with trust.planning_for(job.enqueued_by):  # the kind checks a job's own SQL against who queued it
+            plan = kind.plan(conn, job.payload())
         store.store_plan(conn, job.id, job.type, plan)
         store.audit(conn, "tidegate", "plan", job.id, {"slices": len(plan.slices), "params": plan.params})
         return plan

@@ -35,6 +35,7 @@ def job_rows(conn: Connection, job_id: str | None = None, limit: int = 50) -> li
                 "reason": r["status_reason"],
                 "by": r["status_by"],
                 "owner": r["owner"] or (r["params"] or {}).get("owner"),
+                "enqueued_by": r["enqueued_by"],  # the login role that queued it, recorded by the database
                 "processed_count": processed,
                 "error_count": r["error_count"] or 0,
                 "total_estimate": r["total_estimate"],
@@ -98,7 +99,8 @@ def human_seconds(seconds: float | None) -> str:
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
-    header = ("JOB", "TYPE", "STATUS", "PROCESSED", "ERRORS", "PROGRESS", "ROWS/S", "ETA", "CHECKPOINT", "NOTE")
+    header = ("JOB", "TYPE", "ENQUEUED BY", "STATUS", "PROCESSED", "ERRORS", "PROGRESS", "ROWS/S", "ETA", "CHECKPOINT",
+              "NOTE")
     lines = [header]
     for r in rows:
         total = r["total_estimate"]
@@ -123,6 +125,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             (
                 r["job_id"][:8],
                 r["type"],
+                r["enqueued_by"] or "-",
                 r["status"],
                 str(r["processed_count"]),
                 str(r["error_count"]),

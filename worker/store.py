@@ -33,6 +33,7 @@ class QueueJob:
     priority: int
     attempts: int
     max_attempts: int
+    enqueued_by: str | None = None  # the role that queued it, as the database recorded it
 
     def payload(self) -> Any:
         return parse_json(self.payload_text, "payload")
@@ -116,7 +117,8 @@ def claim_queue_job(
     row = conn.execute(q("claim_queue_job"), {"queues": queues, "types": types, "one_shot": one_shot}).first()
     if row is None:
         return None
-    return QueueJob(str(row.id), row.type, row.payload, row.queue, row.priority, row.attempts, row.max_attempts)
+    return QueueJob(str(row.id), row.type, row.payload, row.queue, row.priority, row.attempts, row.max_attempts,
+                    row.enqueued_by)
 
 
 def store_plan(conn: Connection, job_id: str, kind: str, plan: Plan) -> None:

@@ -28,7 +28,7 @@ WHERE heartbeat_at < now() - make_interval(secs => lease_seconds * 20);
 -- name: claim_queue_job
 -- description: Take one pending queue job to plan; SKIP LOCKED lets many workers do this at once.
 -- payload as text: tidegate parses it itself, so a payload Python cannot read fails its job (store.py)
-SELECT id, type, CAST(payload AS text) AS payload, queue, priority, attempts, max_attempts
+SELECT id, type, CAST(payload AS text) AS payload, queue, priority, attempts, max_attempts, enqueued_by
 FROM queue_jobs
 WHERE status = 'pending'
   AND run_after <= now()
@@ -86,11 +86,12 @@ WHERE id = :job_id;
 INSERT INTO backfill_jobs (job_id, kind, owner, params, key_type, from_key, to_key, from_ts, to_ts,
                            batch_size, concurrency, total_estimate, last_checkpoint,
                            max_rows_per_second, sleep_between_batches, target_batch_seconds, min_batch_size,
-                           max_batch_size, row_limit, error_rate_threshold)
+                           max_batch_size, row_limit, error_rate_threshold, enqueued_by)
 VALUES (:job_id, :kind, :owner, CAST(:params AS jsonb), :key_type, :from_key, :to_key,
         :from_ts, :to_ts, :batch_size, :concurrency, :total_estimate, :last_checkpoint,
         :max_rows_per_second, coalesce(:sleep_between_batches, 0), :target_batch_seconds, :min_batch_size,
-        :max_batch_size, :row_limit, coalesce(:error_rate_threshold, 0.01));
+        :max_batch_size, :row_limit, coalesce(:error_rate_threshold, 0.01),
+        (SELECT enqueued_by FROM queue_jobs WHERE id = :job_id));
 
 -- name: insert_slice
 -- description: One slice of a planned job, with its own cursor.
@@ -352,7 +353,7 @@ LIMIT 2;
 -- name: job_status
 -- description: Status rows for `tidegate status` (all jobs, newest first, or one).
 SELECT q.id AS job_id, q.type, q.queue, q.status AS queue_status, q.priority, q.attempts, q.max_attempts,
-       q.last_error AS queue_error, q.created_at, q.run_after,
+       q.last_error AS queue_error, q.created_at, q.run_after, q.enqueued_by,
        j.status, j.owner, j.status_reason, j.status_by, j.processed_count, j.error_count,
        j.total_estimate, j.last_checkpoint, j.batch_size, j.concurrency, j.started_at, j.finished_at,
        j.updated_at, j.last_error, j.params, j.from_key, j.to_key, j.held_by, j.held_since,
@@ -390,7 +391,7 @@ FROM (SELECT (SELECT params ->> 'source' FROM backfill_jobs WHERE job_id = :job_
 -- description: Put a validated job on the queue (what the runbook's INSERT does by hand).
 INSERT INTO queue_jobs (type, queue, payload, priority, max_attempts, run_after)
 VALUES (:type, :queue, CAST(:payload AS jsonb), :priority, :max_attempts, coalesce(:run_after, now()))
-RETURNING id;
+RETURNING id, enqueued_by;
 
 -- name: metrics_queue
 -- description: Queue rows by status, and the age of the oldest claimable pending row (for /metrics).
@@ -534,3 +535,53 @@ RETURNING worker_deaths, status;
 -- description: A worker process known dead (its pool saw it exit) loses its lease now, not after it: its
 -- slices are claimable (taken over) as soon as no transaction of its own holds their rows.
 DELETE FROM tidegate_workers WHERE id = :worker_id;
+
+-- Ad-hoc SQL is a privilege (worker/trust.py, ops/security-sql.md).
+
+-- name: session_user
+-- description: The login role of this session (what a trigger records as a job's enqueued_by).
+SELECT session_user;
+
+-- name: is_sql_author
+-- description: May :who have a statement of its own run by the workers? A superuser may (as in PostgreSQL);
+-- else only a member of :author_role. A role that does not exist (either one) may not: the oid is NULL,
+-- pg_has_role is strict, coalesce gives false.
+SELECT coalesce((SELECT r.rolsuper OR pg_has_role(r.oid, (SELECT a.oid FROM pg_roles a WHERE a.rolname = :author_role),
+                                                  'MEMBER')
+                 FROM pg_roles r WHERE r.rolname = :who), false);
+
+-- name: job_enqueued_by
+-- description: Who enqueued a job, as the database recorded it (the trigger of migration 0008).
+SELECT enqueued_by FROM queue_jobs WHERE id = :job_id;
+
+-- name: reset_session
+-- description: After a job's own statement, in its transaction (so on the same server connection, even
+-- behind PgBouncer): every setting back to its session default, RESET ROLE too; commits with the batch.
+SELECT tidegate_reset_session();
+
+-- name: approved_sql_by_name
+-- description: The newest approved statement of a name, or the one with this sha256.
+SELECT name, sha256, sql, approved_by, approved_at FROM tidegate_sql_approved
+WHERE name = :name OR sha256 = :name
+ORDER BY approved_at DESC
+LIMIT 1;
+
+-- name: approved_sql_by_sha
+-- description: An approved statement's text by its hash (a job pins the hash it was planned with).
+SELECT sql FROM tidegate_sql_approved WHERE sha256 = :sha256 LIMIT 1;
+
+-- name: approve_sql
+-- description: Register an approved statement, or approve a known version again (it becomes the name's
+-- newest); approved_by and approved_at are set by a trigger.
+INSERT INTO tidegate_sql_approved (name, sha256, sql) VALUES (:name, :sha256, :sql)
+ON CONFLICT (name, sha256) DO UPDATE SET approved_at = now()
+RETURNING name, sha256, sql, approved_by, approved_at;
+
+-- name: revoke_sql
+-- description: Forget every approved version of a name; jobs pinned to one fail at their next batch.
+DELETE FROM tidegate_sql_approved WHERE name = :name RETURNING sha256;
+
+-- name: list_approved_sql
+-- description: Approved statements, newest first.
+SELECT name, sha256, approved_by, approved_at, length(sql) AS chars FROM tidegate_sql_approved
+ORDER BY name, approved_at DESC;
