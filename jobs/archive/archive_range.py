@@ -47,15 +47,15 @@ from sqlalchemy import Connection, Engine, text
 from jobs import checks
 from jobs.archive import layouts, selection
 from jobs.archive.layouts import Layout
-from worker import identifiers, keys, metrics
-from worker.errors import InvalidInput
+from worker import bounds, identifiers, keys, metrics
+from worker.errors import InvalidInput, quote
 from worker.kinds import BatchContext, BatchResult, Plan, SlicePlan
 from worker.sql import render
 
 # streams per batch: 1,000 moved the bench's 1M events faster than 500 or 2,000 (bench/RESULTS.md)
 DEFAULT_BATCH = 1_000
 MAX_BATCH = 10_000
-MAX_CONCURRENCY = 64
+MAX_CONCURRENCY = bounds.MAX_CONCURRENCY
 KNOWN = {"layout", "type", "tenant", "before", "streams", "where", "from_audit", "limit", "batch_size",
          "concurrency", "force", "reason", "owner", "snapshot", "layout_spec", "action", "max_rows_per_second",
          "sleep_between_batches", "row_limit"}
@@ -229,7 +229,7 @@ def normalize(payload: Any, unarchive: bool) -> dict[str, Any]:
     p = dict(payload)
     unknown = sorted(set(p) - KNOWN)
     if unknown:
-        raise InvalidInput(f"unknown payload field(s): {', '.join(unknown)}; known: {', '.join(sorted(KNOWN))}")
+        raise InvalidInput(f"unknown payload field(s): {quote(', '.join(unknown))}; known: {', '.join(sorted(KNOWN))}")
     if "layout" not in p and "layout_spec" not in p:
         raise InvalidInput("payload is missing 'layout' (tidegate, marten, rillflow, or a layout document)")
     p["layout_spec"] = layouts.load_spec(p.get("layout_spec", p.get("layout")))
@@ -245,14 +245,13 @@ def normalize(payload: Any, unarchive: bool) -> dict[str, Any]:
         try:
             p["from_audit"] = str(uuid.UUID(p["from_audit"]))
         except ValueError:
-            raise InvalidInput(f"from_audit must be a job id (uuid), got {p['from_audit']!r}") from None
+            raise InvalidInput(f"from_audit must be a job id (uuid), got {quote(p['from_audit'])}") from None
     if p.get("before") is not None:
         p["before"] = keys.encode(keys.parse("timestamptz", p["before"], "before"))
     streams = p.get("streams")
     if streams is not None and (not isinstance(streams, list) or not all(isinstance(s, str | int) for s in streams)):
         raise InvalidInput("streams must be a list of stream ids")
-    p["batch_size"] = checks.bounded(p.get("batch_size", DEFAULT_BATCH), "batch_size", 1, MAX_BATCH)
-    p["concurrency"] = checks.bounded(p.get("concurrency", 1), "concurrency", 1, MAX_CONCURRENCY)
+    checks.knobs(p, default_batch=DEFAULT_BATCH, max_batch=MAX_BATCH)  # and the pace knobs it gives
     if p.get("limit") is not None:
         p["limit"] = checks.bounded(p["limit"], "limit", 1, 10**12)
     if not isinstance(p.get("force", False), bool):

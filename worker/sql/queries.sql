@@ -470,3 +470,11 @@ SELECT processed_count FROM backfill_jobs WHERE job_id = :job_id FOR NO KEY UPDA
 UPDATE backfill_jobs SET status = 'paused', status_reason = :reason, status_by = 'tidegate', updated_at = now()
 WHERE job_id = :job_id AND status IN ('pending', 'running')
 RETURNING job_id;
+
+-- name: schema_version_table
+-- description: Whether tidegate's migrations ever ran here (the table Alembic keeps its revision in).
+SELECT to_regclass('tidegate_alembic_version') IS NOT NULL AS present;
+
+-- name: schema_revisions
+-- description: The revision(s) the database's tidegate schema is at.
+SELECT version_num FROM tidegate_alembic_version;
