@@ -29,7 +29,7 @@ from sqlalchemy.exc import DBAPIError
 
 from jobs import checks, filters, handlers
 from worker import bounds, identifiers, keys
-from worker.errors import InvalidInput, quote
+from worker.errors import InvalidInput, quote, shorten
 from worker.kinds import BatchContext, BatchResult, Plan, SlicePlan
 from worker.sql import render
 
@@ -156,7 +156,7 @@ def normalize(payload: Any) -> dict[str, Any]:
                 p[end] = p.pop(field)
     unknown = sorted(set(p) - KNOWN_FIELDS)
     if unknown:
-        raise InvalidInput(f"unknown payload field(s): {quote(', '.join(unknown))};"
+        raise InvalidInput(f"unknown payload field(s): {shorten(', '.join(unknown))};"
                            f" known: {', '.join(sorted(KNOWN_FIELDS))}")
     if "sql" in p and "handler" in p:
         raise InvalidInput("give either handler or sql, not both")

@@ -43,8 +43,10 @@ class Bound:
             raise InvalidInput(f"{field} must be {kind} {self.describe(top)}, got {quote(value)}")
         try:
             number = int(value) if self.integer else float(value)
-        except (ValueError, OverflowError):  # not a number; or over 4,300 digits, or too big for a float
+        except ValueError:  # not a number, or an integer of over 4,300 digits
             raise InvalidInput(f"{field} must be {kind} {self.describe(top)}, got {quote(value)}") from None
+        except OverflowError:  # an integer too big for a float
+            raise InvalidInput(f"{field} must be {self.describe(top)}, got {quote(value, 40)}") from None
         if not self.lo <= number <= top:
             raise InvalidInput(f"{field} must be {self.describe(top)}, got {_show(number)}")
         return number

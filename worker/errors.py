@@ -28,6 +28,11 @@ def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
     return f"{text[:limit]}... ({len(text):,} characters)"
 
 
+def shorten(text: str, limit: int = QUOTE_CHARS) -> str:
+    """``text`` as is, cut to ``limit`` characters with the full length said (for lists of names)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def cap(text: str, limit: int = MESSAGE_CHARS) -> str:
     """``text`` cut to ``limit`` characters, saying so."""
     if not isinstance(text, str) or len(text) <= limit:

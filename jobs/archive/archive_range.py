@@ -48,7 +48,7 @@ from jobs import checks
 from jobs.archive import layouts, selection
 from jobs.archive.layouts import Layout
 from worker import bounds, identifiers, keys, metrics
-from worker.errors import InvalidInput, quote
+from worker.errors import InvalidInput, quote, shorten
 from worker.kinds import BatchContext, BatchResult, Plan, SlicePlan
 from worker.sql import render
 
@@ -229,7 +229,8 @@ def normalize(payload: Any, unarchive: bool) -> dict[str, Any]:
     p = dict(payload)
     unknown = sorted(set(p) - KNOWN)
     if unknown:
-        raise InvalidInput(f"unknown payload field(s): {quote(', '.join(unknown))}; known: {', '.join(sorted(KNOWN))}")
+        raise InvalidInput(f"unknown payload field(s): {shorten(', '.join(unknown))};"
+                           f" known: {', '.join(sorted(KNOWN))}")
     if "layout" not in p and "layout_spec" not in p:
         raise InvalidInput("payload is missing 'layout' (tidegate, marten, rillflow, or a layout document)")
     p["layout_spec"] = layouts.load_spec(p.get("layout_spec", p.get("layout")))
