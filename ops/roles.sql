@@ -13,6 +13,7 @@
 --   GRANT SELECT ON hero_snapshots TO tg_enqueue;              -- backfill-range's source
 --   GRANT SELECT ON es_streams, es_events TO tg_enqueue;       -- archive: discover and dry run
 CREATE ROLE tg_enqueue NOLOGIN;
+GRANT SELECT ON tidegate_alembic_version TO tg_enqueue;  -- every command checks the schema revision
 GRANT SELECT ON queue_jobs, backfill_jobs, backfill_slices, etl_errors, tidegate_workers TO tg_enqueue;
 GRANT INSERT ON queue_jobs TO tg_enqueue;
 GRANT INSERT ON tidegate_audit TO tg_enqueue;
@@ -27,6 +28,7 @@ GRANT SELECT, INSERT, UPDATE ON archive_watch_cursors, archive_watch_seen TO tg_
 -- `archive report` and `archive status` count what is left in the event store, so also e.g.
 --   GRANT SELECT ON es_streams, es_events TO tg_operator;
 CREATE ROLE tg_operator NOLOGIN;
+GRANT SELECT ON tidegate_alembic_version TO tg_operator;  -- every command checks the schema revision
 GRANT SELECT ON queue_jobs, backfill_jobs, backfill_slices, etl_errors, tidegate_workers, tidegate_audit,
                 archive_candidates, archive_audit, archive_audit_batches, archive_guards TO tg_operator;
 GRANT UPDATE (status, status_reason, status_by, updated_at, finished_at) ON backfill_jobs TO tg_operator;
@@ -44,6 +46,7 @@ GRANT USAGE ON SEQUENCE tidegate_audit_id_seq TO tg_operator;
 --   GRANT INSERT ON es_events_archive, es_stream_summaries_archive TO tg_worker;
 -- (unarchive-range: the same the other way round)
 CREATE ROLE tg_worker NOLOGIN;
+GRANT SELECT ON tidegate_alembic_version TO tg_worker;  -- every command checks the schema revision
 GRANT SELECT, UPDATE ON queue_jobs TO tg_worker;
 GRANT SELECT, INSERT, UPDATE ON backfill_jobs, backfill_slices TO tg_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON tidegate_workers TO tg_worker;
@@ -58,5 +61,6 @@ GRANT USAGE ON SEQUENCE archive_audit_batches_id_seq TO tg_worker;
 -- finished jobs and old errors. Grant it to the pool's login, or run the pool with --no-maintenance
 -- and the cron job as a login holding this role.
 CREATE ROLE tg_maintenance NOLOGIN;
+GRANT SELECT ON tidegate_alembic_version TO tg_maintenance;  -- every command checks the schema revision
 GRANT SELECT, DELETE ON queue_jobs, backfill_jobs, backfill_slices, etl_errors, archive_candidates
     TO tg_maintenance;

@@ -376,3 +376,15 @@ def test_quote_keeps_a_few_hundred_characters_of_anything():
         nested = [nested]
     assert quote(nested) == "a list nested too deep to show"
     assert len(str(InvalidInput(MB))) <= MESSAGE_CHARS
+
+
+def test_the_schema_check_reads_the_same_revisions_as_alembic():
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from tests.conftest import ROOT
+
+    script = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini"), ini_section="alembic"))
+    heads, every = schema.revisions()
+    assert heads == tuple(sorted(script.get_heads()))
+    assert every == {r.revision for r in script.walk_revisions()}
