@@ -19,9 +19,9 @@ import psycopg
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from worker import schema
 from worker.db import EMBEDDED, first_line, is_outage, make_engine, mask_url, resolve_url, tidegate_home
 from worker.errors import DatabaseUnavailable, PermissionDenied, TidegateError
+from worker.schema import check as check_schema
 
 F = Callable[..., Any]
 
@@ -75,7 +75,7 @@ class Database:
             engine = make_engine(self.url, application_name="tidegate-cli", pool_size=1)
             if self._schema:
                 try:
-                    schema.check(engine, self.described)
+                    check_schema(engine, self.described)
                 except BaseException:
                     engine.dispose()
                     raise
