@@ -33,14 +33,14 @@ from typing import Any
 from sqlalchemy import Connection
 
 from jobs import approved_sql, checks, filters, handlers, sql_check
-from worker import identifiers, keys, trust
-from worker.errors import InvalidInput
+from worker import bounds, identifiers, keys, trust
+from worker.errors import InvalidInput, quote, shorten
 from worker.kinds import BatchContext, BatchResult, Plan, SlicePlan
 from worker.sql import render
 
 NAME = "backfill_range"
-MAX_BATCH = 100_000
-MAX_CONCURRENCY = 64
+MAX_BATCH = bounds.MAX_BATCH
+MAX_CONCURRENCY = bounds.MAX_CONCURRENCY
 EXACT_COUNT_BELOW = 5_000_000
 KNOWN_FIELDS = {"source", "key", "from", "to", "handler", "sql", "sql_approved", "batch_size", "concurrency", "owner",
                 "writes", "max_rows_per_second", "sleep_between_batches", "target_batch_seconds", "min_batch_size",
@@ -161,13 +161,14 @@ def normalize(payload: Any) -> dict[str, Any]:
             if field.startswith(end + "_") and field != end:
                 column = field[len(end) + 1:]
                 if p.setdefault("key", column) != column:
-                    raise InvalidInput(f"{field} does not match key {p['key']!r}")
+                    raise InvalidInput(f"{quote(field)} does not match key {quote(p['key'])}")
                 if end in p:
-                    raise InvalidInput(f"give {end!r} or {field!r}, not both")
+                    raise InvalidInput(f"give {end!r} or {quote(field)}, not both")
                 p[end] = p.pop(field)
     unknown = sorted(set(p) - KNOWN_FIELDS)
     if unknown:
-        raise InvalidInput(f"unknown payload field(s): {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_FIELDS))}")
+        raise InvalidInput(f"unknown payload field(s): {shorten(', '.join(unknown))};"
+                           f" known: {', '.join(sorted(KNOWN_FIELDS))}")
     given = [f for f in ("handler", "sql", "sql_approved") if f in p]
     if len(given) > 1:
         raise InvalidInput(f"give one of handler, sql or sql_approved, not {' and '.join(given)}")
@@ -181,6 +182,9 @@ def normalize(payload: Any) -> dict[str, Any]:
                                " :hi, so put the condition in the statement itself")
     if not own_sql:
         p.setdefault("handler", handlers.default_handler())
+        if not isinstance(p["handler"], str) or len(p["handler"]) > 300:
+            raise InvalidInput("handler must be a name or module:function of at most 300 characters,"
+                               f" got {quote(p['handler'], 60)}")
     # source and key default to those of the named handler, else of the deployment's default handler
     for name in (p.get("handler"), handlers.default_handler()):
         declared = handlers.registered().get(name) if isinstance(name, str) else None
@@ -192,19 +196,7 @@ def normalize(payload: Any) -> dict[str, Any]:
     for field in ("source", "key", "from", "to"):
         if p.get(field) in (None, ""):
             raise InvalidInput(f"payload is missing {field!r}")
-    p["batch_size"] = checks.bounded(p.get("batch_size", 500), "batch_size", 1, MAX_BATCH)
-    p["concurrency"] = checks.bounded(p.get("concurrency", 1), "concurrency", 1, MAX_CONCURRENCY)
-    for field, lo, hi in (("max_rows_per_second", 0.001, 1e9), ("sleep_between_batches", 0, 3600),
-                          ("target_batch_seconds", 0.01, 3600), ("error_rate_threshold", 0, 1)):
-        if p.get(field) is not None:
-            p[field] = checks.bounded(p[field], field, lo, hi, integer=False)
-    for field in ("min_batch_size", "max_batch_size"):
-        if p.get(field) is not None:
-            p[field] = checks.bounded(p[field], field, 1, MAX_BATCH)
-    if p.get("row_limit") is not None:
-        p["row_limit"] = checks.bounded(p["row_limit"], "row_limit", 1, 10**15)
-    if (p.get("min_batch_size") or 1) > (p.get("max_batch_size") or MAX_BATCH):
-        raise InvalidInput("min_batch_size must not exceed max_batch_size")
+    checks.knobs(p, default_batch=500)
     writes = p.get("writes", [])
     if not isinstance(writes, list) or not all(isinstance(w, str) for w in writes):
         raise InvalidInput("writes must be a list of table names")

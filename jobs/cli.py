@@ -11,8 +11,10 @@ import click
 from sqlalchemy import text
 
 from jobs import approved_sql, filters, inspect, rollout, sql_check
+from worker import bounds
 from worker.cliutil import Database, actor_option, database_option, echo_json
 from worker.enqueue import enqueue
+from worker.errors import quote
 from worker.keys import encode, parse
 from worker.sql import load
 
@@ -22,11 +24,13 @@ def queue_options(func: Any) -> Any:
     for option in reversed(
         [
             click.option("--owner", required=True, help="Who owns this job (team or person)."),
-            click.option("--priority", default=0, show_default=True, type=int, help="Higher runs first."),
+            click.option("--priority", default=0, show_default=True, type=int,
+                         help=f"Higher runs first ({bounds.KNOBS['priority'].describe()})."),
             click.option("--run-after", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S",
                                                               "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"]),
                          help="Do not start before this time (UTC unless an offset is given)."),
-            click.option("--max-attempts", default=5, show_default=True, type=click.IntRange(1, 1000),
+            click.option("--max-attempts", default=5, show_default=True,
+                         type=click.IntRange(1, int(bounds.KNOBS["max_attempts"].hi)),
                          help="Failed attempts of a batch before the job fails."),
             click.option("--queue", default="default", show_default=True, help="Queue (pool) to run on."),
             click.option("--json", "as_json", is_flag=True, help="Print the job as JSON."),
@@ -136,7 +140,7 @@ def demo() -> None:
 @click.option("--users", type=click.IntRange(1, 100_000_000), help="Distinct users (default: 80% of rows).")
 @click.option("--start", default="2024-01-01T00:00:00Z", show_default=True, help="First snapshot time.")
 @click.option("--spacing", default=30.0, show_default=True, help="Seconds between snapshots.")
-@database_option
+@database_option(schema=False)
 def demo_seed(db: Database, rows: int, users: int | None, start: str, spacing: float) -> None:
     """Create the demo tables and fill hero_snapshots with ROWS snapshots (about 1 in 997 malformed).
 
@@ -173,7 +177,7 @@ def demo_seed(db: Database, rows: int, users: int | None, start: str, spacing: f
 
 
 @demo.command("check")
-@database_option
+@database_option(schema=False)
 def demo_check(db: Database) -> None:
     """Print user_troops' row count and checksum (compare two runs)."""
     with db.engine.connect() as conn:
@@ -227,7 +231,7 @@ def rollout_cmd(db: Database, job: str, steps: str, step_rows: int, sample: int,
     try:
         levels = [int(s) for s in steps.split(",") if s.strip()]
     except ValueError:
-        raise click.BadParameter(f"--steps must be integers, got {steps!r}") from None
+        raise click.BadParameter(f"--steps must be integers, got {quote(steps)}") from None
     if not levels or not all(1 <= n <= 64 for n in levels):
         raise click.BadParameter("--steps must be concurrencies between 1 and 64")
     with db.engine.connect() as conn:

@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from worker import identifiers
-from worker.errors import InvalidInput
+from worker.errors import InvalidInput, quote
 from worker.sql import render
 
 # operator -> SQL, with {f} for the column and :v for the value (never input text)
@@ -34,12 +34,12 @@ def parse(spec: str) -> dict[str, Any]:
     """``'FIELD OP VALUE'`` as typed on the command line -> the payload form."""
     m = _SYNTAX.match(spec)
     if m is None:
-        raise InvalidInput(f"--where {spec!r}: expected FIELD OP VALUE with OP one of {', '.join(OPS)}")
+        raise InvalidInput(f"--where {quote(spec)}: expected FIELD OP VALUE with OP one of {', '.join(OPS)}")
     field, op, value = m.group(1), " ".join(m.group(2).lower().split()), m.group(3)
     op = "!=" if op == "<>" else op
     if op in NO_VALUE:
         if value:
-            raise InvalidInput(f"--where {spec!r}: {op} takes no value")
+            raise InvalidInput(f"--where {quote(spec)}: {op} takes no value")
         return {"field": field, "op": op}
     if op == "in":
         items = [v.strip() for v in value.strip().removeprefix("(").removesuffix(")").split(",")]
@@ -54,10 +54,10 @@ def normalize(filters: Any) -> list[dict[str, Any]]:
     out = []
     for i, f in enumerate(filters):
         if not isinstance(f, dict) or set(f) - {"field", "op", "value"} or "field" not in f or "op" not in f:
-            raise InvalidInput(f"where[{i}] must be an object with field, op and value, got {f!r}")
+            raise InvalidInput(f"where[{i}] must be an object with field, op and value, got {quote(f)}")
         op = str(f["op"]).lower().strip()
         if op not in OPS:
-            raise InvalidInput(f"where[{i}]: unknown operator {f['op']!r}; known: {', '.join(OPS)}")
+            raise InvalidInput(f"where[{i}]: unknown operator {quote(f['op'])}; known: {', '.join(OPS)}")
         if op in NO_VALUE:
             if f.get("value") is not None:
                 raise InvalidInput(f"where[{i}]: {op} takes no value")
@@ -66,12 +66,12 @@ def normalize(filters: Any) -> list[dict[str, Any]]:
         value = f.get("value")
         if op == "in":
             if not isinstance(value, list) or not 1 <= len(value) <= MAX_IN:
-                raise InvalidInput(f"where[{i}]: in needs a list of 1 to {MAX_IN} values, got {value!r}")
+                raise InvalidInput(f"where[{i}]: in needs a list of 1 to {MAX_IN} values, got {quote(value)}")
             if not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in value):
                 raise InvalidInput(f"where[{i}]: in values must be strings or numbers")
             value = [str(v) for v in value]
         elif not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise InvalidInput(f"where[{i}]: {op} needs a string or number value, got {value!r}")
+            raise InvalidInput(f"where[{i}]: {op} needs a string or number value, got {quote(value)}")
         else:
             value = str(value)
         out.append({"field": f["field"], "op": op, "value": value})

@@ -18,6 +18,7 @@
 -- column (give it to a login together with SELECT on the job's source; `tidegate errors` also checks
 -- the source and says "sample hidden: no SELECT on SOURCE" otherwise).
 CREATE ROLE tg_enqueue NOLOGIN;
+GRANT SELECT ON tidegate_alembic_version TO tg_enqueue;  -- every command checks the schema revision
 GRANT SELECT ON queue_jobs, backfill_jobs, backfill_slices, tidegate_workers TO tg_enqueue;
 GRANT SELECT (id, job_id, slice_no, item_key, error_type, message, created_at) ON etl_errors TO tg_enqueue;
 GRANT INSERT ON queue_jobs TO tg_enqueue;
@@ -49,6 +50,7 @@ CREATE ROLE tg_sql_author NOLOGIN;
 -- pending, run_after in the future, attempts up) and audit every pause, resume, cancel and retry
 -- with the login that made it. ops/security.md says who can make what happen.
 CREATE ROLE tg_operator NOLOGIN;
+GRANT SELECT ON tidegate_alembic_version TO tg_operator;  -- every command checks the schema revision
 GRANT SELECT ON queue_jobs, backfill_jobs, backfill_slices, tidegate_workers, tidegate_audit,
                 archive_candidates, archive_audit, archive_audit_batches, archive_guards TO tg_operator;
 GRANT SELECT (id, job_id, slice_no, item_key, error_type, message, created_at) ON etl_errors TO tg_operator;
@@ -73,6 +75,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON tidegate_sql_approved TO tg_operator;
 --   GRANT INSERT ON es_events_archive, es_stream_summaries_archive TO tg_worker;
 -- (unarchive-range: the same the other way round)
 CREATE ROLE tg_worker NOLOGIN;
+GRANT SELECT ON tidegate_alembic_version TO tg_worker;  -- every command checks the schema revision
 GRANT SELECT, UPDATE ON queue_jobs TO tg_worker;
 GRANT SELECT, INSERT, UPDATE ON backfill_jobs, backfill_slices TO tg_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON tidegate_workers TO tg_worker;
@@ -89,5 +92,6 @@ GRANT SELECT ON tidegate_sql_approved TO tg_worker;
 -- finished jobs and old errors. Grant it to the pool's login, or run the pool with --no-maintenance
 -- and the cron job as a login holding this role.
 CREATE ROLE tg_maintenance NOLOGIN;
+GRANT SELECT ON tidegate_alembic_version TO tg_maintenance;  -- every command checks the schema revision
 GRANT SELECT, DELETE ON queue_jobs, backfill_jobs, backfill_slices, archive_candidates TO tg_maintenance;
 GRANT SELECT (id, created_at), DELETE ON etl_errors TO tg_maintenance;      -- not the samples

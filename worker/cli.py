@@ -6,12 +6,13 @@ import importlib.util
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from worker import control, gates, kinds, status, store, trust
-from worker.cliutil import Database, actor_option, database_option, echo_json, run_cli
+from worker import bounds, control, gates, kinds, status, store, trust
+from worker.cliutil import Database, F, actor_option, database_option, echo_json, run_cli
 from worker.db import tidegate_home
 from worker.logs import setup_logging
 from worker.maintenance import DAY, RetentionConfig
@@ -54,7 +55,7 @@ def alembic_config(db: Database, section: str = "alembic"):  # type: ignore[no-u
 
 @db.command("upgrade")
 @click.argument("revision", default="head")
-@database_option
+@database_option(schema=False)
 def db_upgrade(db: Database, revision: str) -> None:
     """Apply migrations up to REVISION (default: head)."""
     from alembic import command
@@ -65,7 +66,7 @@ def db_upgrade(db: Database, revision: str) -> None:
 
 @db.command("downgrade")
 @click.argument("revision")
-@database_option
+@database_option(schema=False)
 def db_downgrade(db: Database, revision: str) -> None:
     """Revert migrations down to REVISION ("base" removes tidegate's tables)."""
     from alembic import command
@@ -75,7 +76,7 @@ def db_downgrade(db: Database, revision: str) -> None:
 
 
 @db.command("current")
-@database_option
+@database_option(schema=False)
 def db_current(db: Database) -> None:
     """Print the applied revision."""
     click.echo(_current(db) or "base (no tidegate tables)")
@@ -307,22 +308,34 @@ def errors_cmd(db: Database, job: str, limit: int, as_json: bool) -> None:
         click.echo(f"    sample hidden: {found.sample_hidden}" if found.sample_hidden else f"    sample: {r['sample']}")
 
 
+def _knob(name: str, help: str = "") -> Callable[[F], F]:
+    """A `set` option for knob ``name``: taken as typed, checked against worker/bounds.py by parse_knobs."""
+    bound = bounds.KNOBS[name]
+    kind = "integer" if bound.integer else "number"
+    extra = ", or 'none' to lift it" if name in control.CLEARABLE else ""
+    return click.option(f"--{name.replace('_', '-')}", name, metavar=kind.upper(),
+                        help=f"{help} ({kind} {bound.describe()}{extra})".lstrip())
+
+
 @cli.command("set")
 @click.argument("job")
-@click.option("--concurrency", type=click.IntRange(1, 64), help="Slices in flight at most (more are cut as needed).")
-@click.option("--batch-size", type=click.IntRange(1, 100_000))
-@click.option("--max-rows-per-second", help="Pace cap across the job's slices ('none' to lift it).")
-@click.option("--sleep-between-batches", type=click.FloatRange(0, 3600))
-@click.option("--target-batch-seconds", help="Adaptive batch duration ('none' for a fixed size).")
-@click.option("--min-batch-size", type=click.IntRange(1, 100_000))
-@click.option("--max-batch-size", type=click.IntRange(1, 100_000))
-@click.option("--limit", "row_limit", help="Canary row limit ('none' to lift it, then `resume`).")
-@click.option("--error-rate-threshold", type=click.FloatRange(0, 1))
+@_knob("concurrency", "Slices in flight at most (more are cut as needed).")
+@_knob("batch_size")
+@_knob("max_rows_per_second", "Pace cap across the job's slices.")
+@_knob("sleep_between_batches")
+@_knob("target_batch_seconds", "Adaptive batch duration ('none': a fixed size).")
+@_knob("min_batch_size")
+@_knob("max_batch_size")
+@click.option("--limit", "row_limit", metavar="INTEGER",
+              help=f"Canary row limit, then `resume` (integer {bounds.KNOBS['row_limit'].describe()},"
+                   " or 'none' to lift it).")
+@_knob("error_rate_threshold")
 @actor_option
 @database_option
 def set_cmd(db: Database, job: str, actor: str, **knobs: object) -> None:
     """Change a job's pace while it runs; applies at its next batch (or: UPDATE backfill_jobs SET ...)."""
-    changes = control.parse_knobs(knobs)
+    flags = {name: "--limit" if name == "row_limit" else f"--{name.replace('_', '-')}" for name in knobs}
+    changes = control.parse_knobs(knobs, flags)
     if not changes:
         raise click.UsageError("nothing to change: give at least one option")
     with db.engine.begin() as conn:

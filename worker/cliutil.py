@@ -19,53 +19,83 @@ import psycopg
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from worker.db import first_line, is_outage, make_engine, mask_url, resolve_url
+from worker.db import EMBEDDED, first_line, is_outage, make_engine, mask_url, resolve_url, tidegate_home
 from worker.errors import DatabaseUnavailable, PermissionDenied, TidegateError
+from worker.schema import check as check_schema
 
 F = Callable[..., Any]
 
 
-def database_option(func: F) -> F:
-    """Add ``--database-url`` (default ``DATABASE_URL``, else the embedded server)."""
+def database_option(func: F | None = None, *, schema: bool = True) -> Any:
+    """Add ``--database-url`` (default ``DATABASE_URL``, else the embedded server).
 
-    @click.option(
-        "--database-url",
-        "database_url",
-        envvar="DATABASE_URL",
-        default=None,
-        metavar="URL",
-        help="PostgreSQL URL. Default: $DATABASE_URL, else the embedded server in $TIDEGATE_HOME (./.tidegate).",
-    )
-    @functools.wraps(func)
-    def wrapper(*args: Any, database_url: str | None, **kwargs: Any) -> Any:
-        return func(*args, db=Database(database_url), **kwargs)
+    ``schema``: check before the first query that the database's tidegate schema is this code's
+    (exit 5 and `tidegate db upgrade` otherwise); False for the commands that create it."""
 
-    return wrapper
+    def decorate(func: F) -> F:
+        @click.option(
+            "--database-url",
+            "database_url",
+            envvar="DATABASE_URL",
+            default=None,
+            metavar="URL",
+            help="PostgreSQL URL. Default: $DATABASE_URL, else the embedded server in $TIDEGATE_HOME"
+                 " (./.tidegate).",
+        )
+        @functools.wraps(func)
+        def wrapper(*args: Any, database_url: str | None, **kwargs: Any) -> Any:
+            source = click.get_current_context().get_parameter_source("database_url")
+            given = "DATABASE_URL" if source == click.core.ParameterSource.ENVIRONMENT else "--database-url"
+            return func(*args, db=Database(database_url, given, schema=schema), **kwargs)
+
+        return wrapper
+
+    return decorate(func) if func is not None else decorate
 
 
 class Database:
     """The command's database, connected on first use."""
 
-    def __init__(self, url: str | None) -> None:
+    def __init__(self, url: str | None, source: str = "--database-url", *, schema: bool = True) -> None:
         self._given = url
+        self._source = source
+        self._schema = schema
         self._url: str | None = None
         self._engine: Engine | None = None
 
     @property
     def url(self) -> str:
         if self._url is None:
-            self._url = resolve_url(self._given)
+            self._url = resolve_url(self._given, self._source)
         return self._url
 
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = make_engine(self.url, application_name="tidegate-cli", pool_size=1)
+            engine = make_engine(self.url, application_name="tidegate-cli", pool_size=1)
+            if self._schema:
+                try:
+                    check_schema(engine, self.described)
+                except BaseException:
+                    engine.dispose()
+                    raise
+            self._engine = engine
         return self._engine
 
     @property
     def masked(self) -> str:
         return mask_url(self.url)
+
+    @property
+    def described(self) -> str:
+        """The database as an error message names it (saying when it is the embedded default)."""
+        given = self._given if self._given is not None else os.environ.get("DATABASE_URL")
+        if given is None:
+            return (f"the embedded database in {tidegate_home() / 'pgdata'} (the default: no --database-url"
+                    " or DATABASE_URL given)")
+        if given.strip() == EMBEDDED:
+            return f"the embedded database in {tidegate_home() / 'pgdata'}"
+        return f"database {self.masked}"
 
 
 def actor_option(func: F) -> F:

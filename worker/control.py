@@ -12,8 +12,8 @@ from __future__ import annotations
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from worker import store
-from worker.errors import IllegalTransition, InvalidInput, NotFound
+from worker import bounds, store
+from worker.errors import IllegalTransition, InvalidInput, NotFound, quote
 from worker.sql import q
 from worker.states import TRANSITIONS
 
@@ -30,12 +30,12 @@ def find_job(conn: Connection, ref: str) -> str:
     """A full job id, from a full id or an unambiguous prefix (as `status` prints them)."""
     ref = ref.strip().lower()
     if not ref or any(c not in "0123456789abcdef-" for c in ref):
-        raise InvalidInput(f"{ref!r} is not a job id")
+        raise InvalidInput(f"{quote(ref)} is not a job id")
     rows = conn.execute(q("find_job"), {"prefix": ref}).all()
     if not rows:
-        raise NotFound(f"no job {ref!r}")
+        raise NotFound(f"no job {quote(ref)}")
     if len(rows) > 1:
-        raise InvalidInput(f"job id prefix {ref!r} is ambiguous: give more characters")
+        raise InvalidInput(f"job id prefix {quote(ref)} is ambiguous: give more characters")
     return str(rows[0].id)
 
 
@@ -89,26 +89,26 @@ def pause_all(conn: Connection, actor: str, reason: str | None) -> list[str]:
 
 KNOB_NAMES = ("concurrency", "batch_size", "max_rows_per_second", "sleep_between_batches", "target_batch_seconds",
               "min_batch_size", "max_batch_size", "row_limit", "error_rate_threshold")
-CLEARABLE = {"max_rows_per_second", "target_batch_seconds", "row_limit"}
+CLEARABLE = {b.name for b in bounds.KNOBS.values() if b.clearable}
 
 
-def parse_knobs(given: dict[str, object]) -> dict[str, object]:
-    """The knobs an operator gave; 'none' clears the clearable ones."""
+def parse_knobs(given: dict[str, object], flags: dict[str, str] | None = None) -> dict[str, object]:
+    """The knobs an operator gave (as typed, or numbers), each checked against its range in
+    worker/bounds.py; 'none' clears the clearable ones. ``flags``: how errors name a knob."""
     changes: dict[str, object] = {}
     for name, value in given.items():
         if value is None:
             continue
+        if isinstance(value, str) and value.strip().lower() == "none" and name in CLEARABLE:
+            changes[name] = None
+            continue
         if isinstance(value, str):
-            if value.strip().lower() == "none" and name in CLEARABLE:
-                changes[name] = None
-                continue
-            try:
-                value = int(value) if name == "row_limit" else float(value)
-            except ValueError:
-                raise InvalidInput(f"{name} must be a number or 'none', got {value!r}") from None
-            if value <= 0:
-                raise InvalidInput(f"{name} must be positive, got {value}")
-        changes[name] = value
+            value = value.strip()
+        try:
+            changes[name] = bounds.check(name, value, (flags or {}).get(name))
+        except InvalidInput as err:
+            hint = "; or give 'none' to lift it" if name in CLEARABLE else ""
+            raise InvalidInput(f"{err}{hint}") from None
     return changes
 
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import psycopg
 import sqlalchemy.exc
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import Engine, create_engine, event, pool
 from sqlalchemy.exc import DBAPIError
 
-from worker.errors import DatabaseUnavailable
+from worker.errors import DatabaseUnavailable, InvalidInput, quote
 from worker.redact import redact, register_url
 
 EMBEDDED = "embedded"
@@ -28,14 +29,54 @@ def tidegate_home() -> Path:
     return Path(os.environ.get("TIDEGATE_HOME", ".tidegate")).resolve()
 
 
-def resolve_url(url: str | None) -> str:
-    """The libpq URL to use: explicit, ``DATABASE_URL``, else the embedded server."""
-    url = url or os.environ.get("DATABASE_URL")
-    if url and url != EMBEDDED:
-        return libpq_url(url)
+def resolve_url(url: str | None, source: str = "--database-url") -> str:
+    """The libpq URL to use: explicit, ``DATABASE_URL``, else the embedded server.
+
+    A malformed URL (not PostgreSQL, no scheme, a bad port, an unencoded ``@`` in the password,
+    empty) raises InvalidInput naming ``source`` (where it came from), its password masked."""
+    if url is None:
+        url, source = os.environ.get("DATABASE_URL"), "DATABASE_URL"
+    if url is not None and url.strip() != EMBEDDED:
+        return check_url(url, source)
     from worker.embedded import embedded_url  # imported late: starts a server
 
     return embedded_url(tidegate_home() / "pgdata")
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_POSTGRES = re.compile(r"^postgres(?:ql)?(?:\+\w+)?(?=://)")
+FORM = "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+
+
+def check_url(url: str, source: str = "the database URL") -> str:
+    """``url`` in libpq's form, checked without connecting; else InvalidInput, the password masked."""
+    if not url.strip():
+        unset = ", or unset it to use the embedded server" if source == "DATABASE_URL" else ""
+        raise InvalidInput(f"{source} is empty: give {FORM}{unset}")
+
+    def bad(why: str) -> InvalidInput:
+        return InvalidInput(f"{source} {quote(mask_url(url), 120)}: {why}")
+
+    scheme = _SCHEME.match(url)
+    if scheme is None:
+        raise bad(f"no scheme: write it as {FORM}")
+    if not _POSTGRES.match(url):
+        raise bad(f"{quote(scheme[1], 30)} is not PostgreSQL: tidegate needs {FORM}")
+    libpq = libpq_url(url)
+    head = libpq[scheme.end():].split("?", 1)[0]  # user:password@host:port/database
+    at, slash = head.rfind("@"), head.find("/")
+    if at >= 0 and (head.count("@") > 1 or 0 <= slash < at):
+        raise bad("the user name or password holds '@' or '/': percent-encode them (@ as %40, / as %2F)")
+    try:
+        parts = conninfo_to_dict(libpq)
+    except psycopg.ProgrammingError as err:
+        password = head[:at].partition(":")[2] if at >= 0 else ""
+        message = first_line(err)
+        raise bad(message.replace(password, "***") if password else message) from None
+    for port in str(parts.get("port") or "").split(","):
+        if port and not (re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535):
+            raise bad(f"port {quote(port, 20)} is not a port number (1 to 65535)")
+    return libpq
 
 
 def libpq_url(url: str) -> str:
@@ -48,8 +89,10 @@ def sqlalchemy_url(url: str) -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced, for logs, status and errors."""
-    return redact(url)
+    """The URL with its password replaced, for logs, status and errors. The password is taken to run
+    to the last ``@``, so one holding an unencoded ``@``, ``/`` or ``?`` is masked whole."""
+    masked = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?]*:).*@", r"\1***@", url, flags=re.DOTALL)
+    return redact(re.sub(r"(password=)[^&\s]*", r"\1***", masked))
 
 
 def make_engine(url: str, *, application_name: str = "tidegate", pool_size: int = 2) -> Engine:

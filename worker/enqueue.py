@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from worker import kinds, store
-from worker.errors import InvalidInput
+from worker import bounds, kinds, store
+from worker.errors import InvalidInput, quote
 from worker.kinds import Plan
 from worker.sql import q
 
@@ -22,7 +22,7 @@ from worker.sql import q
 def validate(engine: Engine, job_type: str, payload: dict[str, Any]) -> Plan:
     kind = kinds.kinds().get(job_type)
     if kind is None:
-        raise InvalidInput(f"unknown job type {job_type!r}; known: {', '.join(sorted(kinds.kinds()))}")
+        raise InvalidInput(f"unknown job type {quote(job_type)}; known: {', '.join(sorted(kinds.kinds()))}")
     with engine.connect() as conn:
         try:
             return kind.plan(conn, payload)
@@ -41,9 +41,9 @@ def enqueue(
     max_attempts: int = 5,
     run_after: datetime | None = None,
 ) -> tuple[str, Plan]:
+    priority = bounds.check("priority", priority)
+    max_attempts = bounds.check("max_attempts", max_attempts)
     plan = validate(engine, job_type, payload)
-    if not 1 <= max_attempts <= 1000:
-        raise InvalidInput(f"max_attempts must be between 1 and 1000, got {max_attempts}")
     with engine.begin() as conn:
         row = conn.execute(
             q("enqueue"),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, text
 
 from worker.errors import InvalidIdentifier
+from worker.errors import quote as quoted  # quote() here quotes SQL identifiers
 
 MAX_NAME = 63
 
@@ -34,9 +35,9 @@ def quote(name: str) -> str:
 
 def _check_shape(name: object, what: str) -> str:
     if not isinstance(name, str) or not name:
-        raise InvalidIdentifier(f"{what} name must be a non-empty string, got {name!r}")
+        raise InvalidIdentifier(f"{what} name must be a non-empty string, got {quoted(name)}")
     if len(name) > 2 * MAX_NAME + 1 or any(ord(c) < 32 for c in name) or "\x00" in name:
-        raise InvalidIdentifier(f"{what} name {name!r} is not a valid identifier")
+        raise InvalidIdentifier(f"{what} name {quoted(name)} is not a valid identifier")
     return name
 
 
@@ -55,7 +56,7 @@ def table(conn: Connection, name: object, *, what: str = "table") -> Ident:
         {"rel": rel, "schema": schema},
     ).first()
     if row is None:
-        raise InvalidIdentifier(f"{what} {name!r} does not exist")
+        raise InvalidIdentifier(f"{what} {quoted(name)} does not exist")
     return Ident(sql=f"{quote(row[0])}.{quote(row[1])}", name=name)
 
 
@@ -77,7 +78,7 @@ def column(conn: Connection, tbl: Ident, name: object, *, what: str = "column") 
         {"rel": tbl.sql, "col": name},
     ).first()
     if row is None:
-        raise InvalidIdentifier(f"{what} {name!r} does not exist in table {tbl.name!r}")
+        raise InvalidIdentifier(f"{what} {quoted(name)} does not exist in table {quoted(tbl.name)}")
     return Column(Ident(sql=quote(name), name=name), type=row[0], not_null=bool(row[1]))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from worker.errors import InvalidInput
+from worker.errors import InvalidInput, quote
 
 KeyType = Literal["bigint", "timestamptz"]
 Key = int | datetime
@@ -28,7 +28,7 @@ def key_type_of(pg_type: str) -> KeyType:
     if pg_type in TS_TYPES:
         return "timestamptz"
     raise InvalidInput(
-        f"key column type {pg_type!r} is not supported: use an integer or timestamp column"
+        f"key column type {quote(pg_type)} is not supported: use an integer or timestamp column"
     )
 
 
@@ -36,12 +36,12 @@ def parse(key_type: KeyType, value: object, what: str = "key") -> Key:
     """A user's value (CLI text, JSON number or string) as a typed key."""
     if key_type == "bigint":
         if isinstance(value, bool):
-            raise InvalidInput(f"{what}: expected an integer, got {value!r}")
+            raise InvalidInput(f"{what}: expected an integer, got {quote(value)}")
         if isinstance(value, int):
             return value
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             return int(value.strip())
-        raise InvalidInput(f"{what}: expected an integer, got {value!r}")
+        raise InvalidInput(f"{what}: expected an integer, got {quote(value)}")
     if isinstance(value, datetime):
         ts = value
     elif isinstance(value, str):
@@ -49,10 +49,10 @@ def parse(key_type: KeyType, value: object, what: str = "key") -> Key:
             ts = datetime.fromisoformat(value.strip())
         except ValueError:
             raise InvalidInput(
-                f"{what}: expected an ISO 8601 timestamp like 2024-01-01T00:00:00Z, got {value!r}"
+                f"{what}: expected an ISO 8601 timestamp like 2024-01-01T00:00:00Z, got {quote(value)}"
             ) from None
     else:
-        raise InvalidInput(f"{what}: expected an ISO 8601 timestamp, got {value!r}")
+        raise InvalidInput(f"{what}: expected an ISO 8601 timestamp, got {quote(value)}")
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 

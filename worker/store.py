@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from worker import keys
 from worker.db import first_line
-from worker.errors import InvalidInput
+from worker.errors import InvalidInput, cap
 from worker.kinds import ItemError, Plan
 from worker.redact import redact
 from worker.sql import q
@@ -162,7 +162,7 @@ def claim_one_shots(conn: Connection, queues: list[str], types: list[str], limit
 def retry_queue_job(conn: Connection, job_id: str, error: str, backoff_base: float, backoff_max: float,
                     counted: bool = False) -> None:
     """Back off or fail; ``counted``: the claim already counted this attempt (one-shot jobs)."""
-    conn.execute(q("retry_queue_job"), {"job_id": job_id, "error": redact(error), "backoff_base": backoff_base,
+    conn.execute(q("retry_queue_job"), {"job_id": job_id, "error": cap(redact(error)), "backoff_base": backoff_base,
                                         "backoff_max": backoff_max, "add": 0 if counted else 1})
 
 
@@ -179,7 +179,7 @@ def fail_claimed_one_shot(conn: Connection, job_id: str, error: str) -> None:
 
 
 def fail_queue_job(conn: Connection, job_id: str, error: str) -> None:
-    conn.execute(q("fail_queue_job"), {"job_id": job_id, "error": redact(error)})
+    conn.execute(q("fail_queue_job"), {"job_id": job_id, "error": cap(redact(error))})
 
 
 def claim_slice(conn: Connection, worker_id: str, queues: list[str], kinds: list[str]) -> ClaimedSlice | None:
@@ -227,7 +227,7 @@ def record_batch(
             q("insert_item_error"),
             [
                 {"job_id": job_id, "slice_no": slice_no, "item_key": e.item_key, "error_type": e.error_type,
-                 "message": redact(e.message), "sample": e.sample}
+                 "message": cap(redact(e.message)), "sample": e.sample}
                 for e in errors
             ],
         )
@@ -271,7 +271,7 @@ def fail_attempt(
     backoff_base: float, backoff_max: float,
 ) -> Attempt | None:
     """Count a failed batch and schedule its retry; None if the slice was not ours."""
-    error = redact(error)
+    error = cap(redact(error))
     row = conn.execute(
         q("fail_slice_attempt"),
         {"job_id": job_id, "slice_no": slice_no, "worker_id": worker_id, "error": error,
@@ -286,7 +286,7 @@ def fail_attempt(
 
 
 def fail_job(conn: Connection, job_id: str, reason: str) -> None:
-    conn.execute(q("fail_job"), {"job_id": job_id, "reason": redact(reason)})
+    conn.execute(q("fail_job"), {"job_id": job_id, "reason": cap(redact(reason))})
     conn.execute(q("finish_queue_job"), {"job_id": job_id, "status": "failed"})
 
 
@@ -376,7 +376,7 @@ def locked_processed_count(conn: Connection, job_id: str) -> int:
 
 
 def pause_self(conn: Connection, job_id: str, reason: str) -> bool:
-    return conn.execute(q("pause_job_self"), {"job_id": job_id, "reason": reason}).first() is not None
+    return conn.execute(q("pause_job_self"), {"job_id": job_id, "reason": cap(redact(reason))}).first() is not None
 
 
 # -- batches in flight: the watchdog (worker/deadline.py) and the pool's deaths ------------------
@@ -416,3 +416,10 @@ def record_worker_death(conn: Connection, job_id: str, error: str, limit: int) -
 
 def expire_worker(conn: Connection, worker_id: str) -> None:
     conn.execute(q("expire_worker"), {"worker_id": worker_id})
+
+
+def schema_revisions(conn: Connection) -> list[str]:
+    """The revision(s) of tidegate's schema in this database; [] when its migrations never ran."""
+    if not conn.execute(q("schema_version_table")).scalar_one():
+        return []
+    return [str(r) for r in conn.execute(q("schema_revisions")).scalars()]

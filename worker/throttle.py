@@ -6,9 +6,12 @@ All inputs are the job's knobs as read at the start of each batch, so a change b
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from worker.bounds import KNOBS, MAX_BATCH
 from worker.store import Knobs
 
-MAX_BATCH = 100_000
+MAX_PAUSE = 86_400.0  # seconds a slice ever waits between batches: a slower pace is a pause, not a wait
 # Adaptive sizing. With a target, a batch is time-boxed: it runs in steps (calls of the kind's
 # process, all in the batch's one transaction), each sized from the cost per row the steps before
 # it measured, until the target is nearly spent. A run of heavy rows shows in the step that meets
@@ -20,9 +23,27 @@ SMOOTHING = 0.5  # weight of the last step in the moving average of seconds per 
 GROWTH = 4  # a step asks for at most this many times the rows of the one before
 
 
+def sane(knobs: Knobs) -> Knobs:
+    """The knobs pulled into their ranges (worker/bounds.py). The CHECK constraints of migration 0009
+    refuse anything else, so this is defence in depth: a value that slipped past (a database not
+    migrated yet) makes a job slower or faster, never a worker crash. NaN means: the knob's default."""
+
+    def clamp(name: str, fallback: object = None) -> object:
+        value = getattr(knobs, name)
+        return None if value is None else KNOBS[name].clamp(value, fallback)
+
+    return replace(
+        knobs, batch_size=clamp("batch_size", 500), concurrency=clamp("concurrency", 1),
+        max_rows_per_second=clamp("max_rows_per_second"), sleep_between_batches=clamp("sleep_between_batches", 0.0),
+        target_batch_seconds=clamp("target_batch_seconds", 1.0), min_batch_size=clamp("min_batch_size"),
+        max_batch_size=clamp("max_batch_size"), row_limit=clamp("row_limit"),
+    )
+
+
 def batch_size(knobs: Knobs, current: int | None, processed_so_far: int) -> int:
     """How many rows the next batch may take: its fixed size, or for an adaptive job the most it
     may take (max_batch_size); capped by a canary row limit."""
+    knobs = sane(knobs)
     size = knobs.batch_size
     if knobs.target_batch_seconds:
         size = knobs.max_batch_size or MAX_BATCH
@@ -42,6 +63,7 @@ class TimeBox:
     """
 
     def __init__(self, knobs: Knobs, estimate: int | None, cap: int, tail: float = 0.0) -> None:
+        knobs = sane(knobs)
         assert knobs.target_batch_seconds
         self.target = knobs.target_batch_seconds
         self.knobs = knobs
@@ -87,13 +109,15 @@ class TimeBox:
 def statement_timeout_ms(knobs: Knobs) -> int | None:
     """A step running four times over its batch's target is cut short and the batch retried with a
     smaller estimate (never failed for it)."""
+    knobs = sane(knobs)
     return int(max(1.0, 4 * knobs.target_batch_seconds) * 1000) if knobs.target_batch_seconds else None
 
 
 def pause_after(knobs: Knobs, rows: int, seconds: float) -> float:
-    """Seconds to wait before this slice's next batch."""
+    """Seconds to wait before this slice's next batch (at most MAX_PAUSE)."""
+    knobs = sane(knobs)
     wait = knobs.sleep_between_batches
     if knobs.max_rows_per_second:
         share = knobs.max_rows_per_second / max(1, knobs.concurrency)  # the cap is per job, across its slices
         wait = max(wait, rows / share - seconds)
-    return max(0.0, wait)
+    return min(MAX_PAUSE, max(0.0, wait))

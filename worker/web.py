@@ -31,7 +31,7 @@ from sqlalchemy import Engine
 
 from worker import control, kinds, status, store
 from worker.enqueue import enqueue
-from worker.errors import IllegalTransition, InvalidInput, NotFound, TidegateError
+from worker.errors import IllegalTransition, InvalidInput, NotFound, TidegateError, quote
 from worker.redact import register_secret
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Api:
         if m := re.fullmatch(r"/api/v1/admin/([a-z][a-z0-9_-]*)", path):
             kind = kinds.by_alias(m[1])
             if kind is None:
-                raise NotFound(f"no job kind {m[1]!r}")
+                raise NotFound(f"no job kind {quote(m[1])}")
             options = {k: body.pop(k) for k in ("priority", "queue", "max_attempts") if k in body}
             job_id, plan = enqueue(self.engine, kind.name, body, actor=actor, **options)
             return HTTPStatus.CREATED, {"job_id": job_id, "type": kind.name, "slices": len(plan.slices)}

@@ -48,15 +48,15 @@ from sqlalchemy import Connection, Engine, text
 from jobs import checks
 from jobs.archive import layouts, selection
 from jobs.archive.layouts import Layout
-from worker import identifiers, keys, metrics
-from worker.errors import InvalidInput
+from worker import bounds, identifiers, keys, metrics
+from worker.errors import InvalidInput, quote, shorten
 from worker.kinds import BatchContext, BatchResult, Plan, SlicePlan
 from worker.sql import render
 
 # streams per batch: 1,000 moved the bench's 1M events faster than 500 or 2,000 (bench/RESULTS.md)
 DEFAULT_BATCH = 1_000
 MAX_BATCH = 10_000
-MAX_CONCURRENCY = 64
+MAX_CONCURRENCY = bounds.MAX_CONCURRENCY
 KNOWN = {"layout", "type", "tenant", "before", "streams", "where", "from_audit", "limit", "batch_size",
          "concurrency", "force", "reason", "owner", "snapshot", "layout_spec", "action", "max_rows_per_second",
          "sleep_between_batches", "row_limit"}
@@ -236,7 +236,8 @@ def normalize(payload: Any, unarchive: bool, conn: Connection, *, spec: dict[str
     p = dict(payload)
     unknown = sorted(set(p) - KNOWN)
     if unknown:
-        raise InvalidInput(f"unknown payload field(s): {', '.join(unknown)}; known: {', '.join(sorted(KNOWN))}")
+        raise InvalidInput(f"unknown payload field(s): {shorten(', '.join(unknown))};"
+                           f" known: {', '.join(sorted(KNOWN))}")
     if spec is None and "layout_spec" in p:
         raise InvalidInput("layout_spec is written by planning, not by a payload: name the layout in 'layout'")
     if "layout" not in p:
@@ -256,14 +257,13 @@ def normalize(payload: Any, unarchive: bool, conn: Connection, *, spec: dict[str
         try:
             p["from_audit"] = str(uuid.UUID(p["from_audit"]))
         except ValueError:
-            raise InvalidInput(f"from_audit must be a job id (uuid), got {p['from_audit']!r}") from None
+            raise InvalidInput(f"from_audit must be a job id (uuid), got {quote(p['from_audit'])}") from None
     if p.get("before") is not None:
         p["before"] = keys.encode(keys.parse("timestamptz", p["before"], "before"))
     streams = p.get("streams")
     if streams is not None and (not isinstance(streams, list) or not all(isinstance(s, str | int) for s in streams)):
         raise InvalidInput("streams must be a list of stream ids")
-    p["batch_size"] = checks.bounded(p.get("batch_size", DEFAULT_BATCH), "batch_size", 1, MAX_BATCH)
-    p["concurrency"] = checks.bounded(p.get("concurrency", 1), "concurrency", 1, MAX_CONCURRENCY)
+    checks.knobs(p, default_batch=DEFAULT_BATCH, max_batch=MAX_BATCH)  # and the pace knobs it gives
     if p.get("limit") is not None:
         p["limit"] = checks.bounded(p["limit"], "limit", 1, 10**12)
     if not isinstance(p.get("force", False), bool):

@@ -20,7 +20,7 @@ from jobs.archive import guard, layouts, report
 from jobs.archive.archive_range import DEFAULT_BATCH
 from jobs.cli import queue_options, submit
 from worker.cliutil import Database, actor_option, database_option, echo_json
-from worker.errors import InvalidInput
+from worker.errors import InvalidInput, quote
 
 LAYOUT_HELP = (f"Event-store layout: a shipped one ({', '.join(layouts.SHIPPED)}), a registered one (tidegate archive"
                " layout list), or a TOML/YAML file (read by this command).")
@@ -85,7 +85,7 @@ def _confirm(word: str) -> None:
     if not answer:
         raise InvalidInput(f"no confirmation: stdin is closed. Type {word} interactively, or pass --yes (CI)")
     if answer.strip() != word:
-        raise InvalidInput(f"confirmation {answer.strip()!r} is not {word}; nothing was enqueued")
+        raise InvalidInput(f"confirmation {quote(answer.strip())} is not {word}; nothing was enqueued")
 
 
 def _enqueue(db: Database, unarchive: bool, chosen: Selection, apply: bool, yes: bool, as_json: bool,

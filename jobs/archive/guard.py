@@ -21,7 +21,7 @@ from sqlalchemy import Engine, text
 
 from jobs.archive import layouts
 from worker import identifiers
-from worker.errors import InvalidInput
+from worker.errors import InvalidInput, quote
 from worker.sql import render
 
 MODES = ("reject", "redirect", "off")
@@ -41,7 +41,7 @@ ON CONFLICT (events_table) DO UPDATE SET mode = EXCLUDED.mode, layout = EXCLUDED
 
 def set_guard(engine: Engine, layout_ref: Any, mode: str, actor: str) -> dict[str, Any]:
     if mode not in MODES:
-        raise InvalidInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise InvalidInput(f"mode must be one of {', '.join(MODES)}, got {quote(mode)}")
     with engine.begin() as conn:
         layout = layouts.resolve(conn, layouts.for_cli(conn, layout_ref)[0])
         conn.execute(render(DROP, events=layout.events))

@@ -59,7 +59,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from worker import identifiers, store
-from worker.errors import InvalidIdentifier, InvalidInput, PermissionDenied
+from worker.errors import InvalidIdentifier, InvalidInput, PermissionDenied, quote
 from worker.identifiers import Column, Ident
 
 SHIPPED = ("tidegate", "marten", "rillflow")
@@ -199,11 +199,11 @@ def _parse(path: Path, source: str) -> dict[str, Any]:
         else:
             spec = tomllib.loads(source)
     except (tomllib.TOMLDecodeError, ValueError) as err:
-        raise InvalidInput(f"layout {path}: {err}") from None
+        raise InvalidInput(f"layout {quote(str(path))}: {err}") from None
     except Exception as err:  # yaml.YAMLError, without importing yaml for its type
-        raise InvalidInput(f"layout {path}: {type(err).__name__}: {err}") from None
+        raise InvalidInput(f"layout {quote(str(path))}: {type(err).__name__}: {err}") from None
     if not isinstance(spec, dict):
-        raise InvalidInput(f"layout {path}: expected a table of settings")
+        raise InvalidInput(f"layout {quote(str(path))}: expected a table of settings")
     return spec
 
 
@@ -218,7 +218,7 @@ def check_spec(spec: dict[str, Any]) -> None:
     if unknown:
         raise InvalidInput(f"layout: unknown key(s) {', '.join(unknown)}")
     if spec.get("strategy") not in ("move", "flag"):
-        raise InvalidInput(f"layout: strategy must be 'move' or 'flag', got {spec.get('strategy')!r}")
+        raise InvalidInput(f"layout: strategy must be 'move' or 'flag', got {quote(spec.get('strategy'))}")
     if not isinstance(spec.get("name", "custom"), str):
         raise InvalidInput("layout: name must be a string")
     for section, known, required in (("streams", STREAM_KEYS, ("table", "key")),
@@ -232,13 +232,13 @@ def check_spec(spec: dict[str, Any]) -> None:
                                f" known: {', '.join(sorted(known))}")
         for key in required:
             if key not in part:
-                raise InvalidInput(f"layout [{section}]: {key!r} is required")
+                raise InvalidInput(f"layout [{section}]: {quote(key)} is required")
         for key, value in part.items():
             if key in ("filter_columns", "references"):
                 if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                     raise InvalidInput(f"layout [{section}].{key}: expected a list of names")
             elif not isinstance(value, str) or not value:
-                raise InvalidInput(f"layout [{section}].{key}: expected a name, got {value!r}")
+                raise InvalidInput(f"layout [{section}].{key}: expected a name, got {quote(value)}")
     models = spec.get("read_models", [])
     if not isinstance(models, list) or not all(isinstance(m, dict) and set(m) == READ_MODEL_KEYS
                                                and all(isinstance(v, str) and v for v in m.values())
@@ -316,7 +316,7 @@ def resolve(conn: Connection, spec: dict[str, Any]) -> Layout:
         if "data" not in event_cols:
             raise InvalidInput("layout: [events].references needs [events].data")
         if len(ref) > 200:
-            raise InvalidInput(f"layout: reference key {ref[:40]!r}... is too long")
+            raise InvalidInput(f"layout: reference key {quote(ref[:40])}... is too long")
     return Layout(
         name=str(spec.get("name", "custom")), strategy=spec["strategy"], streams=streams,
         key=identifiers.column(conn, streams, s["key"], what="layout streams.key column"), stream_cols=stream_cols,
@@ -332,4 +332,4 @@ def _same_columns(conn: Connection, cols: list[Column], archive: Ident, what: st
     have = {c.ident.name for c in identifiers.columns(conn, archive)}
     missing = [c.ident.name for c in cols if c.ident.name not in have]
     if missing:
-        raise InvalidIdentifier(f"{what} {archive.name!r} lacks column(s) {', '.join(missing)}")
+        raise InvalidIdentifier(f"{what} {quote(archive.name)} lacks column(s) {', '.join(missing)}")

@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 
 from jobs.archive.layouts import Layout
 from worker import identifiers
-from worker.errors import InvalidInput
+from worker.errors import InvalidInput, quote
 from worker.identifiers import Ident
 from worker.sql import render
 
@@ -56,7 +56,7 @@ def parse_where(text: str) -> Filter:
     """``DataSource!=LuckBox``, ``type = venue``, ``tenant_id in a,b``, ``Region is null``."""
     m = WHERE.match(text or "")
     if m is None:
-        raise InvalidInput(f"--where {text!r}: expected FIELD OP VALUE with OP one of"
+        raise InvalidInput(f"--where {quote(text)}: expected FIELD OP VALUE with OP one of"
                            " = != < <= > >= in, or FIELD is null / is not null")
     if m["unary"]:
         return Filter(m["field"], " ".join(m["unary"].lower().split()), None)
@@ -80,21 +80,21 @@ def check_filters(raw: Any) -> list[Filter]:
             found.append(parse_where(item))
             continue
         if not isinstance(item, dict) or set(item) - {"field", "op", "value"}:
-            raise InvalidInput(f"where: expected {{field, op, value}}, got {item!r}")
+            raise InvalidInput(f"where: expected {{field, op, value}}, got {quote(item)}")
         field, op, value = item.get("field"), str(item.get("op", "")).lower(), item.get("value")
         if not isinstance(field, str) or not FIELD.match(field):
-            raise InvalidInput(f"where: field {field!r} must be a plain name (letters, digits, _)")
+            raise InvalidInput(f"where: field {quote(field)} must be a plain name (letters, digits, _)")
         if op in UNARY:
             value = None
         elif op == "in":
             if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-                raise InvalidInput(f"where {field} in: expected a non-empty list of strings, got {value!r}")
+                raise InvalidInput(f"where {field} in: expected a non-empty list of strings, got {quote(value)}")
         elif op in OPS:
             if not isinstance(value, str | int | float) or isinstance(value, bool):
-                raise InvalidInput(f"where {field} {op}: expected a string or number, got {value!r}")
+                raise InvalidInput(f"where {field} {op}: expected a string or number, got {quote(value)}")
             value = str(value)
         else:
-            raise InvalidInput(f"where: unknown operator {op!r}; use one of {', '.join([*OPS, 'in', *UNARY])}")
+            raise InvalidInput(f"where: unknown operator {quote(op)}; use one of {', '.join([*OPS, 'in', *UNARY])}")
         found.append(Filter(field, op, value))
     return found
 
@@ -164,14 +164,14 @@ def candidates(conn: Connection, layout: Layout, sel: dict[str, Any], *, unarchi
         if sel.get(option) is not None:
             col = layout.col(column)
             if col is None:
-                raise InvalidInput(f"{what}: layout {layout.name!r} names no stream {column} column")
+                raise InvalidInput(f"{what}: layout {quote(layout.name)} names no stream {column} column")
             idents["c_" + option] = col.ident
             conds.append("CAST(s.{c_" + option + "} AS text) = CAST(:" + option + " AS text)")
             params[option] = str(sel[option])
     if sel.get("before") is not None:
         col = layout.col("activity")
         if col is None:
-            raise InvalidInput(f"--before: layout {layout.name!r} names no stream activity column")
+            raise InvalidInput(f"--before: layout {quote(layout.name)} names no stream activity column")
         idents["c_activity"] = col.ident
         conds.append("s.{c_activity} < CAST(:before AS timestamptz)")
         params["before"] = sel["before"]
@@ -209,7 +209,7 @@ def _filter_sql(layout: Layout, f: Filter, n: int, idents: dict[str, Ident], par
     else:
         data = layout.event_cols.get("data")
         if data is None:
-            raise InvalidInput(f"--where {f.field}: not a filter column of layout {layout.name!r}"
+            raise InvalidInput(f"--where {f.field}: not a filter column of layout {quote(layout.name)}"
                                f" ({', '.join(layout.filter_columns) or 'none'}) and the layout has no event data")
         idents.update(data=data.ident, seq=layout.sequence.ident)
         expr = CREATE_EVENT.replace("kN", "k" + tag)

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, text
 
 from jobs.archive import layouts
 from worker import store
-from worker.errors import InvalidInput
+from worker.errors import InvalidInput, quote
 from worker.sql import q, render
 
 DELETIONS = """SELECT e.{seq} AS seq, e.{estream}::text AS stream_id, CAST(e.{etype} AS text) AS event_type, STYPE
@@ -42,7 +42,7 @@ def parse_map(items: tuple[str, ...] | list[str]) -> dict[str, str]:
     for item in items:
         event_type, sep, stream_type = item.partition("=")
         if not sep or not event_type.strip() or not stream_type.strip():
-            raise InvalidInput(f"--map {item!r}: expected EVENT_TYPE=STREAM_TYPE (or EVENT_TYPE=*)")
+            raise InvalidInput(f"--map {quote(item)}: expected EVENT_TYPE=STREAM_TYPE (or EVENT_TYPE=*)")
         found[event_type.strip()] = stream_type.strip()
     if not found:
         raise InvalidInput("give at least one --map EVENT_TYPE=STREAM_TYPE")
@@ -57,7 +57,7 @@ def poll(engine: Engine, name: str, layout_name: str, mapping: dict[str, str], *
         layout = layouts.resolve(conn, layouts.named(conn, layout_name))
         etype = layout.event_cols.get("type")
         if etype is None:
-            raise InvalidInput(f"layout {layout.name!r} names no events type column: cannot spot deletion events")
+            raise InvalidInput(f"layout {quote(layout.name)} names no events type column: cannot spot deletion events")
         conn.execute(text("INSERT INTO archive_watch_cursors (name, layout) VALUES (:n, :l) ON CONFLICT DO NOTHING"),
                      {"n": name, "l": layout.name})
         last = int(conn.execute(text("SELECT last_seq FROM archive_watch_cursors WHERE name = :n FOR UPDATE"),

@@ -585,3 +585,11 @@ DELETE FROM tidegate_sql_approved WHERE name = :name RETURNING sha256;
 -- description: Approved statements, newest first.
 SELECT name, sha256, approved_by, approved_at, length(sql) AS chars FROM tidegate_sql_approved
 ORDER BY name, approved_at DESC;
+
+-- name: schema_version_table
+-- description: Whether tidegate's migrations ever ran here (the table Alembic keeps its revision in).
+SELECT to_regclass('tidegate_alembic_version') IS NOT NULL AS present;
+
+-- name: schema_revisions
+-- description: The revision(s) the database's tidegate schema is at.
+SELECT version_num FROM tidegate_alembic_version;
