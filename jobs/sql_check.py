@@ -10,7 +10,7 @@ Validation never runs the statement. It checks, in this order:
    end in one; and the plan, where every function call shows with its resolved name, is scanned for
    :data:`DENIED` again (catches ``U&"..."`` spellings and inlined SQL functions).
 
-Limits (ops/security-sql.md): the deny-list is a list. A function of the deployment's own that changes
+Limits (ops/security.md, Ad-hoc SQL): the deny-list is a list. A function of the deployment's own that changes
 session state, or calls one that does, passes; the planner may evaluate immutable and stable functions
 while planning. That is why running a statement of one's own is a privilege (tg_sql_author) and why the
 worker resets the session after every statement (worker/trust.py).

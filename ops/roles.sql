@@ -5,7 +5,7 @@
 -- What bounds a job is the worker's role. A job's own SQL statement (`sql`, the CLI's --handler sql:PATH)
 -- runs with the worker's privileges, so it runs only on a pool started with --allow-sql and only when
 -- the login that enqueued it (recorded by the database: queue_jobs.enqueued_by) is a member of
--- tg_sql_author (ops/security-sql.md). Grant tg_worker only the tables jobs should touch.
+-- tg_sql_author (ops/security.md, Ad-hoc SQL). Grant tg_worker only the tables jobs should touch.
 -- Code and files are not the payload's to choose: a handler must be one the worker loaded at start (the
 -- tidegate.handlers entry points, $TIDEGATE_HANDLERS, `tidegate worker --handlers`), and an archive
 -- layout a shipped one or one an operator registered in archive_layouts (`tidegate archive layout add`).

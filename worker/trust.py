@@ -1,4 +1,4 @@
-"""Who may make the workers run a statement of their own (ops/security-sql.md).
+"""Who may make the workers run a statement of their own (ops/security.md, Ad-hoc SQL).
 
 A job's own SQL (payload ``sql``) runs with the worker's privileges. It runs only when both hold:
 
@@ -35,7 +35,7 @@ TRUE = ("1", "true", "yes", "on")
 
 
 class SqlNotAllowed(InvalidInput):
-    """This job's own SQL statement may not run here (ops/security-sql.md)."""
+    """This job's own SQL statement may not run here (ops/security.md, Ad-hoc SQL)."""
 
     exit_code = 6  # the CLI: a privilege is missing, as for PermissionDenied; a worker fails the job
 

@@ -5,7 +5,7 @@ Revises: 0007
 Create Date: 2026-11-24
 
 A job's own SQL statement (payload ``sql``) runs with the worker's privileges, so running one is a
-privilege of the role that enqueued it (ops/security-sql.md). That role is recorded here by the
+privilege of the role that enqueued it (ops/security.md, Ad-hoc SQL). That role is recorded here by the
 database, not by the client:
 
 * ``queue_jobs.enqueued_by``: ``session_user`` of the INSERT, set by a default and forced by a

@@ -536,7 +536,7 @@ RETURNING worker_deaths, status;
 -- slices are claimable (taken over) as soon as no transaction of its own holds their rows.
 DELETE FROM tidegate_workers WHERE id = :worker_id;
 
--- Ad-hoc SQL is a privilege (worker/trust.py, ops/security-sql.md).
+-- Ad-hoc SQL is a privilege (worker/trust.py, ops/security.md, Ad-hoc SQL).
 
 -- name: session_user
 -- description: The login role of this session (what a trigger records as a job's enqueued_by).
