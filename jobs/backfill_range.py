@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -67,6 +66,7 @@ class Target:
     key: identifiers.Column
     key_type: keys.KeyType
     item_key: list[str]
+    kind: keys.Kind  # the key column's type: how bounds are parsed and clipped
 
 
 class BackfillRange:
@@ -96,11 +96,12 @@ class BackfillRange:
     def plan(self, conn: Connection, payload: Any) -> Plan:
         p = normalize(payload)
         target = resolve_target(conn, p["source"], p["key"])
-        lo = keys.parse(target.key_type, p["from"], "from")
-        hi = keys.parse(target.key_type, p["to"], "to")
+        lo = keys.parse(target.kind, p["from"], "from")
+        hi = keys.parse(target.kind, p["to"], "to")
         keys.check_range(lo, hi)
+        lo, hi = keys.clip(target.kind, lo, hi)
         if "sql" in p:
-            check_sql(conn, p["sql"], target.key_type)
+            check_sql(conn, p["sql"], target.kind)
         else:
             resolved = handlers.resolve(p["handler"])
             if resolved.handler is not None and not p.get("writes"):
@@ -130,7 +131,7 @@ class BackfillRange:
         if b.n == 0:
             return BatchResult(checkpoint=keys.before(end), processed=0, exhausted=True)
         last = b.n < ctx.batch_size  # fewer rows than asked: nothing is left before `end`
-        hi = keys.before(end) if last else b.hi
+        hi = keys.before(end) if last else keys.from_db(b.hi)
         if "sql" in p:
             conn.execute(text(p["sql"]), {"lo": cursor, "hi": hi})
             return BatchResult(checkpoint=hi, processed=b.n + b.ties_all - b.ties_seen, exhausted=last)
@@ -202,7 +203,7 @@ def normalize(payload: Any) -> dict[str, Any]:
 def resolve_target(conn: Connection, source: Any, key: Any) -> Target:
     tbl = identifiers.table(conn, source, what="source table")
     col = identifiers.column(conn, tbl, key, what="key column")
-    key_type = keys.key_type_of(col.type)
+    kind = keys.kind_of(col.type)
     if not identifiers.has_leading_index(conn, tbl, col):
         raise InvalidInput(
             f"key column {col.ident.name!r} of {tbl.name!r} has no index starting with it:"
@@ -210,10 +211,10 @@ def resolve_target(conn: Connection, source: Any, key: Any) -> Target:
             f" (CREATE INDEX CONCURRENTLY ON {tbl.sql} ({col.ident.sql}))."
         )
     pk = [i.name for i in identifiers.primary_key(conn, tbl)] or [col.ident.name]
-    return Target(tbl, col, key_type, pk)
+    return Target(tbl, col, kind.family, pk, kind)
 
 
-def check_sql(conn: Connection, statement: Any, key_type: keys.KeyType) -> None:
+def check_sql(conn: Connection, statement: Any, kind: keys.Kind) -> None:
     """A SQL handler: one statement binding exactly :lo and :hi, which the server can plan."""
     if not isinstance(statement, str) or not statement.strip():
         raise InvalidInput("sql handler: the statement is empty")
@@ -223,7 +224,7 @@ def check_sql(conn: Connection, statement: Any, key_type: keys.KeyType) -> None:
             "sql handler: the statement must use the bind parameters :lo and :hi and no others"
             f" (found {', '.join(sorted(names)) or 'none'}; write CAST(:lo AS type), not :lo::type)"
         )
-    probe = keys.parse(key_type, 0 if key_type == "bigint" else "2000-01-01T00:00:00Z")
+    probe = keys.parse(kind, 0 if kind.family == "bigint" else "2000-01-01")
     try:
         with conn.begin_nested():
             conn.execute(text("EXPLAIN " + statement.strip().rstrip(";")), {"lo": probe, "hi": probe})
@@ -254,10 +255,11 @@ def cut_points(conn: Connection, target: Target, lo: keys.Key, hi: keys.Key, par
         {"fractions": fractions, "percent": percent, "lo": lo, "hi": hi},
     ).scalar_one()
     cuts: list[keys.Key] = []
-    for cut in found or []:
-        if isinstance(cut, datetime) and cut.tzinfo is None:
-            cut = cut.replace(tzinfo=UTC)
-        if cut is not None and lo < cut < hi and (not cuts or cut > cuts[-1]):
+    for found_cut in found or []:
+        if found_cut is None:
+            continue
+        cut = keys.from_db(found_cut)  # UTC, so the comparisons below hold across a DST change
+        if lo < cut < hi and (not cuts or cut > cuts[-1]):  # type: ignore[operator]
             cuts.append(cut)
     return cuts
 

@@ -49,3 +49,8 @@ class _OffByOneTroops(HeroTroops):
 
 
 off_by_one_troops = _OffByOneTroops()
+
+
+def copy_row_id(conn: Connection, row: Mapping[str, Any]) -> None:
+    """Copy a source row's (tbl, id) into `derived` (tests/test_key_types.py)."""
+    conn.execute(text("INSERT INTO derived (tbl, id) VALUES (:tbl, :id)"), {"tbl": row["tbl"], "id": row["id"]})
