@@ -25,7 +25,7 @@ from sqlalchemy import Engine, text
 
 from tests import pg
 from tests.conftest import run_cli
-from worker import control
+from worker import control, keys
 from worker.db import make_engine
 
 pytestmark = pytest.mark.xdist_group("key_types")
@@ -256,3 +256,152 @@ def test_every_key_type_at_every_concurrency(pg_server, template, cases, split, 
 @given(cases=CASES, split=st.booleans(), **ZONES)
 def test_every_key_type_at_every_concurrency_long(pg_server, template, cases, split, worker_tz, worker_pgtz):
     _every_type_once(pg_server, template, cases, split, _env(worker_tz, worker_pgtz))
+
+
+# -- deterministic regressions: what the property found, and what the issue reported ----------------
+
+
+def enqueue(url: str, t: str, frm: str, to: str, *extra: str, check: bool = True) -> Any:
+    proc = run_cli(url, "enqueue", "backfill-range", "--source", f"src_{t}", "--key", "k", "--from", frm,
+                   "--to", to, "--handler", PY_HANDLER, "--owner", "tests", *extra, check=check)
+    return proc.stdout.strip() if check else proc
+
+
+def test_naive_timestamps_at_concurrency_2_are_never_shifted_by_the_session_zone(engine, db_url):
+    """Issue 12: `timestamp without time zone` keys failed at concurrency >= 2 ("can't compare
+    offset-naive and offset-aware datetimes"), and at any concurrency the bounds were compared in the
+    session's zone, so rows outside [from, to) were processed and rows inside were not."""
+    setup_tables(engine, ("timestamp",))
+    walls = [SPRING_WALL + timedelta(minutes=7 * i) for i in range(-20, 21)]  # 23:40 to 04:20, through the gap
+    rows = insert_keys(engine, "timestamp", walls)
+    frm, to = "2024-03-10T01:00:00", "2024-03-10T03:30:00"
+    job = enqueue(db_url, "timestamp", frm, to, "--batch-size", "3", "--concurrency", "2")
+    drain(db_url, {"TZ": "Asia/Kathmandu", "PGTZ": "Australia/Lord_Howe"})
+    state = job_state(engine, job)
+    assert state.status == "done", state
+    assert derived_ids(engine, "timestamp") == expected_ids("timestamp", rows, frm, to)
+    assert len(expected_ids("timestamp", rows, frm, to)) == 21  # 01:04 through 03:24, 02:xx included
+    # store_plan's instants: the naive bounds read as UTC, not as New York time
+    assert (state.from_ts, state.to_ts) == (datetime(2024, 3, 10, 1, tzinfo=UTC), datetime(2024, 3, 10, 3, 30, tzinfo=UTC))
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT from_key, to_key, params->>'from' FROM backfill_jobs")).one()
+    assert tuple(stored) == (frm, to, frm)
+
+
+def test_an_offset_bound_on_a_naive_column_is_converted_to_utc(engine, db_url):
+    setup_tables(engine, ("timestamp",))
+    rows = insert_keys(engine, "timestamp", [FALL_WALL + timedelta(minutes=10 * i) for i in range(12)])
+    # 21:00 EDT the day before is 01:00 UTC, the first key; 02:40+00:00 cuts after 02:30
+    frm, to = "2024-11-02T21:00:00-04:00", "2024-11-03T02:40:00+00:00"
+    job = enqueue(db_url, "timestamp", frm, to, "--batch-size", "2", "--concurrency", "8")
+    drain(db_url)
+    assert job_state(engine, job).status == "done"
+    assert derived_ids(engine, "timestamp") == expected_ids("timestamp", rows, frm, to) == [r[0] for r in rows[:10]]
+
+
+def test_timestamptz_cut_at_the_end_of_the_spring_gap_loses_no_hour(engine, db_url):
+    """A planner cut read back from a New York session is 03:00 EDT in a ZoneInfo; one microsecond below
+    it, on the wall clock, is 02:59:59.999999, which New York reads as EST: an hour *after* the cut.
+    The next slice started there, and the keys of that hour were never processed."""
+    setup_tables(engine, ("timestamptz",))
+    instants = [SPRING - timedelta(hours=1) + timedelta(minutes=i) for i in range(121)]  # median: 07:00Z
+    rows = insert_keys(engine, "timestamptz", instants)
+    frm, to = "2024-03-10T00:00:00Z", "2024-03-11T00:00:00Z"
+    job = enqueue(db_url, "timestamptz", frm, to, "--batch-size", "10", "--concurrency", "2")
+    drain(db_url)
+    assert job_state(engine, job).status == "done"
+    assert derived_ids(engine, "timestamptz") == [r[0] for r in rows]
+    with engine.connect() as conn:  # the planner's second slice (idle workers may have cut more since)
+        start = conn.execute(text("SELECT start_key FROM backfill_slices WHERE slice_no = 1")).scalar()
+    assert start == "2024-03-10T06:59:59.999999+00:00"
+
+
+def test_key_arithmetic_holds_across_dst_in_a_zoneinfo():
+    """Python compares and subtracts two datetimes of one tzinfo on the wall clock: keys from a
+    New York session must be taken to UTC before any of it."""
+    spring = SPRING.astimezone(NY)  # 03:00 EDT
+    assert keys.before(spring) < spring and keys.before(spring) == SPRING - MICRO
+    assert keys.after(keys.before(spring)) == spring
+    first = datetime(2024, 11, 3, 5, 50, tzinfo=UTC).astimezone(NY)  # 01:50 EDT
+    second = datetime(2024, 11, 3, 6, 10, tzinfo=UTC).astimezone(NY)  # 01:10 EST, twenty minutes later
+    cut = keys.midpoint(first, second)
+    assert cut == datetime(2024, 11, 3, 6, 0, tzinfo=UTC)
+    # (== between zones is always False for a time in the repeated hour: compare with UTC)
+    assert keys.decode("timestamptz", keys.encode(second)) == datetime(2024, 11, 3, 6, 10, tzinfo=UTC)
+    assert keys.encode(second) == "2024-11-03T06:10:00+00:00"
+    assert keys.decode("timestamptz", keys.encode(SPRING_WALL)) == SPRING_WALL  # naive stays naive
+    assert keys.decode("timestamptz", keys.encode(date(2024, 3, 10))) == date(2024, 3, 10)
+
+
+def test_integer_ranges_past_the_column_width_are_clipped(engine, db_url):
+    setup_tables(engine, ("smallint", "integer", "bigint"))
+    every = {}
+    for t, (lo, hi) in WIDTHS.items():
+        every[t] = insert_keys(engine, t, [lo, lo, lo + 1, -1, 0, 1, hi - 1, hi, hi])
+    jobs_ = [enqueue(db_url, "smallint", "-40000", "32768", "--concurrency", "8", "--batch-size", "1"),
+             enqueue(db_url, "integer", str(-(10**20)), "99999999999", "--concurrency", "2", "--batch-size", "2"),
+             enqueue(db_url, "bigint", str(-(2**63)), str(2**63), "--concurrency", "8", "--batch-size", "1")]
+    drain(db_url)
+    for job, t in zip(jobs_, WIDTHS, strict=True):
+        assert job_state(engine, job).status == "done"
+        assert derived_ids(engine, t) == [r[0] for r in every[t]]
+    with engine.connect() as conn:
+        ranges = conn.execute(text("SELECT from_key, to_key FROM backfill_jobs ORDER BY created_at")).all()
+    assert [tuple(r) for r in ranges] == [("-32768", "32768"), ("-2147483648", "2147483648"),
+                                          (str(-(2**63)), str(2**63))]
+
+
+@pytest.mark.parametrize(("t", "frm", "to", "message"), [
+    ("smallint", "32768", "40000", "range [32768, 40000) holds no smallint key"),
+    ("integer", "-5", "-" + "9" * 30, "empty or reversed range"),
+    ("bigint", "--5", "10", "from: expected an integer, got '--5'"),
+    ("bigint", "\u00b2", "10", "from: expected an integer"),  # isdigit() but not int()
+    ("bigint", "1", "9" * 5000, "to: expected an integer, got '99999"),
+    ("date", "2024-03-10T01:00:00", "2024-04-01", "from: expected a date"),
+    ("date", "0001-01-01", "2024-04-01", "from: expected a date from 0001-01-02 to 9999-12-30"),
+    ("timestamptz", "0001-01-01T00:00:00+01:00", "2024-04-01", "from: '0001-01-01T00:00:00+01:00' is out of range"),
+    ("timestamp", "2024-01-01", "9999-12-31T23:59:59", "to: '9999-12-31T23:59:59' is out of range"),
+    ("numeric", "1", "10", "key column type 'numeric' is not supported"),
+])
+def test_bad_bounds_are_one_line_errors(engine, db_url, t, frm, to, message):
+    if t == "numeric":
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE src_numeric (id int PRIMARY KEY, tbl text, k numeric UNIQUE)"))
+    else:
+        setup_tables(engine, (t,))
+    proc = enqueue(db_url, t, frm, to, check=False)
+    assert proc.returncode == 2, proc
+    assert message in proc.stderr and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert len(proc.stderr) < 400  # a 5,000-digit bound is not echoed whole
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM queue_jobs")).scalar() == 0
+
+
+def test_raising_concurrency_on_a_running_job_cuts_its_slices_for_every_type(engine, db_url):
+    """The split path (keys.midpoint via store.cut_slice): each job runs as a canary of 5 rows at
+    concurrency 1, then resumes at 8; its one running slice is cut into many."""
+    setup_tables(engine)
+    samples = {
+        "timestamptz": [SPRING + timedelta(minutes=9 * i) for i in range(-20, 20)] * 2,
+        "timestamp": [FALL_WALL + timedelta(minutes=9 * i) for i in range(-20, 20)] * 2,
+        "date": [date(2024, 3, 1) + timedelta(days=i) for i in range(40)] * 2,
+        "smallint": [-(2**15) + 3 * i for i in range(40)] * 2,
+        "integer": [2**31 - 1 - 3 * i for i in range(40)] * 2,
+        "bigint": [2**63 - 1 - 3 * i for i in range(40)] * 2,
+    }
+    bounds = {"timestamptz": ("2024-03-09", "2024-03-11T00:00:00-05:00"), "timestamp": ("2024-11-02", "2024-11-04"),
+              "date": ("2024-03-01", "2024-04-10"), "smallint": ("-32768", "-32648"),
+              "integer": ("2147483528", "2147483648"), "bigint": ("9223372036854775688", "9223372036854775808")}
+    rows = {t: insert_keys(engine, t, v) for t, v in samples.items()}
+    ids = {t: enqueue(db_url, t, *bounds[t], "--batch-size", "2", "--concurrency", "1", "--limit", "5")
+           for t in TYPES}
+    drain(db_url)
+    for job in ids.values():
+        assert job_state(engine, job).status == "paused"
+        run_cli(db_url, "set", job, "--limit", "none", "--concurrency", "8")
+        run_cli(db_url, "resume", job)
+    drain(db_url, {"TZ": "America/Los_Angeles"})
+    for t, job in ids.items():
+        state = job_state(engine, job)
+        assert state.status == "done" and state.slices > 1, (t, state)
+        assert derived_ids(engine, t) == expected_ids(t, rows[t], *bounds[t]) == sorted(r[0] for r in rows[t])
