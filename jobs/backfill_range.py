@@ -27,7 +27,6 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection
@@ -72,6 +71,7 @@ class Target:
     key: identifiers.Column
     key_type: keys.KeyType
     item_key: list[str]
+    kind: keys.Kind  # the key column's type: how bounds are parsed and clipped
 
 
 class BackfillRange:
@@ -101,9 +101,10 @@ class BackfillRange:
     def plan(self, conn: Connection, payload: Any) -> Plan:
         p = normalize(payload)
         target = resolve_target(conn, p["source"], p["key"])
-        lo = keys.parse(target.key_type, p["from"], "from")
-        hi = keys.parse(target.key_type, p["to"], "to")
+        lo = keys.parse(target.kind, p["from"], "from")
+        hi = keys.parse(target.kind, p["to"], "to")
         keys.check_range(lo, hi)
+        lo, hi = keys.clip(target.kind, lo, hi)
         if "sql" in p:
             p["sql"] = sql_check.check_text(p["sql"])
             trust.check_author(conn)  # before the server even plans it
@@ -141,7 +142,7 @@ class BackfillRange:
         if b.n == 0:
             return BatchResult(checkpoint=keys.before(end), processed=0, exhausted=True)
         last = b.n < ctx.batch_size  # fewer rows than asked: nothing is left before `end`
-        hi = keys.before(end) if last else b.hi
+        hi = keys.before(end) if last else keys.from_db(b.hi)
         if "sql" in p or "sql_sha256" in p:
             trust.run_own_sql(conn, own_statement(conn, ctx.job_id, p), {"lo": cursor, "hi": hi})
             return BatchResult(checkpoint=hi, processed=b.n + b.ties_all - b.ties_seen, exhausted=last)
@@ -209,7 +210,7 @@ def normalize(payload: Any) -> dict[str, Any]:
 def resolve_target(conn: Connection, source: Any, key: Any) -> Target:
     tbl = identifiers.table(conn, source, what="source table")
     col = identifiers.column(conn, tbl, key, what="key column")
-    key_type = keys.key_type_of(col.type)
+    kind = keys.kind_of(col.type)
     if not identifiers.has_leading_index(conn, tbl, col):
         raise InvalidInput(
             f"key column {col.ident.name!r} of {tbl.name!r} has no index starting with it:"
@@ -217,7 +218,7 @@ def resolve_target(conn: Connection, source: Any, key: Any) -> Target:
             f" (CREATE INDEX CONCURRENTLY ON {tbl.sql} ({col.ident.sql}))."
         )
     pk = [i.name for i in identifiers.primary_key(conn, tbl)] or [col.ident.name]
-    return Target(tbl, col, key_type, pk)
+    return Target(tbl, col, kind.family, pk, kind)
 
 
 def own_statement(conn: Connection, job_id: str, params: dict[str, Any]) -> str:
@@ -256,10 +257,11 @@ def cut_points(conn: Connection, target: Target, lo: keys.Key, hi: keys.Key, par
         {"fractions": fractions, "percent": percent, "lo": lo, "hi": hi},
     ).scalar_one()
     cuts: list[keys.Key] = []
-    for cut in found or []:
-        if isinstance(cut, datetime) and cut.tzinfo is None:
-            cut = cut.replace(tzinfo=UTC)
-        if cut is not None and lo < cut < hi and (not cuts or cut > cuts[-1]):
+    for found_cut in found or []:
+        if found_cut is None:
+            continue
+        cut = keys.from_db(found_cut)  # UTC, so the comparisons below hold across a DST change
+        if lo < cut < hi and (not cuts or cut > cuts[-1]):  # type: ignore[operator]
             cuts.append(cut)
     return cuts
 

@@ -61,7 +61,7 @@ def submit(db: Database, job_type: str, payload: dict[str, Any], opts: dict[str,
 
 @click.command("backfill-range")
 @click.option("--source", help="Source table (schema.table). Default: the handler's.")
-@click.option("--key", help="Indexed integer or timestamp column to page by. Default: the handler's.")
+@click.option("--key", help="Indexed integer, date or timestamp column to page by. Default: the handler's.")
 @click.option("--from", "from_", required=True, help="Start of the range (inclusive).")
 @click.option("--to", required=True, help="End of the range (exclusive).")
 @click.option("--handler", help="Registered handler name, module:function, sql:PATH (one INSERT/UPDATE/DELETE/MERGE"

@@ -144,3 +144,8 @@ def record_slower_each_row_of_the_batch(conn: Connection, row: Mapping[str, Any]
     if row["k"] > 100:
         conn.execute(text("SELECT pg_sleep(0.25 * count(*)) FROM processed_log WHERE k > 100 AND at = now()"))
     record_all(conn, row)
+
+
+def copy_row_id(conn: Connection, row: Mapping[str, Any]) -> None:
+    """Copy a source row's (tbl, id) into `derived` (tests/test_key_types.py)."""
+    conn.execute(text("INSERT INTO derived (tbl, id) VALUES (:tbl, :id)"), {"tbl": row["tbl"], "id": row["id"]})

@@ -122,7 +122,6 @@ def claim_queue_job(
 
 
 def store_plan(conn: Connection, job_id: str, kind: str, plan: Plan) -> None:
-    is_ts = plan.key_type == "timestamptz"
     conn.execute(
         q("insert_range_job"),
         {
@@ -133,8 +132,8 @@ def store_plan(conn: Connection, job_id: str, kind: str, plan: Plan) -> None:
             "key_type": plan.key_type,
             "from_key": keys.encode(plan.from_key),
             "to_key": keys.encode(plan.to_key),
-            "from_ts": plan.from_key if is_ts else None,
-            "to_ts": plan.to_key if is_ts else None,
+            "from_ts": keys.as_instant(plan.from_key),
+            "to_ts": keys.as_instant(plan.to_key),
             "batch_size": plan.batch_size,
             "concurrency": plan.concurrency,
             "total_estimate": plan.total_estimate,
