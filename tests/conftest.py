@@ -55,6 +55,16 @@ def db_url(pg_server: str, template: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def empty_db(pg_server: str) -> Iterator[str]:
+    """A fresh database no migration ever ran on."""
+    name = f"tg_empty_{uuid.uuid4().hex[:8]}"
+    with pg.admin(pg_server) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield pg.with_database(pg_server, name)
+    pg.drop(pg_server, name)
+
+
+@pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
     eng = make_engine(db_url, application_name="tidegate-tests")
     yield eng

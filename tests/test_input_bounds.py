@@ -45,16 +45,6 @@ def invoke(cli, args: list[str], env: dict[str, str | None] | None = None) -> Ba
     return result.exception
 
 
-@pytest.fixture
-def empty_db(pg_server):  # type: ignore[no-untyped-def]
-    """A fresh database no migration ever ran on."""
-    name = f"tg_empty_{__import__('uuid').uuid4().hex[:8]}"
-    with pg.admin(pg_server) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield pg.with_database(pg_server, name)
-    pg.drop(pg_server, name)
-
-
 # -- database URLs ------------------------------------------------------------------
 
 BAD_URLS = [

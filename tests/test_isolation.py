@@ -113,12 +113,12 @@ STYLES = {
 }
 
 
-def _enqueue_style(url: str, tmp_path: Path, style: str, *extra: str) -> str:
+def _enqueue(url: str, tmp_path: Path, style: str, handler: str, batch_size: int = 20) -> str:
+    """A backfill over items(k): ``handler`` is a SQL statement for the "sql" style, else a handler name."""
     if style == "sql":
-        return enqueue_items(url, tmp_path, STYLES["sql"], *extra, batch_size=20)
+        return enqueue_items(url, tmp_path, handler, batch_size=batch_size)
     return run_cli(url, "enqueue", "backfill-range", "--source", "items", "--key", "k", "--from", "1", "--to",
-                   "1000000000", "--handler", STYLES[style], "--batch-size", "20", "--owner", "qa",
-                   *extra).stdout.strip()
+                   "1000000000", "--handler", handler, "--batch-size", str(batch_size), "--owner", "qa").stdout.strip()
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ def test_a_role_statement_timeout_pauses_the_job_and_loses_no_row(engine, db_url
                                                                    style):
     role, url = timeout_role
     make_items(engine, 200)
-    job = _enqueue_style(db_url, tmp_path, style)
+    job = _enqueue(db_url, tmp_path, style, STYLES[style])
     pool = pools("--concurrency", "1", "--drain", *FAST, url=url)
     assert pool.wait(180) == 0
     row = job_row(engine, job)
@@ -246,12 +246,7 @@ def test_a_full_tablespace_pauses_the_job_and_loses_no_row(engine, db_url, tmp_p
         conn.execute(text(f"ALTER TABLE processed_log SET TABLESPACE {tablespace}"))
     handler = {"sql": LOG_HANDLER, "item-handler": "tests.handlers:log_all",
                "per-row": "tests.handlers:record_all"}[style]
-    if style == "sql":
-        job = enqueue_items(db_url, tmp_path, handler, batch_size=2000)
-    else:
-        job = run_cli(db_url, "enqueue", "backfill-range", "--source", "items", "--key", "k", "--from", "1",
-                      "--to", "1000000000", "--handler", handler, "--batch-size", "2000",
-                      "--owner", "qa").stdout.strip()
+    job = _enqueue(db_url, tmp_path, style, handler, batch_size=2000)
     pool = pools("--concurrency", "2", "--drain", *FAST)
     assert pool.wait(300) == 0
     row = job_row(engine, job)

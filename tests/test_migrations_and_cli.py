@@ -8,11 +8,9 @@ import sys
 from pathlib import Path
 
 import click
-import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from tests import pg
 from tests.conftest import ROOT, job_row, run_cli, scalar
 from tests.fixtures import seed_demo
 from worker import schema
@@ -25,15 +23,6 @@ TABLES = {"queue_jobs", "backfill_jobs", "backfill_slices", "etl_errors", "tideg
 def _tables(engine) -> set[str]:  # type: ignore[no-untyped-def]
     with engine.connect() as conn:
         return {r[0] for r in conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))}
-
-
-@pytest.fixture
-def empty_db(pg_server):  # type: ignore[no-untyped-def]
-    name = f"tg_empty_{__import__('uuid').uuid4().hex[:8]}"
-    with pg.admin(pg_server) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield pg.with_database(pg_server, name)
-    pg.drop(pg_server, name)
 
 
 def test_tidegate_db_upgrade_downgrade_and_alembic_itself(empty_db):
