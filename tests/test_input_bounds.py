@@ -19,7 +19,7 @@ from tests.conftest import run_cli, scalar
 from tests.fixtures import seed_demo
 from worker import bounds, kinds, schema, throttle
 from worker.cliutil import Database
-from worker.db import make_engine
+from worker.db import make_engine, mask_url
 from worker.errors import MESSAGE_CHARS, InvalidInput, SchemaNotReady, quote
 from worker.store import Knobs
 
@@ -100,7 +100,7 @@ def test_a_worker_on_an_unmigrated_database_exits_5_at_once_even_with_drain(empt
         proc = run_cli(empty_db, *args, check=False, timeout=60)  # the worker without --drain used to wait forever
         assert proc.returncode == 5, (args, proc.stderr)
         assert proc.stderr.strip().splitlines() == [
-            f"error: database {empty_db} has no tidegate tables: run `tidegate db upgrade`"], proc.stderr
+            f"error: database {mask_url(empty_db)} has no tidegate tables: run `tidegate db upgrade`"], proc.stderr
     with make_engine(empty_db).connect() as conn:  # nothing was created by trying
         assert conn.execute(text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")).scalar_one() == 0
 
