@@ -144,7 +144,7 @@ class BackfillRange:
         last = b.n < ctx.batch_size  # fewer rows than asked: nothing is left before `end`
         hi = keys.before(end) if last else keys.from_db(b.hi)
         if "sql" in p or "sql_sha256" in p:
-            trust.run_own_sql(conn, own_statement(conn, ctx.job_id, p), {"lo": cursor, "hi": hi})
+            trust.run_own_sql(conn, own_statement(conn, ctx, p), {"lo": cursor, "hi": hi})
             return BatchResult(checkpoint=hi, processed=b.n + b.ties_all - b.ties_seen, exhausted=last)
         rows = conn.execute(where.into(ROWS, **idents), {"lo": cursor, "hi": hi, **where.params}).mappings().all()
         errors = handlers.run(conn, handlers.resolve(p["handler"]), rows, p["item_key"])
@@ -221,7 +221,7 @@ def resolve_target(conn: Connection, source: Any, key: Any) -> Target:
     return Target(tbl, col, kind.family, pk, kind)
 
 
-def own_statement(conn: Connection, job_id: str, params: dict[str, Any]) -> str:
+def own_statement(conn: Connection, ctx: BatchContext, params: dict[str, Any]) -> str:
     """The job's own statement, checked again at every batch: an approved one must still be approved
     (revoking stops it), an ad-hoc one needs this worker's --allow-sql and its enqueuer's sql-author
     role (a revoked grant stops it)."""
@@ -231,7 +231,7 @@ def own_statement(conn: Connection, job_id: str, params: dict[str, Any]) -> str:
             raise InvalidInput(f"approved statement {params.get('sql_approved')!r} (sha256 {params['sql_sha256']})"
                                " is no longer approved")
         return sql_check.check_text(statement)
-    trust.check_author(conn, job_id)
+    trust.check_author(conn, batch_of=ctx.enqueued_by)
     return str(params["sql"])
 
 

@@ -123,8 +123,7 @@ def _translate(context) -> None:  # type: ignore[no-untyped-def]
 
 
 def is_timeout(err: BaseException) -> bool:
-    orig = err.orig if isinstance(err, DBAPIError) else err
-    return getattr(orig, "sqlstate", None) == "57014"  # query_canceled: our statement_timeout
+    return sqlstate(err) == "57014"  # query_canceled: our statement_timeout
 
 
 # SQLSTATEs that mean "the connection or the server is gone", not "this batch is wrong"

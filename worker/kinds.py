@@ -74,6 +74,7 @@ class BatchContext:
     params: dict[str, Any]
     key_type: KeyType
     batch_size: int
+    enqueued_by: str | None = None  # the login that queued the job (its own SQL runs on its rights)
 
 
 class JobKind(Protocol):

@@ -288,7 +288,7 @@ class Worker:
                     end_key = cut or end_key
                 cursor = keys.decode(state.key_type, state.checkpoint)
                 end = keys.decode(state.key_type, end_key)
-                ctx = kinds.BatchContext(job_id, slice_no, state.params, state.key_type, size)
+                ctx = kinds.BatchContext(job_id, slice_no, state.params, state.key_type, size, state.enqueued_by)
                 kind = self.kinds[state.kind]
                 if state.knobs.target_batch_seconds:
                     box = throttle.TimeBox(state.knobs, state.batch_size_now, size, self._tail_seconds)
@@ -347,12 +347,7 @@ class Worker:
         if result.exhausted:
             log.info("job %s slice %d: finished", job_id, slice_no, extra=job_ctx(job_id, slice_no))
             return "slice-done"
-        try:
-            wait = min(3600.0, throttle.pause_after(state.knobs, result.processed, elapsed))
-        except ArithmeticError as err:  # a knob no bound caught: the pace is the knob's, the worker goes on
-            log.warning("job %s: cannot pace (%s); no pause after this batch", job_id, first_line(err)[:300],
-                        extra=bounds)
-            wait = 0.0
+        wait = throttle.pause_after(state.knobs, result.processed, elapsed)  # clamped knobs, at most a day
         if wait > 0:
             self.stop.wait(wait)
         return "more"

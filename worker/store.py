@@ -90,6 +90,7 @@ class BatchState:
     short_of_slices: bool = False
     backend_pid: int = 0  # the server backend running the batch's transaction, and its start (the watchdog's target)
     xact_start: datetime | None = None
+    enqueued_by: str | None = None  # the login that queued the job, as the database recorded it
 
 
 def register_worker(conn: Connection, worker_id: str, pool: str, hostname: str, pid: int, lease: float) -> None:
@@ -203,7 +204,7 @@ def begin_batch(conn: Connection, job_id: str, slice_no: int, worker_id: str) ->
     return BatchState(row.status, row.kind, parse_json(row.params, "the job's params"), row.key_type,
                       row.checkpoint, row.end_key, row.batch_size_now, row.processed_count, knobs,
                       bool(row.over_concurrency), bool(row.short_of_slices), row.backend_pid,
-                      row.xact_start)
+                      row.xact_start, row.enqueued_by)
 
 
 def record_batch(

@@ -82,15 +82,20 @@ def is_sql_author(conn: Connection, who: str | None) -> bool:
     return bool(conn.execute(q("is_sql_author"), {"who": who, "author_role": author_role()}).scalar_one())
 
 
-def check_author(conn: Connection, job_id: str | None = None) -> str:
+_CLI = object()
+
+
+def check_author(conn: Connection, batch_of: str | None | object = _CLI) -> str:
     """Raise SqlNotAllowed unless the job's own SQL may run; returns the enqueuer.
 
-    ``job_id``: at a batch, the job whose recorded enqueuer counts. Without it: while a worker plans,
-    the enqueuer of the job being planned; elsewhere (the CLI), the session's own role."""
+    ``batch_of``: at a batch, the job's recorded enqueuer (read by begin_batch with the batch's state,
+    not by a query of its own). Without it: while a worker plans, the enqueuer of the job being planned;
+    elsewhere (the CLI), the session's own role."""
     planning = _planning.get()
-    worker = job_id is not None or planning is not None
-    if job_id is not None:
-        who = conn.execute(q("job_enqueued_by"), {"job_id": job_id}).scalar()
+    at_batch = batch_of is not _CLI
+    worker = at_batch or planning is not None
+    if at_batch:
+        who = batch_of
     elif planning is not None:
         who = planning.enqueued_by
     else:

@@ -164,6 +164,7 @@ WHERE job_id = :job_id AND status = 'pending';
 SELECT j.status, j.kind, CAST(j.params AS text) AS params, j.key_type, j.batch_size, s.checkpoint, s.end_key, s.batch_size_now,
        -- which server backend runs this transaction, and since when: the watchdog cancels exactly it
        pg_backend_pid() AS backend_pid, now() AS xact_start,
+       j.enqueued_by,  -- whose own SQL the batch may run (worker/trust.py), copied at planning
        j.processed_count, j.concurrency, j.max_rows_per_second, j.sleep_between_batches, j.target_batch_seconds,
        j.min_batch_size, j.max_batch_size, j.row_limit,
        -- concurrency lowered under us: the slices with the lowest numbers keep running, the others let go
@@ -549,10 +550,6 @@ SELECT session_user;
 SELECT coalesce((SELECT r.rolsuper OR pg_has_role(r.oid, (SELECT a.oid FROM pg_roles a WHERE a.rolname = :author_role),
                                                   'MEMBER')
                  FROM pg_roles r WHERE r.rolname = :who), false);
-
--- name: job_enqueued_by
--- description: Who enqueued a job, as the database recorded it (the trigger of migration 0008).
-SELECT enqueued_by FROM queue_jobs WHERE id = :job_id;
 
 -- name: reset_session
 -- description: After a job's own statement, in its transaction (so on the same server connection, even
