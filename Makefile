@@ -66,8 +66,8 @@ bench: $(VENV)/.bench-installed ## benchmarks (peers from PyPI, pgbench); ratios
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 lint: install ## ruff and the layering contracts
-	$(VENV)/bin/ruff check worker jobs tests bench
-	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check tidegate worker jobs tests bench
+	LINT_IMPORTS=$(abspath $(VENV))/bin/lint-imports .ci/lint-imports
 
 clean: ## remove the venv and the embedded database
 	-$(TG) db embedded --stop

@@ -95,7 +95,7 @@ def _prototype(engine, url: str, streams: int, per: int, conc: int) -> dict:  # 
     """The bare prototype at ``conc`` connections, each taking its share of the selection in disk order."""
     import psycopg
 
-    from worker.db import libpq_url
+    from tidegate.worker.db import libpq_url
 
     _fill(engine, streams, per)
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
@@ -127,7 +127,7 @@ def _prototype(engine, url: str, streams: int, per: int, conc: int) -> dict:  # 
 
 
 def _layout_without_read_models(tmp: Path) -> Path:
-    source = resources.files("jobs.archive").joinpath("layouts/tidegate.toml").read_text()
+    source = resources.files("tidegate.jobs.archive").joinpath("layouts/tidegate.toml").read_text()
     path = tmp / "bench-layout.toml"
     path.write_text(source.split("[[read_models]]")[0].replace('references = ["ref_stream_id"]', ""))
     return path

@@ -13,7 +13,7 @@ import time
 from sqlalchemy import text
 
 from bench.common import ROOT, cli, engine_for, reset, run_pool, scratch_database, seed, server_url
-from worker.sql import load
+from tidegate.worker.sql import load
 
 SQL_HANDLER = ROOT / "jobs/demo/hero_troops.sql"
 RANGE = ("--from", "2024-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z")
@@ -21,7 +21,7 @@ RANGE = ("--from", "2024-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z")
 
 def _checksum(engine) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     with engine.connect() as conn:
-        row = conn.execute(text(load("jobs.demo", "demo.sql")["troops_checksum"])).one()
+        row = conn.execute(text(load("tidegate.jobs.demo", "demo.sql")["troops_checksum"])).one()
     return int(row.rows), int(row.checksum)
 
 

@@ -16,7 +16,7 @@ import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from worker.db import libpq_url, make_engine, resolve_url
+from tidegate.worker.db import libpq_url, make_engine, resolve_url
 
 ROOT = Path(__file__).resolve().parent.parent
 TIDEGATE = str(Path(sys.executable).parent / "tidegate")

@@ -16,8 +16,8 @@ import time
 
 from sqlalchemy import text
 
-from worker import store
-from worker.db import make_engine
+from tidegate.worker import store
+from tidegate.worker.db import make_engine
 
 WORKER = "bench-guard"
 

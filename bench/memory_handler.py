@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from jobs.handlers import ItemHandler
+from tidegate.jobs.handlers import ItemHandler
 
 
 class CountItems(ItemHandler):

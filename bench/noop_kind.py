@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from worker.kinds import OneShot
+from tidegate.worker.kinds import OneShot
 
 
 class Noop(OneShot):

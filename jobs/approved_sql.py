@@ -21,11 +21,11 @@ from typing import Any
 import click
 from sqlalchemy import Connection
 
-from jobs import sql_check
-from worker import keys, store, trust
-from worker.cliutil import Database, actor_option, database_option, echo_json
-from worker.errors import InvalidInput, NotFound
-from worker.sql import q
+from tidegate.jobs import sql_check
+from tidegate.worker import keys, store, trust
+from tidegate.worker.cliutil import Database, actor_option, database_option, echo_json
+from tidegate.worker.errors import InvalidInput, NotFound
+from tidegate.worker.sql import q
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 

@@ -31,11 +31,11 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from jobs import approved_sql, checks, filters, handlers, sql_check
-from worker import bounds, identifiers, keys, trust
-from worker.errors import InvalidInput, quote, shorten
-from worker.kinds import BatchContext, BatchResult, Plan, SlicePlan
-from worker.sql import render
+from tidegate.jobs import approved_sql, checks, filters, handlers, sql_check
+from tidegate.worker import bounds, identifiers, keys, trust
+from tidegate.worker.errors import InvalidInput, quote, shorten
+from tidegate.worker.kinds import BatchContext, BatchResult, Plan, SlicePlan
+from tidegate.worker.sql import render
 
 NAME = "backfill_range"
 MAX_BATCH = bounds.MAX_BATCH

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker import bounds
-from worker.errors import InvalidInput, quote
+from tidegate.worker import bounds
+from tidegate.worker.errors import InvalidInput, quote
 
 # payload fields that become backfill_jobs knob columns; absent or null means the column's default
 PACE_KNOBS = ("max_rows_per_second", "sleep_between_batches", "target_batch_seconds", "min_batch_size",

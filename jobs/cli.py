@@ -10,13 +10,13 @@ from typing import Any
 import click
 from sqlalchemy import text
 
-from jobs import approved_sql, filters, inspect, rollout, sql_check
-from worker import bounds
-from worker.cliutil import Database, actor_option, database_option, echo_json
-from worker.enqueue import enqueue
-from worker.errors import quote
-from worker.keys import encode, parse
-from worker.sql import load
+from tidegate.jobs import approved_sql, filters, inspect, rollout, sql_check
+from tidegate.worker import bounds
+from tidegate.worker.cliutil import Database, actor_option, database_option, echo_json
+from tidegate.worker.enqueue import enqueue
+from tidegate.worker.errors import quote
+from tidegate.worker.keys import encode, parse
+from tidegate.worker.sql import load
 
 
 def queue_options(func: Any) -> Any:
@@ -153,7 +153,7 @@ def demo_seed(db: Database, rows: int, users: int | None, start: str, spacing: f
     cfg = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"), ini_section="demo")
     cfg.attributes["url"] = db.url
     command.upgrade(cfg, "head")
-    sql = load("jobs.demo", "demo.sql")
+    sql = load("tidegate.jobs.demo", "demo.sql")
     users = users or max(1, rows * 4 // 5)
     with db.engine.begin() as conn:
         have = conn.execute(text("SELECT count(*) FROM hero_snapshots")).scalar_one()
@@ -181,7 +181,7 @@ def demo_seed(db: Database, rows: int, users: int | None, start: str, spacing: f
 def demo_check(db: Database) -> None:
     """Print user_troops' row count and checksum (compare two runs)."""
     with db.engine.connect() as conn:
-        row = conn.execute(text(load("jobs.demo", "demo.sql")["troops_checksum"])).one()
+        row = conn.execute(text(load("tidegate.jobs.demo", "demo.sql")["troops_checksum"])).one()
     echo_json({"user_troops_rows": row.rows, "checksum": row.checksum})
 
 
@@ -194,7 +194,7 @@ def demo_check(db: Database) -> None:
 def verify_cmd(db: Database, job: str, sample: int, as_json: bool) -> None:
     """Parity checks of a backfill: source rows vs processed_count, unique derived keys, a recomputed
     sample. Exits 1 on any mismatch."""
-    from worker.control import find_job
+    from tidegate.worker.control import find_job
 
     with db.engine.connect() as conn:
         conn.execute(text(inspect.READ_ONLY))
@@ -226,7 +226,7 @@ def rollout_cmd(db: Database, job: str, steps: str, step_rows: int, sample: int,
                 actor: str) -> None:
     """Gradual rollout of a job enqueued with --limit N: canary, verify, resume at low concurrency, raise it
     step by step, verifying between steps. Exits 1, the job paused, at a step whose verification fails."""
-    from worker.control import find_job
+    from tidegate.worker.control import find_job
 
     try:
         levels = [int(s) for s in steps.split(",") if s.strip()]

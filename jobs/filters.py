@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from worker import identifiers
-from worker.errors import InvalidInput, quote
-from worker.sql import render
+from tidegate.worker import identifiers
+from tidegate.worker.errors import InvalidInput, quote
+from tidegate.worker.sql import render
 
 # operator -> SQL, with {f} for the column and :v for the value (never input text)
 OPS = {"=": "{f} = :v", "!=": "{f} <> :v", "<": "{f} < :v", "<=": "{f} <= :v", ">": "{f} > :v", ">=": "{f} >= :v",

@@ -41,11 +41,11 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from worker import kinds
-from worker.db import is_row_fault
-from worker.errors import InvalidInput
-from worker.kinds import ItemError
-from worker.redact import error_text
+from tidegate.worker import kinds
+from tidegate.worker.db import is_row_fault
+from tidegate.worker.errors import InvalidInput
+from tidegate.worker.kinds import ItemError
+from tidegate.worker.redact import error_text
 
 log = logging.getLogger(__name__)
 SAMPLE_CHARS = 1000
@@ -111,9 +111,9 @@ def available() -> dict[str, ItemHandler | RowFunction]:
     """Every handler a payload may name in this process, loaded once from the deployment's own configuration
     (never from a payload): the ``tidegate.handlers`` entry points and the modules of ``$TIDEGATE_HANDLERS``.
 
-    An entry point names a module (``demo = "jobs.demo.handlers"``) or one object (``mine = "pkg.mod:HANDLER"``,
-    then named ``mine``). A loaded module offers, as ``module:name``, each public function defined in it and each
-    :class:`ItemHandler` instance it holds; handlers it registers are offered by their name."""
+    An entry point names a module (``demo = "tidegate.jobs.demo.handlers"``) or one object (``mine =
+    "pkg.mod:HANDLER"``, then named ``mine``). A loaded module offers, as ``module:name``, each public function
+    defined in it and each :class:`ItemHandler` instance it holds; handlers it registers are offered by their name."""
     global _available
     if _available is not None:
         return {**_available, **_registry}

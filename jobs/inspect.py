@@ -13,11 +13,11 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from jobs import filters, handlers
-from jobs.backfill_range import ROWS, BackfillRange, resolve_target
-from worker import identifiers, keys
-from worker.errors import NotFound
-from worker.sql import render
+from tidegate.jobs import filters, handlers
+from tidegate.jobs.backfill_range import ROWS, BackfillRange, resolve_target
+from tidegate.worker import identifiers, keys
+from tidegate.worker.errors import NotFound
+from tidegate.worker.sql import render
 
 # one snapshot for every check, so a job running meanwhile is seen consistently
 READ_ONLY = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"

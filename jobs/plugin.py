@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from jobs import backfill_range
-from jobs.archive import archive_range
-from jobs.archive.cli import COMMANDS as ARCHIVE_COMMANDS
-from jobs.cli import COMMANDS
+from tidegate.jobs import backfill_range
+from tidegate.jobs.archive import archive_range
+from tidegate.jobs.archive.cli import COMMANDS as ARCHIVE_COMMANDS
+from tidegate.jobs.cli import COMMANDS
 
 KINDS = [backfill_range.KIND, archive_range.ARCHIVE, archive_range.UNARCHIVE]
 

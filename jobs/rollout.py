@@ -16,9 +16,9 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from jobs import inspect
-from worker import control
-from worker.errors import InvalidInput, TidegateError
+from tidegate.jobs import inspect
+from tidegate.worker import control
+from tidegate.worker.errors import InvalidInput, TidegateError
 
 JOB = ("SELECT status, status_reason, processed_count, held_by, held_since, row_limit, concurrency"
        " FROM backfill_jobs WHERE job_id = :job_id")

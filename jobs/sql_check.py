@@ -26,8 +26,8 @@ from typing import Any
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
-from worker import keys
-from worker.errors import InvalidInput
+from tidegate.worker import keys
+from tidegate.worker.errors import InvalidInput
 
 MAX_CHARS = 100_000
 INSUFFICIENT_PRIVILEGE = "42501"

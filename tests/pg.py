@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 from sqlalchemy.engine import make_url
 
-from worker.db import libpq_url
+from tidegate.worker.db import libpq_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def server_url() -> tuple[str, object | None]:
         container = PostgresContainer("postgres:16-alpine", driver=None)
         container.start()
         return container.get_connection_url(), container
-    from worker.embedded import embedded_url
+    from tidegate.worker.embedded import embedded_url
 
     home = ROOT / ".tidegate"
     home.mkdir(exist_ok=True)

@@ -9,9 +9,9 @@ import json
 import pytest
 from sqlalchemy import text
 
-from jobs.archive.archive_range import ARCHIVE as ARCHIVE_KIND
 from tests.conftest import ROOT, job_row, run_cli, scalar
 from tests.event_stores import build, fingerprint
+from tidegate.jobs.archive.archive_range import ARCHIVE as ARCHIVE_KIND
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,10 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from jobs.archive import layouts
 from tests.conftest import job_row, run_cli, scalar, wait_for
 from tests.event_stores import build
-from worker.errors import InvalidInput
+from tidegate.jobs.archive import layouts
+from tidegate.worker.errors import InvalidInput
 
 pytestmark = pytest.mark.slow
 
@@ -171,7 +171,7 @@ HOSTILE_NAMES = ['es_streams"; DROP TABLE es_events; --', "es_streams; DROP TABL
 def test_hostile_layout_names_are_refused_and_hostile_values_bound(engine, db_url, tmp_path):
     build(engine, db_url, "tidegate", 60)
     events = scalar(engine, "SELECT count(*) FROM es_events")
-    shipped = resources.files("jobs.archive").joinpath("layouts/tidegate.toml").read_text()
+    shipped = resources.files("tidegate.jobs.archive").joinpath("layouts/tidegate.toml").read_text()
     for n, name in enumerate(HOSTILE_NAMES):
         for field in ('table = "es_streams"', 'key = "id"', 'archive_table = "es_events_archive"'):
             path = tmp_path / f"hostile-{n}-{field[:3]}.toml"

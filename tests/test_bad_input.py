@@ -12,7 +12,7 @@ from tests import pg
 from tests.conftest import ROOT, run_cli, scalar
 from tests.event_stores import build, fingerprint
 from tests.fixtures import seed_demo
-from worker.db import make_engine
+from tidegate.worker.db import make_engine
 
 pytestmark = pytest.mark.xdist_group("bad_input")
 

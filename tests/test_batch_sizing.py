@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import random
 
-from worker.store import Knobs
-from worker.throttle import TimeBox
+from tidegate.worker.store import Knobs
+from tidegate.worker.throttle import TimeBox
 
 TARGET = 0.25
 ADAPTIVE = Knobs(batch_size=1000, concurrency=1, target_batch_seconds=TARGET, min_batch_size=10, max_batch_size=50_000)

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from tests import pg
 from tests.conftest import enqueue_items, job_row, wait_for
 from tests.fixtures import log_report, make_items, slow_handler
-from worker.db import make_engine
+from tidegate.worker.db import make_engine
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("db_restart")]
 

@@ -16,9 +16,9 @@ import pytest
 
 from tests.conftest import enqueue_items, job_row, run_cli, scalar, wait_for
 from tests.fixtures import log_report, make_items, slow_handler
-from worker import deadline
-from worker.pool import BACKOFF_MAX, backoff
-from worker.slots import Slots
+from tidegate.worker import deadline
+from tidegate.worker.pool import BACKOFF_MAX, backoff
+from tidegate.worker.slots import Slots
 
 SLEEPS_IN_SQL = slow_handler(3600)  # a statement the watchdog can cancel
 

@@ -7,10 +7,10 @@ import json
 import pytest
 from sqlalchemy import text
 
-from jobs import filters
 from tests.conftest import job_row, run_cli, scalar
 from tests.fixtures import make_items
-from worker.errors import InvalidInput
+from tidegate.jobs import filters
+from tidegate.worker.errors import InvalidInput
 
 
 @pytest.mark.parametrize(("spec", "parsed"), [

@@ -18,8 +18,8 @@ from sqlalchemy import text
 from tests import pg, replica
 from tests.conftest import enqueue_items, job_row, run_cli, scalar, wait_for
 from tests.fixtures import LOG_HANDLER, log_report, make_items
-from worker import gates
-from worker.db import make_engine
+from tidegate.worker import gates
+from tidegate.worker.db import make_engine
 
 pytestmark = pytest.mark.slow
 

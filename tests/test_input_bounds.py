@@ -17,11 +17,11 @@ from sqlalchemy.exc import IntegrityError
 from tests import pg
 from tests.conftest import run_cli, scalar
 from tests.fixtures import seed_demo
-from worker import bounds, kinds, schema, throttle
-from worker.cliutil import Database
-from worker.db import make_engine, mask_url
-from worker.errors import MESSAGE_CHARS, InvalidInput, SchemaNotReady, quote
-from worker.store import Knobs
+from tidegate.worker import bounds, kinds, schema, throttle
+from tidegate.worker.cliutil import Database
+from tidegate.worker.db import make_engine, mask_url
+from tidegate.worker.errors import MESSAGE_CHARS, InvalidInput, SchemaNotReady, quote
+from tidegate.worker.store import Knobs
 
 SECRET = "pw-s3cret"
 MB = "x" * 1_000_000
@@ -31,7 +31,7 @@ MB = "x" * 1_000_000
 def cli():  # type: ignore[no-untyped-def]
     """The whole CLI in process (job kinds' commands included): one interpreter start per case would
     cost a second each. run_cli turns the TidegateError these raise into its exit code."""
-    from worker import cli as cli_module
+    from tidegate.worker import cli as cli_module
 
     for command in kinds.plugin_commands():
         group = cli_module.enqueue if getattr(command, "tidegate_enqueue", False) else cli_module.cli

@@ -25,8 +25,8 @@ from sqlalchemy import Engine, text
 
 from tests import pg
 from tests.conftest import run_cli
-from worker import control, keys
-from worker.db import make_engine
+from tidegate.worker import control, keys
+from tidegate.worker.db import make_engine
 
 pytestmark = pytest.mark.xdist_group("key_types")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from tests.conftest import run_cli, scalar
-from worker.maintenance import DAY, RetentionConfig, run_once
+from tidegate.worker.maintenance import DAY, RetentionConfig, run_once
 
 
 def test_run_once_deletes_exactly_the_old_finished_rows_in_batches(engine, db_url):

@@ -13,8 +13,8 @@ from sqlalchemy import text
 
 from tests.conftest import ROOT, job_row, run_cli, scalar
 from tests.fixtures import seed_demo
-from worker import schema
-from worker.db import make_engine
+from tidegate.worker import schema
+from tidegate.worker.db import make_engine
 
 TABLES = {"queue_jobs", "backfill_jobs", "backfill_slices", "etl_errors", "tidegate_audit", "tidegate_workers",
           "tidegate_sql_approved"}
@@ -61,9 +61,9 @@ def _commands(group: click.Group, prefix: tuple[str, ...] = ()):  # type: ignore
 
 
 def test_every_command_has_help():
-    from worker import cli as cli_module
+    from tidegate.worker import cli as cli_module
 
-    for command in __import__("worker.kinds", fromlist=["x"]).plugin_commands():
+    for command in __import__("tidegate.worker.kinds", fromlist=["x"]).plugin_commands():
         target = cli_module.enqueue if getattr(command, "tidegate_enqueue", False) else cli_module.cli
         target.add_command(command)
     paths = list(_commands(cli_module.cli))
@@ -72,7 +72,7 @@ def test_every_command_has_help():
     for path in paths:  # in process: one interpreter start per command would cost ~1 s each
         out = runner.invoke(cli_module.cli, [*path, "--help"])
         assert out.exit_code == 0 and "Usage:" in out.output and "--help" in out.output, (path, out.output)
-    real = subprocess.run([sys.executable, "-m", "worker.cli", "--help"], capture_output=True, text=True)
+    real = subprocess.run([sys.executable, "-m", "tidegate.worker.cli", "--help"], capture_output=True, text=True)
     assert real.returncode == 0 and "enqueue" in real.stdout and "worker" in real.stdout, real.stderr
 
 
@@ -104,7 +104,7 @@ def test_status_watch_redraws_a_live_table(engine, db_url):
     import time
 
     from tests.conftest import CHILD_ENV, TIDEGATE
-    from worker.watch import RecentRate
+    from tidegate.worker.watch import RecentRate
 
     seed_demo(engine, 500)
     job = run_cli(db_url, "enqueue", "backfill-range", "--from", "2024-01-01", "--to", "2025-01-01",

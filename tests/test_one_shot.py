@@ -24,8 +24,8 @@ def test_one_shot_jobs_run_once_and_failures_retry_then_fail(engine, db_url):
 
 def test_a_failing_job_rolls_its_handful_back_whole_and_only_it_is_retried(engine, db_url):
     from tests.kinds import Stamp
-    from worker import kinds
-    from worker.runner import Worker, WorkerConfig
+    from tidegate.worker import kinds
+    from tidegate.worker.runner import Worker, WorkerConfig
 
     kinds.register(Stamp())
     with engine.begin() as conn:

@@ -23,7 +23,7 @@ FUNCTIONS = {"sum", "rate", "increase", "delta", "max", "min", "by", "on", "and"
 
 
 def exported() -> set[str]:
-    import worker.metrics  # noqa: F401  (declares the metrics)
+    import tidegate.worker.metrics  # noqa: F401  (declares the metrics)
 
     return set(DB_GAUGES) | {n for n in REGISTRY._names_to_collectors if n.startswith("tidegate_")}
 

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from tests import pg
 from tests.conftest import enqueue_items, scalar, wait_for
 from tests.fixtures import make_items
-from worker.db import make_engine
+from tidegate.worker.db import make_engine
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("db_restart")]
 

@@ -18,9 +18,9 @@ from sqlalchemy import text
 
 from tests import pg
 from tests.fixtures import LOG_HANDLER
-from worker import kinds
-from worker.db import make_engine
-from worker.runner import Worker, WorkerConfig
+from tidegate.worker import kinds
+from tidegate.worker.db import make_engine
+from tidegate.worker.runner import Worker, WorkerConfig
 
 pytestmark = pytest.mark.xdist_group("properties")
 

@@ -82,7 +82,7 @@ def test_runbook_pause_of_pending_jobs_and_resume_by_job_id(engine, db_url):
     with engine.begin() as conn:
         conn.execute(text(RUNBOOK_INSERT))
     # plan it without running batches: a pool with no slice capacity is not a thing, so plan by hand
-    from worker import kinds, store
+    from tidegate.worker import kinds, store
 
     with engine.begin() as conn:
         job = store.claim_queue_job(conn, ["default"], [], [])

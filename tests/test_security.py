@@ -12,7 +12,7 @@ from sqlalchemy.exc import ProgrammingError
 from tests.conftest import run_cli, scalar
 from tests.event_stores import build
 from tests.fixtures import seed_demo
-from worker.db import make_engine
+from tidegate.worker.db import make_engine
 
 pytestmark = pytest.mark.slow
 

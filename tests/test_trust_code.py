@@ -32,7 +32,7 @@ from tests.conftest import CHILD_ENV, ROOT, TIDEGATE, scalar, wait_for
 from tests.event_stores import build
 from tests.fixtures import make_items, seed_demo
 from tests.test_runbook_sql import RUNBOOK_INSERT
-from worker.db import make_engine
+from tidegate.worker.db import make_engine
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ HANDLER_ATTACKS = {
     "dunder-of-a-loaded-module": "tests.handlers:__import__",
     "builtins-of-a-loaded-module": "tests.handlers:__builtins__",
     "import-of-a-loaded-module": "tests.handlers:text",  # sqlalchemy's text(), imported by tests.handlers
-    "dotted-path-in-a-loaded-module": "jobs.demo.handlers:json.loads",  # jobs.demo.handlers imports json
+    "dotted-path-in-a-loaded-module": "tidegate.jobs.demo.handlers:json.loads",  # jobs.demo.handlers imports json
     "private-of-a-loaded-module": "tests.handlers:_FailEvery",
     "class-of-a-loaded-module": "tests.handlers:HeroTroops",
     "no-function": "tests.handlers:",

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from tests.conftest import enqueue_items, role_env, run_cli, scalar
 from tests.fixtures import LOG_HANDLER, make_items, seed_demo, troops_checksum
-from worker.db import make_engine
+from tidegate.worker.db import make_engine
 
 pytestmark = pytest.mark.slow
 

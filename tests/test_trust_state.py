@@ -15,9 +15,9 @@ from sqlalchemy.exc import DBAPIError
 from tests.conftest import run_cli, scalar
 from tests.fixtures import make_items, seed_demo
 from tests.test_runbook_sql import RUNBOOK_INSERT, RUNBOOK_PAUSE, RUNBOOK_RESUME
-from worker import kinds, store
-from worker.db import make_engine
-from worker.web import Api
+from tidegate.worker import kinds, store
+from tidegate.worker.db import make_engine
+from tidegate.worker.web import Api
 
 pytestmark = pytest.mark.slow
 FAKE_WORKER = "test-host:1:abcdef"

@@ -14,9 +14,9 @@ from sqlalchemy import text
 
 from tests.conftest import enqueue_items, job_row, wait_for
 from tests.fixtures import make_items
-from worker import keys
-from worker.runner import Worker, WorkerConfig
-from worker.wakeup import Wakeup
+from tidegate.worker import keys
+from tidegate.worker.runner import Worker, WorkerConfig
+from tidegate.worker.wakeup import Wakeup
 
 # each batch records the worker that ran it (its connections are named after it) and sleeps 50 ms
 HANDLER = ("INSERT INTO batch_log (k, app) SELECT k, current_setting('application_name')"
@@ -100,7 +100,7 @@ def test_a_slice_narrower_than_two_batches_is_not_cut():
 
 SIGNAL_IN_THE_LOCK = """
 import os, signal, threading
-from worker.signals import on_signals
+from tidegate.worker.signals import on_signals
 stop = threading.Event()
 on_signals(lambda signum: stop.set())
 with stop._cond:  # the instant inside Event.wait when the main thread holds the event's own lock

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from jobs.handlers import ItemHandler
+from tidegate.jobs.handlers import ItemHandler
 
 
 def echo_url(conn: Connection, row: Mapping[str, Any]) -> None:

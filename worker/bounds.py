@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from worker.errors import InvalidInput, quote
+from tidegate.worker.errors import InvalidInput, quote
 
 INT4 = 2**31 - 1
 INT8 = 2**63 - 1

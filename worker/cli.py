@@ -7,18 +7,15 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import click
 
-from worker import bounds, control, gates, kinds, status, store, trust
-from worker.cliutil import Database, F, actor_option, database_option, echo_json, run_cli
-from worker.db import tidegate_home
-from worker.logs import setup_logging
-from worker.maintenance import DAY, RetentionConfig
-from worker.redact import redact
-
-ROOT = Path(__file__).resolve().parent.parent
+from tidegate.worker import bounds, control, gates, kinds, status, store, trust
+from tidegate.worker.cliutil import Database, F, actor_option, database_option, echo_json, run_cli
+from tidegate.worker.db import tidegate_home
+from tidegate.worker.logs import setup_logging
+from tidegate.worker.maintenance import DAY, RetentionConfig
+from tidegate.worker.redact import redact
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -46,11 +43,9 @@ def db() -> None:
 
 
 def alembic_config(db: Database, section: str = "alembic"):  # type: ignore[no-untyped-def]
-    from alembic.config import Config
+    from tidegate.worker.schema import alembic_config
 
-    cfg = Config(str(ROOT / "alembic.ini"), ini_section=section)
-    cfg.attributes["url"] = db.url
-    return cfg
+    return alembic_config(db.url, section)
 
 
 @db.command("upgrade")
@@ -95,7 +90,7 @@ def _current(db: Database) -> str | None:
 @click.option("--stop", is_flag=True, help="Stop the embedded server.")
 def db_embedded(stop: bool) -> None:
     """Show (or stop) the embedded PostgreSQL used when no DATABASE_URL is given."""
-    from worker import embedded
+    from tidegate.worker import embedded
 
     pgdata = tidegate_home() / "pgdata"
     if stop:
@@ -169,8 +164,8 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
            handler_modules: tuple[str, ...], batch_deadline: float | None, stop_grace: float,
            max_worker_deaths: int, allow_sql: bool, sql_author_role: str) -> None:
     """Run an isolated pool of worker processes until SIGTERM (or, with --drain, until idle)."""
-    from worker.pool import run_pool
-    from worker.runner import WorkerConfig
+    from tidegate.worker.pool import run_pool
+    from tidegate.worker.runner import WorkerConfig
 
     _handler_modules(handler_modules)
     # the worker processes (spawned) read the policy from their environment: exactly what was given here
@@ -230,7 +225,7 @@ def maintenance() -> None:
 @database_option
 def maintenance_run_once(db: Database, retention_jobs: float, retention_errors: float) -> None:
     """Delete finished queue jobs and old etl_errors past their retention, in batches of 1,000."""
-    from worker.maintenance import run_once
+    from tidegate.worker.maintenance import run_once
 
     pruned = run_once(db.engine, RetentionConfig(retention_jobs * DAY, retention_errors * DAY))
     click.echo(f"deleted {pruned.queue_jobs} finished queue job(s), {pruned.etl_errors} etl_errors row(s)")
@@ -266,7 +261,7 @@ def status_cmd(db: Database, job: str | None, as_json: bool, watch: bool, interv
             return status.job_rows(conn, job_id, limit)
 
     if watch and not as_json:
-        from worker.watch import watch as live
+        from tidegate.worker.watch import watch as live
 
         try:
             live(fetch, interval)
@@ -351,7 +346,7 @@ def set_cmd(db: Database, job: str, actor: str, **knobs: object) -> None:
 @database_option
 def web_cmd(db: Database, host: str, port: int, refresh: float) -> None:
     """Serve the status page and its JSON API (admin actions need $TIDEGATE_ADMIN_TOKEN)."""
-    from worker.web import serve
+    from tidegate.worker.web import serve
 
     server = serve(db.engine, host, port, refresh)
     click.echo(f"tidegate status page on http://{host}:{server.server_address[1]}/", err=True)

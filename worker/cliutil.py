@@ -19,9 +19,9 @@ import psycopg
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from worker.db import EMBEDDED, first_line, is_outage, make_engine, mask_url, resolve_url, tidegate_home
-from worker.errors import DatabaseUnavailable, PermissionDenied, TidegateError
-from worker.schema import check as check_schema
+from tidegate.worker.db import EMBEDDED, first_line, is_outage, make_engine, mask_url, resolve_url, tidegate_home
+from tidegate.worker.errors import DatabaseUnavailable, PermissionDenied, TidegateError
+from tidegate.worker.schema import check as check_schema
 
 F = Callable[..., Any]
 

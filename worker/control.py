@@ -12,10 +12,10 @@ from __future__ import annotations
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from worker import bounds, store
-from worker.errors import IllegalTransition, InvalidInput, NotFound, quote
-from worker.sql import q
-from worker.states import TRANSITIONS
+from tidegate.worker import bounds, store
+from tidegate.worker.errors import IllegalTransition, InvalidInput, NotFound, quote
+from tidegate.worker.sql import q
+from tidegate.worker.states import TRANSITIONS
 
 # queue-row moves for jobs that have no backfill_jobs row yet
 _UNPLANNED = {

@@ -19,8 +19,8 @@ from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import Engine, create_engine, event, pool
 from sqlalchemy.exc import DBAPIError
 
-from worker.errors import DatabaseUnavailable, InvalidInput, quote
-from worker.redact import redact, register_url
+from tidegate.worker.errors import DatabaseUnavailable, InvalidInput, quote
+from tidegate.worker.redact import redact, register_url
 
 EMBEDDED = "embedded"
 
@@ -38,7 +38,7 @@ def resolve_url(url: str | None, source: str = "--database-url") -> str:
         url, source = os.environ.get("DATABASE_URL"), "DATABASE_URL"
     if url is not None and url.strip() != EMBEDDED:
         return check_url(url, source)
-    from worker.embedded import embedded_url  # imported late: starts a server
+    from tidegate.worker.embedded import embedded_url  # imported late: starts a server
 
     return embedded_url(tidegate_home() / "pgdata")
 

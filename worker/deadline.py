@@ -35,16 +35,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from worker import store
-from worker.db import first_line
-from worker.logs import job_ctx
+from tidegate.worker import store
+from tidegate.worker.db import first_line
+from tidegate.worker.logs import job_ctx
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from worker.slots import Slot
+    from tidegate.worker.slots import Slot
 
-log = logging.getLogger("worker.runner")
+log = logging.getLogger("tidegate.worker.runner")
 
 EXIT_WEDGED = 3  # a worker's exit code after it abandoned a wedged batch (its pool restarts it)
 DEFAULT_DEADLINE = 600.0

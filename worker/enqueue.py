@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from worker import bounds, kinds, store
-from worker.errors import InvalidInput, quote
-from worker.kinds import Plan
-from worker.sql import q
+from tidegate.worker import bounds, kinds, store
+from tidegate.worker.errors import InvalidInput, quote
+from tidegate.worker.kinds import Plan
+from tidegate.worker.sql import q
 
 
 def validate(engine: Engine, job_type: str, payload: dict[str, Any]) -> Plan:

@@ -17,11 +17,11 @@ from typing import Protocol
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from worker import metrics, store
-from worker.logs import job_ctx
-from worker.states import ACTIVE
+from tidegate.worker import metrics, store
+from tidegate.worker.logs import job_ctx
+from tidegate.worker.states import ACTIVE
 
-log = logging.getLogger("worker.runner")
+log = logging.getLogger("tidegate.worker.runner")
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,14 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from worker import store
-from worker.db import first_line
+from tidegate.worker import store
+from tidegate.worker.db import first_line
 
 if TYPE_CHECKING:
-    from worker.deadline import BatchWatch
-    from worker.runner import Worker
+    from tidegate.worker.deadline import BatchWatch
+    from tidegate.worker.runner import Worker
 
-log = logging.getLogger("worker.runner")
+log = logging.getLogger("tidegate.worker.runner")
 
 
 class Heartbeat:

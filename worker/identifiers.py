@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
-from worker.errors import InvalidIdentifier
-from worker.errors import quote as quoted  # quote() here quotes SQL identifiers
+from tidegate.worker.errors import InvalidIdentifier
+from tidegate.worker.errors import quote as quoted  # quote() here quotes SQL identifiers
 
 MAX_NAME = 63
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
-from worker.errors import InvalidInput, quote
+from tidegate.worker.errors import InvalidInput, quote
 
 KeyType = Literal["bigint", "timestamptz"]  # the family, as backfill_jobs.key_type stores it
 Key = int | datetime | date

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
-from worker.keys import Key, KeyType
+from tidegate.worker.keys import Key, KeyType
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from worker.redact import RedactFilter, guard_std_streams
+from tidegate.worker.redact import RedactFilter, guard_std_streams
 
 
 def job_ctx(job_id: str, slice_no: int | None = None, **fields: object) -> dict[str, object]:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from worker.errors import InvalidInput
-from worker.sql import q
+from tidegate.worker.errors import InvalidInput
+from tidegate.worker.sql import q
 
 log = logging.getLogger(__name__)
 DAY = 86_400.0

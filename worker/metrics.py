@@ -60,7 +60,7 @@ class DatabaseCollector(Collector):
         self.engine = engine
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from worker.sql import q  # late: keeps this module importable without the SQL package
+        from tidegate.worker.sql import q  # late: keeps this module importable without the SQL package
 
         queue = GaugeMetricFamily("tidegate_queue_jobs", "Rows of queue_jobs by status", labels=["status"])
         oldest = GaugeMetricFamily("tidegate_queue_oldest_pending_seconds", "Age of the oldest claimable pending job")

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine
 
-from worker import metrics, store
-from worker.db import first_line, is_outage
-from worker.errors import InvalidInput
-from worker.redact import error_text
+from tidegate.worker import metrics, store
+from tidegate.worker.db import first_line, is_outage
+from tidegate.worker.errors import InvalidInput
+from tidegate.worker.redact import error_text
 
 if TYPE_CHECKING:
-    from worker.runner import WorkerConfig
+    from tidegate.worker.runner import WorkerConfig
 
 log = logging.getLogger(__name__)
 

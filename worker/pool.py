@@ -35,14 +35,14 @@ from dataclasses import replace
 
 from sqlalchemy import Engine
 
-from worker import maintenance, signals, store
-from worker.db import first_line, make_engine
-from worker.deadline import EXIT_WEDGED, log_death
-from worker.logs import setup_logging
-from worker.maintenance import RetentionConfig
-from worker.runner import Worker, WorkerConfig
-from worker.slots import InFlight, Slot, Slots
-from worker.wakeup import Wakeup
+from tidegate.worker import maintenance, signals, store
+from tidegate.worker.db import first_line, make_engine
+from tidegate.worker.deadline import EXIT_WEDGED, log_death
+from tidegate.worker.logs import setup_logging
+from tidegate.worker.maintenance import RetentionConfig
+from tidegate.worker.runner import Worker, WorkerConfig
+from tidegate.worker.slots import InFlight, Slot, Slots
+from tidegate.worker.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -130,7 +130,7 @@ def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", lo
                          name="maintenance").start()
     metrics = None
     if metrics_port is not None:
-        from worker.metrics import MetricsServer
+        from tidegate.worker.metrics import MetricsServer
 
         metrics = MetricsServer(metrics_port, make_engine(config.url, application_name="tidegate-metrics",
                                                           pool_size=1))

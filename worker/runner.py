@@ -31,18 +31,18 @@ from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Connection, Engine
 
-from worker import deadline, keys, kinds, metrics, store, throttle, trust
-from worker.db import first_line, is_database_fault, is_outage, is_timeout, make_engine
-from worker.deadline import BatchWatch
-from worker.errors import InvalidInput
-from worker.gates import Gate, Gates
-from worker.heartbeat import Heartbeat
-from worker.logs import job_ctx
-from worker.one_shots import OneShots
-from worker.redact import error_text
-from worker.slots import Slot
-from worker.states import ACTIVE
-from worker.wakeup import Wakeup
+from tidegate.worker import deadline, keys, kinds, metrics, store, throttle, trust
+from tidegate.worker.db import first_line, is_database_fault, is_outage, is_timeout, make_engine
+from tidegate.worker.deadline import BatchWatch
+from tidegate.worker.errors import InvalidInput
+from tidegate.worker.gates import Gate, Gates
+from tidegate.worker.heartbeat import Heartbeat
+from tidegate.worker.logs import job_ctx
+from tidegate.worker.one_shots import OneShots
+from tidegate.worker.redact import error_text
+from tidegate.worker.slots import Slot
+from tidegate.worker.states import ACTIVE
+from tidegate.worker.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 

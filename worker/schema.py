@@ -17,15 +17,16 @@ import psycopg
 from sqlalchemy import Engine
 from sqlalchemy.exc import ProgrammingError
 
-from worker import store
-from worker.db import first_line
-from worker.errors import SchemaNotReady
+from tidegate.worker import store
+from tidegate.worker.db import first_line
+from tidegate.worker.errors import SchemaNotReady
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent
-
-
-VERSIONS = ROOT / "migrations" / "versions"
+# worker/../migrations in a checkout, tidegate/worker/../migrations once installed: the same place.
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+VERSIONS = MIGRATIONS / "versions"
+# Alembic sections: tidegate's own tables, and the demo's tables (`tidegate demo seed`, tests).
+SECTIONS = {"alembic": ("versions", "tidegate_alembic_version"), "demo": ("demo", "tidegate_demo_version")}
 _REVISION = re.compile(r'^revision\s*=\s*["\'](\w+)["\']', re.MULTILINE)
 _DOWN = re.compile(r"^down_revision\s*=\s*(.*)$", re.MULTILINE)
 
@@ -50,6 +51,22 @@ def revisions() -> tuple[tuple[str, ...], frozenset[str]] | None:
         if down is not None:
             parents.update(re.findall(r"[\"'](\w+)[\"']", down[1]))
     return tuple(sorted(every - parents)), frozenset(every)
+
+
+def alembic_config(url: str, section: str = "alembic"):  # type: ignore[no-untyped-def]
+    """Alembic's configuration for the migrations shipped with this code, built here rather than read
+    from alembic.ini, so an installed wheel migrates without the checkout (alembic.ini stays for
+    running `alembic` by hand in one)."""
+    from alembic.config import Config
+
+    folder, table = SECTIONS[section]
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("version_locations", str(MIGRATIONS / folder))
+    cfg.set_main_option("version_table", table)
+    cfg.set_main_option("path_separator", "os")
+    cfg.attributes["url"] = url
+    return cfg
 
 
 def check(engine: Engine, shown: str) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from worker import kinds
-from worker.sql import q
+from tidegate.worker import kinds
+from tidegate.worker.sql import q
 
 
 def job_rows(conn: Connection, job_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:

@@ -16,12 +16,12 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from worker import keys
-from worker.db import first_line
-from worker.errors import InvalidInput, cap
-from worker.kinds import ItemError, Plan
-from worker.redact import redact
-from worker.sql import q
+from tidegate.worker import keys
+from tidegate.worker.db import first_line
+from tidegate.worker.errors import InvalidInput, cap
+from tidegate.worker.kinds import ItemError, Plan
+from tidegate.worker.redact import redact
+from tidegate.worker.sql import q
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from worker.bounds import KNOBS, MAX_BATCH
-from worker.store import Knobs
+from tidegate.worker.bounds import KNOBS, MAX_BATCH
+from tidegate.worker.store import Knobs
 
 MAX_PAUSE = 86_400.0  # seconds a slice ever waits between batches: a slower pace is a pause, not a wait
 # Adaptive sizing. With a target, a batch is time-boxed: it runs in steps (calls of the kind's

@@ -25,8 +25,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from worker.errors import InvalidInput
-from worker.sql import q
+from tidegate.worker.errors import InvalidInput
+from tidegate.worker.sql import q
 
 ALLOW_SQL_ENV = "TIDEGATE_ALLOW_SQL"
 AUTHOR_ROLE_ENV = "TIDEGATE_SQL_AUTHOR_ROLE"

@@ -18,7 +18,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from worker.status import human_seconds
+from tidegate.worker.status import human_seconds
 
 WINDOW = 60.0
 STYLE = {"running": "green", "pending": "cyan", "paused": "yellow", "failed": "red", "cancelled": "magenta",

@@ -29,10 +29,10 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from worker import control, kinds, status, store
-from worker.enqueue import enqueue
-from worker.errors import IllegalTransition, InvalidInput, NotFound, TidegateError, quote
-from worker.redact import register_secret
+from tidegate.worker import control, kinds, status, store
+from tidegate.worker.enqueue import enqueue
+from tidegate.worker.errors import IllegalTransition, InvalidInput, NotFound, TidegateError, quote
+from tidegate.worker.redact import register_secret
 
 log = logging.getLogger(__name__)
 TEMPLATE = resources.files("worker").joinpath("web.html").read_text()

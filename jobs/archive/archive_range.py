@@ -45,13 +45,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from jobs import checks
-from jobs.archive import layouts, selection
-from jobs.archive.layouts import Layout
-from worker import bounds, identifiers, keys, metrics
-from worker.errors import InvalidInput, quote, shorten
-from worker.kinds import BatchContext, BatchResult, Plan, SlicePlan
-from worker.sql import render
+from tidegate.jobs import checks
+from tidegate.jobs.archive import layouts, selection
+from tidegate.jobs.archive.layouts import Layout
+from tidegate.worker import bounds, identifiers, keys, metrics
+from tidegate.worker.errors import InvalidInput, quote, shorten
+from tidegate.worker.kinds import BatchContext, BatchResult, Plan, SlicePlan
+from tidegate.worker.sql import render
 
 # streams per batch: 1,000 moved the bench's 1M events faster than 500 or 2,000 (bench/RESULTS.md)
 DEFAULT_BATCH = 1_000
@@ -167,7 +167,7 @@ class ArchiveRange:
 
     def summary(self, engine: Engine, job_id: str) -> dict[str, Any]:
         """What the runtime logs when a run ends: attempted, archived, skipped, failed, elapsed, remaining."""
-        from jobs.archive import report  # report builds on this module
+        from tidegate.jobs.archive import report  # report builds on this module
 
         return report.summary(engine, job_id)
 

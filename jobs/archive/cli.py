@@ -16,11 +16,11 @@ from typing import Any
 
 import click
 
-from jobs.archive import guard, layouts, report
-from jobs.archive.archive_range import DEFAULT_BATCH
-from jobs.cli import queue_options, submit
-from worker.cliutil import Database, actor_option, database_option, echo_json
-from worker.errors import InvalidInput, quote
+from tidegate.jobs.archive import guard, layouts, report
+from tidegate.jobs.archive.archive_range import DEFAULT_BATCH
+from tidegate.jobs.cli import queue_options, submit
+from tidegate.worker.cliutil import Database, actor_option, database_option, echo_json
+from tidegate.worker.errors import InvalidInput, quote
 
 LAYOUT_HELP = (f"Event-store layout: a shipped one ({', '.join(layouts.SHIPPED)}), a registered one (tidegate archive"
                " layout list), or a TOML/YAML file (read by this command).")
@@ -58,7 +58,7 @@ def _payload(db: Database, layout: str, type_: str | None, where: tuple[str, ...
     if type_ is not None:
         payload["type"] = type_
     if where:
-        from jobs.archive.selection import parse_where
+        from tidegate.jobs.archive.selection import parse_where
 
         payload["where"] = [parse_where(w).to_json() for w in where]
     for name, value in (("before", before), ("tenant", tenant), ("limit", limit)):
@@ -247,8 +247,8 @@ def watch_deletions(db: Database, layout: str, mapping: tuple[str, ...], name: s
     """Tail the events table for deletion events and enqueue archive-range work for their streams."""
     import threading
 
-    from jobs.archive import watch
-    from worker import signals
+    from tidegate.jobs.archive import watch
+    from tidegate.worker import signals
 
     stop = threading.Event()
     signals.on_signals(lambda _signum: stop.set())  # SIGTERM or SIGINT stop it between polls

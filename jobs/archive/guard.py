@@ -19,10 +19,10 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from jobs.archive import layouts
-from worker import identifiers
-from worker.errors import InvalidInput, quote
-from worker.sql import render
+from tidegate.jobs.archive import layouts
+from tidegate.worker import identifiers
+from tidegate.worker.errors import InvalidInput, quote
+from tidegate.worker.sql import render
 
 MODES = ("reject", "redirect", "off")
 DROP = "DROP TRIGGER IF EXISTS tidegate_archive_guard ON {events}"

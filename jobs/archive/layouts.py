@@ -58,9 +58,9 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from worker import identifiers, store
-from worker.errors import InvalidIdentifier, InvalidInput, PermissionDenied, quote
-from worker.identifiers import Column, Ident
+from tidegate.worker import identifiers, store
+from tidegate.worker.errors import InvalidIdentifier, InvalidInput, PermissionDenied, quote
+from tidegate.worker.identifiers import Column, Ident
 
 SHIPPED = ("tidegate", "marten", "rillflow")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # as archive_layouts.name's CHECK; no dot, no slash

@@ -14,10 +14,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from jobs.archive import layouts, selection
-from jobs.archive.archive_range import ARCHIVE, UNARCHIVE, normalize
-from worker.errors import InvalidInput, NotFound
-from worker.sql import render
+from tidegate.jobs.archive import layouts, selection
+from tidegate.jobs.archive.archive_range import ARCHIVE, UNARCHIVE, normalize
+from tidegate.worker.errors import InvalidInput, NotFound
+from tidegate.worker.sql import render
 
 BY_TYPE = """SELECT coalesce(stream_type, '(none)') AS stream_type, count(*) AS streams,
        count(*) FILTER (WHERE events <= 1) AS create_only, count(*) FILTER (WHERE events > 1) AS with_updates,

@@ -24,11 +24,11 @@ from typing import Any
 from sqlalchemy import Connection, TextClause, text
 from sqlalchemy.exc import DBAPIError
 
-from jobs.archive.layouts import Layout
-from worker import identifiers
-from worker.errors import InvalidInput, quote
-from worker.identifiers import Ident
-from worker.sql import render
+from tidegate.jobs.archive.layouts import Layout
+from tidegate.worker import identifiers
+from tidegate.worker.errors import InvalidInput, quote
+from tidegate.worker.identifiers import Ident
+from tidegate.worker.sql import render
 
 OPS = {"=": "=", "!=": "<>", "<>": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 UNARY = {"is null": "IS NULL", "is not null": "IS NOT NULL"}

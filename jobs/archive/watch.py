@@ -22,10 +22,10 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from jobs.archive import layouts
-from worker import store
-from worker.errors import InvalidInput, quote
-from worker.sql import q, render
+from tidegate.jobs.archive import layouts
+from tidegate.worker import store
+from tidegate.worker.errors import InvalidInput, quote
+from tidegate.worker.sql import q, render
 
 DELETIONS = """SELECT e.{seq} AS seq, e.{estream}::text AS stream_id, CAST(e.{etype} AS text) AS event_type, STYPE
 FROM {events} e JOIN {streams} s ON s.{key} = e.{estream}

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from jobs.handlers import ItemHandler, register
+from tidegate.jobs.handlers import ItemHandler, register
 
 
 class ParseError(ValueError):

@@ -16,7 +16,7 @@ The constraints are named ``backfill_jobs_<knob>_range``.
 
 from alembic import op
 
-from worker.bounds import CHECKED, Bound
+from tidegate.worker.bounds import CHECKED, Bound
 
 revision = "0009"
 down_revision = "0008"

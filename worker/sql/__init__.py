@@ -19,7 +19,7 @@ from importlib import resources
 
 from sqlalchemy import TextClause, text
 
-from worker.identifiers import Ident
+from tidegate.worker.identifiers import Ident
 
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
