@@ -66,7 +66,7 @@ bench: $(VENV)/.bench-installed ## benchmarks (peers from PyPI, pgbench); ratios
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 lint: install ## ruff and the layering contracts
-	$(VENV)/bin/ruff check tidegate worker jobs tests bench
+	$(VENV)/bin/ruff check tidegate worker jobs tests bench examples
 	LINT_IMPORTS=$(abspath $(VENV))/bin/lint-imports .ci/lint-imports
 
 clean: ## remove the venv and the embedded database
