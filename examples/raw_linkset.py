@@ -90,7 +90,10 @@ class RawLinkset(ItemHandler):
                 return
             # a new statement sees what the other writer committed: derive from that version
             again = conn.execute(READ_AGAIN, {"ids": changed}).mappings()
-            pending = [record for row in again for record in self.transform(row)]
+            try:
+                pending = [record for row in again for record in self.transform(row)]
+            except ValueError as err:  # a bad item now: raised from write, a ValueError would fail the job
+                raise Contended(f"an observation changed into a bad one: {err}") from err
             if not pending:
                 return
         raise Contended(f"{len(pending)} observations changed under each of {ATTEMPTS} writes,"

@@ -138,6 +138,12 @@ def test_write_derives_from_the_current_version_of_a_changed_document_and_gives_
     assert now.document == {**current.document, "rawLinkset": raw_linkset.raw_linkset(current.document)}
     assert now.version == current.version + 1
 
+    with engine.begin() as conn:  # changed into a bad document: the batch runs again, and files it as a bad item
+        conn.execute(text("UPDATE concelier.advisory_observations SET document = '{}', version = version + 1"
+                          " WHERE id = 3"))
+        with pytest.raises(Contended, match="changed into a bad one: content.raw is missing"):
+            RAW_LINKSET.write(conn, [{"id": 3, "version": 1, "raw_linkset": {}}])
+
     with engine.begin() as conn:  # a writer that wins every time: a trigger skips each update of id 2
         conn.execute(text("CREATE FUNCTION skip_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;"
                           "CREATE TRIGGER always_changed BEFORE UPDATE ON concelier.advisory_observations"
