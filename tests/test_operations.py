@@ -45,7 +45,7 @@ def test_cli_pause_resume_cancel_and_retry(engine, db_url, tmp_path, pools):
     pools("--concurrency", "1")
     wait_for(lambda: job_row(engine, job).processed_count > 0, what="progress")
 
-    run_cli(db_url, "pause", job[:8], "--reason", "db cpu high", "--by", "sre-alice")
+    assert run_cli(db_url, "pause", job[:8], "--reason", "db cpu high", "--by", "sre-alice").stdout == f"{job} paused\n"
     row = job_row(engine, job)
     assert (row.status, row.status_reason, row.status_by) == ("paused", "db cpu high", "sre-alice")
     wait_for(lambda: _idle(engine, job), what="release")
@@ -54,10 +54,10 @@ def test_cli_pause_resume_cancel_and_retry(engine, db_url, tmp_path, pools):
     again = run_cli(db_url, "pause", job, check=False)
     assert again.returncode == 4 and "it is paused" in again.stderr
 
-    run_cli(db_url, "resume", job)
+    assert run_cli(db_url, "resume", job).stdout == f"{job} resumed\n"
     wait_for(lambda: job_row(engine, job).processed_count > row.processed_count, what="progress after resume")
 
-    run_cli(db_url, "cancel", job, "--reason", "wrong range")
+    assert run_cli(db_url, "cancel", job, "--reason", "wrong range").stdout == f"{job} cancelled\n"
     wait_for(lambda: _idle(engine, job), what="release after cancel")
     cancelled_at = job_row(engine, job).processed_count
     assert scalar(engine, "SELECT status FROM queue_jobs WHERE id = :j", j=job) == "cancelled"

@@ -361,6 +361,9 @@ def web_cmd(db: Database, host: str, port: int, refresh: float) -> None:
 # -- operator actions -------------------------------------------------------------
 
 
+DONE = {"pause": "paused", "resume": "resumed", "cancel": "cancelled", "retry": "queued for retry"}
+
+
 def _action(name: str, doc: str) -> click.Command:
     @click.argument("job", required=False)
     @click.option("--reason", help="Why (shown in status, kept in the audit table).")
@@ -375,7 +378,7 @@ def _action(name: str, doc: str) -> click.Command:
             if not job:
                 raise click.UsageError(f"give a JOB id{' or --all' if name == 'pause' else ''}")
             job_id = control.transition(conn, job, name, actor, reason)
-        click.echo(f"{job_id} {name}d" if name != "retry" else f"{job_id} queued for retry")
+        click.echo(f"{job_id} {DONE[name]}")
 
     command.__doc__ = doc
     if name == "pause":
