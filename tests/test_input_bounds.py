@@ -172,24 +172,21 @@ def _payload_text(spec: object) -> str:
 @pytest.fixture(scope="module")
 def planned(pg_server, template):  # type: ignore[no-untyped-def]
     """Every hostile payload inserted by SQL among a good one, then one pool run."""
-    name = pg.clone(pg_server, template)
-    url = pg.with_database(pg_server, name)
-    engine = make_engine(url)
-    seed_demo(engine, 300)
-    ids = {}
-    with engine.begin() as conn:
-        cases = [*[(c, _payload_text(spec)) for c, spec, _ in PAYLOADS], ("good", json.dumps(GOOD)),
-                 ("owner-1mb", json.dumps({**GOOD, "owner": MB})), ("handler-1mb", json.dumps({**GOOD, "handler": MB})),
-                 ("source-1mb", json.dumps({**GOOD, "source": MB})), ("field-1mb", json.dumps({**GOOD, MB: 1})),
-                 ("from-1mb", json.dumps({**GOOD, "from": MB}))]
-        for case, payload in cases:
-            ids[case] = str(conn.execute(text(
-                "INSERT INTO queue_jobs (type, payload) VALUES ('backfill_range', CAST(:p AS jsonb)) RETURNING id"),
-                {"p": payload}).scalar_one())
-    pool = run_cli(url, "worker", "--concurrency", "2", "--drain")
-    yield engine, ids, pool
-    engine.dispose()
-    pg.drop(pg_server, name)
+    with pg.cloned(pg_server, template) as (url, engine):
+        seed_demo(engine, 300)
+        ids = {}
+        with engine.begin() as conn:
+            cases = [*[(c, _payload_text(spec)) for c, spec, _ in PAYLOADS], ("good", json.dumps(GOOD)),
+                     ("owner-1mb", json.dumps({**GOOD, "owner": MB})),
+                     ("handler-1mb", json.dumps({**GOOD, "handler": MB})),
+                     ("source-1mb", json.dumps({**GOOD, "source": MB})), ("field-1mb", json.dumps({**GOOD, MB: 1})),
+                     ("from-1mb", json.dumps({**GOOD, "from": MB}))]
+            for case, payload in cases:
+                ids[case] = str(conn.execute(text(
+                    "INSERT INTO queue_jobs (type, payload) VALUES ('backfill_range', CAST(:p AS jsonb)) RETURNING id"),
+                    {"p": payload}).scalar_one())
+        pool = run_cli(url, "worker", "--concurrency", "2", "--drain")
+        yield engine, ids, pool
 
 
 def _queue_row(engine, job_id: str):  # type: ignore[no-untyped-def]

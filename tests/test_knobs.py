@@ -29,7 +29,6 @@ from tests.conftest import run_cli
 from tests.event_stores import build
 from tests.fixtures import seed_demo
 from tidegate.worker import kinds, knobs, web
-from tidegate.worker.db import make_engine
 from tidegate.worker.errors import InvalidInput
 from tidegate.worker.knobs import Knob
 from tidegate.worker.sql import raw
@@ -72,17 +71,14 @@ def _same(stored: Any, value: Any) -> None:
 def db(pg_server, template):  # type: ignore[no-untyped-def]
     """One database for the module: the demo source, tidegate's demo event store, and one planned job
     (a canary, paused after its first row) for `set` and the runbook's UPDATE."""
-    name = pg.clone(pg_server, template)
-    url = pg.with_database(pg_server, name)
-    engine = make_engine(url)
-    seed_demo(engine, 50)
-    build(engine, url, "tidegate", 5)
-    job = run_cli(url, "enqueue", "backfill-range", *ENQUEUE["backfill-range"], "--limit", "1").stdout.strip()
-    run_cli(url, "worker", "--drain")
-    assert _scalar(engine, "SELECT status_reason FROM backfill_jobs WHERE job_id = :j", j=job) == "canary limit reached"
-    yield engine, url, job
-    engine.dispose()
-    pg.drop(pg_server, name)
+    with pg.cloned(pg_server, template) as (url, engine):
+        seed_demo(engine, 50)
+        build(engine, url, "tidegate", 5)
+        job = run_cli(url, "enqueue", "backfill-range", *ENQUEUE["backfill-range"], "--limit", "1").stdout.strip()
+        run_cli(url, "worker", "--drain")
+        reason = _scalar(engine, "SELECT status_reason FROM backfill_jobs WHERE job_id = :j", j=job)
+        assert reason == "canary limit reached"
+        yield engine, url, job
 
 
 def _scalar(engine: Engine, sql: str, **params: Any) -> Any:
@@ -219,21 +215,17 @@ SQL_CASES = _cases("payload", knobs.for_kind("backfill_range"), as_json=True)
 @pytest.fixture(scope="module")
 def inserted(pg_server, template):  # type: ignore[no-untyped-def]
     """Every case's payload inserted by SQL (over a range with no rows), then one pool run."""
-    name = pg.clone(pg_server, template)
-    url = pg.with_database(pg_server, name)
-    engine = make_engine(url)
-    seed_demo(engine, 10)
-    ids = {}
-    with engine.begin() as conn:
-        for case in SQL_CASES:
-            _, knob, value, _ = case.values
-            ids[case.id] = str(conn.execute(text(
-                "INSERT INTO queue_jobs (type, payload) VALUES ('backfill_range', CAST(:p AS jsonb)) RETURNING id"),
-                {"p": json.dumps({**EMPTY, knob.name: value})}).scalar_one())
-    run_cli(url, "worker", "--concurrency", "2", "--drain")
-    yield engine, ids
-    engine.dispose()
-    pg.drop(pg_server, name)
+    with pg.cloned(pg_server, template) as (url, engine):
+        seed_demo(engine, 10)  # the default handler's source table; the payloads' range holds none of its rows
+        ids = {}
+        with engine.begin() as conn:
+            for case in SQL_CASES:
+                _, knob, value, _ = case.values
+                ids[case.id] = str(conn.execute(text(
+                    "INSERT INTO queue_jobs (type, payload) VALUES ('backfill_range', CAST(:p AS jsonb)) RETURNING id"),
+                    {"p": json.dumps({**EMPTY, knob.name: value})}).scalar_one())
+        run_cli(url, "worker", "--concurrency", "2", "--drain")
+        yield engine, ids
 
 
 @pytest.mark.parametrize("entry,knob,value,ok", SQL_CASES)

@@ -16,7 +16,6 @@ from typing import Any
 from tidegate.worker.errors import InvalidInput, quote
 
 INT4 = 2**31 - 1
-INT8 = 2**63 - 1
 
 
 @dataclass(frozen=True)
