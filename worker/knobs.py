@@ -32,6 +32,8 @@ QUEUE = "queue_jobs"  # the queue options, fixed when the job is enqueued
 
 @dataclass(frozen=True, kw_only=True)
 class Knob(Bound):
+    """One knob: its range (``name``, ``lo``, ``hi``, ``integer``: worker/bounds.py) and where it lives."""
+
     help: str
     table: str = LIVE  # the table whose column holds it, CHECKed to [lo, hi]
     clearable: bool = False  # NULL ('none' to `tidegate set`) means "no such limit"
