@@ -32,18 +32,17 @@ from typing import Any
 from sqlalchemy import Connection
 
 from tidegate.jobs import approved_sql, checks, filters, handlers, sql_check
-from tidegate.worker import bounds, identifiers, keys, trust
+from tidegate.worker import identifiers, keys, knobs, trust
 from tidegate.worker.errors import InvalidInput, quote, shorten
 from tidegate.worker.kinds import BatchContext, BatchResult, Plan, SlicePlan
 from tidegate.worker.sql import render
 
 NAME = "backfill_range"
-MAX_BATCH = bounds.MAX_BATCH
-MAX_CONCURRENCY = bounds.MAX_CONCURRENCY
+MAX_BATCH = knobs.MAX_BATCH
+MAX_CONCURRENCY = knobs.MAX_CONCURRENCY
 EXACT_COUNT_BELOW = 5_000_000
-KNOWN_FIELDS = {"source", "key", "from", "to", "handler", "sql", "sql_approved", "batch_size", "concurrency", "owner",
-                "writes", "max_rows_per_second", "sleep_between_batches", "target_batch_seconds", "min_batch_size",
-                "max_batch_size", "row_limit", "error_rate_threshold", "where"}
+KNOWN_FIELDS = {"source", "key", "from", "to", "handler", "sql", "sql_approved", "owner", "writes", "where",
+                *(k.name for k in knobs.for_kind(NAME))}
 
 BOUNDS = """
 WITH b AS (SELECT {key} AS k FROM {source} WHERE {key} > :lo AND {key} < :end{where} ORDER BY {key} LIMIT :n)
@@ -197,7 +196,7 @@ def normalize(payload: Any) -> dict[str, Any]:
     for field in ("source", "key", "from", "to"):
         if p.get(field) in (None, ""):
             raise InvalidInput(f"payload is missing {field!r}")
-    checks.knobs(p, default_batch=500)
+    knobs.check_payload(p, NAME, default_batch=500)
     writes = p.get("writes", [])
     if not isinstance(writes, list) or not all(isinstance(w, str) for w in writes):
         raise InvalidInput("writes must be a list of table names")

@@ -11,7 +11,7 @@ import click
 from sqlalchemy import text
 
 from tidegate.jobs import approved_sql, filters, inspect, rollout, sql_check
-from tidegate.worker import bounds
+from tidegate.worker import knobs
 from tidegate.worker.cliutil import Database, actor_option, database_option, echo_json
 from tidegate.worker.enqueue import enqueue
 from tidegate.worker.errors import quote
@@ -24,14 +24,10 @@ def queue_options(func: Any) -> Any:
     for option in reversed(
         [
             click.option("--owner", required=True, help="Who owns this job (team or person)."),
-            click.option("--priority", default=0, show_default=True, type=int,
-                         help=f"Higher runs first ({bounds.KNOBS['priority'].describe()})."),
+            knobs.options(knobs.QUEUE_KNOBS),  # --priority, --max-attempts
             click.option("--run-after", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S",
                                                               "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"]),
                          help="Do not start before this time (UTC unless an offset is given)."),
-            click.option("--max-attempts", default=5, show_default=True,
-                         type=click.IntRange(1, int(bounds.KNOBS["max_attempts"].hi)),
-                         help="Failed attempts of a batch before the job fails."),
             click.option("--queue", default="default", show_default=True, help="Queue (pool) to run on."),
             click.option("--json", "as_json", is_flag=True, help="Print the job as JSON."),
             actor_option,
@@ -45,8 +41,8 @@ def queue_options(func: Any) -> Any:
 def submit(db: Database, job_type: str, payload: dict[str, Any], opts: dict[str, Any]) -> None:
     run_after: datetime | None = opts["run_after"]
     job_id, plan = enqueue(
-        db.engine, job_type, payload, actor=opts["actor"], queue=opts["queue"], priority=opts["priority"],
-        max_attempts=opts["max_attempts"], run_after=parse("timestamptz", run_after) if run_after else None,
+        db.engine, job_type, payload, actor=opts["actor"], queue=opts["queue"],
+        run_after=parse("timestamptz", run_after) if run_after else None, **knobs.take(opts, knobs.QUEUE_KNOBS),
     )
     if opts["as_json"]:
         echo_json({"job_id": job_id, "type": job_type, "payload": payload, "slices": len(plan.slices),
@@ -68,18 +64,7 @@ def submit(db: Database, job_type: str, payload: dict[str, Any], opts: dict[str,
                                 " using :lo and :hi; needs the tg_sql_author role and a pool with --allow-sql) or"
                                 " sql-approved:NAME (a statement an operator approved with `tidegate sql approve`)."
                                 " Default: $TIDEGATE_DEFAULT_HANDLER or hero_troops.")
-@click.option("--batch-size", default=500, show_default=True, type=int, help="Source rows per transaction.")
-@click.option("--concurrency", default=1, show_default=True, type=int,
-              help="Slices the range is cut into; different workers run them at once.")
-@click.option("--max-rows-per-second", type=float, help="Cap on the job's pace, across its slices.")
-@click.option("--sleep-between-batches", type=float, help="Seconds each slice waits after a batch.")
-@click.option("--target-batch-seconds", type=float,
-              help="Adapt the batch size so a batch takes about this long (a batch 4x over is split and retried).")
-@click.option("--min-batch-size", type=int, help="Lower bound for the adaptive batch size.")
-@click.option("--max-batch-size", type=int, help="Upper bound for the adaptive batch size.")
-@click.option("--limit", "row_limit", type=int, help="Canary: process at most this many rows, then pause.")
-@click.option("--error-rate-threshold", type=float,
-              help="Pause the job when this share of items fails over the last 1,000 (default 0.01).")
+@knobs.options(knobs.for_kind("backfill_range"), batch_size=500)
 @click.option("--writes", multiple=True, help="A table the job writes (the autovacuum gate watches it).")
 @click.option("--where", "where", multiple=True,
               help="Only rows matching FIELD OP VALUE (=, !=, <, <=, >, >=, in a,b,c, is null, is not null);"
@@ -88,16 +73,11 @@ def submit(db: Database, job_type: str, payload: dict[str, Any], opts: dict[str,
               help="Enqueue nothing: print the rows, batches, sample keys and time it would take (read-only).")
 @queue_options
 def enqueue_backfill(db: Database, source: str | None, key: str | None, from_: str, to: str,
-                     handler: str | None, batch_size: int, concurrency: int, writes: tuple[str, ...],
-                     where: tuple[str, ...], dry_run: bool, **opts: Any) -> None:
+                     handler: str | None, writes: tuple[str, ...], where: tuple[str, ...], dry_run: bool,
+                     **opts: Any) -> None:
     """Enqueue a backfill-range job over [FROM, TO) and print its id (or, with --dry-run, what it would do)."""
-    payload: dict[str, Any] = {"from": from_, "to": to, "batch_size": batch_size,
-                               "concurrency": concurrency, "owner": opts.pop("owner")}
-    for knob in ("max_rows_per_second", "sleep_between_batches", "target_batch_seconds", "min_batch_size",
-                 "max_batch_size", "row_limit", "error_rate_threshold"):
-        if opts.get(knob) is not None:
-            payload[knob] = opts[knob]
-        opts.pop(knob, None)
+    payload: dict[str, Any] = {"from": from_, "to": to, **knobs.take(opts, knobs.for_kind("backfill_range")),
+                               "owner": opts.pop("owner")}
     if writes:
         payload["writes"] = list(writes)
     if where:
@@ -232,8 +212,9 @@ def rollout_cmd(db: Database, job: str, steps: str, step_rows: int, sample: int,
         levels = [int(s) for s in steps.split(",") if s.strip()]
     except ValueError:
         raise click.BadParameter(f"--steps must be integers, got {quote(steps)}") from None
-    if not levels or not all(1 <= n <= 64 for n in levels):
-        raise click.BadParameter("--steps must be concurrencies between 1 and 64")
+    concurrency = knobs.KNOBS["concurrency"]
+    if not levels or not all(concurrency.lo <= n <= concurrency.hi for n in levels):
+        raise click.BadParameter(f"--steps must be concurrencies {concurrency.describe()}")
     with db.engine.connect() as conn:
         job_id = find_job(conn, job)
     try:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from tidegate.worker.db import libpq_url
+from tidegate.worker.db import libpq_url, make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,6 +90,19 @@ def clone(url: str, template: str) -> str:
     with admin(url) as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"{strategy}')
     return name
+
+
+@contextmanager
+def cloned(url: str, template: str) -> Iterator[tuple[str, Engine]]:
+    """A fresh database from the template for a module's fixture: its URL and an engine; dropped after."""
+    name = clone(url, template)
+    db_url = with_database(url, name)
+    engine = make_engine(db_url)
+    try:
+        yield db_url, engine
+    finally:
+        engine.dispose()
+        drop(url, name)
 
 
 def drop(url: str, name: str) -> None:

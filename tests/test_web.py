@@ -123,8 +123,6 @@ def test_admin_actions_need_the_token(engine, db_url, tmp_path, web):
     code, body = _post(f"{base}/api/v1/admin/backfill", runbook_body, token=TOKEN)
     assert code == 201, body
     assert scalar(engine, "SELECT payload->>'owner' FROM queue_jobs WHERE id = :j", j=body["job_id"]) == "data-team"
-    code, body = _post(f"{base}/api/v1/admin/backfill", {**runbook_body, "batch_size": 0}, token=TOKEN)
-    assert code == 400 and "batch_size" in body["error"]
     assert _get(f"{base}/api/v1/jobs/{job}")["status"] == "paused"
 
 

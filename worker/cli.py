@@ -6,12 +6,11 @@ import importlib.util
 import logging
 import os
 import time
-from collections.abc import Callable
 
 import click
 
-from tidegate.worker import bounds, control, gates, kinds, status, store, trust
-from tidegate.worker.cliutil import Database, F, actor_option, database_option, echo_json, run_cli
+from tidegate.worker import control, gates, kinds, knobs, status, store, trust
+from tidegate.worker.cliutil import Database, actor_option, database_option, echo_json, run_cli
 from tidegate.worker.db import tidegate_home
 from tidegate.worker.logs import setup_logging
 from tidegate.worker.maintenance import DAY, RetentionConfig
@@ -303,34 +302,14 @@ def errors_cmd(db: Database, job: str, limit: int, as_json: bool) -> None:
         click.echo(f"    sample hidden: {found.sample_hidden}" if found.sample_hidden else f"    sample: {r['sample']}")
 
 
-def _knob(name: str, help: str = "") -> Callable[[F], F]:
-    """A `set` option for knob ``name``: taken as typed, checked against worker/bounds.py by parse_knobs."""
-    bound = bounds.KNOBS[name]
-    kind = "integer" if bound.integer else "number"
-    extra = ", or 'none' to lift it" if name in control.CLEARABLE else ""
-    return click.option(f"--{name.replace('_', '-')}", name, metavar=kind.upper(),
-                        help=f"{help} ({kind} {bound.describe()}{extra})".lstrip())
-
-
 @cli.command("set")
 @click.argument("job")
-@_knob("concurrency", "Slices in flight at most (more are cut as needed).")
-@_knob("batch_size")
-@_knob("max_rows_per_second", "Pace cap across the job's slices.")
-@_knob("sleep_between_batches")
-@_knob("target_batch_seconds", "Adaptive batch duration ('none': a fixed size).")
-@_knob("min_batch_size")
-@_knob("max_batch_size")
-@click.option("--limit", "row_limit", metavar="INTEGER",
-              help=f"Canary row limit, then `resume` (integer {bounds.KNOBS['row_limit'].describe()},"
-                   " or 'none' to lift it).")
-@_knob("error_rate_threshold")
+@knobs.options(knobs.LIVE_KNOBS, clearing=True)
 @actor_option
 @database_option
-def set_cmd(db: Database, job: str, actor: str, **knobs: object) -> None:
+def set_cmd(db: Database, job: str, actor: str, **opts: object) -> None:
     """Change a job's pace while it runs; applies at its next batch (or: UPDATE backfill_jobs SET ...)."""
-    flags = {name: "--limit" if name == "row_limit" else f"--{name.replace('_', '-')}" for name in knobs}
-    changes = control.parse_knobs(knobs, flags)
+    changes = knobs.take(opts, knobs.LIVE_KNOBS, clearing=True)
     if not changes:
         raise click.UsageError("nothing to change: give at least one option")
     with db.engine.begin() as conn:

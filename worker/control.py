@@ -9,10 +9,12 @@ row in step, and on retry give unfinished slices their attempts back.
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from tidegate.worker import bounds, store
+from tidegate.worker import knobs, store
 from tidegate.worker.errors import IllegalTransition, InvalidInput, NotFound, quote
 from tidegate.worker.sql import q
 from tidegate.worker.states import TRANSITIONS
@@ -87,40 +89,18 @@ def pause_all(conn: Connection, actor: str, reason: str | None) -> list[str]:
     return [str(r.job_id) for r in rows]
 
 
-KNOB_NAMES = ("concurrency", "batch_size", "max_rows_per_second", "sleep_between_batches", "target_batch_seconds",
-              "min_batch_size", "max_batch_size", "row_limit", "error_rate_threshold")
-CLEARABLE = {b.name for b in bounds.KNOBS.values() if b.clearable}
-
-
-def parse_knobs(given: dict[str, object], flags: dict[str, str] | None = None) -> dict[str, object]:
-    """The knobs an operator gave (as typed, or numbers), each checked against its range in
-    worker/bounds.py; 'none' clears the clearable ones. ``flags``: how errors name a knob."""
-    changes: dict[str, object] = {}
-    for name, value in given.items():
-        if value is None:
-            continue
-        if isinstance(value, str) and value.strip().lower() == "none" and name in CLEARABLE:
-            changes[name] = None
-            continue
-        if isinstance(value, str):
-            value = value.strip()
-        try:
-            changes[name] = bounds.check(name, value, (flags or {}).get(name))
-        except InvalidInput as err:
-            hint = "; or give 'none' to lift it" if name in CLEARABLE else ""
-            raise InvalidInput(f"{err}{hint}") from None
-    return changes
-
-
 def set_knobs(conn: Connection, ref: str, changes: dict[str, object], actor: str) -> str:
+    """Apply ``changes`` (knob name: number, or None to lift a clearable one) to a planned job. Each is
+    checked against its range here too (whoever the caller: the CLI, jobs/rollout.py); the database's CHECKs
+    have the last word (min_batch_size above max_batch_size, say)."""
+    unknown = sorted(set(changes) - {k.name for k in knobs.LIVE_KNOBS})
+    if unknown:
+        raise InvalidInput(f"not a knob of a running job: {', '.join(map(quote, unknown))}")
+    changes = {name: knobs.KNOBS[name].parse(value) for name, value in changes.items()}
     job_id = find_job(conn, ref)
-    params: dict[str, object] = {"job_id": job_id}
-    for name in KNOB_NAMES:
-        params[f"set_{name}"] = name in changes
-        params[name] = changes.get(name)
     try:
         with conn.begin_nested():
-            moved = conn.execute(q("set_knobs"), params).first()
+            moved = conn.execute(q("set_knobs"), {"job_id": job_id, "changes": json.dumps(changes)}).first()
     except IntegrityError as err:
         raise InvalidInput(f"refused by the database: {str(err.orig).splitlines()[0]}") from None
     if moved is None:

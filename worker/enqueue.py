@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from tidegate.worker import bounds, kinds, store
+from tidegate.worker import kinds, knobs, store
 from tidegate.worker.errors import InvalidInput, quote
 from tidegate.worker.kinds import Plan
 from tidegate.worker.sql import q
@@ -37,18 +37,18 @@ def enqueue(
     *,
     actor: str,
     queue: str = "default",
-    priority: int = 0,
-    max_attempts: int = 5,
+    priority: int | str | None = None,
+    max_attempts: int | str | None = None,
     run_after: datetime | None = None,
 ) -> tuple[str, Plan]:
-    priority = bounds.check("priority", priority)
-    max_attempts = bounds.check("max_attempts", max_attempts)
+    """Validate and queue a job. The queue knobs (None: their default) are checked against worker/knobs.py."""
+    given = {"priority": priority, "max_attempts": max_attempts}
+    chosen = {k.name: k.check(k.default if given[k.name] is None else given[k.name]) for k in knobs.QUEUE_KNOBS}
     plan = validate(engine, job_type, payload)
     with engine.begin() as conn:
         row = conn.execute(
             q("enqueue"),
-            {"type": job_type, "queue": queue, "payload": json.dumps(payload), "priority": priority,
-             "max_attempts": max_attempts, "run_after": run_after},
+            {"type": job_type, "queue": queue, "payload": json.dumps(payload), "run_after": run_after, **chosen},
         ).one()
         job_id = str(row.id)
         # enqueued_by: the login role, as the database recorded it (a trigger); actor: what --by says

@@ -9,14 +9,14 @@ written through :func:`worker.redact.redact` here, so no writer of
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from tidegate.worker import keys
+from tidegate.worker import keys, knobs
 from tidegate.worker.db import first_line
 from tidegate.worker.errors import InvalidInput, cap
 from tidegate.worker.kinds import ItemError, Plan
@@ -57,13 +57,14 @@ class ClaimedSlice:
     previous_owner: str | None
 
 
-KNOBS = ("max_rows_per_second", "sleep_between_batches", "target_batch_seconds", "min_batch_size",
-         "max_batch_size", "row_limit", "error_rate_threshold")
+# the knob columns a planned job's payload fills (batch_size and concurrency come with the Plan)
+PLANNED_KNOBS = tuple(k for k in knobs.LIVE_KNOBS if k.name not in ("batch_size", "concurrency"))
 
 
 @dataclass(frozen=True)
 class Knobs:
-    """A job's pace knobs as read at the start of a batch (an UPDATE changes them live)."""
+    """A job's pace knobs as read at the start of a batch (an UPDATE changes them live); their ranges
+    are worker/knobs.py's. error_rate_threshold is not here: the batch's own UPDATE applies it in SQL."""
 
     batch_size: int
     concurrency: int
@@ -139,7 +140,7 @@ def store_plan(conn: Connection, job_id: str, kind: str, plan: Plan) -> None:
             "concurrency": plan.concurrency,
             "total_estimate": plan.total_estimate,
             "last_checkpoint": keys.encode(plan.slices[0].start) if plan.slices else None,
-            **{k: plan.params.get(k) for k in KNOBS},
+            **knobs.column_values(plan.params, PLANNED_KNOBS),
         },
     )
     conn.execute(
@@ -199,10 +200,9 @@ def begin_batch(conn: Connection, job_id: str, slice_no: int, worker_id: str) ->
     ).first()
     if row is None:
         return None
-    knobs = Knobs(row.batch_size, row.concurrency, row.max_rows_per_second, row.sleep_between_batches,
-                  row.target_batch_seconds, row.min_batch_size, row.max_batch_size, row.row_limit)
+    read = Knobs(**{f.name: getattr(row, f.name) for f in fields(Knobs)})
     return BatchState(row.status, row.kind, parse_json(row.params, "the job's params"), row.key_type,
-                      row.checkpoint, row.end_key, row.batch_size_now, row.processed_count, knobs,
+                      row.checkpoint, row.end_key, row.batch_size_now, row.processed_count, read,
                       bool(row.over_concurrency), bool(row.short_of_slices), row.backend_pid,
                       row.xact_start, row.enqueued_by)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tidegate.worker.bounds import KNOBS, MAX_BATCH
+from tidegate.worker.knobs import KNOBS, MAX_BATCH
 from tidegate.worker.store import Knobs
 
 MAX_PAUSE = 86_400.0  # seconds a slice ever waits between batches: a slower pace is a pause, not a wait
@@ -24,7 +24,7 @@ GROWTH = 4  # a step asks for at most this many times the rows of the one before
 
 
 def sane(knobs: Knobs) -> Knobs:
-    """The knobs pulled into their ranges (worker/bounds.py). The CHECK constraints of migration 0009
+    """The knobs pulled into their ranges (worker/knobs.py). The CHECK constraints of migration 0009
     refuse anything else, so this is defence in depth: a value that slipped past (a database not
     migrated yet) makes a job slower or faster, never a worker crash. NaN means: the knob's default."""
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from tidegate.worker import control, kinds, status, store
+from tidegate.worker import control, kinds, knobs, status, store
 from tidegate.worker.enqueue import enqueue
 from tidegate.worker.errors import IllegalTransition, InvalidInput, NotFound, TidegateError, quote
 from tidegate.worker.redact import register_secret
@@ -74,7 +74,9 @@ class Api:
             kind = kinds.by_alias(m[1])
             if kind is None:
                 raise NotFound(f"no job kind {quote(m[1])}")
-            options = {k: body.pop(k) for k in ("priority", "queue", "max_attempts") if k in body}
+            # the queue options beside the payload: checked by enqueue against worker/knobs.py, as the
+            # payload's own knobs are by the kind's validation
+            options = {k: body.pop(k) for k in ["queue", *(k.name for k in knobs.QUEUE_KNOBS)] if k in body}
             job_id, plan = enqueue(self.engine, kind.name, body, actor=actor, **options)
             return HTTPStatus.CREATED, {"job_id": job_id, "type": kind.name, "slices": len(plan.slices)}
         raise NotFound("no such admin route")

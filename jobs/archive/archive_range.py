@@ -48,18 +48,16 @@ from sqlalchemy import Connection, Engine, text
 from tidegate.jobs import checks
 from tidegate.jobs.archive import layouts, selection
 from tidegate.jobs.archive.layouts import Layout
-from tidegate.worker import bounds, identifiers, keys, metrics
+from tidegate.worker import identifiers, keys, knobs, metrics
 from tidegate.worker.errors import InvalidInput, quote, shorten
 from tidegate.worker.kinds import BatchContext, BatchResult, Plan, SlicePlan
 from tidegate.worker.sql import render
 
 # streams per batch: 1,000 moved the bench's 1M events faster than 500 or 2,000 (bench/RESULTS.md)
 DEFAULT_BATCH = 1_000
-MAX_BATCH = 10_000
-MAX_CONCURRENCY = bounds.MAX_CONCURRENCY
-KNOWN = {"layout", "type", "tenant", "before", "streams", "where", "from_audit", "limit", "batch_size",
-         "concurrency", "force", "reason", "owner", "snapshot", "layout_spec", "action", "max_rows_per_second",
-         "sleep_between_batches", "row_limit"}
+MAX_CONCURRENCY = knobs.MAX_CONCURRENCY
+KNOWN = {"layout", "type", "tenant", "before", "streams", "where", "from_audit", "limit", "force", "reason", "owner",
+         "snapshot", "layout_spec", "action", *(k.name for k in knobs.for_kind("archive_range"))}
 
 # The batch's candidates that may be moved: cross-referenced ones only with force.
 WANTED = """SELECT CAST(c.stream_id AS {ktype}) FROM archive_candidates c
@@ -263,7 +261,7 @@ def normalize(payload: Any, unarchive: bool, conn: Connection, *, spec: dict[str
     streams = p.get("streams")
     if streams is not None and (not isinstance(streams, list) or not all(isinstance(s, str | int) for s in streams)):
         raise InvalidInput("streams must be a list of stream ids")
-    checks.knobs(p, default_batch=DEFAULT_BATCH, max_batch=MAX_BATCH)  # and the pace knobs it gives
+    knobs.check_payload(p, "archive_range", default_batch=DEFAULT_BATCH)  # and the pace knobs it gives
     if p.get("limit") is not None:
         p["limit"] = checks.bounded(p["limit"], "limit", 1, 10**12)
     if not isinstance(p.get("force", False), bool):

@@ -19,6 +19,7 @@ import click
 from tidegate.jobs.archive import guard, layouts, report
 from tidegate.jobs.archive.archive_range import DEFAULT_BATCH
 from tidegate.jobs.cli import queue_options, submit
+from tidegate.worker import knobs
 from tidegate.worker.cliutil import Database, actor_option, database_option, echo_json
 from tidegate.worker.errors import InvalidInput, quote
 
@@ -106,45 +107,43 @@ def _enqueue(db: Database, unarchive: bool, chosen: Selection, apply: bool, yes:
     submit(db, "unarchive_range" if unarchive else "archive_range", payload, {**opts, "as_json": as_json})
 
 
+# the knobs of archive jobs; row_limit stays a payload field here: --limit is the selection's
+ARCHIVE_KNOBS = [k for k in knobs.for_kind("archive_range") if k.name != "row_limit"]
+
+
 @click.command("archive-range")
 @selection_options
-@click.option("--batch-size", default=DEFAULT_BATCH, show_default=True, type=int, help="Streams per transaction.")
-@click.option("--concurrency", default=1, show_default=True, type=int, help="Slices worked at once.")
+@knobs.options(ARCHIVE_KNOBS, batch_size=DEFAULT_BATCH)
 @click.option("--reason", required=True, help="Why (stored on the streams and in the audit).")
 @click.option("--force", is_flag=True, help="Archive cross-referenced candidates too.")
 @click.option("--apply", is_flag=True, help="Enqueue for real (default: dry run).")
 @click.option("--yes", is_flag=True, help="Skip the typed ARCHIVE confirmation (CI).")
-@click.option("--max-rows-per-second", type=float, help="Cap on streams per second, across slices.")
 @queue_options
 def enqueue_archive(db: Database, layout: str, type_: str | None, where: tuple[str, ...], before: str | None,
-                    tenant: str | None, streams: tuple[str, ...], limit: int | None, batch_size: int,
-                    concurrency: int, reason: str, force: bool, apply: bool, yes: bool,
-                    max_rows_per_second: float | None, **opts: Any) -> None:
+                    tenant: str | None, streams: tuple[str, ...], limit: int | None, reason: str, force: bool,
+                    apply: bool, yes: bool, **opts: Any) -> None:
     """Archive whole event streams (dry run unless --apply); prints the job id."""
+    given = knobs.take(opts, ARCHIVE_KNOBS)
     chosen = _payload(db, layout, type_, where, before, tenant, streams, limit)
-    chosen.payload.update(batch_size=batch_size, concurrency=concurrency, reason=reason, force=force,
-                          owner=opts.pop("owner"))
-    if max_rows_per_second is not None:
-        chosen.payload["max_rows_per_second"] = max_rows_per_second
+    chosen.payload.update(given, reason=reason, force=force, owner=opts.pop("owner"))
     _enqueue(db, False, chosen, apply, yes, opts.pop("as_json"), opts)
 
 
 @click.command("unarchive-range")
 @selection_options
 @click.option("--from-audit", "from_audit", help="The streams this archive job archived (its job id).")
-@click.option("--batch-size", default=DEFAULT_BATCH, show_default=True, type=int, help="Streams per transaction.")
-@click.option("--concurrency", default=1, show_default=True, type=int, help="Slices worked at once.")
+@knobs.options(ARCHIVE_KNOBS, batch_size=DEFAULT_BATCH)
 @click.option("--reason", help="Why (stored in the audit).")
 @click.option("--apply", is_flag=True, help="Enqueue for real (default: dry run).")
 @click.option("--yes", is_flag=True, help="Skip the typed UNARCHIVE confirmation (CI).")
 @queue_options
 def enqueue_unarchive(db: Database, layout: str, type_: str | None, where: tuple[str, ...], before: str | None,
                       tenant: str | None, streams: tuple[str, ...], limit: int | None, from_audit: str | None,
-                      batch_size: int, concurrency: int, reason: str | None, apply: bool, yes: bool,
-                      **opts: Any) -> None:
+                      reason: str | None, apply: bool, yes: bool, **opts: Any) -> None:
     """Move archived streams back to the hot tables and clear their marks (dry run unless --apply)."""
+    given = knobs.take(opts, ARCHIVE_KNOBS)
     chosen = _payload(db, layout, type_, where, before, tenant, streams, limit)
-    chosen.payload.update(batch_size=batch_size, concurrency=concurrency, owner=opts.pop("owner"))
+    chosen.payload.update(given, owner=opts.pop("owner"))
     if reason:
         chosen.payload["reason"] = reason
     if from_audit:
