@@ -17,9 +17,11 @@ role that enqueued the job is a sql author (worker/trust.py); a statement an ope
 (``sql_approved``, jobs/approved_sql.py) runs for anyone. Either is validated without being run
 (jobs/sql_check.py), and the session is reset after it at every batch.
 
-Batches are keyset pages on the key column: ``(lo, hi]`` where ``hi`` is the
-batch_size-th key after ``lo``, so ties on ``hi`` all fall in the same batch
-and a non-unique key (a timestamp) is never split or repeated.
+Batches are keyset pages on the key column: ``next_keys`` finds ``hi``, the
+batch_size-th key after the cursor, so ties on ``hi`` all fall in the same batch
+and a non-unique key (a timestamp) is never split or repeated; ``process_range``
+runs the handler (or the job's statement) on ``(lo, hi]``. Its statements are in
+backfill_range.sql.
 """
 
 from __future__ import annotations

@@ -2,16 +2,21 @@
 
 The batch protocol (the heart of tidegate), one transaction per batch:
 
-1. ``begin_batch`` locks this worker's slice row (``FOR NO KEY UPDATE``) and
-   re-reads the job's status. No row means the lease was lost: another worker
-   owns the slice now, so stop touching it. A status other than pending or
-   running (a committed pause or cancel) means stop before doing any work.
-2. The job kind processes the keys after the slice's cursor (for an adaptive
-   job in time-boxed steps, all in this transaction: ``_steps``).
-3. ``record_batch`` writes failed items, advances the slice cursor and the
-   job's counters and watermark, and marks the job done after its last slice.
+1. ``_begin``: ``begin_batch`` locks this worker's slice row (``FOR NO KEY
+   UPDATE``) and re-reads the job's status. No row means the lease was lost:
+   another worker owns the slice now, so stop touching it. A status other than
+   pending or running (a committed pause or cancel) means stop before doing
+   any work.
+2. ``_process``: the job kind reads how far the next keys after the slice's
+   cursor reach and processes that range (``one_step``: the runtime, not the
+   kind, decides the checkpoint and whether the slice is exhausted); an
+   adaptive job in time-boxed steps, all in this transaction (``_steps``).
+3. ``_record``: ``record_batch`` writes failed items, advances the slice cursor
+   and the job's counters and watermark, and marks the job done after its
+   last slice.
 4. Commit. Derived rows and checkpoint commit together: a crash anywhere
-   repeats nothing and loses nothing.
+   repeats nothing and loses nothing. Then ``_report`` and ``_pace``; a batch
+   that rolled back goes to ``_rolled_back``.
 
 The row lock of step 1 is also what makes takeover safe: a claim uses SKIP
 LOCKED, so a slice whose batch is in flight can never be taken, and a worker
@@ -250,6 +255,8 @@ class Worker:
         kind = self.kinds.get(job.type)
         if kind is None:
             raise InvalidInput(f"unknown job type {job.type[:100]!r}; known types: {', '.join(sorted(self.kinds))}")
+        if not isinstance(kind, kinds.RangeKind):  # one-shot jobs are claimed whole, never planned
+            raise InvalidInput(f"job type {job.type!r} is a one-shot kind: it has no plan")
         with trust.planning_for(job.enqueued_by):  # the kind checks a job's own SQL against who queued it
             plan = kind.plan(conn, job.payload())
         store.store_plan(conn, job.id, job.type, plan)
