@@ -123,7 +123,7 @@ class ArchivePayload(Payload):
     reason: str | None = None
 
     @classmethod
-    def parse(cls, raw: Any, *, planned: bool = False) -> Self:
+    def parse(cls, raw: Any, direction: Direction = ARCHIVING, *, planned: bool = False) -> Self:
         """Every field checked; raises InvalidInput. ``planned``: the job's own params (or a dry run's
         payload with the user's layout file), which may hold ``layout_spec``."""
         p = cls.json_object(raw)
@@ -136,6 +136,8 @@ class ArchivePayload(Payload):
             if p.get(field) is not None and (not isinstance(p[field], str) or len(p[field]) > 1000):
                 raise InvalidInput(f"{field} must be a string of at most 1,000 characters")
         if p.get("from_audit") is not None:
+            if not direction.unarchive:
+                raise InvalidInput("from_audit is for unarchive-range")
             try:
                 p["from_audit"] = str(uuid.UUID(p["from_audit"]))
             except ValueError:
@@ -187,9 +189,7 @@ class ArchiveRange(RangeKind):
 
         ``layout`` names a shipped or registered layout (:func:`layouts.named`); only the planner writes its
         document (``spec``: a document the caller trusts, the planned job's own or the CLI user's file)."""
-        job = ArchivePayload.parse(payload, planned=spec is not None)
-        if job.from_audit is not None and not self.direction.unarchive:
-            raise InvalidInput("from_audit is for unarchive-range")
+        job = ArchivePayload.parse(payload, self.direction, planned=spec is not None)
         p = job.params()
         if spec is not None:
             layouts.check_spec(spec)
