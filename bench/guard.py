@@ -45,7 +45,8 @@ def main() -> None:
         n = i % args.slices
         with engine.begin() as conn:
             assert store.begin_batch(conn, job, n, WORKER) is not None
-            store.record_batch(conn, job, n, WORKER, "bigint", i // args.slices * 100 + 100, 100, [], False)
+            store.record_batch(conn, store.BatchRecord(job_id=job, slice_no=n, worker_id=WORKER, key_type="bigint",
+                                                       checkpoint=i // args.slices * 100 + 100, processed=100))
     seconds = time.perf_counter() - started
     print(f"{args.batches} batches in {seconds:.2f}s: {args.batches / seconds:,.0f} batches/s")
     engine.dispose()

@@ -6,10 +6,10 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from tidegate.worker.kinds import OneShot
+from tidegate.worker.kinds import OneShotKind
 
 
-class Noop(OneShot):
+class Noop(OneShotKind):
     """A one-shot job that does nothing: what is left to measure is the queue itself."""
 
     name = "noop"

@@ -17,9 +17,11 @@ role that enqueued the job is a sql author (worker/trust.py); a statement an ope
 (``sql_approved``, jobs/approved_sql.py) runs for anyone. Either is validated without being run
 (jobs/sql_check.py), and the session is reset after it at every batch.
 
-Batches are keyset pages on the key column: ``(lo, hi]`` where ``hi`` is the
-batch_size-th key after ``lo``, so ties on ``hi`` all fall in the same batch
-and a non-unique key (a timestamp) is never split or repeated.
+Batches are keyset pages on the key column: ``next_keys`` finds ``hi``, the
+batch_size-th key after the cursor, so ties on ``hi`` all fall in the same batch
+and a non-unique key (a timestamp) is never split or repeated; ``process_range``
+runs the handler (or the job's statement) on ``(lo, hi]``. Its statements are in
+backfill_range.sql.
 """
 
 from __future__ import annotations
@@ -27,41 +29,109 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import Connection
 
 from tidegate.jobs import approved_sql, checks, filters, handlers, sql_check
 from tidegate.worker import identifiers, keys, knobs, trust
-from tidegate.worker.errors import InvalidInput, quote, shorten
-from tidegate.worker.kinds import BatchContext, BatchResult, Plan, SlicePlan
-from tidegate.worker.sql import render
+from tidegate.worker.errors import InvalidInput, quote
+from tidegate.worker.kinds import BatchContext, BatchResult, KeyRange, NextKeys, Payload, Plan, RangeKind, SlicePlan
+from tidegate.worker.sql import load, render
 
 NAME = "backfill_range"
 MAX_BATCH = knobs.MAX_BATCH
 MAX_CONCURRENCY = knobs.MAX_CONCURRENCY
 EXACT_COUNT_BELOW = 5_000_000
-KNOWN_FIELDS = {"source", "key", "from", "to", "handler", "sql", "sql_approved", "owner", "writes", "where",
-                *(k.name for k in knobs.for_kind(NAME))}
-
-BOUNDS = """
-WITH b AS (SELECT {key} AS k FROM {source} WHERE {key} > :lo AND {key} < :end{where} ORDER BY {key} LIMIT :n)
-SELECT (SELECT max(k) FROM b) AS hi, (SELECT count(*) FROM b) AS n,
-       (SELECT count(*) FROM b WHERE k = (SELECT max(k) FROM b)) AS ties_seen,
-       (SELECT count(*) FROM {source} WHERE {key} = (SELECT max(k) FROM b){where}) AS ties_all
-"""
-# {where}: the job's --where filters (jobs/filters.py), or nothing
-ROWS = "SELECT * FROM {source} WHERE {key} > :lo AND {key} <= :hi{where} ORDER BY {key}"
-ESTIMATE = "EXPLAIN (FORMAT JSON) SELECT 1 FROM {source} WHERE {key} >= :lo AND {key} < :hi{where}"
-COUNT = "SELECT count(*) FROM {source} WHERE {key} >= :lo AND {key} < :hi{where}"
-# Slice boundaries at quantiles of the keys in range (from a block sample when the
-# range is large), so slices hold about the same number of rows even when keys are skewed.
-QUANTILES = """
-SELECT percentile_disc(CAST(:fractions AS float8[])) WITHIN GROUP (ORDER BY k)
-FROM (SELECT {key} AS k FROM {source} TABLESAMPLE SYSTEM (:percent) REPEATABLE (7)
-      WHERE {key} >= :lo AND {key} < :hi) s
-"""
+SQL = load(__package__, "backfill_range.sql")  # the statements on the source table, by name
+ROWS = SQL["rows"]
 SAMPLE_ROWS = 50_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackfillPayload(Payload):
+    """A backfill-range payload, every field checked (see the module's docstring for the JSON)."""
+
+    FIELDS = frozenset({"source", "key", "from", "to", "handler", "sql", "sql_approved", "owner", "writes", "where",
+                        *(k.name for k in knobs.for_kind(NAME))})
+
+    source: str
+    key: str
+    from_: Any  # [from, to): parsed against the key column's type when the job is planned
+    to: Any
+    handler: str | None = None  # one of handler, sql, sql_approved
+    sql: str | None = None  # checked as text (no database) here, planned against the database at plan time
+    sql_approved: str | None = None
+    writes: tuple[str, ...] = ()
+    where: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def own_sql(self) -> bool:
+        return self.sql is not None or self.sql_approved is not None
+
+    @classmethod
+    def parse(cls, raw: Any) -> Self:
+        """The payload with defaults applied and every field type-checked; raises InvalidInput."""
+        p = cls.json_object(_runbook_spelling(raw))
+        given = [f for f in ("handler", "sql", "sql_approved") if f in p]
+        if len(given) > 1:
+            raise InvalidInput(f"give one of handler, sql or sql_approved, not {' and '.join(given)}")
+        own_sql = "sql" in p or "sql_approved" in p
+        if "sql" in p:
+            p["sql"] = sql_check.check_text(p["sql"])
+        if "sql_approved" in p:
+            p["sql_approved"] = approved_sql.check_ref(p["sql_approved"])
+        where = filters.normalize(p["where"]) if "where" in p else []
+        if where and own_sql:
+            raise InvalidInput("where works with Python handlers only: a SQL handler's statement sees only :lo and"
+                               " :hi, so put the condition in the statement itself")
+        if not own_sql:
+            p.setdefault("handler", handlers.default_handler())
+            if not isinstance(p["handler"], str) or len(p["handler"]) > 300:
+                raise InvalidInput("handler must be a name or module:function of at most 300 characters,"
+                                   f" got {quote(p['handler'], 60)}")
+        # source and key default to those of the named handler, else of the deployment's default handler
+        for name in (p.get("handler"), handlers.default_handler()):
+            declared = handlers.registered().get(name) if isinstance(name, str) else None
+            if declared is not None:
+                if declared.source:
+                    p.setdefault("source", declared.source)
+                if declared.key:
+                    p.setdefault("key", declared.key)
+        for field in ("source", "key", "from", "to"):
+            if p.get(field) in (None, ""):
+                raise InvalidInput(f"payload is missing {field!r}")
+        knobs.check_payload(p, NAME, default_batch=500)  # batch_size, concurrency and the pace knobs, in place
+        writes = p.get("writes", [])
+        if not isinstance(writes, list) or not all(isinstance(w, str) for w in writes):
+            raise InvalidInput("writes must be a list of table names")
+        return cls(source=p["source"], key=p["key"], from_=p["from"], to=p["to"], handler=p.get("handler"),
+                   sql=p.get("sql"), sql_approved=p.get("sql_approved"), writes=tuple(writes), where=tuple(where),
+                   owner=checks.owner(p.get("owner", "unknown")), batch_size=p["batch_size"],
+                   concurrency=p["concurrency"], knobs=knobs.pace(p, NAME))
+
+    def params(self) -> dict[str, Any]:
+        p = super().params()
+        p["from"] = p.pop("from_")
+        p["writes"], p["where"] = list(self.writes), list(self.where)
+        return p
+
+
+def _runbook_spelling(raw: Any) -> Any:
+    """The runbook's spelling ``from_<key>`` / ``to_<key>`` as ``key``, ``from`` and ``to``."""
+    if not isinstance(raw, dict):
+        return raw
+    p = dict(raw)
+    for field in list(p):
+        for end in ("from", "to"):
+            if field.startswith(end + "_") and field != end:
+                column = field[len(end) + 1:]
+                if p.setdefault("key", column) != column:
+                    raise InvalidInput(f"{quote(field)} does not match key {quote(p['key'])}")
+                if end in p:
+                    raise InvalidInput(f"give {end!r} or {quote(field)}, not both")
+                p[end] = p.pop(field)
+    return p
 
 
 @dataclass(frozen=True)
@@ -73,7 +143,7 @@ class Target:
     kind: keys.Kind  # the key column's type: how bounds are parsed and clipped
 
 
-class BackfillRange:
+class BackfillRange(RangeKind):
     name = NAME
     aliases = ("backfill",)  # POST /api/v1/admin/backfill, as in the runbook
 
@@ -98,112 +168,60 @@ class BackfillRange:
     # -- planning ------------------------------------------------------------
 
     def plan(self, conn: Connection, payload: Any) -> Plan:
-        p = normalize(payload)
-        target = resolve_target(conn, p["source"], p["key"])
-        lo = keys.parse(target.kind, p["from"], "from")
-        hi = keys.parse(target.kind, p["to"], "to")
+        job = BackfillPayload.parse(payload)
+        target = resolve_target(conn, job.source, job.key)
+        lo = keys.parse(target.kind, job.from_, "from")
+        hi = keys.parse(target.kind, job.to, "to")
         keys.check_range(lo, hi)
         lo, hi = keys.clip(target.kind, lo, hi)
-        if "sql" in p:
-            p["sql"] = sql_check.check_text(p["sql"])
+        p = job.params()
+        if job.sql is not None:
             trust.check_author(conn)  # before the server even plans it
-            sql_check.check_plan(conn, p["sql"], target.key_type)
-        elif "sql_approved" in p:
-            approved = approved_sql.find(conn, p["sql_approved"])
+            sql_check.check_plan(conn, job.sql, target.key_type)
+        elif job.sql_approved is not None:
+            approved = approved_sql.find(conn, job.sql_approved)
             approved_sql.check(conn, approved, target.key_type)
             p.update(sql_approved=approved.name, sql_sha256=approved.sha256)  # the job runs this version
         else:
-            resolved = handlers.resolve(p["handler"])
-            if resolved.handler is not None and not p.get("writes"):
-                p["writes"] = list(getattr(resolved.handler, "writes", []))
+            resolved = handlers.resolve(job.handler)
+            if resolved.handler is not None and not job.writes:
+                p["writes"] = list(resolved.handler.writes)
         # tables the job writes (for the autovacuum gate), checked against the catalog like any name
-        p["writes"] = [identifiers.table(conn, w, what="written table").name for w in p.get("writes", [])]
-        where = filters.compile_filters(conn, target.source, p.get("where") or [])
+        p["writes"] = [identifiers.table(conn, w, what="written table").name for w in p["writes"]]
+        where = filters.compile_filters(conn, target.source, list(job.where))
         total = estimate(conn, target, lo, hi, where)
-        cuts = cut_points(conn, target, lo, hi, p["concurrency"], total)
-        bounds = [lo, *cuts, hi]
-        slices = [SlicePlan(keys.before(a), b) for a, b in itertools.pairwise(bounds)]
+        cuts = cut_points(conn, target, lo, hi, job.concurrency, total)
+        slices = [SlicePlan(keys.before(a), b) for a, b in itertools.pairwise([lo, *cuts, hi])]
         p.update(source=target.source.name, key=target.key.ident.name, item_key=target.item_key,
                  **{"from": keys.encode(lo), "to": keys.encode(hi)})
-        return Plan(params=p, owner=p["owner"], key_type=target.key_type, from_key=lo, to_key=hi,
-                    batch_size=p["batch_size"], concurrency=p["concurrency"], slices=slices,
-                    total_estimate=total)
+        return Plan(params=p, owner=job.owner, key_type=target.key_type, from_key=lo, to_key=hi,
+                    batch_size=job.batch_size, concurrency=job.concurrency, slices=slices, total_estimate=total)
 
     # -- one batch -------------------------------------------------------------
 
-    def process(self, conn: Connection, ctx: BatchContext, cursor: keys.Key, end: keys.Key) -> BatchResult:
-        p = ctx.params
-        target = self._target(conn, p["source"], p["key"])
-        idents = {"source": target.source, "key": target.key.ident}
-        where = self._where(conn, target, p)
-        b = conn.execute(where.into(BOUNDS, **idents),
-                         {"lo": cursor, "end": end, "n": ctx.batch_size, **where.params}).one()
+    def next_keys(self, conn: Connection, ctx: BatchContext, after: keys.Key, end: keys.Key,
+                  limit: int) -> NextKeys | None:
+        """A keyset page on the key column: its ``limit``-th key, and every row that ties with it."""
+        target = self._target(conn, ctx.params["source"], ctx.params["key"])
+        where = self._where(conn, target, ctx.params)
+        b = conn.execute(where.into(SQL["next_keys"], source=target.source, key=target.key.ident),
+                         {"lo": after, "end": end, "n": limit, **where.params}).one()
         if b.n == 0:
-            return BatchResult(checkpoint=keys.before(end), processed=0, exhausted=True)
-        last = b.n < ctx.batch_size  # fewer rows than asked: nothing is left before `end`
-        hi = keys.before(end) if last else keys.from_db(b.hi)
+            return None
+        return NextKeys(keys.from_db(b.hi), b.n, rows=b.n + b.ties_all - b.ties_seen)
+
+    def process_range(self, conn: Connection, ctx: BatchContext, batch: KeyRange) -> BatchResult:
+        """The job's own statement on ``(lo, hi]`` (one INSERT ... SELECT), or its handler on the range's rows."""
+        p = ctx.params
         if "sql" in p or "sql_sha256" in p:
-            trust.run_own_sql(conn, own_statement(conn, ctx, p), {"lo": cursor, "hi": hi})
-            return BatchResult(checkpoint=hi, processed=b.n + b.ties_all - b.ties_seen, exhausted=last)
-        rows = conn.execute(where.into(ROWS, **idents), {"lo": cursor, "hi": hi, **where.params}).mappings().all()
+            trust.run_own_sql(conn, own_statement(conn, ctx, p), {"lo": batch.lo, "hi": batch.hi})
+            return BatchResult(processed=batch.rows or 0)
+        target = self._target(conn, p["source"], p["key"])
+        where = self._where(conn, target, p)
+        rows = conn.execute(where.into(ROWS, source=target.source, key=target.key.ident),
+                            {"lo": batch.lo, "hi": batch.hi, **where.params}).mappings().all()
         errors = handlers.run(conn, handlers.resolve(p["handler"]), rows, p["item_key"])
-        return BatchResult(checkpoint=hi, processed=len(rows), exhausted=last, errors=errors)
-
-
-def normalize(payload: Any) -> dict[str, Any]:
-    """The payload with defaults applied and every field type-checked; raises InvalidInput."""
-    if not isinstance(payload, dict):
-        raise InvalidInput(f"payload must be a JSON object, got {type(payload).__name__}")
-    p = dict(payload)
-    # the runbook's spelling: from_<key> / to_<key>
-    for field in list(p):
-        for end in ("from", "to"):
-            if field.startswith(end + "_") and field != end:
-                column = field[len(end) + 1:]
-                if p.setdefault("key", column) != column:
-                    raise InvalidInput(f"{quote(field)} does not match key {quote(p['key'])}")
-                if end in p:
-                    raise InvalidInput(f"give {end!r} or {quote(field)}, not both")
-                p[end] = p.pop(field)
-    unknown = sorted(set(p) - KNOWN_FIELDS)
-    if unknown:
-        raise InvalidInput(f"unknown payload field(s): {shorten(', '.join(unknown))};"
-                           f" known: {', '.join(sorted(KNOWN_FIELDS))}")
-    given = [f for f in ("handler", "sql", "sql_approved") if f in p]
-    if len(given) > 1:
-        raise InvalidInput(f"give one of handler, sql or sql_approved, not {' and '.join(given)}")
-    own_sql = "sql" in p or "sql_approved" in p
-    if "sql_approved" in p:
-        p["sql_approved"] = approved_sql.check_ref(p["sql_approved"])
-    if "where" in p:
-        p["where"] = filters.normalize(p["where"])
-        if p["where"] and own_sql:
-            raise InvalidInput("where works with Python handlers only: a SQL handler's statement sees only :lo and"
-                               " :hi, so put the condition in the statement itself")
-    if not own_sql:
-        p.setdefault("handler", handlers.default_handler())
-        if not isinstance(p["handler"], str) or len(p["handler"]) > 300:
-            raise InvalidInput("handler must be a name or module:function of at most 300 characters,"
-                               f" got {quote(p['handler'], 60)}")
-    # source and key default to those of the named handler, else of the deployment's default handler
-    for name in (p.get("handler"), handlers.default_handler()):
-        declared = handlers.registered().get(name) if isinstance(name, str) else None
-        if declared is not None:
-            if declared.source:
-                p.setdefault("source", declared.source)
-            if declared.key:
-                p.setdefault("key", declared.key)
-    for field in ("source", "key", "from", "to"):
-        if p.get(field) in (None, ""):
-            raise InvalidInput(f"payload is missing {field!r}")
-    knobs.check_payload(p, NAME, default_batch=500)
-    writes = p.get("writes", [])
-    if not isinstance(writes, list) or not all(isinstance(w, str) for w in writes):
-        raise InvalidInput("writes must be a list of table names")
-    p["owner"] = checks.owner(p.get("owner", "unknown"))
-    return p
-
-
+        return BatchResult(processed=len(rows), errors=errors)
 
 
 def resolve_target(conn: Connection, source: Any, key: Any) -> Target:
@@ -238,10 +256,10 @@ def estimate(conn: Connection, target: Target, lo: keys.Key, hi: keys.Key,
              where: filters.Compiled = filters.NONE) -> int:
     idents = {"source": target.source, "key": target.key.ident}
     bound = {"lo": lo, "hi": hi, **where.params}
-    plan = conn.execute(where.into(ESTIMATE, **idents), bound).scalar_one()
+    plan = conn.execute(where.into(SQL["estimate"], **idents), bound).scalar_one()
     rows = int(plan[0]["Plan"]["Plan Rows"])
     if rows < EXACT_COUNT_BELOW:
-        rows = int(conn.execute(where.into(COUNT, **idents), bound).scalar_one())
+        rows = int(conn.execute(where.into(SQL["count"], **idents), bound).scalar_one())
     return rows
 
 
@@ -252,7 +270,7 @@ def cut_points(conn: Connection, target: Target, lo: keys.Key, hi: keys.Key, par
     percent = 100.0 if total <= SAMPLE_ROWS else max(0.01, 100.0 * SAMPLE_ROWS / total)
     fractions = [i / parts for i in range(1, parts)]
     found = conn.execute(
-        render(QUANTILES, source=target.source, key=target.key.ident),
+        render(SQL["quantiles"], source=target.source, key=target.key.ident),
         {"fractions": fractions, "percent": percent, "lo": lo, "hi": hi},
     ).scalar_one()
     cuts: list[keys.Key] = []

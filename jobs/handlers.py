@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import Connection
 
@@ -51,12 +51,22 @@ log = logging.getLogger(__name__)
 SAMPLE_CHARS = 1000
 
 
+class BadItem(ValueError):
+    """Raise it (or a subclass) for an item that cannot be processed: the item goes to ``etl_errors``
+    under ``error_type`` (the class name when it sets none) and the batch goes on. Any other exception
+    of a row does the same under its class name."""
+
+    error_type: ClassVar[str] = ""
+
+
 class ItemHandler:
     """Subclass and set ``name``; optionally the default ``source`` and ``key``."""
 
     name: str = ""
     source: str | None = None
     key: str | None = None
+    # the tables ``write`` writes: a job that names none holds while autovacuum works on these (its gate)
+    writes: Sequence[str] = ()
     # for `tidegate verify`: the derived table and its unique key, e.g.
     # {"table": "user_troops", "key": ["user_id", "troop_id"]}; check_row recomputes one source row
     derived: dict[str, Any] | None = None
@@ -222,5 +232,5 @@ def run(
 
 
 def _item_error(row: Mapping[str, Any], key_columns: Sequence[str], err: Exception) -> ItemError:
-    error_type = getattr(err, "error_type", None) or type(err).__name__
+    error_type = (err.error_type if isinstance(err, BadItem) else "") or type(err).__name__
     return ItemError(item_key(row, key_columns), error_type, error_text(err, with_class=False), sample(row))

@@ -105,7 +105,7 @@ def verify(conn: Connection, job_id: str, sample: int = 50) -> Report:
 
     resolved = handlers.resolve(p["handler"]) if "handler" in p else None
     handler = resolved.handler if resolved is not None else None
-    spec = getattr(handler, "derived", None)
+    spec = handler.derived if handler is not None else None
     if spec is None:
         report.add("derived keys unique", True, "the handler declares no derived table: not checked")
         report.add("sample recomputed", True, "the handler declares no derived table: not checked")

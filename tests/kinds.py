@@ -6,10 +6,10 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from tidegate.worker.kinds import OneShot
+from tidegate.worker.kinds import OneShotKind
 
 
-class Stamp(OneShot):
+class Stamp(OneShotKind):
     """Writes its payload's ``n`` into ``stamps``; ``n`` < 0 fails."""
 
     name = "stamp"
@@ -20,7 +20,7 @@ class Stamp(OneShot):
             raise ValueError(f"negative stamp {payload['n']}")
 
 
-class Quit(OneShot):
+class Quit(OneShotKind):
     """A one-shot job whose code calls sys.exit (tests/test_isolation.py): it must cost only itself."""
 
     name = "quit"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -63,9 +64,10 @@ def test_importing_tidegate_loads_nothing_heavy():
 
 @pytest.mark.slow
 def test_wheel_installs_one_namespace_beside_an_apps_own_jobs_and_worker(tmp_path: Path, empty_db: str):
-    dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist),
-                    str(ROOT)], check=True, capture_output=True, text=True)
+    dist, source = tmp_path / "dist", tmp_path / "source"  # setuptools builds in the source tree: a copy's
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "__pycache__", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(source)],
+                   check=True, capture_output=True, text=True)
     (wheel,) = dist.glob("tidegate-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"tidegate", wheel.name.split("-py")[0] + ".dist-info"}

@@ -29,22 +29,27 @@ class Crash(BaseException):
     """Escapes run_batch's error handling, like a process dying mid-batch."""
 
 
-class CrashingKind:
+class CrashingKind(kinds.RangeKind):
     """backfill_range that crashes at chosen batch numbers (counted across workers)."""
 
     name = "crashing_range"
 
     def __init__(self) -> None:
-        self.inner = kinds.kinds()["backfill_range"]
+        inner = kinds.kinds()["backfill_range"]
+        assert isinstance(inner, kinds.RangeKind)
+        self.inner = inner
         self.crash_at: set[int] = set()
         self.batches = 0
 
     def plan(self, conn, payload):  # type: ignore[no-untyped-def]
         return self.inner.plan(conn, payload)
 
-    def process(self, conn, ctx, cursor, end):  # type: ignore[no-untyped-def]
+    def next_keys(self, conn, ctx, after, end, limit):  # type: ignore[no-untyped-def]
+        return self.inner.next_keys(conn, ctx, after, end, limit)
+
+    def process_range(self, conn, ctx, batch):  # type: ignore[no-untyped-def]
         self.batches += 1
-        result = self.inner.process(conn, ctx, cursor, end)
+        result = self.inner.process_range(conn, ctx, batch)
         if self.batches in self.crash_at:
             raise Crash  # after the handler wrote: the rollback must undo it
         return result

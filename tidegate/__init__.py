@@ -20,23 +20,30 @@ _EXPORTS = {
     "ItemHandler": "tidegate.jobs.handlers",
     "register": "tidegate.jobs.handlers",
     "RowFunction": "tidegate.jobs.handlers",
+    "BadItem": "tidegate.jobs.handlers",
     # errors a handler or kind raises
     "InvalidInput": "tidegate.worker.errors",
-    # job kinds: what a kind receives and returns
-    "BatchContext": "tidegate.worker.kinds",
-    "BatchResult": "tidegate.worker.kinds",
-    "ItemError": "tidegate.worker.kinds",
+    # job kinds: the base classes, what a kind receives and returns
+    "JobKind": "tidegate.worker.kinds",
+    "RangeKind": "tidegate.worker.kinds",
+    "OneShotKind": "tidegate.worker.kinds",
+    "Payload": "tidegate.worker.kinds",
     "Plan": "tidegate.worker.kinds",
     "SlicePlan": "tidegate.worker.kinds",
-    "JobKind": "tidegate.worker.kinds",
-    "OneShotKind": "tidegate.worker.kinds",
+    "BatchContext": "tidegate.worker.kinds",
+    "NextKeys": "tidegate.worker.kinds",
+    "KeyRange": "tidegate.worker.kinds",
+    "BatchResult": "tidegate.worker.kinds",
+    "ItemError": "tidegate.worker.kinds",
+    "dense_keys": "tidegate.worker.kinds",
     "register_kind": "tidegate.worker.kinds",
 }
 _RENAMED = {"register_kind": "register"}
 
 __all__ = [  # the same names as _EXPORTS (tests/test_api.py checks), written out for readers and linters
-    "BatchContext", "BatchResult", "InvalidInput", "ItemError", "ItemHandler", "JobKind", "OneShotKind", "Plan",
-    "RowFunction", "SlicePlan", "__version__", "register", "register_kind",
+    "BadItem", "BatchContext", "BatchResult", "InvalidInput", "ItemError", "ItemHandler", "JobKind", "KeyRange",
+    "NextKeys", "OneShotKind", "Payload", "Plan", "RangeKind", "RowFunction", "SlicePlan", "__version__",
+    "dense_keys", "register", "register_kind",
 ]
 
 
@@ -54,7 +61,20 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from tidegate.jobs.handlers import ItemHandler, RowFunction, register
+    from tidegate.jobs.handlers import BadItem, ItemHandler, RowFunction, register
     from tidegate.worker.errors import InvalidInput
-    from tidegate.worker.kinds import BatchContext, BatchResult, ItemError, JobKind, OneShotKind, Plan, SlicePlan
+    from tidegate.worker.kinds import (
+        BatchContext,
+        BatchResult,
+        ItemError,
+        JobKind,
+        KeyRange,
+        NextKeys,
+        OneShotKind,
+        Payload,
+        Plan,
+        RangeKind,
+        SlicePlan,
+        dense_keys,
+    )
     from tidegate.worker.kinds import register as register_kind

@@ -23,6 +23,8 @@ def validate(engine: Engine, job_type: str, payload: dict[str, Any]) -> Plan:
     kind = kinds.kinds().get(job_type)
     if kind is None:
         raise InvalidInput(f"unknown job type {quote(job_type)}; known: {', '.join(sorted(kinds.kinds()))}")
+    if not isinstance(kind, kinds.RangeKind):
+        raise InvalidInput(f"{quote(job_type)} is a one-shot kind: it has no plan to validate")
     with engine.connect() as conn:
         try:
             return kind.plan(conn, payload)

@@ -1,6 +1,6 @@
 """Health gates: checked between batches; while one holds, the job waits (it is not failed).
 
-A gate is a small object: ``check(conn, written_tables) -> Verdict`` returning go, hold (with a
+A gate is a small object: ``check(conn, written_tables) -> Verdict`` whose ``GateState`` is go, hold (with a
 reason) or unknown (it could not tell, e.g. no privilege to read pg_stat_replication: unknown
 never holds). The pool builds its gates from `tidegate worker --gate-*` options; add your own by
 passing more objects to :class:`Gates`.
@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from sqlalchemy import Connection, Engine, text
@@ -24,13 +25,19 @@ from tidegate.worker.states import ACTIVE
 log = logging.getLogger("tidegate.worker.runner")
 
 
+class GateState(StrEnum):
+    GO = "go"  # the job may run its next batch
+    HOLD = "hold"  # the job waits (not failed) while the condition lasts; the reason says why
+    UNKNOWN = "unknown"  # the gate could not tell (no privilege to look): never holds
+
+
 @dataclass(frozen=True)
 class Verdict:
-    state: str  # "go" | "hold" | "unknown"
+    state: GateState
     reason: str = ""
 
 
-GO = Verdict("go")
+GO = Verdict(GateState.GO)
 
 
 class Gate(Protocol):
@@ -51,7 +58,7 @@ class Connections:
             "SELECT count(*), current_setting('max_connections')::int FROM pg_stat_activity"
             " WHERE backend_type = 'client backend'")).one()
         if used >= self.share * limit:
-            return Verdict("hold", f"{used} of {limit} connections in use (hold at {self.share:.0%})")
+            return Verdict(GateState.HOLD, f"{used} of {limit} connections in use (hold at {self.share:.0%})")
         return GO
 
 
@@ -73,7 +80,7 @@ class LongTransactions:
             " AND application_name NOT LIKE 'tidegate%' AND now() - xact_start > make_interval(secs => :s)"
             " ORDER BY xact_start LIMIT 1"), {"s": self.seconds}).first()
         if row is not None:
-            return Verdict("hold", f"transaction of pid {row.pid} open for {row.age:.0f}s"
+            return Verdict(GateState.HOLD, f"transaction of pid {row.pid} open for {row.age:.0f}s"
                                    f" (hold over {self.seconds:.0f}s)")
         return GO
 
@@ -113,11 +120,11 @@ class ReplicationLag:
             with conn.begin_nested():
                 row = self.worst(conn)
         except DBAPIError:
-            return Verdict("unknown", "cannot read pg_stat_replication")
+            return Verdict(GateState.UNKNOWN, "cannot read pg_stat_replication")
         if row is not None and row.hidden:
-            return Verdict("unknown", "cannot see the replicas' progress (needs pg_read_all_stats)")
+            return Verdict(GateState.UNKNOWN, "cannot see the replicas' progress (needs pg_read_all_stats)")
         if row is not None and row.lag is not None and row.lag > self.seconds:
-            return Verdict("hold", f"replica {row.replica} is {row.lag:.0f}s behind ({row.bytes or 0} bytes"
+            return Verdict(GateState.HOLD, f"replica {row.replica} is {row.lag:.0f}s behind ({row.bytes or 0} bytes"
                                    f" not replayed; hold over {self.seconds:.0f}s)")
         return GO
 
@@ -136,7 +143,7 @@ class Autovacuum:
             " WHERE p.datname = current_database() AND p.relid = ANY(CAST(:tables AS regclass[])) LIMIT 1"),
             {"tables": written}).first()
         if row is not None:
-            return Verdict("hold", f"vacuum running on {row.rel}")
+            return Verdict(GateState.HOLD, f"vacuum running on {row.rel}")
         return GO
 
 
@@ -163,7 +170,7 @@ class Gates:
         result = None
         for gate in self.gates:
             verdict = gate.check(conn, written)
-            if verdict.state == "hold":
+            if verdict.state == GateState.HOLD:  # a gate of its own may still say "hold"
                 result = (gate.name, verdict.reason)
                 break
         self._last[job_id] = (now, result)

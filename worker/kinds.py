@@ -1,13 +1,22 @@
 """What the runtime needs from a job kind, and how kinds are found.
 
-A job kind is a small object: it validates a payload and plans slices, and it
-processes one batch inside a transaction the runtime gives it. It never
-claims, commits, sleeps or signals: that is the runtime's business.
+A job kind is a small object of one of two shapes, each a base class here with every hook
+declared and its default, so the runtime calls methods and never looks a hook up:
 
-Kinds (and the CLI commands that go with them) come from the
-``tidegate.plugins`` entry point; a plugin module exposes ``KINDS`` (a list of
-:class:`JobKind`) and ``COMMANDS`` (click commands). Tests and benchmarks may
-call :func:`register` for extra kinds (the benchmark's ``noop``).
+* :class:`RangeKind`: a long job over a key range. ``plan`` validates the payload and cuts the
+  range into slices; then, batch after batch, ``next_keys`` reads how far the next batch reaches
+  after the slice's cursor and ``process_range`` processes the keys of that bounded range, in a
+  transaction the runtime gives it. The runtime owns the cursor, the slice's end, the batch size
+  and the checkpoint: it decides where a batch ends and when a slice is exhausted (like
+  job-iteration's ``build_enumerator`` and ``each_iteration``).
+* :class:`OneShotKind`: a small job that ``run`` does whole in one transaction, no slices.
+
+A kind never claims, commits, sleeps or signals: that is the runtime's business. Its payload is
+a :class:`Payload`, a frozen dataclass parsed once from the job's JSON with its validation.
+
+Kinds (and the CLI commands that go with them) come from the ``tidegate.plugins`` entry point;
+a plugin module exposes ``KINDS`` (a list of kinds) and ``COMMANDS`` (click commands). Tests and
+benchmarks may call :func:`register` for extra kinds (the benchmark's ``noop``).
 """
 
 from __future__ import annotations
@@ -17,12 +26,14 @@ import importlib
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import Any, ClassVar, Self
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
+from tidegate.worker.errors import InvalidInput, shorten
 from tidegate.worker.keys import Key, KeyType
 
 log = logging.getLogger(__name__)
@@ -57,42 +68,146 @@ class ItemError:
     sample: str | None = None
 
 
-@dataclass
-class BatchResult:
-    """What one batch did. ``checkpoint`` is the new exclusive cursor."""
-
-    checkpoint: Key
-    processed: int
-    exhausted: bool
-    errors: list[ItemError] = field(default_factory=list)
-
-
 @dataclass(frozen=True)
 class BatchContext:
+    """The job a batch belongs to: what ``next_keys`` and ``process_range`` are told besides the keys."""
+
     job_id: str
     slice_no: int
-    params: dict[str, Any]
+    params: dict[str, Any]  # the job's params, as its plan wrote them
     key_type: KeyType
-    batch_size: int
     enqueued_by: str | None = None  # the login that queued the job (its own SQL runs on its rights)
 
 
-class JobKind(Protocol):
-    name: str
+@dataclass(frozen=True)
+class NextKeys:
+    """How far the next batch reaches: ``count`` keys read after the cursor (at most the limit asked),
+    the greatest of them ``last``. ``rows``: the rows keyed in ``(cursor, last]`` when the read knows
+    it (rows that tie with ``last`` beyond the limit included: they fall in the same batch)."""
+
+    last: Key
+    count: int
+    rows: int | None = None
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """The bounded range one batch processes: every key in ``(lo, hi]``. ``rows`` is what
+    :meth:`RangeKind.next_keys` said the range holds, if it knew."""
+
+    lo: Key
+    hi: Key
+    rows: int | None = None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a kind's ``process_range`` did: the items it processed and those that failed (the batch goes on)."""
+
+    processed: int
+    errors: list[ItemError] = field(default_factory=list)
+
+
+def dense_keys(after: int, end: int, limit: int) -> NextKeys | None:
+    """``next_keys`` for keys that are the integers themselves, one item each (a snapshot numbered
+    1..N): the next ``limit`` keys after ``after`` and below ``end``, read without a query."""
+    last = min(after + limit, end - 1)
+    return NextKeys(last, last - after, rows=last - after) if last > after else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Payload:
+    """Base of a kind's typed payload: a frozen dataclass built once, by ``parse``, from the job's
+    JSON with every field checked (``InvalidInput`` names the field). ``FIELDS``: the JSON fields
+    a payload may give; ``params`` is what the plan stores (JSON again)."""
+
+    FIELDS: ClassVar[frozenset[str]] = frozenset()
+
+    owner: str
+    batch_size: int
+    concurrency: int
+    knobs: Mapping[str, Any] = field(default_factory=dict)  # the pace knobs given: the job's knob columns
+
+    @classmethod
+    def parse(cls, raw: Any) -> Self:
+        raise NotImplementedError
+
+    @classmethod
+    def json_object(cls, raw: Any) -> dict[str, Any]:
+        """``raw`` as a dict of known fields (a copy), or InvalidInput."""
+        if not isinstance(raw, dict):
+            raise InvalidInput(f"payload must be a JSON object, got {type(raw).__name__}")
+        unknown = sorted(set(raw) - cls.FIELDS)
+        if unknown:
+            raise InvalidInput(f"unknown payload field(s): {shorten(', '.join(unknown))};"
+                               f" known: {', '.join(sorted(cls.FIELDS))}")
+        return dict(raw)
+
+    def params(self) -> dict[str, Any]:
+        """The payload as the job's params (JSON): every field given, the knobs flat beside them."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "knobs"}
+        return {k: v for k, v in out.items() if v is not None} | dict(self.knobs)
+
+
+class JobKind:
+    """What every kind declares. Subclass :class:`RangeKind` or :class:`OneShotKind`, not this."""
+
+    name: str = ""
+    aliases: tuple[str, ...] = ()  # other names the CLI and the admin API accept (``archive``)
+    one_shot: ClassVar[bool] = False
+
+    def details(self, conn: Connection, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Facts of its own `tidegate status` adds to these jobs ({job_id: {fact: number}}): none by default."""
+        return {}
+
+
+class RangeKind(JobKind):
+    """A job over a key range, in slices and batches: subclass, set ``name`` and write ``plan``,
+    ``next_keys`` and ``process_range``.
+
+    Each batch is one transaction: the runtime asks ``next_keys`` how far the next batch reaches
+    (at most ``limit`` keys after the cursor, below the slice's end), then ``process_range`` for
+    the keys of ``(lo, hi]``, then records the checkpoint ``hi`` with the batch's work. When the
+    read comes back short, ``hi`` is the slice's last key and the slice is done. A kind that must
+    process a range in one statement (an INSERT ... SELECT) runs it in ``process_range``: the two
+    calls are two statements per batch, no more."""
 
     def plan(self, conn: Connection, payload: Any) -> Plan:
-        """Validate ``payload`` (raise InvalidInput with a clear message) and plan slices."""
-        ...
+        """Validate the raw ``payload`` (raise InvalidInput with a clear message) and plan slices."""
+        raise NotImplementedError
 
-    def process(self, conn: Connection, ctx: BatchContext, cursor: Key, end: Key) -> BatchResult:
-        """Process the next batch after ``cursor`` (exclusive), below ``end`` (exclusive)."""
-        ...
+    def next_keys(self, conn: Connection, ctx: BatchContext, after: Key, end: Key, limit: int) -> NextKeys | None:
+        """The next batch's reach: up to ``limit`` keys after ``after`` (exclusive), below ``end``
+        (exclusive); None (or a count of 0) when no key is left. :func:`dense_keys` for numbered keys."""
+        raise NotImplementedError
 
-    # Optional: ``summary(engine, job_id) -> dict`` — what the runner logs when the job ends
-    # (archive-range: attempted, archived, skipped, failed, elapsed, candidates left).
+    def process_range(self, conn: Connection, ctx: BatchContext, batch: KeyRange) -> BatchResult:
+        """Process every key in ``(batch.lo, batch.hi]`` in the transaction given; failed items in the result."""
+        raise NotImplementedError
+
+    def summary(self, engine: Engine, job_id: str) -> dict[str, Any] | None:
+        """What the runner logs when the job ends (archive-range: attempted, archived, skipped...): none by default."""
+        return None
 
 
-_registry: dict[str, JobKind] = {}
+class OneShotKind(JobKind):
+    """A small job that needs no slices or checkpoints: subclass, set ``name`` and write ``run``.
+
+    The runner claims such jobs in handfuls, marked done by the claim itself, and runs them in that
+    one transaction, so the queue's own overhead stays small (the noop benchmark measures it) and a
+    job's mark commits with its effects. If any job of a handful raises, the whole transaction rolls
+    back and the next handfuls run each job in its own savepoint, so ``run`` may run more than once
+    for one job: effects outside the database must be idempotent."""
+
+    one_shot: ClassVar[bool] = True
+
+    def run(self, conn: Connection, payload: Any) -> None:
+        raise NotImplementedError
+
+
+Kind = RangeKind | OneShotKind
+
+_registry: dict[str, Kind] = {}
 _loaded = False
 
 # The modules whose handlers a payload may name, besides the ``tidegate.handlers`` entry points: set by the
@@ -101,39 +216,10 @@ HANDLERS_ENV = "TIDEGATE_HANDLERS"
 MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
-def register(kind: JobKind) -> None:
+def register(kind: Kind) -> None:
+    if not isinstance(kind, RangeKind | OneShotKind):
+        raise TypeError(f"a job kind subclasses RangeKind or OneShotKind, got {type(kind).__name__}")
     _registry[kind.name] = kind
-
-
-class OneShotKind(Protocol):
-    """A small job that needs no slices or checkpoints: ``run`` does it all in the transaction given.
-
-    The runner claims such jobs in handfuls, marked done by the claim itself, and runs them in that
-    one transaction, so the queue's own overhead stays small (the noop benchmark measures it) and a
-    job's mark commits with its effects. If any job of a handful raises, the whole transaction rolls
-    back and the next handfuls run each job in its own savepoint, so ``run`` may run more than once
-    for one job: effects outside the database must be idempotent."""
-
-    name: str
-    one_shot: bool  # True
-
-    def run(self, conn: Connection, payload: Any) -> None: ...
-
-
-class OneShot:
-    """Base for one-shot kinds: subclass, set ``name`` and write ``run``."""
-
-    name: str
-    one_shot = True
-
-    def plan(self, conn: Connection, payload: Any) -> Any:  # never called for one-shot kinds
-        raise NotImplementedError
-
-    def process(self, *args: Any) -> Any:
-        raise NotImplementedError
-
-    def run(self, conn: Connection, payload: Any) -> None:
-        raise NotImplementedError
 
 
 def _load_plugins() -> list[Any]:
@@ -151,20 +237,24 @@ def _load_plugins() -> list[Any]:
     return modules
 
 
-def kinds() -> dict[str, JobKind]:
+def kinds() -> dict[str, Kind]:
     global _loaded
     if not _loaded:
         for module in _load_plugins():
             for kind in getattr(module, "KINDS", []):
-                _registry.setdefault(kind.name, kind)
+                if isinstance(kind, RangeKind | OneShotKind):
+                    _registry.setdefault(kind.name, kind)
+                else:
+                    log.error("tidegate plugin %s: %r is not a RangeKind or a OneShotKind; skipped",
+                              module.__name__, kind)
         _loaded = True
     return _registry
 
 
-def by_alias(name: str) -> JobKind | None:
+def by_alias(name: str) -> Kind | None:
     """A kind by its name, with dashes for underscores, or one of its ``aliases``."""
     for kind in kinds().values():
-        if name.replace("-", "_") == kind.name or name in getattr(kind, "aliases", ()):
+        if name.replace("-", "_") == kind.name or name in kind.aliases:
             return kind
     return None
 

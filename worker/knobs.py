@@ -117,6 +117,12 @@ def check_payload(p: dict[str, Any], kind: str, *, default_batch: int) -> None:
         raise InvalidInput("min_batch_size must not exceed max_batch_size")
 
 
+def pace(p: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The pace and canary knobs a checked payload ``p`` gives (all but ``batch_size`` and ``concurrency``,
+    which every job has): what the job's typed payload keeps as its ``knobs``."""
+    return {k.name: p[k.name] for k in for_kind(kind) if k.name in p and k.name not in ("batch_size", "concurrency")}
+
+
 def column_values(params: dict[str, Any], knobs: Iterable[Knob]) -> dict[str, Any]:
     """The knobs' columns as a validated payload (``params``) fills them: absent or null is the default."""
     return {k.name: k.default if params.get(k.name) is None else params[k.name] for k in knobs}

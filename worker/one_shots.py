@@ -1,4 +1,4 @@
-"""Small jobs (kinds with ``one_shot``): claimed by the handful, run in one transaction.
+"""Small jobs (:class:`OneShotKind`): claimed by the handful, run in one transaction.
 
 The claim marks them done in the same statement (worker/sql/queries.sql: claim_one_shots), so a
 job's mark commits with its effects or not at all. A handful runs without savepoints; if a job
@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine
 
 from tidegate.worker import metrics, store
 from tidegate.worker.db import first_line, is_outage
 from tidegate.worker.errors import InvalidInput
+from tidegate.worker.kinds import OneShotKind
 from tidegate.worker.redact import error_text
 
 if TYPE_CHECKING:
@@ -31,10 +32,10 @@ log = logging.getLogger(__name__)
 
 
 class OneShots:
-    def __init__(self, engine: Engine, kinds: dict[str, Any], names: list[str], config: WorkerConfig) -> None:
+    def __init__(self, engine: Engine, kinds: dict[str, OneShotKind], config: WorkerConfig) -> None:
         self.engine = engine
         self.kinds = kinds
-        self.names = names
+        self.names = sorted(kinds)
         self.config = config
         self.flowing = False  # the last claim found jobs: more are likely waiting
         self.careful = False  # a handful rolled back: run the next ones in savepoints
@@ -56,7 +57,7 @@ class OneShots:
                     failed = self._one_by_one(conn, jobs)
                 else:
                     for job in jobs:
-                        self.kinds[job.type].run(conn, job.payload())  # type: ignore[attr-defined]
+                        self.kinds[job.type].run(conn, job.payload())
                     failed = set()
         except BaseException as err:  # noqa: B036 - a job's fault, even SystemExit from its code
             if is_outage(err):
@@ -84,7 +85,7 @@ class OneShots:
             self._running = job
             try:
                 with conn.begin_nested():
-                    self.kinds[job.type].run(conn, job.payload())  # type: ignore[attr-defined]
+                    self.kinds[job.type].run(conn, job.payload())
             except BaseException as err:  # noqa: B036
                 if is_outage(err):
                     raise

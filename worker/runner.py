@@ -2,16 +2,21 @@
 
 The batch protocol (the heart of tidegate), one transaction per batch:
 
-1. ``begin_batch`` locks this worker's slice row (``FOR NO KEY UPDATE``) and
-   re-reads the job's status. No row means the lease was lost: another worker
-   owns the slice now, so stop touching it. A status other than pending or
-   running (a committed pause or cancel) means stop before doing any work.
-2. The job kind processes the keys after the slice's cursor (for an adaptive
-   job in time-boxed steps, all in this transaction: ``_steps``).
-3. ``record_batch`` writes failed items, advances the slice cursor and the
-   job's counters and watermark, and marks the job done after its last slice.
+1. ``_begin``: ``begin_batch`` locks this worker's slice row (``FOR NO KEY
+   UPDATE``) and re-reads the job's status. No row means the lease was lost:
+   another worker owns the slice now, so stop touching it. A status other than
+   pending or running (a committed pause or cancel) means stop before doing
+   any work.
+2. ``_process``: the job kind reads how far the next keys after the slice's
+   cursor reach and processes that range (``one_step``: the runtime, not the
+   kind, decides the checkpoint and whether the slice is exhausted); an
+   adaptive job in time-boxed steps, all in this transaction (``_steps``).
+3. ``_record``: ``record_batch`` writes failed items, advances the slice cursor
+   and the job's counters and watermark, and marks the job done after its
+   last slice.
 4. Commit. Derived rows and checkpoint commit together: a crash anywhere
-   repeats nothing and loses nothing.
+   repeats nothing and loses nothing. Then ``_report`` and ``_pace``; a batch
+   that rolled back goes to ``_rolled_back``.
 
 The row lock of step 1 is also what makes takeover safe: a claim uses SKIP
 LOCKED, so a slice whose batch is in flight can never be taken, and a worker
@@ -27,7 +32,8 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from enum import StrEnum
 
 from sqlalchemy import Connection, Engine
 
@@ -49,6 +55,57 @@ log = logging.getLogger(__name__)
 # Errors that are the payload's (or a job row's) fault: the same input fails the same way again, so the
 # job fails at once with the reason instead of being retried as if the failure were transient.
 PAYLOAD_FAULTS = (InvalidInput, RecursionError, OverflowError, ValueError, TypeError, LookupError)
+
+
+class Outcome(StrEnum):
+    """What became of one batch (``Worker.run_batch``), and so what the slice's loop does next."""
+
+    MORE = "more"  # committed (or held by a gate, or shrunk after a timeout): run the slice's next batch
+    SLICE_DONE = "slice-done"  # committed, and the slice has no key left
+    STOPPED = "stopped"  # not ours any more (lease lost) or let go (paused, cancelled, canary, concurrency)
+    FAILED = "failed"  # rolled back and counted against the job: the slice waits for its retry
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one call of the kind (or an adaptive batch's steps together) did: the new exclusive cursor,
+    computed by the runtime, and whether the slice is exhausted."""
+
+    checkpoint: keys.Key
+    processed: int
+    exhausted: bool
+    errors: list[kinds.ItemError] = field(default_factory=list)
+
+
+def one_step(conn: Connection, kind: kinds.RangeKind, ctx: kinds.BatchContext, cursor: keys.Key,
+             end: keys.Key, limit: int) -> Step:
+    """Up to ``limit`` keys after ``cursor``, below ``end``: the kind reads how far they reach and
+    processes that range. A short read means nothing is left before ``end``, so the batch reaches to
+    the slice's last key and the slice is exhausted; so does a read whose last key is the slice's last."""
+    last_key = keys.before(end)
+    reach = kind.next_keys(conn, ctx, cursor, end, limit)
+    if reach is None or reach.count <= 0:
+        return Step(checkpoint=last_key, processed=0, exhausted=True)
+    exhausted = reach.count < limit or reach.last >= last_key  # type: ignore[operator]
+    hi = last_key if exhausted else reach.last
+    done = kind.process_range(conn, ctx, kinds.KeyRange(cursor, hi, reach.rows))
+    return Step(checkpoint=hi, processed=done.processed, exhausted=exhausted, errors=done.errors)
+
+
+@dataclass
+class InFlight:
+    """One batch while it runs: what its steps learn that the steps after them (or the rollback) need."""
+
+    job_id: str
+    slice_no: int
+    started: float
+    kind: str = "?"  # the job's kind, once begin_batch has read it
+    size: int = 0  # rows the batch may take (the job's batch size, capped by its canary limit)
+    box: throttle.TimeBox | None = None  # an adaptive batch's time box
+    cut: str | None = None  # the new half's start, when the slice was cut for an idle worker
+    next_size: int | None = None  # the batch size the slice's next batch starts from
+    work_done: float = 0.0  # when the kind's last step returned
+    elapsed: float = 0.0  # seconds from start to commit
 
 
 @dataclass
@@ -84,7 +141,8 @@ class Worker:
         self.kinds = kinds.kinds()
         wanted = set(config.types) or set(self.kinds)
         self.kind_names = sorted(wanted & set(self.kinds))
-        self.one_shot_names = [k for k in self.kind_names if getattr(self.kinds[k], "one_shot", False)]
+        one_shot_kinds = {n: k for n in self.kind_names if isinstance(k := self.kinds[n], kinds.OneShotKind)}
+        self.one_shot_names = sorted(one_shot_kinds)
         self.engine: Engine = make_engine(config.url, application_name=f"tidegate-worker {self.id}")
         self.watch = BatchWatch(self.engine, self.id, self.stop, stop_grace=config.stop_grace,
                                 max_deaths=config.max_worker_deaths, slot=slot,
@@ -92,7 +150,7 @@ class Worker:
         self._heartbeat = Heartbeat(self, config.lease_seconds, self.watch)
         self.batches_done = 0
         self.gates = Gates(config.gates)
-        self.one_shots = OneShots(self.engine, self.kinds, self.one_shot_names, config)
+        self.one_shots = OneShots(self.engine, one_shot_kinds, config)
         self._last_plan = 0.0
         self._tail_seconds = 0.0  # moving average of a batch's time after its last step
 
@@ -197,6 +255,8 @@ class Worker:
         kind = self.kinds.get(job.type)
         if kind is None:
             raise InvalidInput(f"unknown job type {job.type[:100]!r}; known types: {', '.join(sorted(self.kinds))}")
+        if not isinstance(kind, kinds.RangeKind):  # one-shot jobs are claimed whole, never planned
+            raise InvalidInput(f"job type {job.type!r} is a one-shot kind: it has no plan")
         with trust.planning_for(job.enqueued_by):  # the kind checks a job's own SQL against who queued it
             plan = kind.plan(conn, job.payload())
         store.store_plan(conn, job.id, job.type, plan)
@@ -217,7 +277,7 @@ class Worker:
         log.warning("job %s (%s): planning failed, will retry: %s", job.id, job.type, message, extra=ctx)
 
     def run_one_shots(self) -> bool:
-        """One handful of small jobs (kinds with ``one_shot``, worker/one_shots.py); False if none."""
+        """One handful of small jobs (one-shot kinds, worker/one_shots.py); False if none."""
         return self.one_shots.run()
 
     # -- slices and batches -------------------------------------------------
@@ -244,94 +304,126 @@ class Worker:
                 return True
             outcome = self.run_batch(job, n, takeover=bool(claimed.previous_owner) and batches == 0)
             batches += 1
-            if outcome != "more":
+            if outcome is not Outcome.MORE:
                 return True
 
-    def run_batch(self, job_id: str, slice_no: int, *, takeover: bool = False) -> str:
-        """One batch in one transaction. Returns "more", "slice-done", "stopped" or "failed"."""
+    def run_batch(self, job_id: str, slice_no: int, *, takeover: bool = False) -> Outcome:
+        """One batch in one transaction: the four steps of the module docstring."""
         if self.gates.wait_if_held(self.engine, job_id, self.stop):
-            return "more"  # the slice stays ours; try again after the gate's pause
-        started = time.monotonic()
-        kind_name = "?"
-        size, box, cut = 0, None, None
+            return Outcome.MORE  # the slice stays ours; try again after the gate's pause
+        batch = InFlight(job_id, slice_no, started=time.monotonic())
         try:
             with self.engine.begin() as conn:
-                state = store.begin_batch(conn, job_id, slice_no, self.id)
+                state = self._begin(conn, batch, takeover)  # 1. lock the slice, re-read the job
                 if state is None:
-                    log.warning("job %s slice %d: lease lost, another worker owns it now", job_id, slice_no,
-                                extra=job_ctx(job_id, slice_no))
-                    return "stopped"
-                kind_name = state.kind
-                if takeover:
-                    metrics.LEASE_TAKEOVERS.labels(kind_name).inc()
-                processed = state.processed_count
-                if state.knobs.row_limit is not None:  # canary batches of a job run one at a time
-                    processed = store.locked_processed_count(conn, job_id)
-                size = throttle.batch_size(state.knobs, state.batch_size_now, processed)
-                if state.status in ACTIVE and size <= 0:  # resumed with its canary limit still used up
-                    store.pause_self(conn, job_id, "canary limit reached")
-                if state.status not in ACTIVE or size <= 0 or state.over_concurrency:
-                    store.release_slice(conn, job_id, slice_no, self.id)
-                    why = "concurrency lowered" if state.status in ACTIVE and size > 0 else f"job is {state.status}"
-                    log.info("job %s slice %d: %s, letting go", job_id, slice_no, why,
-                             extra=job_ctx(job_id, slice_no, status=state.status))
-                    return "stopped"
-                self.watch.arm(job_id, slice_no, state.backend_pid, state.xact_start,
-                               deadline.seconds_for(self.config.batch_deadline, state.knobs.target_batch_seconds))
-                timeout = throttle.statement_timeout_ms(state.knobs)
-                if timeout:  # transaction-scoped, so it is safe behind PgBouncer
-                    conn.execute(store.q("local_statement_timeout"), {"ms": str(timeout)})
-                end_key = state.end_key
-                if state.short_of_slices:  # the new half waits, unowned, for an idle worker
-                    cut = store.cut_slice(conn, job_id, slice_no, state.key_type, state.checkpoint, end_key,
-                                          min_width=2 * size)
-                    end_key = cut or end_key
-                cursor = keys.decode(state.key_type, state.checkpoint)
-                end = keys.decode(state.key_type, end_key)
-                ctx = kinds.BatchContext(job_id, slice_no, state.params, state.key_type, size, state.enqueued_by)
-                kind = self.kinds[state.kind]
-                if state.knobs.target_batch_seconds:
-                    box = throttle.TimeBox(state.knobs, state.batch_size_now, size, self._tail_seconds)
-                    result = self._steps(conn, kind, ctx, box, cursor, end, started)
-                    next_size = box.estimate()
-                else:
-                    result = kind.process(conn, ctx, cursor, end)
-                    next_size = state.batch_size_now
-                work_done = time.monotonic()
-                job_done, paused = store.record_batch(
-                    conn, job_id, slice_no, self.id, state.key_type, result.checkpoint, result.processed,
-                    result.errors, result.exhausted, next_size,
-                )
+                    return Outcome.STOPPED  # lease lost, or let go (what it wrote commits)
+                step = self._process(conn, batch, state)  # 2. the kind's work
+                recorded = self._record(conn, batch, state, step)  # 3. failed items, checkpoint, counters
+            # 4. committed: the work and its checkpoint together
         except BaseException as err:  # noqa: B036 - the batch rolled back; its job pays, not the worker
-            stopped = self.watch.disarm()
-            if stopped is not None:  # the watch cancelled it (worker/deadline.py)
-                return self._stopped_by_watch(stopped, kind_name)
-            if is_outage(err):
-                raise  # not the batch's fault: no attempt is counted
-            # an adaptive step ran over its time: a quarter of its rows fit. (A fixed-size batch keeps
-            # its size: its timeout is the database's setting, a failed attempt like any other.)
-            if is_timeout(err) and box is not None and box.asked > 1:
-                self._shrink(job_id, slice_no, max(1, box.asked // 4))
-                return "more"
-            self._fail_attempt(job_id, slice_no, kind_name, err)
-            return "failed"
+            return self._rolled_back(batch, err)
         self.watch.disarm()
-        elapsed = time.monotonic() - started
-        if cut or result.exhausted:  # a new half to claim, or a slice (maybe a drain) done
+        batch.elapsed = time.monotonic() - batch.started
+        self._report(batch, state, step, recorded)
+        return self._pace(batch, state, step)
+
+    def _begin(self, conn: Connection, batch: InFlight, takeover: bool) -> store.BatchState | None:
+        """Step 1: lock this worker's slice and re-read its job; None (letting go, with the reason
+        recorded) if the lease is lost, the job is no longer active, its canary limit is used up or
+        its concurrency was lowered. Sets the batch's size."""
+        state = store.begin_batch(conn, batch.job_id, batch.slice_no, self.id)
+        job_id, slice_no = batch.job_id, batch.slice_no
+        if state is None:
+            log.warning("job %s slice %d: lease lost, another worker owns it now", job_id, slice_no,
+                        extra=job_ctx(job_id, slice_no))
+            return None
+        batch.kind = state.kind
+        if takeover:
+            metrics.LEASE_TAKEOVERS.labels(state.kind).inc()
+        processed = state.processed_count
+        if state.knobs.row_limit is not None:  # canary batches of a job run one at a time
+            processed = store.locked_processed_count(conn, job_id)
+        batch.size = throttle.batch_size(state.knobs, state.batch_size_now, processed)
+        if state.status in ACTIVE and batch.size <= 0:  # resumed with its canary limit still used up
+            store.pause_self(conn, job_id, "canary limit reached")
+        if state.status in ACTIVE and batch.size > 0 and not state.over_concurrency:
+            return state
+        store.release_slice(conn, job_id, slice_no, self.id)
+        why = "concurrency lowered" if state.status in ACTIVE and batch.size > 0 else f"job is {state.status}"
+        log.info("job %s slice %d: %s, letting go", job_id, slice_no, why,
+                 extra=job_ctx(job_id, slice_no, status=state.status))
+        return None
+
+    def _process(self, conn: Connection, batch: InFlight, state: store.BatchState) -> Step:
+        """Step 2: the kind processes the keys after the slice's cursor, under the watch's deadline and
+        the job's statement timeout; an adaptive job in time-boxed steps (``_steps``)."""
+        self.watch.arm(batch.job_id, batch.slice_no, state.backend_pid, state.xact_start,
+                       deadline.seconds_for(self.config.batch_deadline, state.knobs.target_batch_seconds))
+        timeout = throttle.statement_timeout_ms(state.knobs)
+        if timeout:  # transaction-scoped, so it is safe behind PgBouncer
+            conn.execute(store.q("local_statement_timeout"), {"ms": str(timeout)})
+        end_key = state.end_key
+        if state.short_of_slices:  # the new half waits, unowned, for an idle worker
+            batch.cut = store.cut_slice(conn, batch.job_id, batch.slice_no, state.key_type, state.checkpoint,
+                                        end_key, min_width=2 * batch.size)
+            end_key = batch.cut or end_key
+        cursor = keys.decode(state.key_type, state.checkpoint)
+        end = keys.decode(state.key_type, end_key)
+        ctx = kinds.BatchContext(batch.job_id, batch.slice_no, state.params, state.key_type, state.enqueued_by)
+        kind = self.kinds[state.kind]
+        assert isinstance(kind, kinds.RangeKind)  # claim_slice claims only range jobs
+        if state.knobs.target_batch_seconds:
+            batch.box = throttle.TimeBox(state.knobs, state.batch_size_now, batch.size, self._tail_seconds)
+            step = self._steps(conn, kind, ctx, batch.box, cursor, end, batch.started)
+            batch.next_size = batch.box.estimate()
+        else:
+            step = one_step(conn, kind, ctx, cursor, end, batch.size)
+            batch.next_size = state.batch_size_now
+        batch.work_done = time.monotonic()
+        return step
+
+    def _record(self, conn: Connection, batch: InFlight, state: store.BatchState, step: Step) -> store.Recorded:
+        """Step 3: failed items, the slice's cursor, the job's counters and watermark, and the job done
+        after its last slice, in the batch's transaction."""
+        return store.record_batch(conn, store.BatchRecord(
+            job_id=batch.job_id, slice_no=batch.slice_no, worker_id=self.id, key_type=state.key_type,
+            checkpoint=step.checkpoint, processed=step.processed, errors=step.errors, exhausted=step.exhausted,
+            next_batch_size=batch.next_size))
+
+    def _rolled_back(self, batch: InFlight, err: BaseException) -> Outcome:
+        """The batch's transaction rolled back: cancelled by the watch, lost to an outage (raised: not
+        the batch's fault), an adaptive step over its time (shrunk, no attempt) or a failed attempt."""
+        stopped = self.watch.disarm()
+        if stopped is not None:  # the watch cancelled it (worker/deadline.py)
+            return self._stopped_by_watch(stopped, batch.kind)
+        if is_outage(err):
+            raise err  # not the batch's fault: no attempt is counted
+        # an adaptive step ran over its time: a quarter of its rows fit. (A fixed-size batch keeps
+        # its size: its timeout is the database's setting, a failed attempt like any other.)
+        if is_timeout(err) and batch.box is not None and batch.box.asked > 1:
+            self._shrink(batch.job_id, batch.slice_no, max(1, batch.box.asked // 4))
+            return Outcome.MORE
+        self._fail_attempt(batch.job_id, batch.slice_no, batch.kind, err)
+        return Outcome.FAILED
+
+    def _report(self, batch: InFlight, state: store.BatchState, step: Step, recorded: store.Recorded) -> None:
+        """After the commit: wake idle workers, metrics, the batch's log lines, the job's end."""
+        job_id, slice_no, kind_name, elapsed = batch.job_id, batch.slice_no, batch.kind, batch.elapsed
+        if batch.cut or step.exhausted:  # a new half to claim, or a slice (maybe a drain) done
             self.wakeup.notify()
         # what a batch costs after its last step (bookkeeping, commit): the next time box leaves room for it
-        self._tail_seconds = 0.7 * self._tail_seconds + 0.3 * (started + elapsed - work_done)
+        self._tail_seconds = 0.7 * self._tail_seconds + 0.3 * (batch.started + elapsed - batch.work_done)
         metrics.BATCHES.labels(kind_name).inc()
         metrics.BATCH_SECONDS.labels(kind_name).observe(elapsed)
-        metrics.ROWS_PROCESSED.labels(kind_name, job_id).inc(result.processed)
-        if result.errors:
-            metrics.ROWS_FAILED.labels(kind_name, job_id).inc(len(result.errors))
+        metrics.ROWS_PROCESSED.labels(kind_name, job_id).inc(step.processed)
+        if step.errors:
+            metrics.ROWS_FAILED.labels(kind_name, job_id).inc(len(step.errors))
         self.batches_done += 1
-        bounds = job_ctx(job_id, slice_no, lo=state.checkpoint, hi=keys.encode(result.checkpoint),
-                         rows=result.processed, errors=len(result.errors), seconds=round(elapsed, 3))
+        hi = keys.encode(step.checkpoint)
+        bounds = job_ctx(job_id, slice_no, lo=state.checkpoint, hi=hi, rows=step.processed,
+                         errors=len(step.errors), seconds=round(elapsed, 3))
         log.debug("job %s slice %d: batch (%s, %s] rows=%d errors=%d in %.3fs", job_id, slice_no,
-                  state.checkpoint, keys.encode(result.checkpoint), result.processed, len(result.errors),
-                  elapsed, extra=bounds)
+                  state.checkpoint, hi, step.processed, len(step.errors), elapsed, extra=bounds)
         if self.batches_done % self.config.progress_every == 0:
             try:
                 self._log_progress(job_id, slice_no, bounds)
@@ -339,64 +431,71 @@ class Worker:
                 if is_outage(err):
                     raise
                 log.warning("job %s: no progress line (%s)", job_id, first_line(err)[:300], extra=bounds)
-        if paused:
-            log.warning("job %s paused itself: %s", job_id, paused, extra=job_ctx(job_id, slice_no, reason=paused))
-        if job_done:
+        if recorded.paused:
+            log.warning("job %s paused itself: %s", job_id, recorded.paused,
+                        extra=job_ctx(job_id, slice_no, reason=recorded.paused))
+        if recorded.job_done:
             log.info("job %s: done", job_id, extra=job_ctx(job_id, status="done"))
             self._log_summary(job_id, kind_name)
-        if result.exhausted:
+        if step.exhausted:
             log.info("job %s slice %d: finished", job_id, slice_no, extra=job_ctx(job_id, slice_no))
-            return "slice-done"
-        wait = throttle.pause_after(state.knobs, result.processed, elapsed)  # clamped knobs, at most a day
+
+    def _pace(self, batch: InFlight, state: store.BatchState, step: Step) -> Outcome:
+        """The slice's next move: done, or more after the job's pause between batches."""
+        if step.exhausted:
+            return Outcome.SLICE_DONE
+        wait = throttle.pause_after(state.knobs, step.processed, batch.elapsed)  # clamped knobs, at most a day
         if wait > 0:
             self.stop.wait(wait)
-        return "more"
+        return Outcome.MORE
 
     @staticmethod
-    def _steps(conn: Connection, kind: kinds.JobKind, ctx: kinds.BatchContext, box: throttle.TimeBox,
-               cursor: keys.Key, end: keys.Key, started: float) -> kinds.BatchResult:
-        """An adaptive batch: the kind's process called step after step, in the batch's transaction,
-        each step sized by ``box`` from the cost of those before it, until the target is spent."""
+    def _steps(conn: Connection, kind: kinds.RangeKind, ctx: kinds.BatchContext, box: throttle.TimeBox,
+               cursor: keys.Key, end: keys.Key, started: float) -> Step:
+        """An adaptive batch: steps one after another, in the batch's transaction, each sized by
+        ``box`` from the cost of those before it, until the target is spent."""
         processed, errors = 0, []
         rows = box.first_step()
         while True:
             step_started = time.monotonic()
-            result = kind.process(conn, replace(ctx, batch_size=rows), cursor, end)
+            step = one_step(conn, kind, ctx, cursor, end, rows)
             now = time.monotonic()
-            processed += result.processed
-            errors += result.errors
-            cursor = result.checkpoint
-            if result.exhausted:
+            processed += step.processed
+            errors += step.errors
+            cursor = step.checkpoint
+            if step.exhausted:
                 break
-            rows = box.next_step(result.processed, now - step_started, now - started)
+            rows = box.next_step(step.processed, now - step_started, now - started)
             if rows <= 0:
                 break
-        return kinds.BatchResult(checkpoint=cursor, processed=processed, exhausted=result.exhausted, errors=errors)
+        return Step(checkpoint=cursor, processed=processed, exhausted=step.exhausted, errors=errors)
 
     def _log_summary(self, job_id: str, kind_name: str) -> None:
-        """The run's summary line, for kinds that offer one (``summary(engine, job_id) -> dict``)."""
-        summarize = getattr(self.kinds.get(kind_name), "summary", None)
-        if summarize is None:
+        """The run's summary line, for kinds that offer one (``RangeKind.summary``)."""
+        kind = self.kinds[kind_name]
+        if not isinstance(kind, kinds.RangeKind):
             return
         try:
-            facts = summarize(self.engine, job_id)
+            facts = kind.summary(self.engine, job_id)
         except Exception as err:  # a report must never fail the job that just finished
             log.warning("job %s: no summary (%s)", job_id, first_line(err), extra=job_ctx(job_id))
+            return
+        if facts is None:
             return
         log.info("job %s summary: %s", job_id, ", ".join(f"{k}={v}" for k, v in facts.items() if k != "job_id"),
                  extra=job_ctx(job_id, **{k: v for k, v in facts.items() if k != "job_id"}))
 
-    def _stopped_by_watch(self, batch: deadline.Batch, kind_name: str) -> str:
+    def _stopped_by_watch(self, batch: deadline.Batch, kind_name: str) -> Outcome:
         """A batch the watch cancelled rolled back. Past its deadline: a failed attempt. Cancelled, paused
         or stopping: no attempt; the next begin_batch (or the stop check) lets the slice go."""
         if batch.stopped_by == "deadline":
             err = deadline.BatchDeadlineExceeded(
                 f"batch ran past its deadline of {batch.deadline:g}s and was cancelled")
             self._fail_attempt(batch.job_id, batch.slice_no, kind_name, err)
-            return "failed"
+            return Outcome.FAILED
         log.info("job %s slice %d: batch cancelled (%s), rolled back, not counted", batch.job_id, batch.slice_no,
                  batch.stopped_by, extra=job_ctx(batch.job_id, batch.slice_no, reason=batch.stopped_by))
-        return "more"
+        return Outcome.MORE
 
     def _shrink(self, job_id: str, slice_no: int, size: int) -> None:
         with self.engine.begin() as conn:

@@ -68,19 +68,17 @@ def job_rows(conn: Connection, job_id: str | None = None, limit: int = 50) -> li
 
 
 def add_details(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each job kind may add facts of its own (``details(conn, job_ids) -> {job_id: {...}}``): an archive
+    """Each job kind may add facts of its own (``JobKind.details(conn, job_ids) -> {job_id: {...}}``): an archive
     job its streams and events moved. Added per row as ``details``, with the rate of each count."""
     by_type: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_type.setdefault(r["type"], []).append(r)
     registry = kinds.kinds()
     for type_, group in by_type.items():
-        detail = getattr(registry.get(type_), "details", None)
-        if detail is None:
-            continue
-        found = detail(conn, [r["job_id"] for r in group])
-        for r in group:
-            r["details"] = found.get(r["job_id"], {})
+        kind = registry.get(type_)
+        found = kind.details(conn, [r["job_id"] for r in group]) if kind is not None else {}
+        for r in (r for r in group if r["job_id"] in found):  # a kind that adds nothing adds no key
+            r["details"] = found[r["job_id"]]
             if r["details"] and r["rows_per_second"] and r["processed_count"]:
                 seconds = r["processed_count"] / r["rows_per_second"]
                 r["details_per_second"] = {k: round(v / seconds, 1) for k, v in r["details"].items()}

@@ -9,7 +9,7 @@ written through :func:`worker.redact.redact` here, so no writer of
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -200,55 +200,67 @@ def begin_batch(conn: Connection, job_id: str, slice_no: int, worker_id: str) ->
     ).first()
     if row is None:
         return None
-    read = Knobs(**{f.name: getattr(row, f.name) for f in fields(Knobs)})
-    return BatchState(row.status, row.kind, parse_json(row.params, "the job's params"), row.key_type,
-                      row.checkpoint, row.end_key, row.batch_size_now, row.processed_count, read,
-                      bool(row.over_concurrency), bool(row.short_of_slices), row.backend_pid,
-                      row.xact_start, row.enqueued_by)
+    knobs = Knobs(**{f.name: getattr(row, f.name) for f in fields(Knobs)})
+    return BatchState(
+        status=row.status, kind=row.kind, params=parse_json(row.params, "the job's params"), key_type=row.key_type,
+        checkpoint=row.checkpoint, end_key=row.end_key, batch_size_now=row.batch_size_now,
+        processed_count=row.processed_count, knobs=knobs, over_concurrency=bool(row.over_concurrency),
+        short_of_slices=bool(row.short_of_slices), backend_pid=row.backend_pid, xact_start=row.xact_start,
+        enqueued_by=row.enqueued_by)
 
 
-def record_batch(
-    conn: Connection,
-    job_id: str,
-    slice_no: int,
-    worker_id: str,
-    key_type: keys.KeyType,
-    checkpoint: keys.Key,
-    processed: int,
-    errors: list[ItemError],
-    exhausted: bool,
-    next_batch_size: int | None = None,
-) -> tuple[bool, str | None]:
-    """Advance slice and job in the batch's transaction.
+@dataclass(frozen=True, kw_only=True)
+class BatchRecord:
+    """What a batch did, as :func:`record_batch` writes it."""
 
-    Returns (job done, why it paused itself or None)."""
-    if errors:
+    job_id: str
+    slice_no: int
+    worker_id: str
+    key_type: keys.KeyType
+    checkpoint: keys.Key  # the slice's new exclusive cursor
+    processed: int
+    errors: list[ItemError] = field(default_factory=list)
+    exhausted: bool = False  # the slice has no key left
+    next_batch_size: int | None = None  # where the slice's next batch starts (adaptive sizing)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    job_done: bool  # the batch finished the job's last slice
+    paused: str | None = None  # why the job paused itself meanwhile (its error budget spent), else None
+
+
+def record_batch(conn: Connection, record: BatchRecord) -> Recorded:
+    """Advance slice and job in the batch's transaction: failed items, the slice's cursor, the job's
+    counters and watermark, and the job done after its last slice."""
+    r = record
+    if r.errors:
         conn.execute(
             q("insert_item_error"),
             [
-                {"job_id": job_id, "slice_no": slice_no, "item_key": e.item_key, "error_type": e.error_type,
+                {"job_id": r.job_id, "slice_no": r.slice_no, "item_key": e.item_key, "error_type": e.error_type,
                  "message": cap(redact(e.message)), "sample": e.sample}
-                for e in errors
+                for e in r.errors
             ],
         )
-    params = {"job_id": job_id, "slice_no": slice_no, "worker_id": worker_id}
+    params = {"job_id": r.job_id, "slice_no": r.slice_no, "worker_id": r.worker_id}
     updated = conn.execute(
         q("advance_slice"),
-        {**params, "checkpoint": keys.encode(checkpoint), "processed": processed, "errors": len(errors),
-         "exhausted": exhausted, "next_batch_size": next_batch_size},
+        {**params, "checkpoint": keys.encode(r.checkpoint), "processed": r.processed, "errors": len(r.errors),
+         "exhausted": r.exhausted, "next_batch_size": r.next_batch_size},
     ).rowcount
     if updated != 1:  # unreachable while begin_batch's row lock holds; a guard, not a path
-        raise RuntimeError(f"slice {job_id}/{slice_no} changed owner inside its own batch")
-    cursors = conn.execute(q("slice_cursors"), {"job_id": job_id}).all()
+        raise RuntimeError(f"slice {r.job_id}/{r.slice_no} changed owner inside its own batch")
+    cursors = conn.execute(q("slice_cursors"), {"job_id": r.job_id}).all()
     job = conn.execute(
         q("advance_job"),
-        {"job_id": job_id, "processed": processed, "errors": len(errors),
-         "watermark": _low_watermark(key_type, cursors)},
+        {"job_id": r.job_id, "processed": r.processed, "errors": len(r.errors),
+         "watermark": _low_watermark(r.key_type, cursors)},
     ).one()
-    if exhausted and conn.execute(q("finish_job_if_done"), {"job_id": job_id}).first() is not None:
-        conn.execute(q("finish_queue_job"), {"job_id": job_id, "status": "done"})
-        return True, None
-    return False, job.status_reason if job.status == "paused" else None
+    if r.exhausted and conn.execute(q("finish_job_if_done"), {"job_id": r.job_id}).first() is not None:
+        conn.execute(q("finish_queue_job"), {"job_id": r.job_id, "status": "done"})
+        return Recorded(job_done=True)
+    return Recorded(job_done=False, paused=job.status_reason if job.status == "paused" else None)
 
 
 def _low_watermark(key_type: keys.KeyType, cursors: list[Any]) -> str:

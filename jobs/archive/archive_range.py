@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import copy
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Self
 
 from sqlalchemy import Connection, Engine, text
 
@@ -49,59 +50,127 @@ from tidegate.jobs import checks
 from tidegate.jobs.archive import layouts, selection
 from tidegate.jobs.archive.layouts import Layout
 from tidegate.worker import identifiers, keys, knobs, metrics
-from tidegate.worker.errors import InvalidInput, quote, shorten
-from tidegate.worker.kinds import BatchContext, BatchResult, Plan, SlicePlan
-from tidegate.worker.sql import render
+from tidegate.worker.errors import InvalidInput, quote
+from tidegate.worker.identifiers import Ident
+from tidegate.worker.kinds import (
+    BatchContext,
+    BatchResult,
+    KeyRange,
+    NextKeys,
+    Payload,
+    Plan,
+    RangeKind,
+    SlicePlan,
+    dense_keys,
+)
+from tidegate.worker.sql import Fragment, load, render
 
 # streams per batch: 1,000 moved the bench's 1M events faster than 500 or 2,000 (bench/RESULTS.md)
 DEFAULT_BATCH = 1_000
 MAX_CONCURRENCY = knobs.MAX_CONCURRENCY
-KNOWN = {"layout", "type", "tenant", "before", "streams", "where", "from_audit", "limit", "force", "reason", "owner",
-         "snapshot", "layout_spec", "action", *(k.name for k in knobs.for_kind("archive_range"))}
-
-# The batch's candidates that may be moved: cross-referenced ones only with force.
-WANTED = """SELECT CAST(c.stream_id AS {ktype}) FROM archive_candidates c
-    WHERE c.snapshot = CAST(:snapshot AS uuid) AND c.seq > :lo AND c.seq <= :hi AND (:force OR NOT c.xref)"""
-LOCK_MARK = """WITH locked AS (SELECT s.{key} AS k FROM {streams} s
-    WHERE s.{key} = ANY(ARRAY(WANTED)) AND STATE ORDER BY s.{key} FOR UPDATE)
-UPDATE {streams} t SET SETS WHERE t.{key} = ANY(ARRAY(SELECT k FROM locked)) RETURNING t.{key}::text"""
-MOVE = """WITH moved AS (DELETE FROM {src} e WHERE e.{estream} = ANY(CAST(:ids AS {etype}[])) RETURNING {cols}),
-ins AS (INSERT INTO {dst} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM moved),
-counts AS (SELECT g.s::text AS stream_id, g.n FROM (SELECT {estream} AS s, count(*) AS n FROM moved GROUP BY 1) g)"""
-FLAG = """WITH flagged AS (UPDATE {events} e SET {eflag} = :archived
-  WHERE e.{estream} = ANY(CAST(:ids AS {etype}[])) AND e.{eflag} <> :archived RETURNING e.{estream}),
-counts AS (SELECT g.s::text AS stream_id, g.n FROM (SELECT {estream} AS s, count(*) AS n FROM flagged GROUP BY 1) g)"""
-NOTHING_MOVED = "WITH counts AS (SELECT CAST(NULL AS text) AS stream_id, CAST(0 AS bigint) AS n WHERE false)"
-MODEL = """WITH moved AS (DELETE FROM {src} r WHERE r.{rkey} = ANY(CAST(:ids AS {rtype}[])) RETURNING {cols})
-INSERT INTO {dst} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM moved"""
-# Follows MOVE, FLAG or NOTHING_MOVED in the same statement: the batch's audit row, every candidate
-# of (lo, hi] in seq order with what happened to it (``:ids`` are the streams locked and moved).
-AUDIT = """,
-audit AS (
-  INSERT INTO archive_audit_batches (job_id, layout, actor, actions, stream_ids, stream_types, events, reasons)
-  SELECT CAST(:job_id AS uuid), :layout, :actor,
-         array_agg(CASE WHEN l.id IS NULL THEN 'skip' ELSE :action END ORDER BY c.seq),
-         array_agg(c.stream_id ORDER BY c.seq), array_agg(c.stream_type ORDER BY c.seq),
-         array_agg(coalesce(n.n, 0) ORDER BY c.seq),
-         array_agg(CASE WHEN l.id IS NOT NULL THEN :reason WHEN c.xref AND NOT :force THEN :xref_why
-                        ELSE :gone_why END ORDER BY c.seq)
-  FROM archive_candidates c
-  LEFT JOIN unnest(CAST(:ids AS text[])) AS l(id) ON l.id = c.stream_id
-  LEFT JOIN counts n ON n.stream_id = c.stream_id
-  WHERE c.snapshot = CAST(:snapshot AS uuid) AND c.seq > :lo AND c.seq <= :hi
-  HAVING count(*) > 0
-  RETURNING cardinality(actions) AS streams)
-SELECT (SELECT coalesce(sum(streams), 0) FROM audit) AS streams, (SELECT coalesce(sum(n), 0) FROM counts) AS events"""
+SQL = load(__package__, "archive_range.sql")  # the statements on the event store, by name
+AUDIT = Fragment(SQL["audit"])  # ends each events statement: the batch's audit row
+DETAILS = text(SQL["details"])
 XREF_WHY = "cross-referenced by a live stream (use --force)"
-DETAILS = text("""SELECT job_id, count(*) FILTER (WHERE action <> 'skip') AS streams,
-       count(*) FILTER (WHERE action = 'skip') AS skipped, coalesce(sum(events), 0) AS events
-FROM archive_audit WHERE job_id = ANY(CAST(:ids AS uuid[])) GROUP BY job_id""")
 
 
-class ArchiveRange:
-    def __init__(self, name: str, unarchive: bool, aliases: tuple[str, ...]) -> None:
+@dataclass(frozen=True)
+class Direction:
+    """What differs between archiving and unarchiving, chosen once per kind; the rest is shared."""
+
+    action: str  # the audit's action and the metrics' label
+    unarchive: bool  # the candidates are archived streams, moving back to the hot tables
+    marks: dict[str, str]  # the stream row's mark columns (those the layout has): what a batch sets them to
+    events_label: str  # where the events go, for the events metric
+    gone_why: str  # the audit's reason for a candidate no longer in the expected state
+    streams_fact: str  # what `tidegate status` calls the streams moved and the events moved
+    events_fact: str
+
+    def src_dst(self, hot: Ident, archive: Ident) -> tuple[Ident, Ident]:
+        """The table rows move from, and the one they move to."""
+        return (archive, hot) if self.unarchive else (hot, archive)
+
+
+ARCHIVING = Direction(
+    "archive", unarchive=False, events_label="to_archive", gone_why="already archived or gone",
+    marks={"archived_flag": "true", "archived_at": "now()", "archived_by": ":by", "archive_reason": ":reason"},
+    streams_fact="streams_archived", events_fact="events_moved")
+UNARCHIVING = Direction(
+    "unarchive", unarchive=True, events_label="to_hot", gone_why="already unarchived or gone",
+    marks={"archived_flag": "false", "archived_at": "NULL", "archived_by": "NULL", "archive_reason": "NULL"},
+    streams_fact="streams_unarchived", events_fact="events_to_hot")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArchivePayload(Payload):
+    """An archive-range or unarchive-range payload, every field checked (the module's docstring shows the JSON).
+    ``layout_spec``, ``snapshot`` and ``action`` are the planner's: a job's stored params parse again."""
+
+    FIELDS = frozenset({"layout", "type", "tenant", "before", "streams", "where", "from_audit", "limit", "force",
+                        "reason", "owner", "snapshot", "layout_spec", "action",
+                        *(k.name for k in knobs.for_kind("archive_range"))})
+
+    layout: str
+    type: str | None = None
+    tenant: str | None = None
+    before: str | None = None  # a timestamp, encoded
+    streams: tuple[str | int, ...] | None = None
+    where: Any = None  # selection.check_filters' input: objects or --where strings
+    from_audit: str | None = None  # unarchive only: the streams that job archived
+    limit: int | None = None
+    force: bool = False
+    reason: str | None = None
+
+    @classmethod
+    def parse(cls, raw: Any, direction: Direction = ARCHIVING, *, planned: bool = False) -> Self:
+        """Every field checked; raises InvalidInput. ``planned``: the job's own params (or a dry run's
+        payload with the user's layout file), which may hold ``layout_spec``."""
+        p = cls.json_object(raw)
+        if not planned and "layout_spec" in p:
+            raise InvalidInput("layout_spec is written by planning, not by a payload: name the layout in 'layout'")
+        if "layout" not in p:
+            raise InvalidInput(f"payload is missing 'layout' ({', '.join(layouts.SHIPPED)}, or a registered layout)")
+        selection.check_filters(p.get("where"))
+        for field in ("type", "tenant", "reason", "from_audit"):
+            if p.get(field) is not None and (not isinstance(p[field], str) or len(p[field]) > 1000):
+                raise InvalidInput(f"{field} must be a string of at most 1,000 characters")
+        if p.get("from_audit") is not None:
+            if not direction.unarchive:
+                raise InvalidInput("from_audit is for unarchive-range")
+            try:
+                p["from_audit"] = str(uuid.UUID(p["from_audit"]))
+            except ValueError:
+                raise InvalidInput(f"from_audit must be a job id (uuid), got {quote(p['from_audit'])}") from None
+        if p.get("before") is not None:
+            p["before"] = keys.encode(keys.parse("timestamptz", p["before"], "before"))
+        streams = p.get("streams")
+        if streams is not None and not (isinstance(streams, list) and all(isinstance(s, str | int) for s in streams)):
+            raise InvalidInput("streams must be a list of stream ids")
+        knobs.check_payload(p, "archive_range", default_batch=DEFAULT_BATCH)  # batch_size, concurrency, pace knobs
+        if p.get("limit") is not None:
+            p["limit"] = checks.bounded(p["limit"], "limit", 1, 10**12)
+        if not isinstance(p.get("force", False), bool):
+            raise InvalidInput("force must be true or false")
+        return cls(layout=p["layout"], type=p.get("type"), tenant=p.get("tenant"), before=p.get("before"),
+                   streams=tuple(streams) if streams is not None else None, where=p.get("where"),
+                   from_audit=p.get("from_audit"), limit=p.get("limit"), force=p.get("force", False),
+                   reason=p.get("reason"), owner=checks.owner(p.get("owner", "unknown")),
+                   batch_size=p["batch_size"], concurrency=p["concurrency"],
+                   knobs=knobs.pace(p, "archive_range"))
+
+    def params(self) -> dict[str, Any]:
+        p = super().params()
+        if self.streams is not None:
+            p["streams"] = list(self.streams)
+        return p
+
+
+class ArchiveRange(RangeKind):
+    """One kind per :class:`Direction`: ``archive_range`` and ``unarchive_range``."""
+
+    def __init__(self, name: str, direction: Direction, aliases: tuple[str, ...]) -> None:
         self.name = name
-        self.unarchive = unarchive
+        self.direction = direction
         self.aliases = aliases
         self._layouts: dict[str, Layout] = {}
 
@@ -114,16 +183,31 @@ class ArchiveRange:
 
     # -- planning ------------------------------------------------------------------
 
+    def selection(self, conn: Connection, payload: Any, *, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The payload as the job's params: parsed, with its layout's document as ``layout_spec``.
+
+        ``layout`` names a shipped or registered layout (:func:`layouts.named`); only the planner writes its
+        document (``spec``: a document the caller trusts, the planned job's own or the CLI user's file)."""
+        job = ArchivePayload.parse(payload, self.direction, planned=spec is not None)
+        p = job.params()
+        if spec is not None:
+            layouts.check_spec(spec)
+            p["layout_spec"] = copy.deepcopy(spec)
+        else:
+            p["layout_spec"] = layouts.named(conn, job.layout)
+        p["action"] = self.direction.action
+        return p
+
     def plan(self, conn: Connection, payload: Any, *, count_events: bool = False,
              spec: dict[str, Any] | None = None) -> Plan:
         """Snapshot the selection (``count_events``: with each stream's events, for the reports). ``spec``: the
         layout document of a CLI user's own file (a dry run); a payload only names its layout."""
-        p = normalize(payload, self.unarchive, conn, spec=spec)
+        p = self.selection(conn, payload, spec=spec)
         layout = layouts.resolve(conn, p["layout_spec"])
         p["snapshot"] = str(uuid.uuid4())
-        query = selection.candidates(conn, layout, p, unarchive=self.unarchive, count_events=count_events)
+        query = selection.candidates(conn, layout, p, unarchive=self.direction.unarchive, count_events=count_events)
         n = selection.snapshot(conn, query, p["snapshot"])
-        if not self.unarchive:
+        if not self.direction.unarchive:  # an archived stream may not be referenced by a live one
             selection.mark_cross_references(conn, layout, p["snapshot"])
         parts = max(1, min(p["concurrency"], n))
         cuts = [1 + (n * i) // parts for i in range(parts + 1)]
@@ -135,33 +219,35 @@ class ArchiveRange:
 
     # -- one batch -------------------------------------------------------------------
 
-    def process(self, conn: Connection, ctx: BatchContext, cursor: keys.Key, end: keys.Key) -> BatchResult:
-        assert isinstance(cursor, int) and isinstance(end, int)
+    def next_keys(self, conn: Connection, ctx: BatchContext, after: keys.Key, end: keys.Key,
+                  limit: int) -> NextKeys | None:
+        """The snapshot numbers its candidates 1..N: the next ones are counted, not read."""
+        assert isinstance(after, int) and isinstance(end, int)
+        return dense_keys(after, end, limit)
+
+    def process_range(self, conn: Connection, ctx: BatchContext, batch: KeyRange) -> BatchResult:
+        """Lock and mark the candidates of ``(lo, hi]``, move their read models and events, audit the batch."""
         p = ctx.params
         layout = self.layout(conn, p)
-        hi = min(cursor + ctx.batch_size, end - 1)
-        if hi <= cursor:
-            return BatchResult(checkpoint=end - 1, processed=0, exhausted=True)
-        batch = {"snapshot": p["snapshot"], "lo": cursor, "hi": hi, "force": bool(p.get("force"))}
-        locked = self._lock_and_mark(conn, layout, batch, p)
-        action = "unarchive" if self.unarchive else "archive"
-        audit = {**batch, "job_id": ctx.job_id, "layout": layout.name, "actor": p["owner"], "action": action,
-                 "reason": p.get("reason"), "xref_why": XREF_WHY, "ids": locked,
-                 "gone_why": "already unarchived or gone" if self.unarchive else "already archived or gone"}
+        candidates = {"snapshot": p["snapshot"], "lo": batch.lo, "hi": batch.hi, "force": bool(p.get("force"))}
+        locked = self._lock_and_mark(conn, layout, candidates, p)
+        action = self.direction.action
+        audit = {**candidates, "job_id": ctx.job_id, "layout": layout.name, "actor": p["owner"], "action": action,
+                 "reason": p.get("reason"), "xref_why": XREF_WHY, "ids": locked, "gone_why": self.direction.gone_why}
         streams, events = self.move(conn, layout, locked, audit)
         # counted before the commit: a batch that then rolls back is counted again when it is
         # redone, so these counters may run slightly ahead; archive_audit is exact.
         metrics.ARCHIVE_STREAMS.labels(action).inc(len(locked))
         metrics.ARCHIVE_STREAMS.labels("skip").inc(streams - len(locked))
-        metrics.ARCHIVE_EVENTS.labels("to_hot" if self.unarchive else "to_archive").inc(events)
-        return BatchResult(checkpoint=hi, processed=streams, exhausted=hi >= end - 1)
+        metrics.ARCHIVE_EVENTS.labels(self.direction.events_label).inc(events)
+        return BatchResult(processed=streams)
 
     def details(self, conn: Connection, job_ids: list[str]) -> dict[str, dict[str, Any]]:
         """What `tidegate status` adds for these jobs: streams moved and skipped, events moved (from the audit)."""
         rows = conn.execute(DETAILS, {"ids": job_ids}).all()
-        moved = "events_to_hot" if self.unarchive else "events_moved"
-        return {str(r.job_id): {"streams_" + ("unarchived" if self.unarchive else "archived"): int(r.streams),
-                                "streams_skipped": int(r.skipped), moved: int(r.events)} for r in rows}
+        d = self.direction
+        return {str(r.job_id): {d.streams_fact: int(r.streams), "streams_skipped": int(r.skipped),
+                                d.events_fact: int(r.events)} for r in rows}
 
     def summary(self, engine: Engine, job_id: str) -> dict[str, Any]:
         """What the runtime logs when a run ends: attempted, archived, skipped, failed, elapsed, remaining."""
@@ -171,29 +257,31 @@ class ArchiveRange:
 
     def move(self, conn: Connection, layout: Layout, locked: list[str], audit: dict[str, Any]) -> tuple[int, int]:
         """Move the locked streams' read models and events and write the batch's audit row (in the
-        events statement); returns (candidates in the batch, events moved)."""
+        events statement); returns (candidates in the batch, events moved). Read models move before
+        the events when archiving and after them when unarchiving."""
         ev = {"estream": layout.event_stream.ident, "etype": identifiers.type_of(layout.event_stream)}
         if not locked:
-            sql = render(NOTHING_MOVED + AUDIT)
+            sql = render(SQL["nothing_moved"], audit=AUDIT)
         elif layout.flag:
             flag = layout.event_cols["archived_flag"]
-            sql = render(FLAG + AUDIT, events=layout.events, eflag=flag.ident, **ev)
-            audit = {**audit, "archived": not self.unarchive}
+            sql = render(SQL["flag_events"], audit=AUDIT, events=layout.events, eflag=flag.ident, **ev)
+            audit = {**audit, "archived": not self.direction.unarchive}
         else:
             assert layout.archive is not None
-            src, dst = (layout.archive, layout.events) if self.unarchive else (layout.events, layout.archive)
-            sql = render(MOVE + AUDIT, src=src, dst=dst, cols=layout.event_columns, **ev)
-        if locked and not self.unarchive:
+            src, dst = self.direction.src_dst(layout.events, layout.archive)
+            sql = render(SQL["move_events"], audit=AUDIT, src=src, dst=dst, cols=layout.event_columns, **ev)
+        models_first = not self.direction.unarchive
+        if locked and models_first:
             self._move_models(conn, layout, locked)
         row = conn.execute(sql, audit).one()
-        if locked and self.unarchive:
+        if locked and not models_first:
             self._move_models(conn, layout, locked)
         return int(row.streams), int(row.events)
 
     def _move_models(self, conn: Connection, layout: Layout, ids: list[str]) -> None:
         for m in layout.read_models:
-            src, dst = (m.archive, m.table) if self.unarchive else (m.table, m.archive)
-            conn.execute(render(MODEL, src=src, dst=dst, cols=m.columns, rkey=m.key.ident,
+            src, dst = self.direction.src_dst(m.table, m.archive)
+            conn.execute(render(SQL["move_models"], src=src, dst=dst, cols=m.columns, rkey=m.key.ident,
                                 rtype=identifiers.type_of(m.key)), {"ids": ids})
 
     def _lock_and_mark(self, conn: Connection, layout: Layout, batch: dict[str, Any], p: dict[str, Any]) -> list[str]:
@@ -202,75 +290,23 @@ class ArchiveRange:
         lets unarchived events back in and sees archived streams as archived the moment the batch commits.
         The events move in a later statement, whose snapshot sees every append that committed before the
         lock was granted (one statement would keep the snapshot taken before it waited)."""
-        idents = {"key": layout.key.ident, "streams": layout.streams, "ktype": identifiers.type_of(layout.key)}
-        state = selection.state_sql(layout, idents, archived=self.unarchive)
+        idents: dict[str, Any] = {"key": layout.key.ident, "streams": layout.streams,
+                                  "ktype": identifiers.type_of(layout.key)}
+        state = selection.state_sql(layout, idents, archived=self.direction.unarchive)
         sets = []
         params: dict[str, Any] = dict(batch)
-        for name, archive_value, unarchive_value in (("archived_flag", "true", "false"),
-                                                     ("archived_at", "now()", "NULL"),
-                                                     ("archived_by", ":by", "NULL"),
-                                                     ("archive_reason", ":reason", "NULL")):
+        for name, value in self.direction.marks.items():
             col = layout.col(name)
             if col is not None:
                 idents["m_" + name] = col.ident
-                sets.append("{m_" + name + "} = " + (unarchive_value if self.unarchive else archive_value))
-        if not self.unarchive:
-            if layout.col("archived_by") is not None:
-                params["by"] = p["owner"]
-            if layout.col("archive_reason") is not None:
-                params["reason"] = p.get("reason")
-        sql = LOCK_MARK.replace("WANTED", WANTED).replace("STATE", state).replace("SETS", ", ".join(sets))
-        return list(conn.execute(render(sql, **idents), params).scalars().all())
+                sets.append("{m_" + name + "} = " + value)
+                if value == ":by":
+                    params["by"] = p["owner"]
+                elif value == ":reason":
+                    params["reason"] = p.get("reason")
+        sql = render(SQL["lock_mark"], state=Fragment(state), sets=Fragment(", ".join(sets)), **idents)
+        return list(conn.execute(sql, params).scalars().all())
 
 
-def normalize(payload: Any, unarchive: bool, conn: Connection, *, spec: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The payload with defaults applied and every field checked; raises InvalidInput.
-
-    ``layout`` names a shipped or registered layout (:func:`layouts.named`); its document goes into the
-    job's params as ``layout_spec``, which only the planner writes (``spec``: a document the caller
-    trusts, the planned job's own or the CLI user's file)."""
-    if not isinstance(payload, dict):
-        raise InvalidInput(f"payload must be a JSON object, got {type(payload).__name__}")
-    p = dict(payload)
-    unknown = sorted(set(p) - KNOWN)
-    if unknown:
-        raise InvalidInput(f"unknown payload field(s): {shorten(', '.join(unknown))};"
-                           f" known: {', '.join(sorted(KNOWN))}")
-    if spec is None and "layout_spec" in p:
-        raise InvalidInput("layout_spec is written by planning, not by a payload: name the layout in 'layout'")
-    if "layout" not in p:
-        raise InvalidInput(f"payload is missing 'layout' ({', '.join(layouts.SHIPPED)}, or a registered layout)")
-    if spec is not None:
-        layouts.check_spec(spec)
-        p["layout_spec"] = copy.deepcopy(spec)
-    else:
-        p["layout_spec"] = layouts.named(conn, p["layout"])
-    selection.check_filters(p.get("where"))
-    for field in ("type", "tenant", "reason", "from_audit"):
-        if p.get(field) is not None and (not isinstance(p[field], str) or len(p[field]) > 1000):
-            raise InvalidInput(f"{field} must be a string of at most 1,000 characters")
-    if p.get("from_audit") is not None:
-        if not unarchive:
-            raise InvalidInput("from_audit is for unarchive-range")
-        try:
-            p["from_audit"] = str(uuid.UUID(p["from_audit"]))
-        except ValueError:
-            raise InvalidInput(f"from_audit must be a job id (uuid), got {quote(p['from_audit'])}") from None
-    if p.get("before") is not None:
-        p["before"] = keys.encode(keys.parse("timestamptz", p["before"], "before"))
-    streams = p.get("streams")
-    if streams is not None and (not isinstance(streams, list) or not all(isinstance(s, str | int) for s in streams)):
-        raise InvalidInput("streams must be a list of stream ids")
-    knobs.check_payload(p, "archive_range", default_batch=DEFAULT_BATCH)  # and the pace knobs it gives
-    if p.get("limit") is not None:
-        p["limit"] = checks.bounded(p["limit"], "limit", 1, 10**12)
-    if not isinstance(p.get("force", False), bool):
-        raise InvalidInput("force must be true or false")
-    p["owner"] = checks.owner(p.get("owner", "unknown"))
-    p["action"] = "unarchive" if unarchive else "archive"
-    return p
-
-
-
-ARCHIVE = ArchiveRange("archive_range", unarchive=False, aliases=("archive",))
-UNARCHIVE = ArchiveRange("unarchive_range", unarchive=True, aliases=("unarchive",))
+ARCHIVE = ArchiveRange("archive_range", ARCHIVING, aliases=("archive",))
+UNARCHIVE = ArchiveRange("unarchive_range", UNARCHIVING, aliases=("unarchive",))

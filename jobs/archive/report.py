@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from tidegate.jobs.archive import layouts, selection
-from tidegate.jobs.archive.archive_range import ARCHIVE, UNARCHIVE, normalize
+from tidegate.jobs.archive.archive_range import ARCHIVE, UNARCHIVE
 from tidegate.worker.errors import InvalidInput, NotFound
 from tidegate.worker.sql import render
 
@@ -105,7 +105,8 @@ def summary(engine: Engine, job_id: str) -> dict[str, Any]:
 
 
 def recount(conn: Connection, params: dict[str, Any], unarchive: bool) -> int:
-    p = normalize(params, unarchive, conn, spec=params["layout_spec"])  # the layout the job was planned with
+    kind = UNARCHIVE if unarchive else ARCHIVE
+    p = kind.selection(conn, params, spec=params["layout_spec"])  # the layout the job was planned with
     layout = layouts.resolve(conn, p["layout_spec"])
     query = selection.candidates(conn, layout, p, unarchive=unarchive, count_events=False)
     return int(conn.execute(render("SELECT count(*) FROM (" + query.sql + ") c", **query.idents),

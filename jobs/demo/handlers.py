@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from tidegate.jobs.handlers import ItemHandler, register
+from tidegate.jobs.handlers import BadItem, ItemHandler, register
 
 
-class ParseError(ValueError):
+class ParseError(BadItem):
     error_type = "PARSE_ERROR"
 
 
@@ -47,7 +47,7 @@ class HeroTroops(ItemHandler):
     name = "hero_troops"
     source = "hero_snapshots"
     key = "created_at"
-    writes = ["user_troops"]
+    writes = ("user_troops",)
     derived = {"table": "user_troops", "key": ["user_id", "troop_id"]}
 
     def transform(self, row: Mapping[str, Any]) -> Iterable[tuple[Any, ...]]:

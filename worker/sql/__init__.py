@@ -7,7 +7,9 @@ reviewed, in one file.
 
 Some statements work on a user's table. Their text holds placeholders such as
 ``{source}``; :func:`render` fills them only with :class:`worker.identifiers.Ident`
-values, which only the catalog validator creates. A plain string is refused.
+values, which only the catalog validator creates, and :class:`Fragment` values: SQL
+text the code assembles from its own constants (a condition, a SET list), which may
+hold placeholders of its own. A plain string is refused.
 """
 
 from __future__ import annotations
@@ -46,9 +48,28 @@ def q(name: str) -> TextClause:
     return text(raw(name))
 
 
-def render(template: str, **idents: Ident) -> TextClause:
-    """Fill ``{placeholders}`` in a template with catalog-checked identifiers."""
-    wanted = {field for _, field, _, _ in string.Formatter().parse(template) if field}
+class Fragment(str):
+    """SQL text built by the code from its own constants, never from input: a piece of a template
+    (``AND``-ed conditions, a SET list) whose own ``{placeholders}`` :func:`render` fills in turn."""
+
+
+_FIELD = re.compile(r"\{(\w+)\}")
+
+
+def _fields(template: str) -> set[str]:
+    return {field for _, field, _, _ in string.Formatter().parse(template) if field}
+
+
+def render(template: str, **values: Ident | Fragment) -> TextClause:
+    """Fill ``{placeholders}`` in a template: fragments first, then catalog-checked identifiers."""
+    fragments = {k: v for k, v in values.items() if isinstance(v, Fragment)}
+    if fragments:
+        unused = set(fragments) - _fields(template)
+        if unused:
+            raise KeyError(f"template has no place for {sorted(unused)}")
+        template = _FIELD.sub(lambda m: fragments.get(m[1], m[0]), template)
+    idents = {k: v for k, v in values.items() if k not in fragments}
+    wanted = _fields(template)
     if wanted != set(idents):
         raise KeyError(f"template wants {sorted(wanted)}, got {sorted(idents)}")
     for name, value in idents.items():
