@@ -245,3 +245,29 @@ def private_server():  # type: ignore[no-untyped-def]
     except Exception:
         pass
     shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def citus_cluster():  # type: ignore[no-untyped-def]
+    """A Citus coordinator and two workers of the session's own (tests/citus.py), tidegate migrated on
+    the coordinator; skips with the reason when Citus is not installed and cannot be built here."""
+    from tests import citus
+
+    try:
+        citus.ensure_built()
+    except citus.Unavailable as why:
+        pytest.skip(f"Citus: {why}")
+    cluster = citus.Cluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def citus(citus_cluster):  # type: ignore[no-untyped-def]
+    """The Citus cluster with tidegate's tables empty; the tables a test creates are dropped after it."""
+    keep = citus_cluster.tables()
+    yield citus_cluster
+    citus_cluster.reset(keep)
