@@ -57,7 +57,7 @@ def source_dir() -> Path:
 
 def ensure_built() -> None:
     """``citus.so`` installed into PostgreSQL 15, built from the vendored source if need be and if we
-    may; raises Unavailable when it is not there and cannot be, CalledProcessError when a build fails."""
+    may; raises Unavailable when it is not there and cannot be, RuntimeError when a build fails."""
     pg_config = PG_BIN / "pg_config"
     if not (PG_BIN / "initdb").exists() or not pg_config.exists():
         raise Unavailable(f"no PostgreSQL 15 server binaries in {PG_BIN} (initdb, pg_config)")
@@ -70,7 +70,10 @@ def ensure_built() -> None:
                           f" ({build} missing; set ${SOURCE_ENV})")
     if os.geteuid() != 0:
         raise Unavailable(f"citus.so is not in {libdir}; building it needs root (run `make citus` as root)")
-    subprocess.run(["bash", str(build), str(pg_config)], check=True, capture_output=True, text=True)
+    done = subprocess.run(["bash", str(build), str(pg_config)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"building Citus ({build}) failed with {done.returncode}:\n{done.stdout[-2000:]}"
+                           f"\n{done.stderr[-4000:]}")
 
 
 def free_port() -> int:
