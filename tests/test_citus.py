@@ -12,11 +12,13 @@ from __future__ import annotations
 import random
 import signal
 import time
+import uuid
 from collections import Counter
 
 import pytest
 from sqlalchemy import text
 
+from tests.citus import ROOT
 from tests.conftest import Pool, run_cli, wait_for
 from tests.fixtures import clean_run_checksum, seed_demo, troops_checksum
 from tidegate.worker.db import make_engine
@@ -90,8 +92,8 @@ def _target(cluster, table: str = "troop_log") -> None:  # type: ignore[no-untyp
         conn.execute(text(TARGETS[table]))
 
 
-def _enqueue(cluster, handler: str, *extra: str, concurrency: int = 3) -> str:  # type: ignore[no-untyped-def]
-    return run_cli(cluster.url, "enqueue", "backfill-range", "--source", "hero_snapshots", "--key", "created_at",
+def _enqueue(cluster, handler: str, *extra: str, concurrency: int = 3, url: str | None = None) -> str:  # type: ignore[no-untyped-def]
+    return run_cli(url or cluster.url, "enqueue", "backfill-range", "--source", "hero_snapshots", "--key", "created_at",
                    "--from", "2024-01-01", "--to", "2025-01-01", "--handler", handler, "--batch-size", "200",
                    "--concurrency", str(concurrency), "--owner", "tests", *extra, env=ENV).stdout.strip()
 
@@ -310,3 +312,26 @@ def test_the_cluster_is_what_the_tests_say(citus):
     assert citus.coordinator.query("SELECT to_regclass('backfill_jobs') IS NOT NULL") == [(True,)]
     assert all(w.query("SELECT to_regclass('backfill_jobs')") == [(None,)] for w in citus.workers)
     assert citus.coordinator.query("SELECT citus_version()")[0][0].startswith("Citus 13.2")
+
+
+def test_ops_roles_applied_on_the_coordinator_reach_the_nodes_and_a_worker_login_runs_the_backfill(cluster):
+    """ops/roles.sql on the coordinator: Citus creates the roles on every node and grants on distributed
+    tables reach their shards, so a tg_worker login runs batches whose writes land on the workers."""
+    _target(cluster)
+    prefix = f"tg{uuid.uuid4().hex[:6]}_"
+    with cluster.engine.begin() as conn:
+        conn.execute(text((ROOT / "ops/roles.sql").read_text().replace("tg_", prefix)))
+        conn.execute(text(f"ALTER ROLE {prefix}enqueue LOGIN; ALTER ROLE {prefix}worker LOGIN"))
+        conn.execute(text(f"GRANT SELECT ON hero_snapshots TO {prefix}enqueue, {prefix}worker"))
+        conn.execute(text(f"GRANT INSERT ON troop_log TO {prefix}worker"))
+    try:
+        for node in cluster.nodes:
+            assert node.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", f"{prefix}worker") == [(True,)]
+        as_role = {r: cluster.url.replace("postgres@", f"{prefix}{r}@") for r in ("enqueue", "worker")}
+        job = _enqueue(cluster, "tests.citus_handlers:troop_log", concurrency=2, url=as_role["enqueue"])
+        run_cli(as_role["worker"], "worker", "--concurrency", "2", "--drain", env=ENV)
+        _assert_python_job_exact(cluster, job)
+    finally:
+        with cluster.engine.begin() as conn:
+            for role in ("enqueue", "operator", "worker", "maintenance", "sql_author"):
+                conn.execute(text(f"DROP OWNED BY {prefix}{role}; DROP ROLE {prefix}{role}"))
