@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from sqlalchemy import Engine
 
+from tidegate.worker.db import make_engine
 from tidegate.worker.schema import SECTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,6 +150,7 @@ class Cluster:
             os.chown(self.home, user.pw_uid, user.pw_gid)
         names = ["coordinator", *(f"worker{i}" for i in range(1, workers + 1))]
         self.nodes = [Node(n, free_port(), self.home / n) for n in names]
+        self._engine: Engine | None = None
 
     @property
     def coordinator(self) -> Node:
@@ -160,6 +163,13 @@ class Cluster:
     @property
     def url(self) -> str:
         return self.coordinator.url
+
+    @property
+    def engine(self) -> Engine:
+        """A SQLAlchemy engine on the coordinator, for the tests' own queries."""
+        if self._engine is None:
+            self._engine = make_engine(self.url, application_name="tidegate-tests")
+        return self._engine
 
     def start(self) -> None:
         for node in self.nodes:
@@ -206,6 +216,8 @@ class Cluster:
         return {r[0] for r in self.coordinator.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
 
     def stop(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
         for node in reversed(self.nodes):
             try:
                 node.stop("immediate")

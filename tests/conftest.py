@@ -251,13 +251,13 @@ def private_server():  # type: ignore[no-untyped-def]
 def citus_cluster():  # type: ignore[no-untyped-def]
     """A Citus coordinator and two workers of the session's own (tests/citus.py), tidegate migrated on
     the coordinator; skips with the reason when Citus is not installed and cannot be built here."""
-    from tests import citus
+    from tests.citus import Cluster, Unavailable, ensure_built
 
     try:
-        citus.ensure_built()
-    except citus.Unavailable as why:
+        ensure_built()
+    except Unavailable as why:
         pytest.skip(f"Citus: {why}")
-    cluster = citus.Cluster()
+    cluster = Cluster()
     try:
         cluster.start()
         yield cluster

@@ -14,14 +14,16 @@ import signal
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from tests.citus import ROOT
+from tests.citus import ROOT, Cluster
 from tests.conftest import Pool, run_cli, wait_for
 from tests.fixtures import clean_run_checksum, seed_demo, troops_checksum
-from tidegate.worker.db import make_engine
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("citus")]
 
@@ -65,61 +67,64 @@ EVERYTHING = {"lo": "2000-01-01Z", "hi": "2100-01-01Z"}
 
 
 @pytest.fixture
-def cluster(citus, tmp_path):  # type: ignore[no-untyped-def]
-    """The cluster with the demo's snapshots distributed and seeded, and a pool starter."""
-    engine = make_engine(citus.url, application_name="tidegate-tests")
-    with engine.begin() as conn:
+def cluster(citus: Cluster) -> Cluster:
+    """The cluster with the demo's snapshots distributed and seeded."""
+    with citus.engine.begin() as conn:
         conn.execute(text(SNAPSHOTS))
-    seed_demo(engine, ROWS)
+    seed_demo(citus.engine, ROWS)
+    return citus
+
+
+@pytest.fixture
+def start_pool(cluster: Cluster, tmp_path: Path) -> Iterator[Callable[..., Pool]]:
+    """Starts `tidegate worker` pools on the coordinator; kills those still running at the end."""
     pools: list[Pool] = []
 
     def start(*args: str) -> Pool:
-        pool = Pool(citus.url, *args, log=tmp_path / f"pool-{len(pools)}.log", env=ENV)
+        pool = Pool(cluster.url, *args, log=tmp_path / f"pool-{len(pools)}.log", env=ENV)
         pools.append(pool)
         return pool
 
-    citus.engine, citus.start_pool = engine, start
-    yield citus
+    yield start
     for pool in pools:
         if pool.proc.poll() is None:
             pool.kill()
-    engine.dispose()
 
 
-def _target(cluster, table: str = "troop_log") -> None:  # type: ignore[no-untyped-def]
+def _target(cluster: Cluster, table: str = "troop_log") -> None:
     with cluster.engine.begin() as conn:
         conn.execute(text(f"CREATE TABLE {table} (user_id bigint NOT NULL, snapshot_id bigint NOT NULL, troops int)"))
         conn.execute(text(TARGETS[table]))
 
 
-def _enqueue(cluster, handler: str, *extra: str, concurrency: int = 3, url: str | None = None) -> str:  # type: ignore[no-untyped-def]
+def _enqueue(cluster: Cluster, handler: str, *extra: str, concurrency: int = 3, url: str | None = None) -> str:
     return run_cli(url or cluster.url, "enqueue", "backfill-range", "--source", "hero_snapshots", "--key", "created_at",
                    "--from", "2024-01-01", "--to", "2025-01-01", "--handler", handler, "--batch-size", "200",
                    "--concurrency", str(concurrency), "--owner", "tests", *extra, env=ENV).stdout.strip()
 
 
-def _job(cluster, job_id: str):  # type: ignore[no-untyped-def]
-    def fetch():  # type: ignore[no-untyped-def]
+def _job(cluster: Cluster, job_id: str) -> Any:
+    def fetch() -> Any:
         with cluster.engine.connect() as conn:
             return conn.execute(text("SELECT * FROM backfill_jobs WHERE job_id = :j"), {"j": job_id}).first()
 
     return wait_for(fetch, what=f"job {job_id} planned")
 
 
-def _done(cluster, job_id: str) -> bool:  # type: ignore[no-untyped-def]
+def _done(cluster: Cluster, job_id: str) -> bool:
     return _job(cluster, job_id).status == "done"
 
 
-def _rows(cluster, sql: str, **params: object) -> list[tuple]:  # type: ignore[no-untyped-def]
+def _rows(cluster: Cluster, sql: str, **params: object) -> list[tuple]:
     with cluster.engine.connect() as conn:
         return [tuple(r) for r in conn.execute(text(sql), params)]
 
 
-def _scalar(cluster, sql: str, **params: object):  # type: ignore[no-untyped-def]
+def _scalar(cluster: Cluster, sql: str, **params: object) -> Any:
     return _rows(cluster, sql, **params)[0][0]
 
 
-def _assert_exactly_once(cluster, table: str, ranges: list[tuple[str, str]] | None = None) -> None:  # type: ignore[no-untyped-def]
+def _assert_exactly_once(cluster: Cluster, table: str, ranges: list[tuple[str, str]] | None = None) -> None:
     """``table`` holds exactly the expected row of every good snapshot in ``ranges`` (``(lo, hi]``; default
     all of them): none missing, none twice, none outside."""
     expected: Counter[tuple] = Counter()
@@ -131,7 +136,7 @@ def _assert_exactly_once(cluster, table: str, ranges: list[tuple[str, str]] | No
     assert logged == expected
 
 
-def _assert_python_job_exact(cluster, job_id: str, table: str = "troop_log") -> None:  # type: ignore[no-untyped-def]
+def _assert_python_job_exact(cluster: Cluster, job_id: str, table: str = "troop_log") -> None:
     _assert_exactly_once(cluster, table)
     bad = _scalar(cluster, BAD, **EVERYTHING)
     row = _job(cluster, job_id)
@@ -140,12 +145,12 @@ def _assert_python_job_exact(cluster, job_id: str, table: str = "troop_log") -> 
     assert _rows(cluster, "SELECT count(*), count(DISTINCT item_key) FROM etl_errors") == [(bad, bad)]
 
 
-def _assert_no_prepared_transactions_after_recovery(cluster) -> None:  # type: ignore[no-untyped-def]
+def _assert_no_prepared_transactions_after_recovery(cluster: Cluster) -> None:
     cluster.recover_prepared()
     assert cluster.prepared_xacts() == {"coordinator": 0, "worker1": 0, "worker2": 0}
 
 
-def _kill_storm(cluster, pool: Pool, job_id: str, kills: int, rng: random.Random) -> int:  # type: ignore[no-untyped-def]
+def _kill_storm(cluster: Cluster, pool: Pool, job_id: str, kills: int, rng: random.Random) -> int:
     """SIGKILL a random worker process of the pool every 0.2-1 s while the job runs; returns kills done."""
     done = 0
     while done < kills and not _done(cluster, job_id):
@@ -160,10 +165,10 @@ def _kill_storm(cluster, pool: Pool, job_id: str, kills: int, rng: random.Random
 # -- (a) SIGKILL storms --------------------------------------------------------------------------
 
 
-def test_sigkilled_workers_on_distributed_tables_end_with_exactly_the_expected_rows(cluster):
+def test_sigkilled_workers_on_distributed_tables_end_with_exactly_the_expected_rows(cluster, start_pool):
     _target(cluster)
     job = _enqueue(cluster, "tests.citus_handlers:troop_log")
-    pool = cluster.start_pool("--concurrency", "3", "--lease", "2")
+    pool = start_pool("--concurrency", "3", "--lease", "2")
     kills = _kill_storm(cluster, pool, job, kills=6, rng=random.Random(11))
     wait_for(lambda: _done(cluster, job), timeout=180, what="job done after the kill storm")
     assert pool.terminate() == 0
@@ -175,12 +180,12 @@ def test_sigkilled_workers_on_distributed_tables_end_with_exactly_the_expected_r
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="jobs/sql_check.py refuses a Citus plan at enqueue: 'the statement must modify a table"
                           " (...); its plan is a Custom Scan' (ops/citus.md)")
-def test_a_sql_handler_pushed_down_to_colocated_shards_survives_a_kill_storm(cluster, tmp_path):
+def test_a_sql_handler_pushed_down_to_colocated_shards_survives_a_kill_storm(cluster, start_pool, tmp_path):
     _target(cluster)
     handler = tmp_path / "troop_log.sql"
     handler.write_text(TROOP_LOG_SQL.format(table="troop_log"))
     job = _enqueue(cluster, f"sql:{handler}")
-    pool = cluster.start_pool("--concurrency", "3", "--lease", "2")
+    pool = start_pool("--concurrency", "3", "--lease", "2")
     kills = _kill_storm(cluster, pool, job, kills=6, rng=random.Random(12))
     wait_for(lambda: _done(cluster, job), timeout=180, what="job done after the kill storm")
     assert pool.terminate() == 0
@@ -194,10 +199,10 @@ def test_a_sql_handler_pushed_down_to_colocated_shards_survives_a_kill_storm(clu
 
 
 @pytest.mark.parametrize("mode", ["immediate", "fast"])
-def test_both_worker_nodes_restarted_mid_run_end_exact_with_no_prepared_transaction_left(cluster, mode):
+def test_both_worker_nodes_restarted_mid_run_end_exact_with_no_prepared_transaction_left(cluster, start_pool, mode):
     _target(cluster)
     job = _enqueue(cluster, "tests.citus_handlers:troop_log")
-    pool = cluster.start_pool("--concurrency", "3", "--retry-backoff", "0.5")
+    pool = start_pool("--concurrency", "3", "--retry-backoff", "0.5")
     progress = 0
     for node in cluster.workers:
         progress += 2000
@@ -219,10 +224,10 @@ def test_both_worker_nodes_restarted_mid_run_end_exact_with_no_prepared_transact
 # -- (c) pause and resume by the runbook's SQL ------------------------------------------------------
 
 
-def test_runbook_pause_and_resume_on_the_coordinator_keep_data_and_checkpoints_in_step(cluster):
+def test_runbook_pause_and_resume_on_the_coordinator_keep_data_and_checkpoints_in_step(cluster, start_pool):
     _target(cluster)
     job = _enqueue(cluster, "tests.citus_handlers:troop_log", concurrency=2)
-    pool = cluster.start_pool("--concurrency", "2")
+    pool = start_pool("--concurrency", "2")
     wait_for(lambda: _job(cluster, job).processed_count >= 2000, timeout=120, what="progress")
     with cluster.engine.begin() as conn:  # the runbook's pause, for a job that is running
         assert conn.execute(text("UPDATE backfill_jobs SET status = 'paused' WHERE job_id = :j AND status = 'running'"),
@@ -251,14 +256,14 @@ def test_runbook_pause_and_resume_on_the_coordinator_keep_data_and_checkpoints_i
 # -- (d) the demo's ItemHandler on distributed tables -------------------------------------------------
 
 
-def test_the_demos_item_handler_on_colocated_distributed_tables_matches_a_clean_run(cluster):
+def test_the_demos_item_handler_on_colocated_distributed_tables_matches_a_clean_run(cluster, start_pool):
     with cluster.engine.begin() as conn:
         conn.execute(text(USER_TROOPS))
     # reference: the demo's SQL over every snapshot, one distributed statement
     clean = clean_run_checksum(cluster.engine)
     assert clean[0] > ROWS  # about ten troops per user
     job = _enqueue(cluster, "hero_troops")
-    pool = cluster.start_pool("--concurrency", "3", "--lease", "2")
+    pool = start_pool("--concurrency", "3", "--lease", "2")
     _kill_storm(cluster, pool, job, kills=3, rng=random.Random(13))
     wait_for(lambda: _done(cluster, job), timeout=180, what="job done")
     assert pool.terminate() == 0
@@ -273,12 +278,12 @@ def test_the_demos_item_handler_on_colocated_distributed_tables_matches_a_clean_
 
 
 @pytest.mark.parametrize("table", ["troop_ref", "troop_other"])
-def test_a_python_handler_writing_a_reference_or_non_colocated_table_is_exact(cluster, table):
+def test_a_python_handler_writing_a_reference_or_non_colocated_table_is_exact(cluster, start_pool, table):
     """Row-by-row writes from the coordinator: a reference table gets each row on every node, a table
     distributed on another column gets it on that column's shard; both in the batch's 2PC."""
     _target(cluster, table)
     job = _enqueue(cluster, f"tests.citus_handlers:{table}")
-    pool = cluster.start_pool("--concurrency", "3", "--lease", "2")
+    pool = start_pool("--concurrency", "3", "--lease", "2")
     _kill_storm(cluster, pool, job, kills=3, rng=random.Random(14))
     wait_for(lambda: _done(cluster, job), timeout=180, what="job done")
     assert pool.terminate() == 0
