@@ -10,8 +10,6 @@ source, with nothing missing and nothing doubled. ops/citus.md is the user's sid
 from __future__ import annotations
 
 import random
-import signal
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -22,7 +20,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.citus import ROOT, Cluster
-from tests.conftest import Pool, run_cli, wait_for
+from tests.conftest import Pool, job_row, kill_storm, pool_starter, run_cli, wait_for
 from tests.fixtures import clean_run_checksum, seed_demo, troops_checksum
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("citus")]
@@ -77,18 +75,8 @@ def cluster(citus: Cluster) -> Cluster:
 
 @pytest.fixture
 def start_pool(cluster: Cluster, tmp_path: Path) -> Iterator[Callable[..., Pool]]:
-    """Starts `tidegate worker` pools on the coordinator; kills those still running at the end."""
-    pools: list[Pool] = []
-
-    def start(*args: str) -> Pool:
-        pool = Pool(cluster.url, *args, log=tmp_path / f"pool-{len(pools)}.log", env=ENV)
-        pools.append(pool)
-        return pool
-
-    yield start
-    for pool in pools:
-        if pool.proc.poll() is None:
-            pool.kill()
+    with pool_starter(cluster.url, tmp_path, env=ENV) as start:
+        yield start
 
 
 def _target(cluster: Cluster, table: str = "troop_log") -> None:
@@ -103,16 +91,8 @@ def _enqueue(cluster: Cluster, handler: str, *extra: str, concurrency: int = 3, 
                    "--concurrency", str(concurrency), "--owner", "tests", *extra, env=ENV).stdout.strip()
 
 
-def _job(cluster: Cluster, job_id: str) -> Any:
-    def fetch() -> Any:
-        with cluster.engine.connect() as conn:
-            return conn.execute(text("SELECT * FROM backfill_jobs WHERE job_id = :j"), {"j": job_id}).first()
-
-    return wait_for(fetch, what=f"job {job_id} planned")
-
-
 def _done(cluster: Cluster, job_id: str) -> bool:
-    return _job(cluster, job_id).status == "done"
+    return job_row(cluster.engine, job_id).status == "done"
 
 
 def _rows(cluster: Cluster, sql: str, **params: object) -> list[tuple]:
@@ -139,7 +119,7 @@ def _assert_exactly_once(cluster: Cluster, table: str, ranges: list[tuple[str, s
 def _assert_python_job_exact(cluster: Cluster, job_id: str, table: str = "troop_log") -> None:
     _assert_exactly_once(cluster, table)
     bad = _scalar(cluster, BAD, **EVERYTHING)
-    row = _job(cluster, job_id)
+    row = job_row(cluster.engine, job_id)
     assert (row.status, row.processed_count, row.error_count) == ("done", ROWS, bad)
     # each bad snapshot recorded once, in the coordinator's etl_errors, by the batch that committed
     assert _rows(cluster, "SELECT count(*), count(DISTINCT item_key) FROM etl_errors") == [(bad, bad)]
@@ -150,18 +130,6 @@ def _assert_no_prepared_transactions_after_recovery(cluster: Cluster) -> None:
     assert cluster.prepared_xacts() == {"coordinator": 0, "worker1": 0, "worker2": 0}
 
 
-def _kill_storm(cluster: Cluster, pool: Pool, job_id: str, kills: int, rng: random.Random) -> int:
-    """SIGKILL a random worker process of the pool every 0.2-1 s while the job runs; returns kills done."""
-    done = 0
-    while done < kills and not _done(cluster, job_id):
-        time.sleep(rng.uniform(0.2, 1.0))
-        workers = pool.workers()
-        if workers:
-            rng.choice(workers).send_signal(signal.SIGKILL)
-            done += 1
-    return done
-
-
 # -- (a) SIGKILL storms --------------------------------------------------------------------------
 
 
@@ -169,7 +137,7 @@ def test_sigkilled_workers_on_distributed_tables_end_with_exactly_the_expected_r
     _target(cluster)
     job = _enqueue(cluster, "tests.citus_handlers:troop_log")
     pool = start_pool("--concurrency", "3", "--lease", "2")
-    kills = _kill_storm(cluster, pool, job, kills=6, rng=random.Random(11))
+    kills = kill_storm(pool, cluster.engine, job, kills=6, rng=random.Random(11))
     wait_for(lambda: _done(cluster, job), timeout=180, what="job done after the kill storm")
     assert pool.terminate() == 0
     assert kills >= 3
@@ -186,12 +154,12 @@ def test_a_sql_handler_pushed_down_to_colocated_shards_survives_a_kill_storm(clu
     handler.write_text(TROOP_LOG_SQL.format(table="troop_log"))
     job = _enqueue(cluster, f"sql:{handler}")
     pool = start_pool("--concurrency", "3", "--lease", "2")
-    kills = _kill_storm(cluster, pool, job, kills=6, rng=random.Random(12))
+    kills = kill_storm(pool, cluster.engine, job, kills=6, rng=random.Random(12))
     wait_for(lambda: _done(cluster, job), timeout=180, what="job done after the kill storm")
     assert pool.terminate() == 0
     assert kills >= 3
     _assert_exactly_once(cluster, "troop_log")
-    assert _job(cluster, job).processed_count == ROWS
+    assert job_row(cluster.engine, job).processed_count == ROWS
     _assert_no_prepared_transactions_after_recovery(cluster)
 
 
@@ -206,9 +174,9 @@ def test_both_worker_nodes_restarted_mid_run_end_exact_with_no_prepared_transact
     progress = 0
     for node in cluster.workers:
         progress += 2000
-        wait_for(lambda p=progress: _job(cluster, job).processed_count >= p, timeout=120, what=f"{progress} rows")
+        wait_for(lambda p=progress: job_row(cluster.engine, job).processed_count >= p, timeout=120, what=f"{progress} rows")
         node.restart(mode)  # batches in flight lose their connection to the node: rolled back and retried
-        assert _job(cluster, job).status == "running"  # mid-run, not after it
+        assert job_row(cluster.engine, job).status == "running"  # mid-run, not after it
     wait_for(lambda: _done(cluster, job), timeout=180, what="job done after the restarts")
     assert pool.terminate() == 0
     # the restarts cut the coordinator's connections to the nodes under the pool's batches: Citus says
@@ -228,13 +196,13 @@ def test_runbook_pause_and_resume_on_the_coordinator_keep_data_and_checkpoints_i
     _target(cluster)
     job = _enqueue(cluster, "tests.citus_handlers:troop_log", concurrency=2)
     pool = start_pool("--concurrency", "2")
-    wait_for(lambda: _job(cluster, job).processed_count >= 2000, timeout=120, what="progress")
+    wait_for(lambda: job_row(cluster.engine, job).processed_count >= 2000, timeout=120, what="progress")
     with cluster.engine.begin() as conn:  # the runbook's pause, for a job that is running
         assert conn.execute(text("UPDATE backfill_jobs SET status = 'paused' WHERE job_id = :j AND status = 'running'"),
                             {"j": job}).rowcount == 1
     wait_for(lambda: _scalar(cluster, "SELECT count(*) FROM backfill_slices WHERE job_id = :j AND locked_by IS NOT NULL",
                              j=job) == 0, what="the pool lets go of the paused job")
-    paused = _job(cluster, job)
+    paused = job_row(cluster.engine, job)
     assert paused.status == "paused" and 0 < paused.processed_count < ROWS
 
     # the distributed rows and the coordinator's checkpoints agree: each slice's (start, checkpoint] is in
@@ -264,13 +232,13 @@ def test_the_demos_item_handler_on_colocated_distributed_tables_matches_a_clean_
     assert clean[0] > ROWS  # about ten troops per user
     job = _enqueue(cluster, "hero_troops")
     pool = start_pool("--concurrency", "3", "--lease", "2")
-    _kill_storm(cluster, pool, job, kills=3, rng=random.Random(13))
+    kill_storm(pool, cluster.engine, job, kills=3, rng=random.Random(13))
     wait_for(lambda: _done(cluster, job), timeout=180, what="job done")
     assert pool.terminate() == 0
     assert troops_checksum(cluster.engine) == clean
     malformed = _scalar(cluster, "SELECT count(*) FROM hero_snapshots WHERE jsonb_typeof(raw->'ProfileData'->'Troops')"
                                  " IS DISTINCT FROM 'array' OR raw->'ProfileData'->'Troops' @> '[{\"Level\": \"max\"}]'")
-    row = _job(cluster, job)
+    row = job_row(cluster.engine, job)
     assert (row.processed_count, row.error_count) == (ROWS, malformed)
 
 
@@ -284,7 +252,7 @@ def test_a_python_handler_writing_a_reference_or_non_colocated_table_is_exact(cl
     _target(cluster, table)
     job = _enqueue(cluster, f"tests.citus_handlers:{table}")
     pool = start_pool("--concurrency", "3", "--lease", "2")
-    _kill_storm(cluster, pool, job, kills=3, rng=random.Random(14))
+    kill_storm(pool, cluster.engine, job, kills=3, rng=random.Random(14))
     wait_for(lambda: _done(cluster, job), timeout=180, what="job done")
     assert pool.terminate() == 0
     _assert_python_job_exact(cluster, job, table)
