@@ -8,7 +8,7 @@ CONCURRENCY ?= 2
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run test test-pg15 test-chaos bench lint clean
+.PHONY: help install system-deps citus run test test-pg15 test-chaos bench lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,19 @@ system-deps: ## install Debian's pgbouncer, chromium and prometheus (promtool) f
 	  else echo "note:$$missing missing and not root: the tests that need them will skip"; fi; \
 	fi
 
+# Citus 13.2.2 for tests/test_citus.py (a coordinator and two workers of the tests' own): built
+# from the source kept beside the repository ($TIDEGATE_CITUS_SOURCE, else ../shared/vendor/citus)
+# into PostgreSQL 15 when citus.so is missing and we may (root); otherwise those tests skip and say
+# why. A no-op when installed.
+CITUS_SOURCE ?= $(or $(TIDEGATE_CITUS_SOURCE),$(CURDIR)/../shared/vendor/citus)
+PG15_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+citus: ## build and install Citus into PostgreSQL 15 for the Citus tests (root; 2-3 min once, then a no-op)
+	@if [ ! -x $(PG15_CONFIG) ]; then echo "note: no PostgreSQL 15 ($(PG15_CONFIG)): the Citus tests will skip"; \
+	elif [ -f "$$($(PG15_CONFIG) --pkglibdir)/citus.so" ]; then :; \
+	elif [ ! -f "$(CITUS_SOURCE)/build.sh" ]; then echo "note: no Citus source in $(CITUS_SOURCE): the Citus tests will skip"; \
+	elif [ "$$(id -u)" != 0 ]; then echo "note: citus.so missing and not root: the Citus tests will skip"; \
+	else echo "building Citus from $(CITUS_SOURCE) (2-3 min)"; bash "$(CITUS_SOURCE)/build.sh" $(PG15_CONFIG); fi
+
 run: install ## the demo end to end: embedded PostgreSQL (or $DATABASE_URL), migrate, seed, enqueue, run, report
 	$(TG) db upgrade
 	$(TG) demo seed --rows $(ROWS)
@@ -46,10 +59,10 @@ run: install ## the demo end to end: embedded PostgreSQL (or $DATABASE_URL), mig
 	$(TG) status --limit 5
 	$(TG) demo check
 
-test: install system-deps ## the test suite against a real PostgreSQL (see README: which one)
+test: install system-deps citus ## the test suite against a real PostgreSQL (see README: which one)
 	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
-test-pg15: install system-deps ## the suite against this machine's PostgreSQL 15 on 127.0.0.1:5432
+test-pg15: install system-deps citus ## the suite against this machine's PostgreSQL 15 on 127.0.0.1:5432
 	TIDEGATE_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres $(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 test-chaos: install ## the long fault-injection runs

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -133,12 +135,14 @@ class Pool:
         return self.log_path.read_text() if self.log_path else ""
 
 
-@pytest.fixture
-def pools(db_url: str, tmp_path: Path) -> Iterator[callable]:
+@contextlib.contextmanager
+def pool_starter(default_url: str, tmp_path: Path, env: dict | None = None) -> Iterator[callable]:
+    """Starts pools (on ``default_url`` unless told otherwise), logging under tmp_path; kills those
+    still running at the end."""
     started: list[Pool] = []
 
-    def start(*args: str, url: str | None = None, env: dict | None = None) -> Pool:
-        pool = Pool(url or db_url, *args, log=tmp_path / f"pool-{len(started)}.log", env=env)
+    def start(*args: str, url: str | None = None, env: dict | None = env) -> Pool:
+        pool = Pool(url or default_url, *args, log=tmp_path / f"pool-{len(started)}.log", env=env)
         started.append(pool)
         return pool
 
@@ -146,6 +150,24 @@ def pools(db_url: str, tmp_path: Path) -> Iterator[callable]:
     for pool in started:
         if pool.proc.poll() is None:
             pool.kill()
+
+
+@pytest.fixture
+def pools(db_url: str, tmp_path: Path) -> Iterator[callable]:
+    with pool_starter(db_url, tmp_path) as start:
+        yield start
+
+
+def kill_storm(pool: Pool, engine: Engine, job: str, kills: int, rng: random.Random) -> int:
+    """SIGKILL a random worker of the pool every 0.2-1 s while the job runs; returns kills done."""
+    done = 0
+    while done < kills and job_row(engine, job).status != "done":
+        time.sleep(rng.uniform(0.2, 1.0))
+        workers = pool.workers()
+        if workers:
+            rng.choice(workers).send_signal(signal.SIGKILL)
+            done += 1
+    return done
 
 
 def enqueue_items(url: str, tmp_path: Path, sql: str, *extra: str, batch_size: int = 100,
@@ -245,3 +267,29 @@ def private_server():  # type: ignore[no-untyped-def]
     except Exception:
         pass
     shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def citus_cluster():  # type: ignore[no-untyped-def]
+    """A Citus coordinator and two workers of the session's own (tests/citus.py), tidegate migrated on
+    the coordinator; skips with the reason when Citus is not installed and cannot be built here."""
+    from tests.citus import Cluster, Unavailable, ensure_built
+
+    try:
+        ensure_built()
+    except Unavailable as why:
+        pytest.skip(f"Citus: {why}")
+    cluster = Cluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def citus(citus_cluster):  # type: ignore[no-untyped-def]
+    """The Citus cluster with tidegate's tables empty; the tables a test creates are dropped after it."""
+    keep = citus_cluster.tables()
+    yield citus_cluster
+    citus_cluster.reset(keep)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import random
-import signal
-import time
 
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import enqueue_items, job_row, run_cli, scalar, wait_for
+from tests.conftest import enqueue_items, job_row, kill_storm, run_cli, scalar, wait_for
 from tests.fixtures import clean_run_checksum, log_report, make_items, seed_demo, slow_handler, troops_checksum
 
 pytestmark = pytest.mark.slow
@@ -17,18 +15,6 @@ pytestmark = pytest.mark.slow
 
 def _done(engine, job):  # type: ignore[no-untyped-def]
     return job_row(engine, job).status == "done"
-
-
-def _kill_storm(pool, engine, job, kills: int, rng: random.Random) -> int:  # type: ignore[no-untyped-def]
-    """SIGKILL a random worker of the pool every so often while the job runs; returns kills done."""
-    done = 0
-    while done < kills and not _done(engine, job):
-        time.sleep(rng.uniform(0.2, 1.0))
-        workers = pool.workers()
-        if workers:
-            rng.choice(workers).send_signal(signal.SIGKILL)
-            done += 1
-    return done
 
 
 def test_sigkilled_workers_end_with_the_same_data_as_a_clean_run(engine, db_url):
@@ -39,7 +25,7 @@ def test_sigkilled_workers_end_with_the_same_data_as_a_clean_run(engine, db_url)
                   "--handler", "hero_troops", "--batch-size", "200", "--concurrency", "3",
                   "--owner", "tests").stdout.strip()
     pool = _start(db_url, "--concurrency", "3", "--lease", "2")
-    kills = _kill_storm(pool, engine, job, kills=6, rng=random.Random(11))
+    kills = kill_storm(pool, engine, job, kills=6, rng=random.Random(11))
     wait_for(lambda: _done(engine, job), timeout=180, what="job done after the kill storm")
     assert pool.terminate() == 0
 
@@ -52,11 +38,11 @@ def test_sigkilled_workers_end_with_the_same_data_as_a_clean_run(engine, db_url)
     assert scalar(engine, "SELECT count(DISTINCT item_key) FROM etl_errors") == row.error_count
 
 
-def test_every_key_is_processed_exactly_once_through_a_kill_storm(engine, db_url, tmp_path):
+def test_every_key_is_processed_exactly_once_through_akill_storm(engine, db_url, tmp_path):
     make_items(engine, 6000)
     job = enqueue_items(db_url, tmp_path, slow_handler(0.02), batch_size=50, concurrency=4, frm="1", to="6001")
     pool = _start(db_url, "--concurrency", "3", "--lease", "2")
-    _kill_storm(pool, engine, job, kills=8, rng=random.Random(5))
+    kill_storm(pool, engine, job, kills=8, rng=random.Random(5))
     wait_for(lambda: _done(engine, job), timeout=240, what="job done")
     assert pool.terminate() == 0
     assert log_report(engine) == {"logged": 6000, "distinct_keys": 6000, "items": 6000, "missing": 0}
