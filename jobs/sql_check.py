@@ -127,17 +127,31 @@ def check_plan(conn: Connection, statement: str, key_type: keys.KeyType) -> None
     except DBAPIError as err:
         savepoint.rollback()
         first = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
+        if "distributed plan" in first:  # Citus: not pushed down to colocated shards
+            first += (" (on Citus a SQL handler must read and write colocated distributed tables; into a reference"
+                      " or non-colocated table, use a Python handler: ops/citus.md)")
         raise NotPlanned(f"sql handler does not plan: {first}", getattr(err.orig, "sqlstate", None)) from None
     savepoint.rollback()
     if isinstance(plan, str):
         plan = json.loads(plan)
-    top = plan[0]["Plan"] if isinstance(plan, list) and plan else {}
+    top = _distributed_task(plan[0]["Plan"] if isinstance(plan, list) and plan else {})
     if top.get("Node Type") != "ModifyTable" or top.get("Operation") not in OPERATIONS:
         raise InvalidInput("sql handler: the statement must modify a table (one INSERT, UPDATE, DELETE or MERGE,"
                            f" optionally after WITH); its plan is a {top.get('Node Type', 'nothing')}")
     denied = DENIED.search(json.dumps(plan))
     if denied:
         raise InvalidInput(f"sql handler: the statement may not call {denied.group(1).lower()}()")
+
+
+def _distributed_task(top: dict) -> dict:
+    """On Citus, a statement pushed down to the shards plans as a Citus Custom Scan whose tasks hold the
+    real plan: the first task's plan (every task runs the same statement on its shard); else ``top``."""
+    if top.get("Node Type") != "Custom Scan" or not str(top.get("Custom Plan Provider", "")).startswith("Citus"):
+        return top
+    try:
+        return top["Distributed Query"]["Job"]["Tasks"][0]["Remote Plan"][0][0]["Plan"]
+    except (KeyError, IndexError, TypeError):
+        return top
 
 
 def _lex(statement: str) -> tuple[str, list[int]]:

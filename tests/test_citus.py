@@ -145,9 +145,6 @@ def test_sigkilled_workers_on_distributed_tables_end_with_exactly_the_expected_r
     _assert_no_prepared_transactions_after_recovery(cluster)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="jobs/sql_check.py refuses a Citus plan at enqueue: 'the statement must modify a table"
-                          " (...); its plan is a Custom Scan' (ops/citus.md)")
 def test_a_sql_handler_pushed_down_to_colocated_shards_survives_a_kill_storm(cluster, start_pool, tmp_path):
     _target(cluster)
     handler = tmp_path / "troop_log.sql"
@@ -273,7 +270,10 @@ def test_a_sql_handler_into_a_reference_or_non_colocated_table_is_refused_at_enq
     assert out.returncode != 0
     # Citus cannot EXPLAIN this INSERT ... SELECT with parameters (its message blames "parameters in SQL
     # functions"), although it runs it with them
-    assert out.stderr.strip().splitlines()[-1] == "error: sql handler does not plan: could not create distributed plan"
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: sql handler does not plan: could not create distributed plan (on Citus a SQL handler must read and"
+        " write colocated distributed tables; into a reference or non-colocated table, use a Python handler:"
+        " ops/citus.md)")
     assert _scalar(cluster, "SELECT count(*) FROM queue_jobs") == 0
 
 
