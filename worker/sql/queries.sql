@@ -1,6 +1,7 @@
 -- Runtime queries of tidegate. One statement per name; named parameters only.
 -- Lease rule used throughout: a slice is owned by the worker named in
--- locked_by while that worker's heartbeat is younger than its lease.
+-- locked_by while that worker is live, i.e. in the view tidegate_live_workers
+-- (migration 0010: its heartbeat is younger than its lease).
 
 -- name: register_worker
 -- description: Announce a worker process (its heartbeat row is its lease).
@@ -139,12 +140,10 @@ WHERE j.status IN ('pending', 'running')
   AND q.queue = ANY(:queues)
   AND j.kind = ANY(:kinds)
   -- unowned, owned by a worker whose lease expired, or our own (we lost track of it in an outage)
-  AND (s.locked_by IS NULL OR s.locked_by = :worker_id OR NOT EXISTS (
-        SELECT 1 FROM tidegate_workers w
-        WHERE w.id = s.locked_by AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)))
-  AND (SELECT count(*) FROM backfill_slices o JOIN tidegate_workers w ON w.id = o.locked_by
-       WHERE o.job_id = s.job_id AND o.status = 'pending' AND o.slice_no <> s.slice_no
-         AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)) < j.concurrency
+  AND (s.locked_by IS NULL OR s.locked_by = :worker_id
+       OR NOT EXISTS (SELECT 1 FROM tidegate_live_workers w WHERE w.id = s.locked_by))
+  AND (SELECT count(*) FROM backfill_slices o JOIN tidegate_live_workers w ON w.id = o.locked_by
+       WHERE o.job_id = s.job_id AND o.status = 'pending' AND o.slice_no <> s.slice_no) < j.concurrency
 ORDER BY q.priority DESC, j.created_at, s.slice_no
 LIMIT 1
 FOR UPDATE OF s SKIP LOCKED;
@@ -168,9 +167,9 @@ SELECT j.status, j.kind, CAST(j.params AS text) AS params, j.key_type, j.batch_s
        j.processed_count, j.concurrency, j.max_rows_per_second, j.sleep_between_batches, j.target_batch_seconds,
        j.min_batch_size, j.max_batch_size, j.row_limit,
        -- concurrency lowered under us: the slices with the lowest numbers keep running, the others let go
-       (SELECT count(*) FROM backfill_slices o JOIN tidegate_workers w ON w.id = o.locked_by
-        WHERE o.job_id = s.job_id AND o.status = 'pending' AND o.slice_no < s.slice_no
-          AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)) >= j.concurrency AS over_concurrency,
+       (SELECT count(*) FROM backfill_slices o JOIN tidegate_live_workers w ON w.id = o.locked_by
+        WHERE o.job_id = s.job_id AND o.status = 'pending' AND o.slice_no < s.slice_no) >= j.concurrency
+         AS over_concurrency,
        -- concurrency raised under us: fewer slices than wanted, so this batch cuts its own slice in two
        (SELECT count(*) FROM backfill_slices o
         WHERE o.job_id = s.job_id AND o.status = 'pending') < j.concurrency AS short_of_slices
@@ -297,9 +296,8 @@ SELECT EXISTS (
     JOIN queue_jobs q ON q.id = s.job_id
     WHERE j.status IN ('pending', 'running') AND s.status = 'pending'
       AND q.queue = ANY(:queues) AND j.kind = ANY(:kinds)
-      AND (s.locked_by IS NULL OR s.locked_by = :worker_id OR NOT EXISTS (
-            SELECT 1 FROM tidegate_workers w WHERE w.id = s.locked_by
-            AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)))
+      AND (s.locked_by IS NULL OR s.locked_by = :worker_id
+           OR NOT EXISTS (SELECT 1 FROM tidegate_live_workers w WHERE w.id = s.locked_by))
 );
 
 -- name: set_job_status
@@ -361,9 +359,8 @@ SELECT q.id AS job_id, q.type, q.queue, q.status AS queue_status, q.priority, q.
        j.max_rows_per_second, j.sleep_between_batches, j.target_batch_seconds, j.row_limit,
        (SELECT count(*) FROM backfill_slices s WHERE s.job_id = q.id) AS slices,
        (SELECT count(*) FROM backfill_slices s WHERE s.job_id = q.id AND s.status = 'done') AS slices_done,
-       (SELECT count(*) FROM backfill_slices s JOIN tidegate_workers w ON w.id = s.locked_by
-         WHERE s.job_id = q.id AND s.status = 'pending'
-           AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)) AS slices_in_flight
+       (SELECT count(*) FROM backfill_slices s JOIN tidegate_live_workers w ON w.id = s.locked_by
+         WHERE s.job_id = q.id AND s.status = 'pending') AS slices_in_flight
 FROM queue_jobs q LEFT JOIN backfill_jobs j ON j.job_id = q.id
 WHERE (CAST(:job_id AS uuid) IS NULL OR q.id = CAST(:job_id AS uuid))
 ORDER BY q.created_at DESC
@@ -405,15 +402,14 @@ FROM queue_jobs GROUP BY status;
 -- description: Range jobs by kind and status, plus per active job its remaining rows and slices in flight.
 SELECT j.job_id, j.kind, j.status,
        GREATEST(coalesce(j.total_estimate, 0) - j.processed_count, 0) AS remaining,
-       (SELECT count(*) FROM backfill_slices s JOIN tidegate_workers w ON w.id = s.locked_by
-         WHERE s.job_id = j.job_id AND s.status = 'pending'
-           AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)) AS in_flight
+       (SELECT count(*) FROM backfill_slices s JOIN tidegate_live_workers w ON w.id = s.locked_by
+         WHERE s.job_id = j.job_id AND s.status = 'pending') AS in_flight
 FROM backfill_jobs j
 WHERE j.status IN ('pending', 'running', 'paused') OR j.finished_at > now() - interval '1 day';
 
 -- name: metrics_workers
 -- description: Workers whose lease is alive.
-SELECT count(*) FROM tidegate_workers WHERE heartbeat_at > now() - make_interval(secs => lease_seconds);
+SELECT count(*) FROM tidegate_live_workers;
 
 -- name: prune_queue_jobs
 -- description: Delete up to :batch finished queue rows older than the retention (their checkpoint rows cascade).
