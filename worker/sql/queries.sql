@@ -578,3 +578,74 @@ SELECT to_regclass('tidegate_alembic_version') IS NOT NULL AS present;
 -- name: schema_revisions
 -- description: The revision(s) the database's tidegate schema is at.
 SELECT version_num FROM tidegate_alembic_version;
+
+-- Health gates (worker/gates.py): what the server is doing, read between batches.
+
+-- name: gate_connections
+-- description: Client connections in use, and max_connections.
+SELECT count(*) AS used, current_setting('max_connections')::int AS max_connections
+FROM pg_stat_activity WHERE backend_type = 'client backend';
+
+-- name: gate_long_transaction
+-- description: The oldest transaction of another session in this database open longer than :seconds, not
+-- description: tidegate's own (application_name tidegate*): it holds back vacuum of our tables.
+SELECT pid, extract(epoch FROM now() - xact_start) AS age FROM pg_stat_activity
+WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+  AND datname = current_database()
+  AND application_name NOT LIKE 'tidegate%' AND now() - xact_start > make_interval(secs => :seconds)
+ORDER BY xact_start
+LIMIT 1;
+
+-- name: gate_worst_replica
+-- description: The replica furthest behind (name, lag in seconds, bytes not replayed); hidden is true when
+-- description: this role may see the replicas but not their progress.
+SELECT coalesce(nullif(application_name, ''), host(client_addr), pid::text) AS replica,
+       extract(epoch FROM greatest(write_lag, flush_lag, replay_lag))::float AS lag,
+       pg_wal_lsn_diff(sent_lsn, replay_lsn)::bigint AS bytes, state IS NULL AS hidden
+FROM pg_stat_replication
+ORDER BY state IS NULL DESC, 2 DESC NULLS LAST
+LIMIT 1;
+
+-- name: gate_vacuum
+-- description: One of :tables that (auto)vacuum is working on now, if any.
+SELECT p.relid::regclass::text AS rel FROM pg_stat_progress_vacuum p
+WHERE p.datname = current_database() AND p.relid = ANY(CAST(:tables AS regclass[]))
+LIMIT 1;
+
+-- The catalog lookups of worker/identifiers.py: a user's table or column name is bound, never parsed.
+
+-- name: catalog_table
+-- description: An existing table, view or partitioned table named :rel, in :schema or (schema '') the first
+-- description: schema of the search path that has one.
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname = :rel AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND (CASE WHEN :schema = '' THEN n.oid = ANY(current_schemas(false)::regnamespace[])
+       ELSE n.nspname = :schema END)
+ORDER BY array_position(current_schemas(false), n.nspname::text)
+LIMIT 1;
+
+-- name: catalog_column
+-- description: The type and NOT NULL of column :col of table :rel (a quoted name).
+SELECT format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a
+WHERE a.attrelid = CAST(:rel AS regclass) AND a.attname = :col
+  AND a.attnum > 0 AND NOT a.attisdropped;
+
+-- name: catalog_primary_key
+-- description: The primary key columns of :rel, in key order.
+SELECT a.attname FROM pg_index i
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+WHERE i.indrelid = CAST(:rel AS regclass) AND i.indisprimary
+ORDER BY array_position(i.indkey, a.attnum);
+
+-- name: catalog_leading_index
+-- description: Does an index of :rel start with column :col?
+SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a
+               ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+               WHERE i.indrelid = CAST(:rel AS regclass) AND a.attname = :col);
+
+-- name: catalog_columns
+-- description: Every stored (not generated, not dropped) column of :rel, in table order.
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a
+WHERE a.attrelid = CAST(:rel AS regclass) AND a.attnum > 0 AND NOT a.attisdropped
+  AND a.attgenerated = ''
+ORDER BY a.attnum;
