@@ -1,5 +1,8 @@
 """The query boundary: one function per runtime query, frozen results.
 
+Every module of the runtime and the job kinds runs tidegate's queries through
+here; only worker/identifiers.py runs its catalog lookups itself
+(worker/sql/__init__.py draws the boundary, tests/test_layers.py keeps it).
 Every function takes an open SQLAlchemy connection; the caller owns the
 transaction. Row counts of guarded UPDATEs are checked here. Error text is
 written through :func:`worker.redact.redact` here, so no writer of
