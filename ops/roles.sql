@@ -80,7 +80,7 @@ GRANT SELECT ON tidegate_alembic_version TO tg_worker;  -- every command checks 
 GRANT SELECT, UPDATE ON queue_jobs TO tg_worker;
 GRANT SELECT, INSERT, UPDATE ON backfill_jobs, backfill_slices TO tg_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON tidegate_workers TO tg_worker;
-GRANT SELECT ON tidegate_live_workers TO tg_worker;  -- the lease rule (migration 0010): who owns a slice
+GRANT SELECT ON tidegate_live_workers TO tg_worker;  -- the lease rule (migration 0011): who owns a slice
 GRANT INSERT ON etl_errors, tidegate_audit TO tg_worker;
 GRANT USAGE ON SEQUENCE etl_errors_id_seq, tidegate_audit_id_seq TO tg_worker;
 GRANT SELECT, INSERT, UPDATE ON archive_candidates TO tg_worker;

@@ -88,9 +88,9 @@ def test_every_named_query_is_called_and_exists():
 
 
 def test_the_live_worker_rule_is_written_once():
-    """The view tidegate_live_workers (migration 0010) is the one place; queries and tests read the view."""
+    """The view tidegate_live_workers (migration 0011) is the one place; queries and tests read the view."""
     files = [p for folder in ("worker", "jobs", "tests", "ops", "migrations", "bench")
              for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".sql", ".md") and p.is_file()]
     written = [str(p.relative_to(ROOT)) for p in files for _ in LIVE_RULE.finditer(p.read_text())]
-    assert written == ["migrations/versions/0010_live_workers.py"]
+    assert written == ["migrations/versions/0011_live_workers.py"]
     assert (ROOT / "worker/sql/queries.sql").read_text().count("tidegate_live_workers") >= 6

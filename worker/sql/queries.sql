@@ -1,7 +1,7 @@
 -- Runtime queries of tidegate. One statement per name; named parameters only.
 -- Lease rule used throughout: a slice is owned by the worker named in
 -- locked_by while that worker is live, i.e. in the view tidegate_live_workers
--- (migration 0010: its heartbeat is younger than its lease).
+-- (migration 0011: its heartbeat is younger than its lease).
 
 -- name: register_worker
 -- description: Announce a worker process (its heartbeat row is its lease).

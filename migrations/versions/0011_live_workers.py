@@ -1,7 +1,7 @@
 """live workers: the lease rule written once, as the view tidegate_live_workers
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 Create Date: 2027-01-19
 
 A worker is live while its heartbeat is younger than its lease. Claiming a slice, the concurrency
@@ -17,8 +17,8 @@ ops/roles.sql grants it with the table.
 
 from alembic import op
 
-revision = "0010"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
@@ -30,7 +30,7 @@ SELECT id, pool, hostname, pid, started_at, heartbeat_at, lease_seconds, stoppin
 FROM tidegate_workers
 WHERE heartbeat_at > now() - make_interval(secs => lease_seconds);
 COMMENT ON VIEW tidegate_live_workers IS
-    'Workers whose lease is alive: heartbeat younger than lease_seconds (migration 0010)';
+    'Workers whose lease is alive: heartbeat younger than lease_seconds (migration 0011)';
 DO $$
 DECLARE grantee oid;
 BEGIN
