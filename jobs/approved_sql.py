@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +23,9 @@ from tidegate.jobs import sql_check
 from tidegate.worker import keys, store, trust
 from tidegate.worker.cliutil import Database, actor_option, database_option, echo_json
 from tidegate.worker.errors import InvalidInput, NotFound
-from tidegate.worker.sql import q
+from tidegate.worker.store import Approved
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
-
-
-@dataclass(frozen=True)
-class Approved:
-    name: str
-    sha256: str
-    sql: str
-    approved_by: str
-    approved_at: datetime
 
 
 def check_ref(value: Any) -> str:
@@ -51,12 +40,12 @@ def sha256_of(statement: str) -> str:
 
 
 def find(conn: Connection, ref: str) -> Approved:
-    row = conn.execute(q("approved_sql_by_name"), {"name": ref}).first()
-    if row is None:
-        names = sorted({r.name for r in conn.execute(q("list_approved_sql"))})
+    found = store.approved_sql(conn, ref)
+    if found is None:
+        names = sorted({r["name"] for r in store.list_approved_sql(conn)})
         raise InvalidInput(f"no approved statement {ref!r}; approved: {', '.join(names) or 'none'}"
                            " (an operator runs: tidegate sql approve FILE)")
-    return Approved(row.name, row.sha256, row.sql, row.approved_by, row.approved_at)
+    return found
 
 
 def check(conn: Connection, approved: Approved, key_type: keys.KeyType) -> None:
@@ -70,8 +59,7 @@ def check(conn: Connection, approved: Approved, key_type: keys.KeyType) -> None:
 
 
 def text_of(conn: Connection, sha256: str) -> str | None:
-    found = conn.execute(q("approved_sql_by_sha"), {"sha256": sha256}).scalar()
-    return None if found is None else str(found)
+    return store.approved_sql_text(conn, sha256)
 
 
 def approve(conn: Connection, statement: str, name: str, actor: str) -> tuple[Approved, str | None]:
@@ -81,9 +69,9 @@ def approve(conn: Connection, statement: str, name: str, actor: str) -> tuple[Ap
     sql_check.check_text(statement)
     note = _plan_either_key_type(conn, statement)
     digest = sha256_of(statement)
-    row = conn.execute(q("approve_sql"), {"name": name, "sha256": digest, "sql": statement}).one()
-    store.audit(conn, actor, "sql-approve", None, {"name": name, "sha256": digest, "approved_by": row.approved_by})
-    return Approved(row.name, row.sha256, row.sql, row.approved_by, row.approved_at), note
+    approved = store.approve_sql(conn, name, digest, statement)
+    store.audit(conn, actor, "sql-approve", None, {"name": name, "sha256": digest, "approved_by": approved.approved_by})
+    return approved, note
 
 
 def _plan_either_key_type(conn: Connection, statement: str) -> str | None:
@@ -105,7 +93,7 @@ def _plan_either_key_type(conn: Connection, statement: str) -> str | None:
 
 
 def revoke(conn: Connection, name: str, actor: str) -> int:
-    gone = [r.sha256 for r in conn.execute(q("revoke_sql"), {"name": name})]
+    gone = store.revoke_sql(conn, name)
     if not gone:
         raise NotFound(f"no approved statement named {name!r}")
     store.audit(conn, actor, "sql-revoke", None, {"name": name, "sha256": gone})
@@ -147,7 +135,7 @@ def approve_cmd(db: Database, file: Path, name: str | None, as_json: bool, actor
 def list_cmd(db: Database, as_json: bool) -> None:
     """Approved statements, each name's newest version first."""
     with db.engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(q("list_approved_sql")).mappings()]
+        rows = store.list_approved_sql(conn)
     if as_json:
         echo_json(rows)
         return

@@ -3,6 +3,7 @@ jobs/ knows no processes, and no runtime module builds SQL with f-strings."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -24,3 +25,72 @@ def test_no_fstring_sql_in_the_runtime():
     pattern = re.compile(r"""f["'](\s*)(SELECT|INSERT|UPDATE|DELETE|WITH)\b""", re.I)
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "worker").rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == []
+
+
+# -- SQL in one place (worker/sql/__init__.py says where the boundary runs) -------------------------
+
+BOUNDARY = {"worker/store.py", "worker/identifiers.py", "worker/sql/__init__.py"}
+# worker/runner.py still runs two named queries itself (local_statement_timeout, job_status); store has
+# local_statement_timeout() and job_status() for them. No other module may join this list.
+NOT_YET = {"worker/runner.py": {"local_statement_timeout", "job_status"}}
+SQL_START = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|WITH|MERGE|CREATE|ALTER|DROP|TRUNCATE)\s")
+LIVE_RULE = re.compile(r"heartbeat_at\s*>\s*now\(\)\s*-\s*make_interval\(\s*secs\s*=>\s*(\w+\.)?lease_seconds\s*\)")
+
+
+def _modules(*folders: str) -> dict[str, ast.Module]:
+    return {str(p.relative_to(ROOT)): ast.parse(p.read_text()) for folder in folders
+            for p in sorted((ROOT / folder).rglob("*.py"))}
+
+
+def _named_queries(tree: ast.Module) -> list[str]:
+    """The names passed to q(...) / store.q(...) / raw(...) in a module ("?" when not a literal)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if called in ("q", "raw"):
+                arg = node.args[0] if node.args else None
+                found.append(arg.value if isinstance(arg, ast.Constant) else "?")
+    return found
+
+
+def test_only_the_query_boundary_runs_named_queries():
+    offenders = {path: names for path, tree in _modules("worker", "jobs").items()
+                 if path not in BOUNDARY and (names := set(_named_queries(tree))) - NOT_YET.get(path, set())}
+    assert offenders == {}, "call a store function (worker/store.py) instead"
+
+
+def test_the_runtime_keeps_no_sql_outside_queries_sql():
+    """No statement text in a worker/ module: a literal that starts like SQL, or one given to text()."""
+    inline = []
+    for path, tree in _modules("worker").items():
+        if path.startswith("worker/sql/"):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL_START.match(node.value):
+                inline.append(f"{path}:{node.lineno}")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "text"
+                    and node.args and isinstance(node.args[0], ast.Constant | ast.JoinedStr | ast.BinOp)):
+                inline.append(f"{path}:{node.lineno}")
+    assert inline == []
+
+
+def test_every_named_query_is_called_and_exists():
+    from tidegate.worker.sql import load
+
+    queries = set(load("tidegate.worker.sql", "queries.sql"))
+    called = {name for tree in _modules("worker", "jobs").values() for name in _named_queries(tree)}
+    called.discard("?")
+    assert called - queries == set()  # a call of a query that does not exist
+    dynamic = {"job_errors", "job_errors_no_sample"}  # store.job_errors picks one by name
+    assert queries - called - dynamic == set()  # a query nothing runs
+
+
+def test_the_live_worker_rule_is_written_once():
+    """The view tidegate_live_workers (migration 0011) is the one place; queries and tests read the view."""
+    files = [p for folder in ("worker", "jobs", "tests", "ops", "migrations", "bench")
+             for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".sql", ".md") and p.is_file()]
+    written = [str(p.relative_to(ROOT)) for p in files for _ in LIVE_RULE.finditer(p.read_text())]
+    assert written == ["migrations/versions/0011_live_workers.py"]
+    assert (ROOT / "worker/sql/queries.sql").read_text().count("tidegate_live_workers") >= 6

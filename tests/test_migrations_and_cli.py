@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import click
@@ -39,6 +40,27 @@ def test_tidegate_db_upgrade_downgrade_and_alembic_itself(empty_db):
     assert alembic.returncode == 0, alembic.stderr
     assert TABLES <= _tables(engine)
     engine.dispose()
+
+
+def test_roles_granted_before_the_live_workers_view_can_read_it_after_the_upgrade(empty_db):
+    """A pool's role from ops/roles.sql, applied before migration 0011, reads tidegate_workers: the upgrade
+    lets it read the view its claims now go through, so its workers keep claiming after the deploy."""
+    role = f"tg_old_{uuid.uuid4().hex[:8]}"
+    engine = make_engine(empty_db)
+    run_cli(empty_db, "db", "upgrade", "0010")
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"CREATE ROLE {role} NOLOGIN"))
+            conn.execute(text(f"GRANT SELECT ON tidegate_workers TO {role}"))
+        run_cli(empty_db, "db", "upgrade")
+        assert scalar(engine, "SELECT has_table_privilege(:r, 'tidegate_live_workers', 'SELECT')", r=role) is True
+        run_cli(empty_db, "db", "downgrade", "0010")
+        assert scalar(engine, "SELECT to_regclass('tidegate_live_workers')") is None
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP OWNED BY {role}"))
+            conn.execute(text(f"DROP ROLE {role}"))
+        engine.dispose()
 
 
 def test_checkpoint_tables_leave_room_for_hot_updates(engine):

@@ -21,9 +21,8 @@ def _batch_sizes(engine) -> list[int]:  # type: ignore[no-untyped-def]
 
 
 def _in_flight(engine, job: str) -> int:  # type: ignore[no-untyped-def]
-    return int(scalar(engine, "SELECT count(*) FROM backfill_slices s JOIN tidegate_workers w ON w.id = s.locked_by"
-                              " WHERE s.job_id = :j AND s.status = 'pending'"
-                              " AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)", j=job))
+    return int(scalar(engine, "SELECT count(*) FROM backfill_slices s JOIN tidegate_live_workers w ON w.id = s.locked_by"
+                              " WHERE s.job_id = :j AND s.status = 'pending'", j=job))
 
 
 def test_set_and_an_update_by_sql_apply_at_the_next_batch(engine, db_url, tmp_path, pools):

@@ -9,14 +9,11 @@ row in step, and on retry give unfinished slices their attempts back.
 
 from __future__ import annotations
 
-import json
-
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from tidegate.worker import knobs, store
 from tidegate.worker.errors import IllegalTransition, InvalidInput, NotFound, quote
-from tidegate.worker.sql import q
 from tidegate.worker.states import TRANSITIONS
 
 # queue-row moves for jobs that have no backfill_jobs row yet
@@ -33,7 +30,7 @@ def find_job(conn: Connection, ref: str) -> str:
     ref = ref.strip().lower()
     if not ref or any(c not in "0123456789abcdef-" for c in ref):
         raise InvalidInput(f"{quote(ref)} is not a job id")
-    rows = conn.execute(q("find_job"), {"prefix": ref}).all()
+    rows = store.find_jobs(conn, ref)
     if not rows:
         raise NotFound(f"no job {quote(ref)}")
     if len(rows) > 1:
@@ -43,24 +40,16 @@ def find_job(conn: Connection, ref: str) -> str:
 
 def transition(conn: Connection, ref: str, action: str, actor: str, reason: str | None = None) -> str:
     job_id = find_job(conn, ref)
-    row = conn.execute(q("find_job"), {"prefix": job_id}).one()
+    (row,) = store.find_jobs(conn, job_id)
     sources, target = TRANSITIONS[action]
     reason = reason or f"{action} by {actor}"
     _label(conn, actor, reason)
     if row.job_status is None:  # not planned yet
         q_from, q_to = _UNPLANNED[action]
-        moved = conn.execute(
-            q("set_queue_status"), {"job_id": job_id, "to_status": q_to, "from_statuses": list(q_from)}
-        ).first()
-        if moved is None:
+        if not store.set_queue_status(conn, job_id, q_to, list(q_from)):
             raise IllegalTransition(f"cannot {action} job {job_id}: it is {row.queue_status}")
     else:
-        moved = conn.execute(
-            q("set_job_status"),
-            {"job_id": job_id, "to_status": target.value, "reason": reason, "actor": actor,
-             "from_statuses": [s.value for s in sources]},
-        ).first()
-        if moved is None:
+        if not store.set_job_status(conn, job_id, target.value, [s.value for s in sources], reason, actor):
             raise IllegalTransition(
                 f"cannot {action} job {job_id}: it is {row.job_status}"
                 f" ({action} needs {' or '.join(s.value for s in sources)})"
@@ -71,7 +60,7 @@ def transition(conn: Connection, ref: str, action: str, actor: str, reason: str 
 def _label(conn: Connection, actor: str, reason: str) -> None:
     """Who (``--by``) and why, for the audit rows this transaction's moves make. Labels only: the
     trigger records the login (``session_user``) beside them and decides nothing by them."""
-    conn.execute(q("label_transaction"), {"actor": actor, "reason": reason})
+    store.label_transaction(conn, actor, reason)
 
 
 def pause_all(conn: Connection, actor: str, reason: str | None) -> list[str]:
@@ -81,12 +70,8 @@ def pause_all(conn: Connection, actor: str, reason: str | None) -> list[str]:
     sources, target = TRANSITIONS["pause"]
     reason = reason or f"pause --all by {actor}"
     _label(conn, actor, reason)  # each job's pause is audited by the trigger, with this reason
-    rows = conn.execute(q("pause_unplanned")).all()
-    rows += conn.execute(
-        q("set_all_jobs_status"),
-        {"to_status": target.value, "reason": reason, "actor": actor, "from_statuses": [s.value for s in sources]},
-    ).all()
-    return [str(r.job_id) for r in rows]
+    unplanned = store.pause_unplanned(conn)
+    return unplanned + store.set_all_jobs_status(conn, target.value, [s.value for s in sources], reason, actor)
 
 
 def set_knobs(conn: Connection, ref: str, changes: dict[str, object], actor: str) -> str:
@@ -100,10 +85,10 @@ def set_knobs(conn: Connection, ref: str, changes: dict[str, object], actor: str
     job_id = find_job(conn, ref)
     try:
         with conn.begin_nested():
-            moved = conn.execute(q("set_knobs"), {"job_id": job_id, "changes": json.dumps(changes)}).first()
+            moved = store.set_knobs(conn, job_id, changes)
     except IntegrityError as err:
         raise InvalidInput(f"refused by the database: {str(err.orig).splitlines()[0]}") from None
-    if moved is None:
+    if not moved:
         raise NotFound(f"job {job_id} has not been planned yet: set its payload, or wait for a worker")
     store.audit(conn, actor, "set", job_id, {k: v for k, v in changes.items()})
     return job_id

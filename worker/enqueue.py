@@ -7,7 +7,6 @@ job that would fail at planning is never queued.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +15,6 @@ from sqlalchemy import Engine
 from tidegate.worker import kinds, knobs, store
 from tidegate.worker.errors import InvalidInput, quote
 from tidegate.worker.kinds import Plan
-from tidegate.worker.sql import q
 
 
 def validate(engine: Engine, job_type: str, payload: dict[str, Any]) -> Plan:
@@ -48,12 +46,9 @@ def enqueue(
     chosen = {k.name: k.check(k.default if given[k.name] is None else given[k.name]) for k in knobs.QUEUE_KNOBS}
     plan = validate(engine, job_type, payload)
     with engine.begin() as conn:
-        row = conn.execute(
-            q("enqueue"),
-            {"type": job_type, "queue": queue, "payload": json.dumps(payload), "run_after": run_after, **chosen},
-        ).one()
-        job_id = str(row.id)
+        job_id, enqueued_by = store.enqueue(conn, job_type, queue, payload, chosen["priority"],
+                                            chosen["max_attempts"], run_after)
         # enqueued_by: the login role, as the database recorded it (a trigger); actor: what --by says
         store.audit(conn, actor, "enqueue", job_id, {"type": job_type, "payload": payload, "queue": queue,
-                                                     "enqueued_by": row.enqueued_by})
+                                                     "enqueued_by": enqueued_by})
     return job_id, plan

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from tidegate.worker import metrics, store
@@ -54,9 +54,7 @@ class Connections:
     name: str = "connections"
 
     def check(self, conn: Connection, written: list[str]) -> Verdict:
-        used, limit = conn.execute(text(
-            "SELECT count(*), current_setting('max_connections')::int FROM pg_stat_activity"
-            " WHERE backend_type = 'client backend'")).one()
+        used, limit = store.connections_in_use(conn)
         if used >= self.share * limit:
             return Verdict(GateState.HOLD, f"{used} of {limit} connections in use (hold at {self.share:.0%})")
         return GO
@@ -73,12 +71,7 @@ class LongTransactions:
     name: str = "long_transactions"
 
     def check(self, conn: Connection, written: list[str]) -> Verdict:
-        row = conn.execute(text(
-            "SELECT pid, extract(epoch FROM now() - xact_start) AS age FROM pg_stat_activity"
-            " WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-            " AND datname = current_database()"
-            " AND application_name NOT LIKE 'tidegate%' AND now() - xact_start > make_interval(secs => :s)"
-            " ORDER BY xact_start LIMIT 1"), {"s": self.seconds}).first()
+        row = store.long_transaction(conn, self.seconds)
         if row is not None:
             return Verdict(GateState.HOLD, f"transaction of pid {row.pid} open for {row.age:.0f}s"
                                    f" (hold over {self.seconds:.0f}s)")
@@ -104,11 +97,7 @@ class ReplicationLag:
     def worst(self, conn: Connection):  # type: ignore[no-untyped-def]
         """The replica furthest behind (name, lag in seconds, bytes not replayed), or None with
         no replica; with no privilege to see progress, a row whose ``hidden`` is true."""
-        return conn.execute(text(
-            "SELECT coalesce(nullif(application_name, ''), host(client_addr), pid::text) AS replica,"
-            " extract(epoch FROM greatest(write_lag, flush_lag, replay_lag))::float AS lag,"
-            " pg_wal_lsn_diff(sent_lsn, replay_lsn)::bigint AS bytes, state IS NULL AS hidden"
-            " FROM pg_stat_replication ORDER BY state IS NULL DESC, 2 DESC NULLS LAST LIMIT 1")).first()
+        return store.worst_replica(conn)
 
     def lag_seconds(self, conn: Connection) -> float | None:
         """The largest lag of any replica; None with no replica (or none measured lately)."""
@@ -138,12 +127,9 @@ class Autovacuum:
     def check(self, conn: Connection, written: list[str]) -> Verdict:
         if not written:
             return GO
-        row = conn.execute(text(
-            "SELECT p.relid::regclass::text AS rel FROM pg_stat_progress_vacuum p"
-            " WHERE p.datname = current_database() AND p.relid = ANY(CAST(:tables AS regclass[])) LIMIT 1"),
-            {"tables": written}).first()
-        if row is not None:
-            return Verdict(GateState.HOLD, f"vacuum running on {row.rel}")
+        rel = store.vacuuming(conn, written)
+        if rel is not None:
+            return Verdict(GateState.HOLD, f"vacuum running on {rel}")
         return GO
 
 
@@ -182,7 +168,7 @@ class Gates:
         if not self.gates or self.recently_go(job_id):
             return False  # no transaction of its own on the batch path while the gates say go
         with engine.begin() as conn:
-            job = conn.execute(store.q("job_params"), {"job_id": job_id}).first()
+            job = store.job_params(conn, job_id)
             if job is None or job.status not in ACTIVE:
                 return False  # paused or cancelled while held: let begin_batch see it and let go
             written = self._written.setdefault(job_id, list((job.params or {}).get("writes") or []))

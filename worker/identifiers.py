@@ -3,30 +3,21 @@
 A name is looked up in the catalog with bound parameters (never parsed by
 the server), must exist exactly as written, and is then quoted. Only this
 module builds :class:`Ident` values; :func:`worker.sql.render` accepts nothing
-else.
+else. Its lookups are the ``catalog_*`` queries of worker/sql/queries.sql: with
+worker/store.py, this module is the query boundary (worker/sql/__init__.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from tidegate.worker.errors import InvalidIdentifier
 from tidegate.worker.errors import quote as quoted  # quote() here quotes SQL identifiers
+from tidegate.worker.sql import Ident, q
 
 MAX_NAME = 63
-
-
-@dataclass(frozen=True)
-class Ident:
-    """A quoted identifier (possibly schema-qualified) known to exist."""
-
-    sql: str
-    name: str
-
-    def __str__(self) -> str:
-        return self.name
 
 
 def quote(name: str) -> str:
@@ -46,13 +37,7 @@ def table(conn: Connection, name: object, *, what: str = "table") -> Ident:
     name = _check_shape(name, what)
     schema, _, rel = name.rpartition(".")
     row = conn.execute(
-        text(
-            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE c.relname = :rel AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
-            " AND (CASE WHEN :schema = '' THEN n.oid = ANY(current_schemas(false)::regnamespace[])"
-            " ELSE n.nspname = :schema END)"
-            " ORDER BY array_position(current_schemas(false), n.nspname::text) LIMIT 1"
-        ),
+        q("catalog_table"),
         {"rel": rel, "schema": schema},
     ).first()
     if row is None:
@@ -70,11 +55,7 @@ class Column:
 def column(conn: Connection, tbl: Ident, name: object, *, what: str = "column") -> Column:
     name = _check_shape(name, what)
     row = conn.execute(
-        text(
-            "SELECT format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a"
-            " WHERE a.attrelid = CAST(:rel AS regclass) AND a.attname = :col"
-            " AND a.attnum > 0 AND NOT a.attisdropped"
-        ),
+        q("catalog_column"),
         {"rel": tbl.sql, "col": name},
     ).first()
     if row is None:
@@ -84,12 +65,7 @@ def column(conn: Connection, tbl: Ident, name: object, *, what: str = "column") 
 
 def primary_key(conn: Connection, tbl: Ident) -> list[Ident]:
     rows = conn.execute(
-        text(
-            "SELECT a.attname FROM pg_index i"
-            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
-            " WHERE i.indrelid = CAST(:rel AS regclass) AND i.indisprimary"
-            " ORDER BY array_position(i.indkey, a.attnum)"
-        ),
+        q("catalog_primary_key"),
         {"rel": tbl.sql},
     ).all()
     return [Ident(sql=quote(r[0]), name=r[0]) for r in rows]
@@ -99,11 +75,7 @@ def has_leading_index(conn: Connection, tbl: Ident, col: Column) -> bool:
     """Whether some btree index starts with ``col`` (keyset batches need one)."""
     return bool(
         conn.execute(
-            text(
-                "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a"
-                " ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
-                " WHERE i.indrelid = CAST(:rel AS regclass) AND a.attname = :col)"
-            ),
+            q("catalog_leading_index"),
             {"rel": tbl.sql, "col": col.ident.name},
         ).scalar()
     )
@@ -112,11 +84,7 @@ def has_leading_index(conn: Connection, tbl: Ident, col: Column) -> bool:
 def columns(conn: Connection, tbl: Ident) -> list[Column]:
     """Every stored (not generated, not dropped) column of ``tbl``, in table order."""
     rows = conn.execute(
-        text(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a"
-            " WHERE a.attrelid = CAST(:rel AS regclass) AND a.attnum > 0 AND NOT a.attisdropped"
-            " AND a.attgenerated = '' ORDER BY a.attnum"
-        ),
+        q("catalog_columns"),
         {"rel": tbl.sql},
     ).all()
     return [Column(Ident(sql=quote(r[0]), name=r[0]), type=r[1], not_null=bool(r[2])) for r in rows]

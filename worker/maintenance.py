@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from tidegate.worker import store
 from tidegate.worker.errors import InvalidInput
-from tidegate.worker.sql import q
 
 log = logging.getLogger(__name__)
 DAY = 86_400.0
@@ -44,11 +44,11 @@ class Pruned:
 
 def run_once(engine: Engine, config: RetentionConfig) -> Pruned:
     counts = []
-    for query, age in (("prune_queue_jobs", config.jobs_seconds), ("prune_etl_errors", config.errors_seconds)):
+    for prune, age in ((store.prune_queue_jobs, config.jobs_seconds), (store.prune_etl_errors, config.errors_seconds)):
         total = 0
         while True:
             with engine.begin() as conn:
-                n = conn.execute(q(query), {"age_seconds": age, "batch": config.batch}).rowcount
+                n = prune(conn, age, config.batch)
             total += n
             if n < config.batch:
                 break

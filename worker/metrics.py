@@ -60,7 +60,7 @@ class DatabaseCollector(Collector):
         self.engine = engine
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from tidegate.worker.sql import q  # late: keeps this module importable without the SQL package
+        from tidegate.worker import store  # late: keeps this module importable without the SQL package
 
         queue = GaugeMetricFamily("tidegate_queue_jobs", "Rows of queue_jobs by status", labels=["status"])
         oldest = GaugeMetricFamily("tidegate_queue_oldest_pending_seconds", "Age of the oldest claimable pending job")
@@ -74,19 +74,19 @@ class DatabaseCollector(Collector):
         try:
             with self.engine.connect() as conn:
                 oldest_age = 0.0
-                for r in conn.execute(q("metrics_queue")):
+                for r in store.metrics_queue(conn):
                     queue.add_metric([r.status], r.n)
                     oldest_age = max(oldest_age, float(r.oldest_pending_seconds or 0))
                 oldest.add_metric([], oldest_age)
                 counts: dict[tuple[str, str], int] = {}
-                for r in conn.execute(q("metrics_jobs")):
+                for r in store.metrics_jobs(conn):
                     counts[(r.kind, r.status)] = counts.get((r.kind, r.status), 0) + 1
                     if r.status in ("pending", "running", "paused"):
                         remaining.add_metric([r.kind, str(r.job_id), r.status], r.remaining)
                         in_flight.add_metric([r.kind, str(r.job_id)], r.in_flight)
                 for (kind, status), n in counts.items():
                     jobs.add_metric([kind, status], n)
-                workers.add_metric([], conn.execute(q("metrics_workers")).scalar_one())
+                workers.add_metric([], store.live_workers(conn))
             up.add_metric([], 1)
         except Exception as err:  # a scrape must answer even when the database does not
             log.warning("metrics: cannot read the database: %s", err)

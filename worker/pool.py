@@ -100,7 +100,7 @@ class _Deaths:
             self._engine = make_engine(self.config.url, application_name="tidegate-pool", pool_size=1)
         try:
             with self._engine.begin() as conn:
-                conn.execute(store.q("local_lock_timeout"), {"ms": "5000"})
+                store.local_lock_timeout(conn, 5000)
                 if batch is not None:
                     store.terminate_backend(conn, batch.backend_pid, batch.xact_start)
                     if count:

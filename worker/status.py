@@ -7,15 +7,14 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from tidegate.worker import kinds
-from tidegate.worker.sql import q
+from tidegate.worker import kinds, store
 
 
 def job_rows(conn: Connection, job_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     """Status rows (newest first), with the facts each job kind adds (``add_details``)."""
     now = datetime.now(UTC)
     out = []
-    for r in conn.execute(q("job_status"), {"job_id": job_id, "limit": limit}).mappings():
+    for r in store.job_status(conn, job_id, limit):
         status = r["status"] or r["queue_status"]
         processed = r["processed_count"] or 0
         rate = eta = None

@@ -1,5 +1,8 @@
 """The query boundary: one function per runtime query, frozen results.
 
+Every module of the runtime and the job kinds runs tidegate's queries through
+here; only worker/identifiers.py runs its catalog lookups itself
+(worker/sql/__init__.py draws the boundary, tests/test_layers.py keeps it).
 Every function takes an open SQLAlchemy connection; the caller owns the
 transaction. Row counts of guarded UPDATEs are checked here. Error text is
 written through :func:`worker.redact.redact` here, so no writer of
@@ -435,3 +438,180 @@ def schema_revisions(conn: Connection) -> list[str]:
     if not conn.execute(q("schema_version_table")).scalar_one():
         return []
     return [str(r) for r in conn.execute(q("schema_revisions")).scalars()]
+
+
+# -- operators: find and move jobs (worker/control.py), enqueue, status, retention ----------------
+
+
+@dataclass(frozen=True)
+class JobRef:
+    id: str
+    type: str
+    queue_status: str
+    job_status: str | None  # None: no worker has planned it yet
+
+
+def find_jobs(conn: Connection, prefix: str) -> list[JobRef]:
+    """Jobs whose id starts with ``prefix``, newest first; at most two (enough to call a prefix ambiguous)."""
+    return [JobRef(str(r.id), r.type, r.queue_status, r.job_status)
+            for r in conn.execute(q("find_job"), {"prefix": prefix})]
+
+
+def label_transaction(conn: Connection, actor: str, reason: str) -> None:
+    conn.execute(q("label_transaction"), {"actor": actor, "reason": reason})
+
+
+def set_queue_status(conn: Connection, job_id: str, to_status: str, from_statuses: list[str]) -> bool:
+    """Move an unplanned job's queue row; False when it is in none of ``from_statuses``."""
+    params = {"job_id": job_id, "to_status": to_status, "from_statuses": from_statuses}
+    return conn.execute(q("set_queue_status"), params).first() is not None
+
+
+def set_job_status(conn: Connection, job_id: str, to_status: str, from_statuses: list[str], reason: str,
+                   actor: str) -> bool:
+    """Move a planned job; False when it is in none of ``from_statuses``."""
+    params = {"job_id": job_id, "to_status": to_status, "from_statuses": from_statuses, "reason": reason,
+              "actor": actor}
+    return conn.execute(q("set_job_status"), params).first() is not None
+
+
+def pause_unplanned(conn: Connection) -> list[str]:
+    return [str(r.job_id) for r in conn.execute(q("pause_unplanned"))]
+
+
+def set_all_jobs_status(conn: Connection, to_status: str, from_statuses: list[str], reason: str,
+                        actor: str) -> list[str]:
+    params = {"to_status": to_status, "from_statuses": from_statuses, "reason": reason, "actor": actor}
+    return [str(r.job_id) for r in conn.execute(q("set_all_jobs_status"), params)]
+
+
+def set_knobs(conn: Connection, job_id: str, changes: dict[str, object]) -> bool:
+    """`tidegate set`: only the knobs in ``changes`` change (None lifts a limit). False when the job is not
+    planned yet."""
+    return conn.execute(q("set_knobs"), {"job_id": job_id, "changes": json.dumps(changes)}).first() is not None
+
+
+def enqueue(conn: Connection, job_type: str, queue: str, payload: Any, priority: int, max_attempts: int,
+            run_after: datetime | None) -> tuple[str, str | None]:
+    """Queue a validated job; (its id, the login the database recorded as its enqueuer)."""
+    row = conn.execute(q("enqueue"), {"type": job_type, "queue": queue, "payload": json.dumps(payload),
+                                      "priority": priority, "max_attempts": max_attempts,
+                                      "run_after": run_after}).one()
+    return str(row.id), row.enqueued_by
+
+
+def job_status(conn: Connection, job_id: str | None, limit: int) -> list[Any]:
+    """`tidegate status` rows (mappings): every job newest first, or the one ``job_id``."""
+    return list(conn.execute(q("job_status"), {"job_id": job_id, "limit": limit}).mappings())
+
+
+def job_params(conn: Connection, job_id: str) -> Any:
+    """A planned job's status and params (a row), or None."""
+    return conn.execute(q("job_params"), {"job_id": job_id}).first()
+
+
+def prune_queue_jobs(conn: Connection, age_seconds: float, batch: int) -> int:
+    return conn.execute(q("prune_queue_jobs"), {"age_seconds": age_seconds, "batch": batch}).rowcount
+
+
+def prune_etl_errors(conn: Connection, age_seconds: float, batch: int) -> int:
+    return conn.execute(q("prune_etl_errors"), {"age_seconds": age_seconds, "batch": batch}).rowcount
+
+
+# -- /metrics (worker/metrics.py) ------------------------------------------------------------------
+
+
+def metrics_queue(conn: Connection) -> list[Any]:
+    """Per queue status: n, oldest_pending_seconds."""
+    return conn.execute(q("metrics_queue")).all()
+
+
+def metrics_jobs(conn: Connection) -> list[Any]:
+    """Per recent range job: job_id, kind, status, remaining, in_flight."""
+    return conn.execute(q("metrics_jobs")).all()
+
+
+def live_workers(conn: Connection) -> int:
+    return int(conn.execute(q("metrics_workers")).scalar_one())
+
+
+# -- ad-hoc and approved SQL (worker/trust.py, jobs/approved_sql.py) --------------------------------
+
+
+def session_user(conn: Connection) -> str:
+    return str(conn.execute(q("session_user")).scalar_one())
+
+
+def is_sql_author(conn: Connection, who: str, author_role: str) -> bool:
+    return bool(conn.execute(q("is_sql_author"), {"who": who, "author_role": author_role}).scalar_one())
+
+
+def reset_session(conn: Connection) -> None:
+    conn.execute(q("reset_session"))
+
+
+@dataclass(frozen=True)
+class Approved:
+    name: str
+    sha256: str
+    sql: str
+    approved_by: str
+    approved_at: datetime
+
+
+def approved_sql(conn: Connection, ref: str) -> Approved | None:
+    """The newest approved statement named ``ref``, or the one whose sha256 it is."""
+    row = conn.execute(q("approved_sql_by_name"), {"name": ref}).first()
+    return None if row is None else Approved(row.name, row.sha256, row.sql, row.approved_by, row.approved_at)
+
+
+def approved_sql_text(conn: Connection, sha256: str) -> str | None:
+    found = conn.execute(q("approved_sql_by_sha"), {"sha256": sha256}).scalar()
+    return None if found is None else str(found)
+
+
+def approve_sql(conn: Connection, name: str, sha256: str, statement: str) -> Approved:
+    row = conn.execute(q("approve_sql"), {"name": name, "sha256": sha256, "sql": statement}).one()
+    return Approved(row.name, row.sha256, row.sql, row.approved_by, row.approved_at)
+
+
+def revoke_sql(conn: Connection, name: str) -> list[str]:
+    """Forget every version of ``name``; the sha256 of each one forgotten."""
+    return [r.sha256 for r in conn.execute(q("revoke_sql"), {"name": name})]
+
+
+def list_approved_sql(conn: Connection) -> list[dict[str, Any]]:
+    """name, sha256, approved_by, approved_at, chars: each name's newest version first."""
+    return [dict(r) for r in conn.execute(q("list_approved_sql")).mappings()]
+
+
+# -- the server: settings of this transaction, and what the health gates read (worker/gates.py) -----
+
+
+def local_lock_timeout(conn: Connection, ms: int) -> None:
+    conn.execute(q("local_lock_timeout"), {"ms": str(ms)})
+
+
+def local_statement_timeout(conn: Connection, ms: int) -> None:
+    conn.execute(q("local_statement_timeout"), {"ms": str(ms)})
+
+
+def connections_in_use(conn: Connection) -> tuple[int, int]:
+    """(client connections, max_connections)."""
+    row = conn.execute(q("gate_connections")).one()
+    return int(row.used), int(row.max_connections)
+
+
+def long_transaction(conn: Connection, seconds: float) -> Any:
+    """The oldest other transaction in this database open over ``seconds`` (pid, age), or None."""
+    return conn.execute(q("gate_long_transaction"), {"seconds": seconds}).first()
+
+
+def worst_replica(conn: Connection) -> Any:
+    """The replica furthest behind (replica, lag, bytes, hidden), or None without replicas."""
+    return conn.execute(q("gate_worst_replica")).first()
+
+
+def vacuuming(conn: Connection, tables: list[str]) -> str | None:
+    """One of ``tables`` (auto)vacuum is working on now, or None."""
+    return conn.execute(q("gate_vacuum"), {"tables": tables}).scalar()

@@ -25,8 +25,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from tidegate.worker import store
 from tidegate.worker.errors import InvalidInput
-from tidegate.worker.sql import q
 
 ALLOW_SQL_ENV = "TIDEGATE_ALLOW_SQL"
 AUTHOR_ROLE_ENV = "TIDEGATE_SQL_AUTHOR_ROLE"
@@ -73,13 +73,13 @@ def author_role() -> str:
 
 
 def session_user(conn: Connection) -> str:
-    return str(conn.execute(q("session_user")).scalar_one())
+    return store.session_user(conn)
 
 
 def is_sql_author(conn: Connection, who: str | None) -> bool:
     if who is None:
         return False
-    return bool(conn.execute(q("is_sql_author"), {"who": who, "author_role": author_role()}).scalar_one())
+    return store.is_sql_author(conn, who, author_role())
 
 
 _CLI = object()
@@ -127,4 +127,4 @@ def run_own_sql(conn: Connection, statement: str, params: dict[str, Any]) -> Non
     statement timeout in force is kept, LOCAL, for the rest of the batch (the time box needs it).
     """
     conn.execute(text(statement), params)
-    conn.execute(q("reset_session"))
+    store.reset_session(conn)

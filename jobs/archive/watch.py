@@ -17,7 +17,6 @@ already handled.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -25,7 +24,7 @@ from sqlalchemy import Engine, text
 from tidegate.jobs.archive import layouts
 from tidegate.worker import store
 from tidegate.worker.errors import InvalidInput, quote
-from tidegate.worker.sql import q, render
+from tidegate.worker.sql import render
 
 DELETIONS = """SELECT e.{seq} AS seq, e.{estream}::text AS stream_id, CAST(e.{etype} AS text) AS event_type, STYPE
 FROM {events} e JOIN {streams} s ON s.{key} = e.{estream}
@@ -81,9 +80,8 @@ def poll(engine: Engine, name: str, layout_name: str, mapping: dict[str, str], *
             kinds = sorted({r.event_type for r in wanted if r.seq in {f.seq for f in fresh}})
             payload = {"layout": layout_name, "streams": streams,
                        "batch_size": batch_size, "owner": owner, "reason": "deleted: " + ", ".join(kinds)}
-            job_id = str(conn.execute(q("enqueue"), {"type": "archive_range", "queue": "default",
-                                                     "payload": json.dumps(payload), "priority": 0,
-                                                     "max_attempts": 5, "run_after": None}).scalar_one())
+            job_id, _ = store.enqueue(conn, "archive_range", "default", payload, priority=0, max_attempts=5,
+                                      run_after=None)
             store.audit(conn, actor, "enqueue", job_id, {"type": "archive_range", "watcher": name,
                                                          "streams": len(streams)})
             conn.execute(text("UPDATE archive_watch_seen SET job_id = CAST(:j AS uuid)"

@@ -1,29 +1,54 @@
-"""Named SQL, loaded once.
+"""Named SQL, loaded once; the query boundary.
 
-``queries.sql`` holds every runtime query under a ``-- name: NAME`` header
-followed by a one-line ``-- description``. Python calls them by name with
-named parameters only, so the SQL the runtime sends can be read, and
-reviewed, in one file.
+``queries.sql`` holds every runtime query of ``tidegate.worker`` under a ``-- name: NAME`` header
+followed by a one-line ``-- description``. Python calls them by name with named parameters only, so
+the SQL the runtime sends can be read, and reviewed, in one file.
 
-Some statements work on a user's table. Their text holds placeholders such as
-``{source}``; :func:`render` fills them only with :class:`worker.identifiers.Ident`
-values, which only the catalog validator creates, and :class:`Fragment` values: SQL
-text the code assembles from its own constants (a condition, a SET list), which may
-hold placeholders of its own. A plain string is refused.
+The boundary: two modules run these queries (call :func:`q`), every other module calls them.
+
+* ``worker/store.py``: one function per query on tidegate's own tables (queue, jobs, slices, workers,
+  audit, errors, approved statements) and on the server's activity the runtime watches (the gates'
+  pg_stat_* reads, a batch's backend, transaction-local settings). The job kinds (``tidegate.jobs``)
+  call these too.
+* ``worker/identifiers.py``: the system catalog (pg_class, pg_attribute, pg_index). It is the one
+  validator that turns a user's table or column name into an :class:`Ident`, and keeps the lookups
+  that guarantee is built on beside it.
+
+The live-worker rule (a heartbeat younger than the lease) is the view ``tidegate_live_workers``
+(migration 0011); queries read the view and never repeat the condition. tests/test_layers.py holds
+the code to all of this. A job kind's SQL on a user's tables or its own (an archive layout, a
+watcher's cursor) is the job kind's: in ``.sql`` files beside it, filled by :func:`render`.
+
+Some statements work on a user's table. Their text holds placeholders such as ``{source}``;
+:func:`render` fills them only with :class:`Ident` values, which only the catalog validator
+(``worker/identifiers.py``) creates, and :class:`Fragment` values: SQL text the code assembles
+from its own constants (a condition, a SET list), which may hold placeholders of its own. A plain
+string is refused.
 """
 
 from __future__ import annotations
 
 import re
 import string
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
 from sqlalchemy import TextClause, text
 
-from tidegate.worker.identifiers import Ident
-
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Ident:
+    """A quoted identifier (possibly schema-qualified) known to exist: built by worker/identifiers.py
+    from the catalog, the only kind of value :func:`render` puts into SQL text."""
+
+    sql: str
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
 
 
 @cache

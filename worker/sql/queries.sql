@@ -1,6 +1,7 @@
 -- Runtime queries of tidegate. One statement per name; named parameters only.
 -- Lease rule used throughout: a slice is owned by the worker named in
--- locked_by while that worker's heartbeat is younger than its lease.
+-- locked_by while that worker is live, i.e. in the view tidegate_live_workers
+-- (migration 0011: its heartbeat is younger than its lease).
 
 -- name: register_worker
 -- description: Announce a worker process (its heartbeat row is its lease).
@@ -139,12 +140,10 @@ WHERE j.status IN ('pending', 'running')
   AND q.queue = ANY(:queues)
   AND j.kind = ANY(:kinds)
   -- unowned, owned by a worker whose lease expired, or our own (we lost track of it in an outage)
-  AND (s.locked_by IS NULL OR s.locked_by = :worker_id OR NOT EXISTS (
-        SELECT 1 FROM tidegate_workers w
-        WHERE w.id = s.locked_by AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)))
-  AND (SELECT count(*) FROM backfill_slices o JOIN tidegate_workers w ON w.id = o.locked_by
-       WHERE o.job_id = s.job_id AND o.status = 'pending' AND o.slice_no <> s.slice_no
-         AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)) < j.concurrency
+  AND (s.locked_by IS NULL OR s.locked_by = :worker_id
+       OR NOT EXISTS (SELECT 1 FROM tidegate_live_workers w WHERE w.id = s.locked_by))
+  AND (SELECT count(*) FROM backfill_slices o JOIN tidegate_live_workers w ON w.id = o.locked_by
+       WHERE o.job_id = s.job_id AND o.status = 'pending' AND o.slice_no <> s.slice_no) < j.concurrency
 ORDER BY q.priority DESC, j.created_at, s.slice_no
 LIMIT 1
 FOR UPDATE OF s SKIP LOCKED;
@@ -168,9 +167,9 @@ SELECT j.status, j.kind, CAST(j.params AS text) AS params, j.key_type, j.batch_s
        j.processed_count, j.concurrency, j.max_rows_per_second, j.sleep_between_batches, j.target_batch_seconds,
        j.min_batch_size, j.max_batch_size, j.row_limit,
        -- concurrency lowered under us: the slices with the lowest numbers keep running, the others let go
-       (SELECT count(*) FROM backfill_slices o JOIN tidegate_workers w ON w.id = o.locked_by
-        WHERE o.job_id = s.job_id AND o.status = 'pending' AND o.slice_no < s.slice_no
-          AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)) >= j.concurrency AS over_concurrency,
+       (SELECT count(*) FROM backfill_slices o JOIN tidegate_live_workers w ON w.id = o.locked_by
+        WHERE o.job_id = s.job_id AND o.status = 'pending' AND o.slice_no < s.slice_no) >= j.concurrency
+         AS over_concurrency,
        -- concurrency raised under us: fewer slices than wanted, so this batch cuts its own slice in two
        (SELECT count(*) FROM backfill_slices o
         WHERE o.job_id = s.job_id AND o.status = 'pending') < j.concurrency AS short_of_slices
@@ -297,9 +296,8 @@ SELECT EXISTS (
     JOIN queue_jobs q ON q.id = s.job_id
     WHERE j.status IN ('pending', 'running') AND s.status = 'pending'
       AND q.queue = ANY(:queues) AND j.kind = ANY(:kinds)
-      AND (s.locked_by IS NULL OR s.locked_by = :worker_id OR NOT EXISTS (
-            SELECT 1 FROM tidegate_workers w WHERE w.id = s.locked_by
-            AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)))
+      AND (s.locked_by IS NULL OR s.locked_by = :worker_id
+           OR NOT EXISTS (SELECT 1 FROM tidegate_live_workers w WHERE w.id = s.locked_by))
 );
 
 -- name: set_job_status
@@ -361,9 +359,8 @@ SELECT q.id AS job_id, q.type, q.queue, q.status AS queue_status, q.priority, q.
        j.max_rows_per_second, j.sleep_between_batches, j.target_batch_seconds, j.row_limit,
        (SELECT count(*) FROM backfill_slices s WHERE s.job_id = q.id) AS slices,
        (SELECT count(*) FROM backfill_slices s WHERE s.job_id = q.id AND s.status = 'done') AS slices_done,
-       (SELECT count(*) FROM backfill_slices s JOIN tidegate_workers w ON w.id = s.locked_by
-         WHERE s.job_id = q.id AND s.status = 'pending'
-           AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)) AS slices_in_flight
+       (SELECT count(*) FROM backfill_slices s JOIN tidegate_live_workers w ON w.id = s.locked_by
+         WHERE s.job_id = q.id AND s.status = 'pending') AS slices_in_flight
 FROM queue_jobs q LEFT JOIN backfill_jobs j ON j.job_id = q.id
 WHERE (CAST(:job_id AS uuid) IS NULL OR q.id = CAST(:job_id AS uuid))
 ORDER BY q.created_at DESC
@@ -405,15 +402,14 @@ FROM queue_jobs GROUP BY status;
 -- description: Range jobs by kind and status, plus per active job its remaining rows and slices in flight.
 SELECT j.job_id, j.kind, j.status,
        GREATEST(coalesce(j.total_estimate, 0) - j.processed_count, 0) AS remaining,
-       (SELECT count(*) FROM backfill_slices s JOIN tidegate_workers w ON w.id = s.locked_by
-         WHERE s.job_id = j.job_id AND s.status = 'pending'
-           AND w.heartbeat_at > now() - make_interval(secs => w.lease_seconds)) AS in_flight
+       (SELECT count(*) FROM backfill_slices s JOIN tidegate_live_workers w ON w.id = s.locked_by
+         WHERE s.job_id = j.job_id AND s.status = 'pending') AS in_flight
 FROM backfill_jobs j
 WHERE j.status IN ('pending', 'running', 'paused') OR j.finished_at > now() - interval '1 day';
 
 -- name: metrics_workers
 -- description: Workers whose lease is alive.
-SELECT count(*) FROM tidegate_workers WHERE heartbeat_at > now() - make_interval(secs => lease_seconds);
+SELECT count(*) FROM tidegate_live_workers;
 
 -- name: prune_queue_jobs
 -- description: Delete up to :batch finished queue rows older than the retention (their checkpoint rows cascade).
@@ -582,3 +578,74 @@ SELECT to_regclass('tidegate_alembic_version') IS NOT NULL AS present;
 -- name: schema_revisions
 -- description: The revision(s) the database's tidegate schema is at.
 SELECT version_num FROM tidegate_alembic_version;
+
+-- Health gates (worker/gates.py): what the server is doing, read between batches.
+
+-- name: gate_connections
+-- description: Client connections in use, and max_connections.
+SELECT count(*) AS used, current_setting('max_connections')::int AS max_connections
+FROM pg_stat_activity WHERE backend_type = 'client backend';
+
+-- name: gate_long_transaction
+-- description: The oldest transaction of another session in this database open longer than :seconds, not
+-- description: tidegate's own (application_name tidegate*): it holds back vacuum of our tables.
+SELECT pid, extract(epoch FROM now() - xact_start) AS age FROM pg_stat_activity
+WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+  AND datname = current_database()
+  AND application_name NOT LIKE 'tidegate%' AND now() - xact_start > make_interval(secs => :seconds)
+ORDER BY xact_start
+LIMIT 1;
+
+-- name: gate_worst_replica
+-- description: The replica furthest behind (name, lag in seconds, bytes not replayed); hidden is true when
+-- description: this role may see the replicas but not their progress.
+SELECT coalesce(nullif(application_name, ''), host(client_addr), pid::text) AS replica,
+       extract(epoch FROM greatest(write_lag, flush_lag, replay_lag))::float AS lag,
+       pg_wal_lsn_diff(sent_lsn, replay_lsn)::bigint AS bytes, state IS NULL AS hidden
+FROM pg_stat_replication
+ORDER BY state IS NULL DESC, 2 DESC NULLS LAST
+LIMIT 1;
+
+-- name: gate_vacuum
+-- description: One of :tables that (auto)vacuum is working on now, if any.
+SELECT p.relid::regclass::text AS rel FROM pg_stat_progress_vacuum p
+WHERE p.datname = current_database() AND p.relid = ANY(CAST(:tables AS regclass[]))
+LIMIT 1;
+
+-- The catalog lookups of worker/identifiers.py: a user's table or column name is bound, never parsed.
+
+-- name: catalog_table
+-- description: An existing table, view or partitioned table named :rel, in :schema or (schema '') the first
+-- description: schema of the search path that has one.
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname = :rel AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND (CASE WHEN :schema = '' THEN n.oid = ANY(current_schemas(false)::regnamespace[])
+       ELSE n.nspname = :schema END)
+ORDER BY array_position(current_schemas(false), n.nspname::text)
+LIMIT 1;
+
+-- name: catalog_column
+-- description: The type and NOT NULL of column :col of table :rel (a quoted name).
+SELECT format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a
+WHERE a.attrelid = CAST(:rel AS regclass) AND a.attname = :col
+  AND a.attnum > 0 AND NOT a.attisdropped;
+
+-- name: catalog_primary_key
+-- description: The primary key columns of :rel, in key order.
+SELECT a.attname FROM pg_index i
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+WHERE i.indrelid = CAST(:rel AS regclass) AND i.indisprimary
+ORDER BY array_position(i.indkey, a.attnum);
+
+-- name: catalog_leading_index
+-- description: Does an index of :rel start with column :col?
+SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a
+               ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+               WHERE i.indrelid = CAST(:rel AS regclass) AND a.attname = :col);
+
+-- name: catalog_columns
+-- description: Every stored (not generated, not dropped) column of :rel, in table order.
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a
+WHERE a.attrelid = CAST(:rel AS regclass) AND a.attnum > 0 AND NOT a.attisdropped
+  AND a.attgenerated = ''
+ORDER BY a.attnum;
