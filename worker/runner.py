@@ -361,7 +361,7 @@ class Worker:
                        deadline.seconds_for(self.config.batch_deadline, state.knobs.target_batch_seconds))
         timeout = throttle.statement_timeout_ms(state.knobs)
         if timeout:  # transaction-scoped, so it is safe behind PgBouncer
-            conn.execute(store.q("local_statement_timeout"), {"ms": str(timeout)})
+            store.local_statement_timeout(conn, timeout)
         end_key = state.end_key
         if state.short_of_slices:  # the new half waits, unowned, for an idle worker
             batch.cut = store.cut_slice(conn, batch.job_id, batch.slice_no, state.key_type, state.checkpoint,
@@ -548,13 +548,13 @@ class Worker:
     def _log_progress(self, job_id: str, slice_no: int, bounds: dict[str, dict[str, object]]) -> None:
         """Every N batches: the last batch's bounds and counts, and the whole job's progress."""
         with self.engine.connect() as conn:
-            row = conn.execute(store.q("job_status"), {"job_id": job_id, "limit": 1}).first()
-        if row is None:
+            rows = store.job_status(conn, job_id, 1)
+        if not rows:
             return
-        total = row.total_estimate
-        pct = f" ({100.0 * row.processed_count / total:.1f}% of ~{total})" if total else ""
+        row = rows[0]
+        total, processed, errors = row["total_estimate"], row["processed_count"], row["error_count"]
+        pct = f" ({100.0 * processed / total:.1f}% of ~{total})" if total else ""
         b = bounds["tidegate"]
-        b.update(job_processed=row.processed_count, job_errors=row.error_count, job_rows_estimate=total)
+        b.update(job_processed=processed, job_errors=errors, job_rows_estimate=total)
         log.info("job %s slice %d: batch (%s, %s] rows=%s errors=%s; job: %d rows processed%s, %d errors",
-                 job_id, slice_no, b["lo"], b["hi"], b["rows"], b["errors"], row.processed_count, pct,
-                 row.error_count, extra=bounds)
+                 job_id, slice_no, b["lo"], b["hi"], b["rows"], b["errors"], processed, pct, errors, extra=bounds)
