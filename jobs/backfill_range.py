@@ -33,7 +33,7 @@ from typing import Any, Self
 
 from sqlalchemy import Connection
 
-from tidegate.jobs import approved_sql, checks, filters, handlers, sql_check
+from tidegate.jobs import approved_sql, filters, handlers, sql_check
 from tidegate.worker import identifiers, keys, knobs, trust
 from tidegate.worker.errors import InvalidInput, quote
 from tidegate.worker.kinds import BatchContext, BatchResult, KeyRange, NextKeys, Payload, Plan, RangeKind, SlicePlan
@@ -53,7 +53,7 @@ class BackfillPayload(Payload):
     """A backfill-range payload, every field checked (see the module's docstring for the JSON)."""
 
     FIELDS = frozenset({"source", "key", "from", "to", "handler", "sql", "sql_approved", "owner", "writes", "where",
-                        *(k.name for k in knobs.for_kind(NAME))})
+                        *Payload.knob_fields(NAME)})
 
     source: str
     key: str
@@ -101,14 +101,13 @@ class BackfillPayload(Payload):
         for field in ("source", "key", "from", "to"):
             if p.get(field) in (None, ""):
                 raise InvalidInput(f"payload is missing {field!r}")
-        knobs.check_payload(p, NAME, default_batch=500)  # batch_size, concurrency and the pace knobs, in place
+        common = cls.common(p, NAME, default_batch=500)  # owner, batch_size, concurrency, the pace knobs
         writes = p.get("writes", [])
         if not isinstance(writes, list) or not all(isinstance(w, str) for w in writes):
             raise InvalidInput("writes must be a list of table names")
         return cls(source=p["source"], key=p["key"], from_=p["from"], to=p["to"], handler=p.get("handler"),
                    sql=p.get("sql"), sql_approved=p.get("sql_approved"), writes=tuple(writes), where=tuple(where),
-                   owner=checks.owner(p.get("owner", "unknown")), batch_size=p["batch_size"],
-                   concurrency=p["concurrency"], knobs=knobs.pace(p, NAME))
+                   **common)
 
     def params(self) -> dict[str, Any]:
         p = super().params()

@@ -10,16 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from tidegate.worker import bounds
-from tidegate.worker.errors import InvalidInput, quote
+from tidegate.worker.bounds import owner  # noqa: F401  (the kinds' payloads: Payload.common)
 
 
 def bounded(value: Any, field: str, lo: float, hi: float, *, integer: bool = True) -> Any:
     """``value`` as an int (or, with ``integer=False``, a float) within ``[lo, hi]``."""
     return bounds.Bound(field, lo, hi, integer).check(value)
-
-
-def owner(value: Any) -> str:
-    """Who owns the job: a non-empty string of at most 200 characters, trimmed."""
-    if not isinstance(value, str) or not value.strip() or len(value) > 200:
-        raise InvalidInput(f"owner must be a non-empty string of at most 200 characters, got {quote(value, 60)}")
-    return value.strip()

@@ -58,3 +58,10 @@ def _show(number: float) -> str:
     if isinstance(number, int):
         return quote(number, 40)
     return f"{number:g}"
+
+
+def owner(value: Any) -> str:
+    """Who owns the job: a non-empty string of at most 200 characters, trimmed."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise InvalidInput(f"owner must be a non-empty string of at most 200 characters, got {quote(value, 60)}")
+    return value.strip()

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Self
 
 from sqlalchemy import Connection, Engine
 
+from tidegate.worker import bounds, knobs
 from tidegate.worker.errors import InvalidInput, shorten
 from tidegate.worker.keys import Key, KeyType
 
@@ -142,6 +143,20 @@ class Payload:
             raise InvalidInput(f"unknown payload field(s): {shorten(', '.join(unknown))};"
                                f" known: {', '.join(sorted(cls.FIELDS))}")
         return dict(raw)
+
+    @staticmethod
+    def knob_fields(kind: str) -> frozenset[str]:
+        """The JSON fields of the knobs kind ``kind`` takes (worker/knobs.py): part of its ``FIELDS``."""
+        return frozenset(k.name for k in knobs.for_kind(kind))
+
+    @staticmethod
+    def common(p: dict[str, Any], kind: str, *, default_batch: int) -> dict[str, Any]:
+        """The fields every payload has, checked: ``owner``, ``batch_size`` (default ``default_batch``),
+        ``concurrency`` and the pace ``knobs``, as keyword arguments of the payload's constructor. The
+        knob fields of ``p`` are checked in place against the one table of knobs."""
+        knobs.check_payload(p, kind, default_batch=default_batch)
+        return {"owner": bounds.owner(p.get("owner", "unknown")), "batch_size": p["batch_size"],
+                "concurrency": p["concurrency"], "knobs": knobs.pace(p, kind)}
 
     def params(self) -> dict[str, Any]:
         """The payload as the job's params (JSON): every field given, the knobs flat beside them."""

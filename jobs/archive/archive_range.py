@@ -108,7 +108,7 @@ class ArchivePayload(Payload):
 
     FIELDS = frozenset({"layout", "type", "tenant", "before", "streams", "where", "from_audit", "limit", "force",
                         "reason", "owner", "snapshot", "layout_spec", "action",
-                        *(k.name for k in knobs.for_kind("archive_range"))})
+                        *Payload.knob_fields("archive_range")})
 
     layout: str
     type: str | None = None
@@ -146,7 +146,7 @@ class ArchivePayload(Payload):
         streams = p.get("streams")
         if streams is not None and not (isinstance(streams, list) and all(isinstance(s, str | int) for s in streams)):
             raise InvalidInput("streams must be a list of stream ids")
-        knobs.check_payload(p, "archive_range", default_batch=DEFAULT_BATCH)  # batch_size, concurrency, pace knobs
+        common = cls.common(p, "archive_range", default_batch=DEFAULT_BATCH)  # owner, batch_size, concurrency, knobs
         if p.get("limit") is not None:
             p["limit"] = checks.bounded(p["limit"], "limit", 1, 10**12)
         if not isinstance(p.get("force", False), bool):
@@ -154,9 +154,7 @@ class ArchivePayload(Payload):
         return cls(layout=p["layout"], type=p.get("type"), tenant=p.get("tenant"), before=p.get("before"),
                    streams=tuple(streams) if streams is not None else None, where=p.get("where"),
                    from_audit=p.get("from_audit"), limit=p.get("limit"), force=p.get("force", False),
-                   reason=p.get("reason"), owner=checks.owner(p.get("owner", "unknown")),
-                   batch_size=p["batch_size"], concurrency=p["concurrency"],
-                   knobs=knobs.pace(p, "archive_range"))
+                   reason=p.get("reason"), **common)
 
     def params(self) -> dict[str, Any]:
         p = super().params()
