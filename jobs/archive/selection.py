@@ -131,11 +131,11 @@ def state_sql(layout: Layout, idents: dict[str, Ident], archived: bool) -> Fragm
     flag = layout.col("archived_flag")
     if flag is not None:
         idents["sflag"] = flag.ident
-        return Fragment(SQL["archived_by_flag" if archived else "hot_by_flag"])
+        return Fragment(SQL["archived_by_flag"] if archived else SQL["hot_by_flag"])
     at = layout.col("archived_at")
     assert at is not None  # layouts.check_spec
     idents["sat"] = at.ident
-    return Fragment(SQL["archived_by_at" if archived else "hot_by_at"])
+    return Fragment(SQL["archived_by_at"] if archived else SQL["hot_by_at"])
 
 
 def stream_type(layout: Layout, idents: dict[str, Ident]) -> Fragment:
@@ -160,13 +160,13 @@ def candidates(conn: Connection, layout: Layout, sel: dict[str, Any], *, unarchi
                                 "streams": layout.streams}
     params: dict[str, Any] = {}
     conds = [state_sql(layout, idents, archived=unarchive)]
-    for option, what in (("type", "--type"), ("tenant", "--tenant")):
+    for option, cond in (("type", SQL["by_type"]), ("tenant", SQL["by_tenant"])):
         if sel.get(option) is not None:
             col = layout.col(option)
             if col is None:
-                raise InvalidInput(f"{what}: layout {quote(layout.name)} names no stream {option} column")
+                raise InvalidInput(f"--{option}: layout {quote(layout.name)} names no stream {option} column")
             idents["c_" + option] = col.ident
-            conds.append(Fragment(SQL["by_" + option]))
+            conds.append(Fragment(cond))
             params[option] = str(sel[option])
     if sel.get("before") is not None:
         col = layout.col("activity")
