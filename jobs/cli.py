@@ -18,6 +18,8 @@ from tidegate.worker.errors import quote
 from tidegate.worker.keys import encode, parse
 from tidegate.worker.sql import load
 
+DEMO_SQL = load("tidegate.jobs.demo", "demo.sql")  # demo seed and demo check: the demo's tables
+
 
 def queue_options(func: Any) -> Any:
     """Options every enqueue command shares."""
@@ -133,26 +135,26 @@ def demo_seed(db: Database, rows: int, users: int | None, start: str, spacing: f
     cfg = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"), ini_section="demo")
     cfg.attributes["url"] = db.url
     command.upgrade(cfg, "head")
-    sql = load("tidegate.jobs.demo", "demo.sql")
     users = users or max(1, rows * 4 // 5)
     with db.engine.begin() as conn:
-        have = conn.execute(text("SELECT count(*) FROM hero_snapshots")).scalar_one()
-        conn.execute(text("TRUNCATE user_troops"))
+        have = conn.execute(text(DEMO_SQL["count_snapshots"])).scalar_one()
+        conn.execute(text(DEMO_SQL["empty_troops"]))
         if have == rows:
             click.echo(f"hero_snapshots already holds {rows} rows; user_troops emptied")
             return
-        conn.execute(text("TRUNCATE hero_snapshots RESTART IDENTITY"))
+        conn.execute(text(DEMO_SQL["empty_snapshots"]))
     started = time.monotonic()
     chunk = 50_000
     for offset in range(0, rows, chunk):
         with db.engine.begin() as conn:
-            conn.execute(text(sql["seed"]), {"rows": min(chunk, rows - offset), "offset": offset, "users": users,
-                                             "start": parse("timestamptz", start), "spacing": spacing})
+            conn.execute(text(DEMO_SQL["seed"]), {"rows": min(chunk, rows - offset), "offset": offset,
+                                                  "users": users, "start": parse("timestamptz", start),
+                                                  "spacing": spacing})
         done = min(rows, offset + chunk)
         click.echo(f"\rseeded {done}/{rows} snapshots ({time.monotonic() - started:.1f}s)", nl=False, err=True)
     click.echo("", err=True)
     with db.engine.begin() as conn:
-        conn.execute(text("ANALYZE hero_snapshots"))
+        conn.execute(text(DEMO_SQL["analyze_snapshots"]))
     click.echo(f"hero_snapshots: {rows} rows for {users} users from {start}")
 
 
@@ -161,7 +163,7 @@ def demo_seed(db: Database, rows: int, users: int | None, start: str, spacing: f
 def demo_check(db: Database) -> None:
     """Print user_troops' row count and checksum (compare two runs)."""
     with db.engine.connect() as conn:
-        row = conn.execute(text(load("tidegate.jobs.demo", "demo.sql")["troops_checksum"])).one()
+        row = conn.execute(text(DEMO_SQL["troops_checksum"])).one()
     echo_json({"user_troops_rows": row.rows, "checksum": row.checksum})
 
 
@@ -177,7 +179,7 @@ def verify_cmd(db: Database, job: str, sample: int, as_json: bool) -> None:
     from tidegate.worker.control import find_job
 
     with db.engine.connect() as conn:
-        conn.execute(text(inspect.READ_ONLY))
+        inspect.read_only(conn)
         report = inspect.verify(conn, find_job(conn, job), sample)
         conn.rollback()
     if as_json:

@@ -18,11 +18,12 @@ from sqlalchemy.exc import DBAPIError
 
 from tidegate.worker import identifiers
 from tidegate.worker.errors import InvalidInput, quote
-from tidegate.worker.sql import render
+from tidegate.worker.sql import Fragment, compose, load, render
 
-# operator -> SQL, with {f} for the column and :v for the value (never input text)
-OPS = {"=": "{f} = :v", "!=": "{f} <> :v", "<": "{f} < :v", "<=": "{f} <= :v", ">": "{f} > :v", ">=": "{f} >= :v",
-       "in": "{f} IN (:v)", "is null": "{f} IS NULL", "is not null": "{f} IS NOT NULL"}
+SQL = load(__package__, "filters.sql")
+# operator -> a condition, with {f} for the column and {v} for the bound value(s): constants, never input text
+OPS = {"=": "{f} = {v}", "!=": "{f} <> {v}", "<": "{f} < {v}", "<=": "{f} <= {v}", ">": "{f} > {v}",
+       ">=": "{f} >= {v}", "in": "{f} IN ({v})", "is null": "{f} IS NULL", "is not null": "{f} IS NOT NULL"}
 NO_VALUE = {"is null", "is not null"}
 MAX_IN = 1000
 _SYNTAX = re.compile(
@@ -80,17 +81,17 @@ def normalize(filters: Any) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Compiled:
-    """`` AND ...`` to append to a query's WHERE, its identifiers and its bound values."""
+    """`` AND ...`` for a query's ``{where}``, its identifiers and its bound values."""
 
-    sql: str
+    sql: Fragment
     idents: dict[str, identifiers.Ident]
     params: dict[str, str]
 
     def into(self, template: str, **idents: identifiers.Ident) -> Any:
-        return render(template.replace("{where}", self.sql), **idents, **self.idents)
+        return render(template, where=self.sql, **idents, **self.idents)
 
 
-NONE = Compiled("", {}, {})
+NONE = Compiled(Fragment(""), {}, {})
 
 
 def compile_filters(conn: Connection, source: identifiers.Ident, filters: list[dict[str, Any]]) -> Compiled:
@@ -100,17 +101,17 @@ def compile_filters(conn: Connection, source: identifiers.Ident, filters: list[d
     for i, f in enumerate(filters):
         col = identifiers.column(conn, source, f["field"], what="--where field")
         idents[f"w{i}"] = col.ident
-        sql = OPS[f["op"]].replace("{f}", "{w" + str(i) + "}")
+        names = []  # the bound parameters: w0, or w0_0, w0_1... for in
         if f["op"] == "in":
             names = [f"w{i}_{j}" for j in range(len(f["value"]))]
-            sql = sql.replace(":v", ", ".join(":" + n for n in names))
             params.update(zip(names, f["value"], strict=True))
         elif f["op"] not in NO_VALUE:
-            sql = sql.replace(":v", f":w{i}")
+            names = [f"w{i}"]
             params[f"w{i}"] = f["value"]
-        parts.append(sql)
-    compiled = Compiled(" AND " + " AND ".join(parts), idents, params)
-    probe = compiled.into("SELECT 1 FROM {source} WHERE true{where} LIMIT 0", source=source)
+        values = {"v": Fragment(", ".join(f":{n}" for n in names))} if names else {}
+        parts.append(compose(OPS[f["op"]], f=Fragment(f"{{w{i}}}"), **values))
+    compiled = Compiled(Fragment("".join(f" AND {p}" for p in parts)), idents, params)
+    probe = compiled.into(SQL["probe"], source=source)
     try:
         with conn.begin_nested():  # a value that does not fit the column's type fails here, not in a batch
             conn.execute(probe, params)

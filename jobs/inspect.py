@@ -17,36 +17,30 @@ from tidegate.jobs import filters, handlers
 from tidegate.jobs.backfill_range import ROWS, BackfillRange, resolve_target
 from tidegate.worker import identifiers, keys
 from tidegate.worker.errors import NotFound
-from tidegate.worker.sql import render
+from tidegate.worker.sql import Fragment, load, render
 
-# one snapshot for every check, so a job running meanwhile is seen consistently
-READ_ONLY = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
-FIRST_KEYS = "SELECT {key} AS k FROM {source} WHERE {key} >= :lo AND {key} < :hi{where} ORDER BY {key} LIMIT :n"
-ONE_BATCH = "SELECT max(k) FROM (" + FIRST_KEYS + ") b"
-COUNT_DONE = "SELECT count(*) FROM {source} WHERE {key} > :lo AND {key} <= :hi{where}"
-DUPLICATES = "SELECT count(*) FROM (SELECT 1 FROM {table} GROUP BY {cols} HAVING count(*) > 1) d"
-SAMPLE = ("SELECT * FROM {source} TABLESAMPLE BERNOULLI (:percent) REPEATABLE (:seed)"
-          " WHERE {key} > :lo AND {key} <= :hi{where} LIMIT :n")
-SLICES = "SELECT slice_no, start_key, checkpoint FROM backfill_slices WHERE job_id = :job_id ORDER BY slice_no"
-JOB = ("SELECT status, params, key_type, processed_count, error_count, total_estimate, batch_size, concurrency,"
-       " max_rows_per_second, sleep_between_batches FROM backfill_jobs WHERE job_id = :job_id")
-FAILED_ITEMS = "SELECT item_key FROM etl_errors WHERE job_id = :job_id"
+SQL = load(__package__, "inspect.sql")
+
+
+def read_only(conn: Connection) -> None:
+    """The transaction reads one snapshot and writes nothing (before its first statement)."""
+    conn.execute(text(SQL["read_only"]))
 
 
 def dry_run(conn: Connection, payload: dict[str, Any], sample: int = 5) -> dict[str, Any]:
     """What the job would do: rows, batches, slices, a sample of keys and the time at its pace."""
-    conn.execute(text(READ_ONLY))
+    read_only(conn)
     plan = BackfillRange().plan(conn, payload)
     p = plan.params
     target = resolve_target(conn, p["source"], p["key"])
     idents = {"source": target.source, "key": target.key.ident}
     where = filters.compile_filters(conn, target.source, p.get("where") or [])
     lo, hi = plan.from_key, plan.to_key
-    first = [keys.encode(r.k) for r in conn.execute(where.into(FIRST_KEYS, **idents),
+    first = [keys.encode(r.k) for r in conn.execute(where.into(SQL["first_keys"], **idents),
                                                     {"lo": lo, "hi": hi, "n": sample, **where.params})]
     # one batch read (and transformed, for a Python handler) against the clock: the pace of the reads
     started = time.monotonic()
-    upper = conn.execute(where.into(ONE_BATCH, **idents),
+    upper = conn.execute(where.into(SQL["one_batch"], **idents),
                          {"lo": lo, "hi": hi, "n": plan.batch_size, **where.params}).scalar()
     if upper is not None:
         rows = conn.execute(where.into(ROWS, **idents),
@@ -87,7 +81,7 @@ class Report:
 
 def verify(conn: Connection, job_id: str, sample: int = 50) -> Report:
     """The runbook's parity checks on what a job has processed so far (every slice up to its cursor)."""
-    job = conn.execute(text(JOB), {"job_id": job_id}).first()
+    job = conn.execute(text(SQL["job"]), {"job_id": job_id}).first()
     if job is None:
         raise NotFound(f"job {job_id} has not been planned yet: nothing to verify")
     p = job.params
@@ -96,8 +90,8 @@ def verify(conn: Connection, job_id: str, sample: int = 50) -> Report:
     where = filters.compile_filters(conn, target.source, p.get("where") or [])
     report = Report(job_id)
     spans = [(keys.decode(job.key_type, s.start_key), keys.decode(job.key_type, s.checkpoint))
-             for s in conn.execute(text(SLICES), {"job_id": job_id})]
-    source_rows = sum(int(conn.execute(where.into(COUNT_DONE, **idents),
+             for s in conn.execute(text(SQL["slices"]), {"job_id": job_id})]
+    source_rows = sum(int(conn.execute(where.into(SQL["count_done"], **idents),
                                        {"lo": a, "hi": b, **where.params}).scalar_one())
                       for a, b in spans)
     report.add("source rows vs processed_count", source_rows == job.processed_count,
@@ -112,17 +106,18 @@ def verify(conn: Connection, job_id: str, sample: int = 50) -> Report:
         return report
     table = identifiers.table(conn, spec["table"], what="derived table")
     cols = [identifiers.column(conn, table, c, what="derived key column").ident for c in spec["key"]]
-    dupes = int(conn.execute(render(DUPLICATES.replace("{cols}", ", ".join(f"{{c{i}}}" for i in range(len(cols)))),
-                                    table=table, **{f"c{i}": c for i, c in enumerate(cols)})).scalar_one())
+    listed = Fragment(", ".join(f"{{c{i}}}" for i in range(len(cols))))  # {c0}, {c1}...: filled below
+    dupes = int(conn.execute(render(SQL["duplicates"], cols=listed, table=table,
+                                    **{f"c{i}": c for i, c in enumerate(cols)})).scalar_one())
     report.add("derived keys unique", dupes == 0,
                f"{dupes} duplicated ({', '.join(spec['key'])}) in {table.name}")
 
-    failed = {r.item_key for r in conn.execute(text(FAILED_ITEMS), {"job_id": job_id})}
+    failed = {r.item_key for r in conn.execute(text(SQL["failed_items"]), {"job_id": job_id})}
     percent = min(100.0, 100.0 * 4 * sample / max(1, job.processed_count))
     problems: list[str] = []
     checked = 0
     for a, b in spans:
-        for row in conn.execute(where.into(SAMPLE, **idents), {"percent": percent, "seed": 7, "lo": a, "hi": b,
+        for row in conn.execute(where.into(SQL["sample"], **idents), {"percent": percent, "seed": 7, "lo": a, "hi": b,
                                                                "n": sample, **where.params}).mappings():
             if checked >= sample:
                 break

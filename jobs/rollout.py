@@ -19,9 +19,9 @@ from sqlalchemy import Engine, text
 from tidegate.jobs import inspect
 from tidegate.worker import control
 from tidegate.worker.errors import InvalidInput, TidegateError
+from tidegate.worker.sql import load
 
-JOB = ("SELECT status, status_reason, processed_count, held_by, held_since, row_limit, concurrency"
-       " FROM backfill_jobs WHERE job_id = :job_id")
+SQL = load(__package__, "rollout.sql")
 CANARY = "canary limit reached"
 
 
@@ -81,7 +81,7 @@ class Rollout:
 
     def _verify(self, stage: str) -> None:
         with self.engine.connect() as conn:
-            conn.execute(text(inspect.READ_ONLY))
+            inspect.read_only(conn)
             report = inspect.verify(conn, self.job_id, self.sample)
             conn.rollback()
         for c in report.checks:
@@ -99,12 +99,12 @@ class Rollout:
             control.set_knobs(conn, self.job_id, knobs, self.actor)
 
     def _job_in(self, conn: Any) -> str | None:
-        row = conn.execute(text(JOB), {"job_id": self.job_id}).first()
+        row = conn.execute(text(SQL["job"]), {"job_id": self.job_id}).first()
         return row.status if row else None
 
     def _job(self) -> Any:
         with self.engine.connect() as conn:
-            return conn.execute(text(JOB), {"job_id": self.job_id}).first()
+            return conn.execute(text(SQL["job"]), {"job_id": self.job_id}).first()
 
     def _wait(self, done: Callable[[Any], bool], what: str) -> Any:
         deadline = time.monotonic() + self.timeout

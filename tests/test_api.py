@@ -74,6 +74,8 @@ def test_wheel_installs_one_namespace_beside_an_apps_own_jobs_and_worker(tmp_pat
     for shipped in ("tidegate/worker/sql/queries.sql", "tidegate/migrations/env.py",
                     "tidegate/migrations/versions/0001_core.py", "tidegate/jobs/archive/layouts/marten.toml"):
         assert shipped in names
+    sql_files = {"tidegate/" + str(p.relative_to(ROOT)) for top in ("worker", "jobs") for p in (ROOT / top).rglob("*.sql")}
+    assert sql_files - set(names) == set()  # every job kind's .sql file ships beside its module
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

@@ -91,3 +91,60 @@ def test_the_live_worker_rule_is_written_once():
     written = [str(p.relative_to(ROOT)) for p in files for _ in LIVE_RULE.finditer(p.read_text())]
     assert written == ["migrations/versions/0011_live_workers.py"]
     assert (ROOT / "worker/sql/queries.sql").read_text().count("tidegate_live_workers") >= 6
+
+
+# -- a job kind's SQL: in .sql files beside it, filled by render() --------------------------------
+
+JOB_SQL_START = re.compile(SQL_START.pattern.replace("TRUNCATE", "TRUNCATE|SET|EXPLAIN|ANALYZE"))
+# Statements that stay in Python, each for a reason:
+JOB_SQL_ALLOWED = {
+    # a handler is user code: the demo's reads as the example a user copies, its SQL beside its transform
+    ("jobs/demo/handlers.py", "INSERT INTO user_troops AS ut"),
+    ("jobs/demo/handlers.py", "SELECT level, amount, ascension, snapshot_id, snapshot_at FROM user_troops"),
+    # EXPLAIN of the job's own statement: the author's text (sql_check.check_text), nothing to fill
+    ("jobs/sql_check.py", "EXPLAIN (VERBOSE, FORMAT JSON)"),
+}
+# str.replace in jobs/ that is not SQL templating: a label shown to a user, a quoted identifier un-doubled
+REPLACE_ALLOWED = {("jobs/archive/cli.py", "key.replace('_', ' ')"),
+                   ("jobs/sql_check.py", "statement[i + 1:j].replace('\"\"', '\"')")}
+
+
+def test_job_kinds_keep_their_sql_in_sql_files():
+    """No statement text in a jobs/ module (a literal that starts like SQL, or one given to text() or
+    render()): it lives in the .sql file beside the module, under a ``-- name:`` header."""
+    inline = set()
+    for path, tree in _modules("jobs").items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and JOB_SQL_START.match(node.value):
+                inline.add((path, " ".join(node.value.split())))
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("text", "render")
+                    and node.args and isinstance(node.args[0], ast.Constant | ast.JoinedStr | ast.BinOp)):
+                inline.add((path, " ".join(ast.unparse(node.args[0]).split())))
+    unexplained = {(path, sql) for path, sql in inline
+                   if not any(path == p and start in sql for p, start in JOB_SQL_ALLOWED)}
+    assert unexplained == set()
+    assert {p for p, _ in inline} == {p for p, _ in JOB_SQL_ALLOWED}  # each exception still needed
+
+
+def test_no_sql_template_is_filled_with_replace():
+    """One template syntax: ``{placeholders}`` filled by render() (identifiers) and compose() (fragments)."""
+    calls = {(path, ast.unparse(node)) for path, tree in _modules("jobs").items() for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "replace"}
+    assert calls - REPLACE_ALLOWED == set()
+
+
+def test_every_named_job_sql_section_is_used():
+    """Each ``-- name:`` section of a job kind's .sql file is read by its module (SQL["name"])."""
+    from tidegate.worker.sql import load
+
+    unused = []
+    for sql_file in sorted((ROOT / "jobs").rglob("*.sql")):
+        folder = sql_file.parent
+        if "-- name:" not in sql_file.read_text():
+            continue  # a whole-file statement (demo/hero_troops.sql: the demo's SQL handler)
+        package = "tidegate." + ".".join(folder.relative_to(ROOT).parts)
+        code = "\n".join(p.read_text() for p in (ROOT / "jobs").rglob("*.py"))
+        for name in load(package, sql_file.name):
+            if f'["{name}"]' not in code:
+                unused.append(f"{sql_file.relative_to(ROOT)}: {name}")
+    assert unused == []

@@ -11,7 +11,7 @@ Payload (``queue_jobs.payload``; ``tidegate enqueue archive-range`` writes the s
 
 Planning (once, by the worker that claims the queue row) snapshots the selection into
 ``archive_candidates`` under a fresh ``snapshot`` id, numbered ``seq`` 1..N in the order of
-the stream rows on disk (see :data:`selection.SNAPSHOT`), and marks the cross-referenced ones.
+the stream rows on disk (see ``snapshot`` in selection.sql), and marks the cross-referenced ones.
 The job is then an ordinary bigint range job over ``[1, N+1)``: slices, leases, checkpoints,
 pause/resume and status are the runtime's.
 The selection is fixed from then on; streams appended or archived meanwhile are handled
@@ -63,7 +63,7 @@ from tidegate.worker.kinds import (
     SlicePlan,
     dense_keys,
 )
-from tidegate.worker.sql import Fragment, load, render
+from tidegate.worker.sql import Fragment, compose, load, render
 
 # streams per batch: 1,000 moved the bench's 1M events faster than 500 or 2,000 (bench/RESULTS.md)
 DEFAULT_BATCH = 1_000
@@ -71,6 +71,7 @@ MAX_CONCURRENCY = knobs.MAX_CONCURRENCY
 SQL = load(__package__, "archive_range.sql")  # the statements on the event store, by name
 AUDIT = Fragment(SQL["audit"])  # ends each events statement: the batch's audit row
 DETAILS = text(SQL["details"])
+SET_MARK = "{column} = {value}"  # a mark column of the stream row, and its value from Direction.marks
 XREF_WHY = "cross-referenced by a live stream (use --force)"
 
 
@@ -297,12 +298,12 @@ class ArchiveRange(RangeKind):
             col = layout.col(name)
             if col is not None:
                 idents["m_" + name] = col.ident
-                sets.append("{m_" + name + "} = " + value)
+                sets.append(compose(SET_MARK, column=Fragment(f"{{m_{name}}}"), value=Fragment(value)))
                 if value == ":by":
                     params["by"] = p["owner"]
                 elif value == ":reason":
                     params["reason"] = p.get("reason")
-        sql = render(SQL["lock_mark"], state=Fragment(state), sets=Fragment(", ".join(sets)), **idents)
+        sql = render(SQL["lock_mark"], state=state, sets=Fragment(", ".join(sets)), **idents)
         return list(conn.execute(sql, params).scalars().all())
 
 

@@ -14,29 +14,17 @@ then moves its event: nothing is left behind either way.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy import Engine, text
 
 from tidegate.jobs.archive import layouts
-from tidegate.worker import identifiers
+from tidegate.worker import identifiers, store
 from tidegate.worker.errors import InvalidInput, quote
-from tidegate.worker.sql import render
+from tidegate.worker.sql import load, render
 
 MODES = ("reject", "redirect", "off")
-DROP = "DROP TRIGGER IF EXISTS tidegate_archive_guard ON {events}"
-CREATE = ("CREATE TRIGGER tidegate_archive_guard BEFORE INSERT ON {events}"
-          " FOR EACH ROW EXECUTE FUNCTION tidegate_archive_guard()")
-UPSERT = """INSERT INTO archive_guards (events_table, mode, layout, streams_table, stream_key, key_type, mark_column,
-                            mark_is_flag, event_stream, archive_table, event_flag, installed_by)
-VALUES (:events_table, :mode, :layout, :streams_table, :stream_key, :key_type, :mark_column, :mark_is_flag,
-        :event_stream, :archive_table, :event_flag, :by)
-ON CONFLICT (events_table) DO UPDATE SET mode = EXCLUDED.mode, layout = EXCLUDED.layout,
-    streams_table = EXCLUDED.streams_table, stream_key = EXCLUDED.stream_key, key_type = EXCLUDED.key_type,
-    mark_column = EXCLUDED.mark_column, mark_is_flag = EXCLUDED.mark_is_flag, event_stream = EXCLUDED.event_stream,
-    archive_table = EXCLUDED.archive_table, event_flag = EXCLUDED.event_flag, installed_at = now(),
-    installed_by = EXCLUDED.installed_by"""
+SQL = load(__package__, "guard.sql")
 
 
 def set_guard(engine: Engine, layout_ref: Any, mode: str, actor: str) -> dict[str, Any]:
@@ -44,14 +32,14 @@ def set_guard(engine: Engine, layout_ref: Any, mode: str, actor: str) -> dict[st
         raise InvalidInput(f"mode must be one of {', '.join(MODES)}, got {quote(mode)}")
     with engine.begin() as conn:
         layout = layouts.resolve(conn, layouts.for_cli(conn, layout_ref)[0])
-        conn.execute(render(DROP, events=layout.events))
-        conn.execute(text("DELETE FROM archive_guards WHERE events_table = :t"), {"t": layout.events.sql})
+        conn.execute(render(SQL["drop_trigger"], events=layout.events))
+        conn.execute(text(SQL["forget"]), {"t": layout.events.sql})
         if mode != "off":
             flag = layout.col("archived_flag")
             mark = flag if flag is not None else layout.col("archived_at")
             assert mark is not None
             event_flag = layout.event_cols.get("archived_flag") if layout.flag else None
-            conn.execute(text(UPSERT), {
+            conn.execute(text(SQL["upsert"]), {
                 "events_table": layout.events.sql, "mode": mode, "layout": layout.name,
                 "streams_table": layout.streams.sql, "stream_key": layout.key.ident.name,
                 "key_type": identifiers.type_of(layout.key).sql, "mark_column": mark.ident.name,
@@ -59,8 +47,6 @@ def set_guard(engine: Engine, layout_ref: Any, mode: str, actor: str) -> dict[st
                 "archive_table": layout.archive.sql if layout.archive is not None and event_flag is None else None,
                 "event_flag": event_flag.ident.name if event_flag is not None else None, "by": actor,
             })
-            conn.execute(render(CREATE, events=layout.events))
-        conn.execute(text("INSERT INTO tidegate_audit (actor, action, details) VALUES (:a, 'archive_guard',"
-                          " CAST(:d AS jsonb))"),
-                     {"a": actor, "d": json.dumps({"mode": mode, "events_table": layout.events.name})})
+            conn.execute(render(SQL["create_trigger"], events=layout.events))
+        store.audit(conn, actor, "archive_guard", None, {"mode": mode, "events_table": layout.events.name})
     return {"layout": layout.name, "events_table": layout.events.name, "mode": mode}

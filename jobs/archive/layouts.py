@@ -61,21 +61,13 @@ from sqlalchemy import Connection, text
 from tidegate.worker import identifiers, store
 from tidegate.worker.errors import InvalidIdentifier, InvalidInput, PermissionDenied, quote
 from tidegate.worker.identifiers import Column, Ident
+from tidegate.worker.sql import load
 
 SHIPPED = ("tidegate", "marten", "rillflow")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # as archive_layouts.name's CHECK; no dot, no slash
 LISTED = 30
 MAX_FILE = 256 * 1024
-GET = text("SELECT spec FROM archive_layouts WHERE name = :name")
-GET_SHA = text("SELECT sha256 FROM archive_layouts WHERE name = :name")
-NAMES = text("SELECT name FROM archive_layouts ORDER BY name LIMIT :limit")
-CAN_ADD = text("SELECT has_table_privilege('archive_layouts', 'INSERT')")
-UPSERT = text("""INSERT INTO archive_layouts (name, format, body, sha256, spec)
-VALUES (:name, :format, :body, :sha256, CAST(:spec AS jsonb))
-ON CONFLICT (name) DO UPDATE SET format = EXCLUDED.format, body = EXCLUDED.body, sha256 = EXCLUDED.sha256,
-    spec = EXCLUDED.spec, added_by = session_user, added_at = now()""")
-LIST = text("""SELECT name, 'registered' AS source, spec->>'strategy' AS strategy, sha256, added_by, added_at
-FROM archive_layouts ORDER BY name""")
+SQL = load(__package__, "layouts.sql")  # the statements on archive_layouts
 STREAM_KEYS = {"table", "key", "type", "version", "tenant", "activity", "archived_flag", "archived_at",
                "archived_by", "archive_reason", "filter_columns"}
 EVENT_KEYS = {"table", "stream", "sequence", "version", "type", "data", "archived_flag", "archive_table",
@@ -97,9 +89,9 @@ def named(conn: Connection, ref: Any) -> dict[str, Any]:
     if ref in SHIPPED:
         spec = shipped(ref)
     else:
-        found = conn.execute(GET, {"name": ref}).scalar()
+        found = conn.execute(text(SQL["get"]), {"name": ref}).scalar()
         if found is None:
-            names = list(conn.execute(NAMES, {"limit": LISTED}).scalars())
+            names = list(conn.execute(text(SQL["names"]), {"limit": LISTED}).scalars())
             raise InvalidInput(f"layout {ref!r} is not a shipped layout ({', '.join(SHIPPED)}) nor a registered"
                                f" one ({', '.join(names) or 'none registered'}); an operator registers a file"
                                " with: tidegate archive layout add FILE")
@@ -160,17 +152,17 @@ def register(conn: Connection, found: LayoutFile, actor: str, *, replace: bool =
     if found.name in SHIPPED:
         raise InvalidInput(f"layout name {found.name!r} is a shipped layout's: give yours another name")
     resolve(conn, found.spec)  # every name against the catalog, as a job's planning will
-    have = conn.execute(GET_SHA, {"name": found.name}).scalar()
+    have = conn.execute(text(SQL["get_sha"]), {"name": found.name}).scalar()
     if have == found.sha256:
         return "unchanged"
     if have is not None and not replace:
         raise InvalidInput(f"layout {found.name!r} is registered with other text (sha256 {have[:12]}...);"
                            " replace it with: tidegate archive layout add --replace FILE")
-    if not conn.execute(CAN_ADD).scalar():
+    if not conn.execute(text(SQL["can_add"])).scalar():
         raise PermissionDenied(f"layout {found.name!r} is not registered and this login may not register layouts:"
                                " an operator runs tidegate archive layout add FILE")
-    conn.execute(UPSERT, {"name": found.name, "format": found.format, "body": found.body, "sha256": found.sha256,
-                          "spec": json.dumps(found.spec)})
+    conn.execute(text(SQL["upsert"]), {"name": found.name, "format": found.format, "body": found.body,
+                                       "sha256": found.sha256, "spec": json.dumps(found.spec)})
     done = "replaced" if have is not None else "added"
     store.audit(conn, actor, "layout_" + ("replace" if have is not None else "add"), None,
                 {"layout": found.name, "sha256": found.sha256, "previous_sha256": have})
@@ -181,7 +173,7 @@ def listing(conn: Connection) -> list[dict[str, Any]]:
     """The shipped layouts and the registered ones."""
     rows = [{"name": n, "source": "shipped", "strategy": shipped(n)["strategy"], "sha256": None, "added_by": None,
              "added_at": None} for n in SHIPPED]
-    return rows + [dict(r._mapping) for r in conn.execute(LIST)]
+    return rows + [dict(r._mapping) for r in conn.execute(text(SQL["list"]))]
 
 
 def _nonblocking(path: str, flags: int) -> int:

@@ -17,14 +17,9 @@ from sqlalchemy import Connection, Engine, text
 from tidegate.jobs.archive import layouts, selection
 from tidegate.jobs.archive.archive_range import ARCHIVE, UNARCHIVE
 from tidegate.worker.errors import InvalidInput, NotFound
-from tidegate.worker.sql import render
+from tidegate.worker.sql import Fragment, load, render
 
-BY_TYPE = """SELECT coalesce(stream_type, '(none)') AS stream_type, count(*) AS streams,
-       count(*) FILTER (WHERE events <= 1) AS create_only, count(*) FILTER (WHERE events > 1) AS with_updates,
-       CAST(coalesce(sum(events), 0) AS bigint) AS events, count(*) FILTER (WHERE xref) AS cross_referenced
-FROM archive_candidates WHERE snapshot = CAST(:snapshot AS uuid) GROUP BY 1 ORDER BY 2 DESC, 1"""
-IDS = """SELECT seq, stream_id, stream_type, events, xref FROM archive_candidates
-WHERE snapshot = CAST(:snapshot AS uuid) ORDER BY seq"""
+SQL = load(__package__, "report.sql")
 
 
 @dataclass
@@ -46,12 +41,12 @@ def preview(engine: Engine, payload: dict[str, Any], *, unarchive: bool = False,
         try:
             plan = kind.plan(conn, payload, count_events=True, spec=spec)
             snap = {"snapshot": plan.params["snapshot"]}
-            rows = [dict(r._mapping) for r in conn.execute(text(BY_TYPE), snap)]
+            rows = [dict(r._mapping) for r in conn.execute(text(SQL["by_type"]), snap)]
             if csv_path is not None:
                 with csv_path.open("w", newline="") as out:
                     writer = csv.writer(out)
                     writer.writerow(["seq", "stream_id", "stream_type", "events", "cross_referenced"])
-                    for r in conn.execute(text(IDS), snap):
+                    for r in conn.execute(text(SQL["ids"]), snap):
                         writer.writerow(list(r))
         finally:
             conn.rollback()
@@ -76,21 +71,12 @@ def render_preview(pv: Preview, verb: str) -> str:
 
 # -- after a run ---------------------------------------------------------------------
 
-SUMMARY = """SELECT j.kind, j.status, j.params, j.total_estimate, j.processed_count, j.error_count,
-       j.started_at, coalesce(j.finished_at, now()) - j.started_at AS elapsed,
-       a.moved, a.skipped, a.events
-FROM backfill_jobs j
-CROSS JOIN LATERAL (SELECT count(*) FILTER (WHERE a.action IN ('archive', 'unarchive')) AS moved,
-                           count(*) FILTER (WHERE a.action = 'skip') AS skipped,
-                           coalesce(sum(a.events), 0) AS events
-                    FROM archive_audit a WHERE a.job_id = j.job_id) a
-WHERE j.job_id = CAST(:job_id AS uuid)"""
 
 
 def summary(engine: Engine, job_id: str) -> dict[str, Any]:
     """attempted, archived, skipped, failed, elapsed, and the candidates still left now."""
     with engine.connect() as conn:
-        row = conn.execute(text(SUMMARY), {"job_id": job_id}).first()
+        row = conn.execute(text(SQL["summary"]), {"job_id": job_id}).first()
         if row is None:
             raise NotFound(f"no archive job {job_id} (not planned yet, or not an archive job)")
         if row.kind not in ("archive_range", "unarchive_range"):
@@ -109,21 +95,10 @@ def recount(conn: Connection, params: dict[str, Any], unarchive: bool) -> int:
     p = kind.selection(conn, params, spec=params["layout_spec"])  # the layout the job was planned with
     layout = layouts.resolve(conn, p["layout_spec"])
     query = selection.candidates(conn, layout, p, unarchive=unarchive, count_events=False)
-    return int(conn.execute(render("SELECT count(*) FROM (" + query.sql + ") c", **query.idents),
-                            query.params).scalar_one())
+    return int(conn.execute(query.within(SQL["recount"]), query.params).scalar_one())
 
 
 # -- archive status --------------------------------------------------------------------
-
-STATUS = """SELECT TYPE AS stream_type,
-       count(*) FILTER (WHERE NOT ARCHIVED) AS hot_streams, count(*) FILTER (WHERE ARCHIVED) AS archived_streams,
-       CAST(coalesce(sum(e.n) FILTER (WHERE NOT ARCHIVED), 0) AS bigint) AS hot_events,
-       CAST(coalesce(sum(e.n) FILTER (WHERE ARCHIVED), 0) AS bigint) AS archived_events
-FROM {streams} s LEFT JOIN (EVENTS) e ON e.sid = s.{key}
-GROUP BY 1 ORDER BY 1"""
-EVENT_COUNTS = "SELECT x.{estream} AS sid, count(*) AS n FROM {src} x GROUP BY 1"
-SIZE = "SELECT pg_total_relation_size(CAST(:rel AS regclass)) AS bytes,"\
-       " (SELECT reltuples FROM pg_class WHERE oid = CAST(:rel AS regclass)) AS rows"
 
 
 def status(engine: Engine, layout_ref: str) -> dict[str, Any]:
@@ -132,23 +107,19 @@ def status(engine: Engine, layout_ref: str) -> dict[str, Any]:
         layout = layouts.resolve(conn, layouts.for_cli(conn, layout_ref)[0])
         idents = {"streams": layout.streams, "key": layout.key.ident, "estream": layout.event_stream.ident}
         archived = selection.state_sql(layout, idents, archived=True)
-        stype = layout.col("type")
-        if stype is not None:
-            idents["stype"] = stype.ident
-        events_sql = EVENT_COUNTS
+        stream_type = selection.stream_type(layout, idents)
+        counts = Fragment(SQL["event_counts"])
         if layout.archive is not None:
-            events_sql = EVENT_COUNTS + " UNION ALL " + EVENT_COUNTS.replace("{src}", "{archive}")
+            counts = Fragment(SQL["event_counts_with_archive"])
             idents["archive"] = layout.archive
         idents["src"] = layout.events
-        sql = (STATUS.replace("TYPE", "CAST(s.{stype} AS text)" if stype is not None else "CAST(NULL AS text)")
-               .replace("NOT ARCHIVED", "NOT (" + archived + ")").replace("ARCHIVED", archived)
-               .replace("EVENTS", events_sql))
-        rows = [dict(r._mapping) for r in conn.execute(render(sql, **idents))]
+        sql = render(SQL["status"], stream_type=stream_type, archived=archived, event_counts=counts, **idents)
+        rows = [dict(r._mapping) for r in conn.execute(sql)]
         tables = [layout.streams, layout.events, *([layout.archive] if layout.archive else []),
                   *[t for m in layout.read_models for t in (m.table, m.archive)]]
         sizes = {}
         for t in tables:
-            size = conn.execute(text(SIZE), {"rel": t.sql}).one()
+            size = conn.execute(text(SQL["size"]), {"rel": t.sql}).one()
             sizes[t.name] = {"bytes": int(size.bytes), "rows_estimate": max(0, int(size.rows or 0))}
         conn.rollback()
     return {"layout": layout.name, "strategy": layout.strategy, "by_type": rows, "tables": sizes}

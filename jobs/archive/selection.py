@@ -28,7 +28,7 @@ from tidegate.jobs.archive.layouts import Layout
 from tidegate.worker import identifiers
 from tidegate.worker.errors import InvalidInput, quote
 from tidegate.worker.identifiers import Ident
-from tidegate.worker.sql import render
+from tidegate.worker.sql import Fragment, compose, load, render
 
 OPS = {"=": "=", "!=": "<>", "<>": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 UNARY = {"is null": "IS NULL", "is not null": "IS NOT NULL"}
@@ -101,47 +101,50 @@ def check_filters(raw: Any) -> list[Filter]:
 
 # -- the candidate query ----------------------------------------------------------------
 
-SELECT = """SELECT s.{key}::text AS stream_id, STYPE AS stream_type, EVENTS AS events, POS AS pos
-FROM {streams} s
-WHERE STATE"""
 # Candidates are numbered in the order of the stream rows on disk (``pos``: the row's ctid), not by
 # stream key: streams created together sit together, and so, mostly, do their events. Consecutive
 # batches then delete from neighbouring pages of the events table and append at one end of the
 # archive's sequence index, as one big statement would; in key order (random, for uuids) every batch
 # touched pages all over both. Measured: the move statement 117 -> 83 ms per 10,000 events on the
 # 1M-event bench. Each batch still locks its streams in key order.
-SNAPSHOT = """INSERT INTO archive_candidates (snapshot, seq, stream_id, stream_type, events)
-SELECT CAST(:snapshot AS uuid), row_number() OVER (ORDER BY c.pos, c.stream_id), c.stream_id, c.stream_type,
-       c.events
-FROM (QUERY) c"""
-PHYSICAL = "SELECT c.relkind IN ('r', 'p', 'm') FROM pg_class c WHERE c.oid = CAST(:rel AS regclass)"
-CREATE_EVENT = ("(SELECT e.{data} ->> CAST(:kN AS text) FROM {src} e WHERE e.{estream} = s.{key}"
-                " ORDER BY e.{seq} LIMIT 1)")
+SQL = load(__package__, "selection.sql")  # the statements, and the pieces a selection is built from
+ON_DISK, BY_KEY = Fragment("s.ctid"), Fragment("s.{key}")  # pos: a view has no ctid
+# a --where filter's comparison: {expr} a stream column or a create event's field, {value} the bound value
+COMPARE = "{expr} {op} CAST({value} AS {type})"
+ANY_OF = "{expr} = ANY(CAST({value} AS {type}[]))"
+TEST = "{expr} {op}"
 
 
 @dataclass
 class Query:
-    sql: str
+    sql: Fragment  # the candidates' SELECT; its {placeholders} are the keys of idents
     idents: dict[str, Ident]
     params: dict[str, Any]
 
-    def clause(self) -> TextClause:
-        return render(self.sql, **self.idents)
+    def within(self, template: str) -> TextClause:
+        """A statement whose ``{query}`` is this selection."""
+        return render(template, query=self.sql, **self.idents)
 
 
-def state_sql(layout: Layout, idents: dict[str, Ident], archived: bool) -> str:
+def state_sql(layout: Layout, idents: dict[str, Ident], archived: bool) -> Fragment:
     """``s`` is (not) archived, by the flag when the layout has one, else by archived_at."""
     flag = layout.col("archived_flag")
     if flag is not None:
         idents["sflag"] = flag.ident
-        return "s.{sflag}" if archived else "NOT s.{sflag}"
+        return Fragment(SQL["archived_by_flag"] if archived else SQL["hot_by_flag"])
     at = layout.col("archived_at")
     assert at is not None  # layouts.check_spec
     idents["sat"] = at.ident
-    return "s.{sat} IS NOT NULL" if archived else "s.{sat} IS NULL"
+    return Fragment(SQL["archived_by_at"] if archived else SQL["hot_by_at"])
 
 
-COUNT_EVENTS = "(SELECT count(*) FROM {src} e WHERE e.{estream} = s.{key})"
+def stream_type(layout: Layout, idents: dict[str, Ident]) -> Fragment:
+    """The stream's type as text (NULL for a layout without a type column)."""
+    stype = layout.col("type")
+    if stype is None:
+        return Fragment(SQL["no_stream_type"])
+    idents["stype"] = stype.ident
+    return Fragment(SQL["stream_type"])
 
 
 def candidates(conn: Connection, layout: Layout, sel: dict[str, Any], *, unarchive: bool,
@@ -156,91 +159,75 @@ def candidates(conn: Connection, layout: Layout, sel: dict[str, Any], *, unarchi
     idents: dict[str, Ident] = {"key": layout.key.ident, "src": src, "estream": layout.event_stream.ident,
                                 "streams": layout.streams}
     params: dict[str, Any] = {}
-    stype = layout.col("type")
-    if stype is not None:
-        idents["stype"] = stype.ident
     conds = [state_sql(layout, idents, archived=unarchive)]
-    for option, column, what in (("type", "type", "--type"), ("tenant", "tenant", "--tenant")):
+    for option, cond in (("type", SQL["by_type"]), ("tenant", SQL["by_tenant"])):
         if sel.get(option) is not None:
-            col = layout.col(column)
+            col = layout.col(option)
             if col is None:
-                raise InvalidInput(f"{what}: layout {quote(layout.name)} names no stream {column} column")
+                raise InvalidInput(f"--{option}: layout {quote(layout.name)} names no stream {option} column")
             idents["c_" + option] = col.ident
-            conds.append("CAST(s.{c_" + option + "} AS text) = CAST(:" + option + " AS text)")
+            conds.append(Fragment(cond))
             params[option] = str(sel[option])
     if sel.get("before") is not None:
         col = layout.col("activity")
         if col is None:
             raise InvalidInput(f"--before: layout {quote(layout.name)} names no stream activity column")
         idents["c_activity"] = col.ident
-        conds.append("s.{c_activity} < CAST(:before AS timestamptz)")
+        conds.append(Fragment(SQL["before"]))
         params["before"] = sel["before"]
     if sel.get("streams"):
         idents["ktype"] = identifiers.type_of(layout.key)
-        conds.append("s.{key} = ANY(CAST(:stream_ids AS {ktype}[]))")
+        conds.append(Fragment(SQL["stream_ids"]))
         params["stream_ids"] = [str(v) for v in sel["streams"]]
     if sel.get("from_audit"):
-        conds.append("s.{key}::text IN (SELECT a.stream_id FROM archive_audit a"
-                     " WHERE a.job_id = CAST(:audit_job AS uuid) AND a.action = 'archive')")
+        conds.append(Fragment(SQL["from_audit"]))
         params["audit_job"] = sel["from_audit"]
     for n, f in enumerate(check_filters(sel.get("where"))):
         conds.append(_filter_sql(layout, f, n, idents, params))
-    physical = conn.execute(text(PHYSICAL), {"rel": layout.streams.sql}).scalar()
-    sql = SELECT.replace("EVENTS", COUNT_EVENTS if count_events else "0")
-    sql = sql.replace("POS", "s.ctid" if physical else "s.{key}")  # a view has no ctid
-    sql = sql.replace("STYPE", "CAST(s.{stype} AS text)" if stype is not None else "CAST(NULL AS text)")
-    sql = sql.replace("STATE", "\n  AND ".join(conds))
+    physical = conn.execute(text(SQL["physical"]), {"rel": layout.streams.sql}).scalar()
+    limit = Fragment("")
     if sel.get("limit"):  # the first N by key; without a limit the order is the snapshot's (pos)
-        sql += "\nORDER BY s.{key}\nLIMIT :limit"
+        limit = Fragment(SQL["first_by_key"])
         params["limit"] = int(sel["limit"])
+    sql = compose(SQL["candidates"], stream_type=stream_type(layout, idents),
+                  event_count=Fragment(SQL["event_count"] if count_events else "0"),
+                  pos=ON_DISK if physical else BY_KEY, conds=Fragment("\n  AND ".join(conds)), limit=limit)
     used = {name for _, name, _, _ in string.Formatter().parse(sql) if name}
     return Query(sql, {k: v for k, v in idents.items() if k in used}, params)
 
 
-def _filter_sql(layout: Layout, f: Filter, n: int, idents: dict[str, Ident], params: dict[str, Any]) -> str:
-    tag = str(n)
+def _filter_sql(layout: Layout, f: Filter, n: int, idents: dict[str, Ident], params: dict[str, Any]) -> Fragment:
     column = layout.filter_columns.get(f.field)
     if column is not None:
-        idents["f" + tag] = column.ident
-        idents["t" + tag] = identifiers.type_of(column)
-        expr = "s.{f" + tag + "}"
-        cast = "CAST(:w" + tag + " AS {t" + tag + "})"
-        cast_list = "CAST(:w" + tag + " AS {t" + tag + "}[])"
+        idents[f"f{n}"] = column.ident
+        idents[f"t{n}"] = identifiers.type_of(column)
+        expr, type_ = Fragment(f"s.{{f{n}}}"), Fragment(f"{{t{n}}}")
     else:
         data = layout.event_cols.get("data")
         if data is None:
             raise InvalidInput(f"--where {f.field}: not a filter column of layout {quote(layout.name)}"
                                f" ({', '.join(layout.filter_columns) or 'none'}) and the layout has no event data")
         idents.update(data=data.ident, seq=layout.sequence.ident)
-        expr = CREATE_EVENT.replace("kN", "k" + tag)
-        params["k" + tag] = f.field
-        cast = "CAST(:w" + tag + " AS text)"
-        cast_list = "CAST(:w" + tag + " AS text[])"
+        expr, type_ = compose(SQL["create_event_field"], k=Fragment(f"k{n}")), Fragment("text")
+        params[f"k{n}"] = f.field
     if f.op in UNARY:
-        return expr + " " + UNARY[f.op]
-    params["w" + tag] = f.value
+        return compose(TEST, expr=expr, op=Fragment(UNARY[f.op]))
+    params[f"w{n}"] = f.value
+    value = Fragment(f":w{n}")
     if f.op == "in":
-        return expr + " = ANY(" + cast_list + ")"
-    return expr + " " + OPS[f.op] + " " + cast
+        return compose(ANY_OF, expr=expr, value=value, type=type_)
+    return compose(COMPARE, expr=expr, op=Fragment(OPS[f.op]), value=value, type=type_)
 
 
 def snapshot(conn: Connection, query: Query, snapshot_id: str) -> int:
     """Store the selection under ``snapshot_id``; returns how many streams it holds."""
-    sql = SNAPSHOT.replace("QUERY", query.sql)
     try:
         with conn.begin_nested():
-            result = conn.execute(render(sql, **query.idents), {**query.params, "snapshot": snapshot_id})
+            result = conn.execute(query.within(SQL["snapshot"]), {**query.params, "snapshot": snapshot_id})
     except DBAPIError as err:  # a value that does not cast (a malformed uuid, date...)
         first = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
         raise InvalidInput(f"selection: {first}") from None
     return int(result.rowcount)
-
-
-XREF = """UPDATE archive_candidates c SET xref = true
-FROM {events} e
-WHERE c.snapshot = CAST(:snapshot AS uuid) AND e.{data} ->> CAST(:ref AS text) = c.stream_id LIVE
-  AND NOT EXISTS (SELECT 1 FROM archive_candidates o
-                  WHERE o.snapshot = CAST(:snapshot AS uuid) AND o.stream_id = e.{estream}::text)"""
 
 
 def mark_cross_references(conn: Connection, layout: Layout, snapshot_id: str) -> int:
@@ -250,12 +237,12 @@ def mark_cross_references(conn: Connection, layout: Layout, snapshot_id: str) ->
         return 0
     idents = {"events": layout.events, "data": data.ident, "estream": layout.event_stream.ident}
     flag = layout.event_cols.get("archived_flag")
-    live = ""
+    live = Fragment("")
     if flag is not None:
         idents["eflag"] = flag.ident
-        live = "AND NOT e.{eflag}"
+        live = Fragment(SQL["event_live"])
     marked = 0
     for ref in layout.references:
-        marked += conn.execute(render(XREF.replace("LIVE", live), **idents),
+        marked += conn.execute(render(SQL["xref"], live=live, **idents),
                                {"snapshot": snapshot_id, "ref": ref}).rowcount
     return marked

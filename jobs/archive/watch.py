@@ -21,19 +21,13 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from tidegate.jobs.archive import layouts
+from tidegate.jobs.archive import layouts, selection
 from tidegate.worker import store
 from tidegate.worker.errors import InvalidInput, quote
-from tidegate.worker.sql import render
+from tidegate.worker.sql import load, render
 
-DELETIONS = """SELECT e.{seq} AS seq, e.{estream}::text AS stream_id, CAST(e.{etype} AS text) AS event_type, STYPE
-FROM {events} e JOIN {streams} s ON s.{key} = e.{estream}
-WHERE e.{seq} > :after AND CAST(e.{etype} AS text) = ANY(CAST(:types AS text[]))
-ORDER BY e.{seq} LIMIT :max"""
-MAX_SEQ = "SELECT max(e.{seq}) FROM {events} e"
-SEEN = """INSERT INTO archive_watch_seen (name, seq, stream_id)
-SELECT :name, u.seq, u.sid FROM unnest(CAST(:seqs AS bigint[]), CAST(:sids AS text[])) AS u(seq, sid)
-ON CONFLICT DO NOTHING RETURNING seq, stream_id"""
+SQL = load(__package__, "watch.sql")
+
 
 
 def parse_map(items: tuple[str, ...] | list[str]) -> dict[str, str]:
@@ -57,23 +51,17 @@ def poll(engine: Engine, name: str, layout_name: str, mapping: dict[str, str], *
         etype = layout.event_cols.get("type")
         if etype is None:
             raise InvalidInput(f"layout {quote(layout.name)} names no events type column: cannot spot deletion events")
-        conn.execute(text("INSERT INTO archive_watch_cursors (name, layout) VALUES (:n, :l) ON CONFLICT DO NOTHING"),
-                     {"n": name, "l": layout.name})
-        last = int(conn.execute(text("SELECT last_seq FROM archive_watch_cursors WHERE name = :n FOR UPDATE"),
-                                {"n": name}).scalar_one())
+        conn.execute(text(SQL["add_cursor"]), {"n": name, "l": layout.name})
+        last = int(conn.execute(text(SQL["lock_cursor"]), {"n": name}).scalar_one())
         idents = {"seq": layout.sequence.ident, "estream": layout.event_stream.ident, "etype": etype.ident,
                   "events": layout.events, "streams": layout.streams, "key": layout.key.ident}
-        stype = layout.col("type")
-        if stype is not None:
-            idents["stype"] = stype.ident
-        sql = DELETIONS.replace("STYPE", "CAST(s.{stype} AS text) AS stream_type" if stype is not None
-                                else "CAST(NULL AS text) AS stream_type")
-        top = conn.execute(render(MAX_SEQ, seq=layout.sequence.ident, events=layout.events)).scalar() or 0
-        rows = conn.execute(render(sql, **idents), {"after": max(0, last - lookback), "types": list(mapping),
-                                                     "max": max_events}).all()
+        stream_type = selection.stream_type(layout, idents)
+        top = conn.execute(render(SQL["max_seq"], seq=layout.sequence.ident, events=layout.events)).scalar() or 0
+        rows = conn.execute(render(SQL["deletions"], stream_type=stream_type, **idents),
+                            {"after": max(0, last - lookback), "types": list(mapping), "max": max_events}).all()
         wanted = [r for r in rows if mapping[r.event_type] in ("*", r.stream_type)]
-        fresh = conn.execute(text(SEEN), {"name": name, "seqs": [r.seq for r in wanted],
-                                          "sids": [r.stream_id for r in wanted]}).all() if wanted else []
+        fresh = conn.execute(text(SQL["seen"]), {"name": name, "seqs": [r.seq for r in wanted],
+                                                 "sids": [r.stream_id for r in wanted]}).all() if wanted else []
         streams = sorted({r.stream_id for r in fresh})
         job_id = None
         if streams:
@@ -84,10 +72,7 @@ def poll(engine: Engine, name: str, layout_name: str, mapping: dict[str, str], *
                                       run_after=None)
             store.audit(conn, actor, "enqueue", job_id, {"type": "archive_range", "watcher": name,
                                                          "streams": len(streams)})
-            conn.execute(text("UPDATE archive_watch_seen SET job_id = CAST(:j AS uuid)"
-                              " WHERE name = :n AND seq = ANY(CAST(:s AS bigint[]))"),
-                         {"j": job_id, "n": name, "s": [f.seq for f in fresh]})
+            conn.execute(text(SQL["seen_by_job"]), {"j": job_id, "n": name, "s": [f.seq for f in fresh]})
         cursor = max(last, rows[-1].seq) if len(rows) >= max_events else max(last, int(top))
-        conn.execute(text("UPDATE archive_watch_cursors SET last_seq = :c, updated_at = now() WHERE name = :n"),
-                     {"c": cursor, "n": name})
+        conn.execute(text(SQL["move_cursor"]), {"c": cursor, "n": name})
     return {"seen": len(wanted), "new_streams": len(streams), "job_id": job_id, "cursor": cursor}

@@ -1,5 +1,21 @@
 -- SQL of the demo. Named sections, loaded with worker.sql.load.
 
+-- name: count_snapshots
+-- description: How many snapshots the demo table holds (an existing table of the asked size is kept).
+SELECT count(*) FROM hero_snapshots;
+
+-- name: empty_troops
+-- description: Empty the derived table, so a run starts from nothing.
+TRUNCATE user_troops;
+
+-- name: empty_snapshots
+-- description: Empty the snapshots before a refill, ids from 1 again.
+TRUNCATE hero_snapshots RESTART IDENTITY;
+
+-- name: analyze_snapshots
+-- description: Fresh statistics after a seed, so the planner's estimates (and a job's slices) are right.
+ANALYZE hero_snapshots;
+
 -- name: seed
 -- description: :rows deterministic snapshots after :offset, for :users users, from :start; about 1 in 997 malformed.
 INSERT INTO hero_snapshots (user_id, namecode, created_at, size_bytes, raw)

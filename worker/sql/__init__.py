@@ -85,14 +85,23 @@ def _fields(template: str) -> set[str]:
     return {field for _, field, _, _ in string.Formatter().parse(template) if field}
 
 
+def compose(template: str, **parts: Fragment) -> Fragment:
+    """A fragment from a fragment template: fills the ``{placeholders}`` named in ``parts`` (fragments
+    only) and leaves the others for :func:`render` (a condition numbered per filter, say)."""
+    unused = set(parts) - _fields(template)
+    if unused:
+        raise KeyError(f"template has no place for {sorted(unused)}")
+    for name, part in parts.items():
+        if not isinstance(part, Fragment):
+            raise TypeError(f"{name}: only fragments compose; identifiers go to render()")
+    return Fragment(_FIELD.sub(lambda m: parts.get(m[1], m[0]), template))
+
+
 def render(template: str, **values: Ident | Fragment) -> TextClause:
     """Fill ``{placeholders}`` in a template: fragments first, then catalog-checked identifiers."""
     fragments = {k: v for k, v in values.items() if isinstance(v, Fragment)}
     if fragments:
-        unused = set(fragments) - _fields(template)
-        if unused:
-            raise KeyError(f"template has no place for {sorted(unused)}")
-        template = _FIELD.sub(lambda m: fragments.get(m[1], m[0]), template)
+        template = compose(template, **fragments)
     idents = {k: v for k, v in values.items() if k not in fragments}
     wanted = _fields(template)
     if wanted != set(idents):

@@ -1,0 +1,55 @@
+-- The archive reports' reads (jobs/archive/report.py): a selection's preview, a run's summary, the
+-- archive status. {streams}, {key}, {src}... are catalog-checked identifiers of the layout (worker/sql
+-- render); {query}, {stream_type}, {archived} and {event_counts} are fragments built from selection.sql.
+
+-- name: by_type
+-- description: The snapshot's candidates per stream type: streams, create-only vs with updates, events, cross-referenced.
+SELECT coalesce(stream_type, '(none)') AS stream_type, count(*) AS streams,
+       count(*) FILTER (WHERE events <= 1) AS create_only, count(*) FILTER (WHERE events > 1) AS with_updates,
+       CAST(coalesce(sum(events), 0) AS bigint) AS events, count(*) FILTER (WHERE xref) AS cross_referenced
+FROM archive_candidates WHERE snapshot = CAST(:snapshot AS uuid) GROUP BY 1 ORDER BY 2 DESC, 1;
+
+-- name: ids
+-- description: Every candidate of the snapshot, in seq order: the dry run's --csv.
+SELECT seq, stream_id, stream_type, events, xref FROM archive_candidates
+WHERE snapshot = CAST(:snapshot AS uuid) ORDER BY seq;
+
+-- name: summary
+-- description: A run's job row and its audit's totals: streams moved and skipped, events moved.
+SELECT j.kind, j.status, j.params, j.total_estimate, j.processed_count, j.error_count,
+       j.started_at, coalesce(j.finished_at, now()) - j.started_at AS elapsed,
+       a.moved, a.skipped, a.events
+FROM backfill_jobs j
+CROSS JOIN LATERAL (SELECT count(*) FILTER (WHERE a.action IN ('archive', 'unarchive')) AS moved,
+                           count(*) FILTER (WHERE a.action = 'skip') AS skipped,
+                           coalesce(sum(a.events), 0) AS events
+                    FROM archive_audit a WHERE a.job_id = j.job_id) a
+WHERE j.job_id = CAST(:job_id AS uuid);
+
+-- name: recount
+-- description: How many streams the selection {query} holds now: the candidates a run left.
+SELECT count(*) FROM ({query}) c;
+
+-- name: status
+-- description: Hot vs archived streams and events per stream type.
+SELECT {stream_type} AS stream_type,
+       count(*) FILTER (WHERE NOT ({archived})) AS hot_streams, count(*) FILTER (WHERE {archived}) AS archived_streams,
+       CAST(coalesce(sum(e.n) FILTER (WHERE NOT ({archived})), 0) AS bigint) AS hot_events,
+       CAST(coalesce(sum(e.n) FILTER (WHERE {archived}), 0) AS bigint) AS archived_events
+FROM {streams} s LEFT JOIN ({event_counts}) e ON e.sid = s.{key}
+GROUP BY 1 ORDER BY 1;
+
+-- name: event_counts
+-- description: Piece of status: events per stream in the events table.
+SELECT x.{estream} AS sid, count(*) AS n FROM {src} x GROUP BY 1;
+
+-- name: event_counts_with_archive
+-- description: Piece of status: events per stream in the events table and in the archive table.
+SELECT x.{estream} AS sid, count(*) AS n FROM {src} x GROUP BY 1
+UNION ALL
+SELECT x.{estream} AS sid, count(*) AS n FROM {archive} x GROUP BY 1;
+
+-- name: size
+-- description: A table's total size on disk and the planner's row estimate.
+SELECT pg_total_relation_size(CAST(:rel AS regclass)) AS bytes,
+       (SELECT reltuples FROM pg_class WHERE oid = CAST(:rel AS regclass)) AS rows;
