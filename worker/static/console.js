@@ -1,0 +1,26 @@
+// tidegate console: ask before a destructive action, and reload the page while nobody is typing.
+"use strict";
+document.addEventListener("click", (event) => {
+  const button = event.target.closest("button[data-confirm]");
+  if (button && !window.confirm(button.dataset.confirm)) {
+    event.preventDefault();
+  }
+});
+(() => {
+  const seconds = Number(document.body.dataset.refresh || 0);
+  if (!(seconds > 0)) {
+    return;
+  }
+  const busy = () => {
+    const active = document.activeElement;
+    if (active && active.matches("input, textarea, select")) {
+      return true;
+    }
+    return Array.from(document.querySelectorAll("form.changes input[type=text]")).some((i) => i.value !== "");
+  };
+  window.setInterval(() => {
+    if (!busy()) {
+      window.location.replace(window.location.pathname + window.location.search.replace(/[?&]did=[^&]*/, ""));
+    }
+  }, seconds * 1000);
+})();
