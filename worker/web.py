@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
@@ -104,15 +105,19 @@ class Api:
         rows = found.rows if not hidden else [{**r, "sample": None} for r in found.rows]
         return rows, hidden
 
-    def job_view(self, job: str, minutes: int) -> dict[str, Any]:
-        """Everything a job's page shows but its failed items."""
+    def job_view(self, job: str, minutes: int | None) -> dict[str, Any]:
+        """Everything a job's page shows but its failed items; the rate history of the last ``minutes``
+        (None: since the job started, 10 minutes to 2 hours)."""
         with self.engine.connect() as conn:
             job_id = control.find_job(conn, job)
             (row,) = status.job_rows(conn, job_id, 1)
+            if minutes is None:
+                started = datetime.fromisoformat(row["started_at"]) if row["started_at"] else datetime.now(UTC)
+                minutes = min(max(int((datetime.now(UTC) - started).total_seconds() // 60) + 2, 10), 120)
             return {"job": row, "knobs": store.console_knobs(conn, job_id),
                     "slices": store.console_slices(conn, job_id, SLICES_SHOWN),
                     "audit": store.console_audit(conn, job_id, AUDIT_SHOWN),
-                    "rates": store.console_rates(conn, job_id, minutes)}
+                    "rates": store.console_rates(conn, job_id, minutes), "minutes": minutes}
 
     def act(self, job: str, action: str, body: dict[str, Any], actor: str) -> dict[str, Any]:
         """``action`` on a job: a move (control.transition) or, for ``set``, knob changes (control.set_knobs)."""
@@ -264,10 +269,9 @@ def serve(engine: Engine, host: str, port: int, refresh: float = 2.0) -> Threadi
             if part == "errors":
                 rows, hidden = api.errors(job, samples=self._may_see_samples())
                 return [{**r, "sample_hidden": hidden} if hidden else r for r in rows]
-            minutes = _minutes(query)
-            view = api.job_view(job, minutes)
+            view = api.job_view(job, _minutes(query))
             if part == "rates":
-                return webpages.rate_series(view["rates"], minutes)
+                return webpages.rate_series(view["rates"], view["minutes"])
             return view[part]
 
         def _may_see_samples(self) -> bool:
@@ -282,12 +286,11 @@ def serve(engine: Engine, host: str, port: int, refresh: float = 2.0) -> Threadi
                                             _flash(query)), "text/html")
 
         def _job_page(self, job: str, query: dict[str, list[str]]) -> None:
-            minutes = _minutes(query)
-            view = api.job_view(job, minutes)
+            view = api.job_view(job, _minutes(query))
             viewer = self._viewer()
             errors, hidden = api.errors(job, samples=viewer.signed_in)
             body = webpages.job_page(view["job"], view["knobs"], view["slices"], errors, hidden, view["audit"],
-                                     view["rates"], viewer, minutes)
+                                     view["rates"], viewer, view["minutes"])
             self._send(200, webpages.layout(f"job {view['job']['job_id'][:8]}", body, viewer, refresh,
                                             _flash(query)), "text/html")
 
@@ -356,9 +359,11 @@ def serve(engine: Engine, host: str, port: int, refresh: float = 2.0) -> Threadi
     return server
 
 
-def _minutes(query: dict[str, list[str]]) -> int:
-    """The rate chart's window (?minutes=, 10 to a week; default two hours)."""
-    raw = (query.get("minutes") or ["120"])[0]
+def _minutes(query: dict[str, list[str]]) -> int | None:
+    """The rate chart's window (?minutes=, 10 to a week; None: the job's own, see Api.job_view)."""
+    if "minutes" not in query:
+        return None
+    raw = query["minutes"][0]
     if not raw.isdigit() or not 10 <= int(raw) <= 7 * 24 * 60:
         raise InvalidInput(f"minutes must be an integer between 10 and 10080, got {quote(raw, 40)}")
     return int(raw)
