@@ -61,6 +61,7 @@ SECURITY_HEADERS = {
 # database unavailable or schema not ready, permission denied
 STATUS_OF_EXIT = {2: 400, 3: 404, 4: 409, 5: 503, 6: 403}
 ERRORS_SHOWN, SLICES_SHOWN, AUDIT_SHOWN = 50, 200, 100
+Rows = list[dict[str, Any]]
 
 
 class Refused(TidegateError):
@@ -97,8 +98,9 @@ class Api:
             rows = status.job_rows(conn, job_id, 100)
         return rows[0] if job else rows
 
-    def errors(self, job: str, limit: int = ERRORS_SHOWN, *, samples: bool) -> tuple[list[dict[str, Any]], str | None]:
-        """Failed items, and why their samples are hidden (None: shown). ``samples``: the viewer may see them."""
+    def errors(self, job: str, limit: int = ERRORS_SHOWN, *, samples: bool = True) -> tuple[Rows, str | None]:
+        """Failed items, and why their samples are hidden (None: shown). ``samples``: the viewer may see them
+        (then the server's login decides, store.job_errors)."""
         with self.engine.connect() as conn:
             found = store.job_errors(conn, control.find_job(conn, job), limit)
         hidden = found.sample_hidden if samples else "sign in (or send the bearer token) to see samples"

@@ -20,7 +20,9 @@ document.addEventListener("click", (event) => {
   };
   window.setInterval(() => {
     if (!busy()) {
-      window.location.replace(window.location.pathname + window.location.search.replace(/[?&]did=[^&]*/, ""));
+      const url = new URL(window.location.href);
+      url.searchParams.delete("did"); // the banner of the last action is shown once
+      window.location.replace(url);
     }
   }, seconds * 1000);
 })();
