@@ -19,8 +19,8 @@
 -- the source and says "sample hidden: no SELECT on SOURCE" otherwise).
 CREATE ROLE tg_enqueue NOLOGIN;
 GRANT SELECT ON tidegate_alembic_version TO tg_enqueue;  -- every command checks the schema revision
-GRANT SELECT ON queue_jobs, backfill_jobs, backfill_slices, tidegate_workers, tidegate_live_workers
-    TO tg_enqueue;
+GRANT SELECT ON queue_jobs, backfill_jobs, backfill_slices, tidegate_workers, tidegate_live_workers,
+                tidegate_job_rates TO tg_enqueue;
 GRANT SELECT (id, job_id, slice_no, item_key, error_type, message, created_at) ON etl_errors TO tg_enqueue;
 GRANT INSERT ON queue_jobs TO tg_enqueue;
 GRANT INSERT ON tidegate_audit TO tg_enqueue;
@@ -53,7 +53,7 @@ CREATE ROLE tg_sql_author NOLOGIN;
 CREATE ROLE tg_operator NOLOGIN;
 GRANT SELECT ON tidegate_alembic_version TO tg_operator;  -- every command checks the schema revision
 GRANT SELECT ON queue_jobs, backfill_jobs, backfill_slices, tidegate_workers, tidegate_live_workers, tidegate_audit,
-                archive_candidates, archive_audit, archive_audit_batches, archive_guards TO tg_operator;
+                tidegate_job_rates, archive_candidates, archive_audit, archive_audit_batches, archive_guards TO tg_operator;
 GRANT SELECT (id, job_id, slice_no, item_key, error_type, message, created_at) ON etl_errors TO tg_operator;
 GRANT UPDATE (status, status_reason, status_by, updated_at, finished_at) ON backfill_jobs TO tg_operator;
 GRANT UPDATE (status, updated_at, finished_at) ON queue_jobs TO tg_operator;
@@ -79,6 +79,7 @@ CREATE ROLE tg_worker NOLOGIN;
 GRANT SELECT ON tidegate_alembic_version TO tg_worker;  -- every command checks the schema revision
 GRANT SELECT, UPDATE ON queue_jobs TO tg_worker;
 GRANT SELECT, INSERT, UPDATE ON backfill_jobs, backfill_slices TO tg_worker;
+GRANT SELECT, INSERT, UPDATE ON tidegate_job_rates TO tg_worker;  -- each batch's minute of the rate history
 GRANT SELECT, INSERT, UPDATE, DELETE ON tidegate_workers TO tg_worker;
 GRANT SELECT ON tidegate_live_workers TO tg_worker;  -- the lease rule (migration 0011): who owns a slice
 GRANT INSERT ON etl_errors, tidegate_audit TO tg_worker;
@@ -95,5 +96,6 @@ GRANT SELECT ON tidegate_sql_approved TO tg_worker;
 -- and the cron job as a login holding this role.
 CREATE ROLE tg_maintenance NOLOGIN;
 GRANT SELECT ON tidegate_alembic_version TO tg_maintenance;  -- every command checks the schema revision
-GRANT SELECT, DELETE ON queue_jobs, backfill_jobs, backfill_slices, archive_candidates TO tg_maintenance;
+GRANT SELECT, DELETE ON queue_jobs, backfill_jobs, backfill_slices, archive_candidates, tidegate_job_rates
+    TO tg_maintenance;
 GRANT SELECT (id, created_at), DELETE ON etl_errors TO tg_maintenance;      -- not the samples

@@ -32,13 +32,13 @@ def _port() -> int:
 def web(db_url):  # type: ignore[no-untyped-def]
     servers = []
 
-    def start(token: str | None = TOKEN) -> str:
+    def start(token: str | None = TOKEN, refresh: float = 1) -> str:
         port = _port()
         env = {**os.environ, **CHILD_ENV, "DATABASE_URL": db_url}
         env.pop("TIDEGATE_ADMIN_TOKEN", None)
         if token:
             env["TIDEGATE_ADMIN_TOKEN"] = token
-        proc = subprocess.Popen([TIDEGATE, "web", "--port", str(port), "--refresh", "1"], env=env,
+        proc = subprocess.Popen([TIDEGATE, "web", "--port", str(port), "--refresh", str(refresh)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         servers.append(proc)
         base = f"http://127.0.0.1:{port}"

@@ -1,5 +1,6 @@
-"""Keeping tidegate's own tables small: finished queue jobs and old etl_errors are deleted
-after a retention, in small batches, so a busy deployment's queue never bloats.
+"""Keeping tidegate's own tables small: finished queue jobs, old etl_errors and old minutes of the
+rate history (tidegate_job_rates, kept as long as finished jobs) are deleted after a retention, in
+small batches, so a busy deployment's queue never bloats.
 
 Shape shared by maintenance services: a config with defaults and validation, a
 ``run_once`` that works in batches until a short page (tested directly), and a
@@ -40,11 +41,13 @@ class RetentionConfig:
 class Pruned:
     queue_jobs: int
     etl_errors: int
+    job_rates: int = 0
 
 
 def run_once(engine: Engine, config: RetentionConfig) -> Pruned:
     counts = []
-    for prune, age in ((store.prune_queue_jobs, config.jobs_seconds), (store.prune_etl_errors, config.errors_seconds)):
+    for prune, age in ((store.prune_queue_jobs, config.jobs_seconds), (store.prune_etl_errors, config.errors_seconds),
+                       (store.prune_job_rates, config.jobs_seconds)):
         total = 0
         while True:
             with engine.begin() as conn:

@@ -518,6 +518,34 @@ def prune_etl_errors(conn: Connection, age_seconds: float, batch: int) -> int:
     return conn.execute(q("prune_etl_errors"), {"age_seconds": age_seconds, "batch": batch}).rowcount
 
 
+def prune_job_rates(conn: Connection, age_seconds: float, batch: int) -> int:
+    return conn.execute(q("prune_job_rates"), {"age_seconds": age_seconds, "batch": batch}).rowcount
+
+
+# -- the web console's reads of one job (worker/web.py) ---------------------------------------------
+
+
+def console_slices(conn: Connection, job_id: str, limit: int) -> list[dict[str, Any]]:
+    """A job's slices by number: cursor, counters, owner and ``in_flight`` (its owner's lease alive)."""
+    return [dict(r) for r in conn.execute(q("console_slices"), {"job_id": job_id, "limit": limit}).mappings()]
+
+
+def console_knobs(conn: Connection, job_id: str) -> dict[str, Any]:
+    """A planned job's live knobs (worker/knobs.py's LIVE_KNOBS) as its row holds them; {} when not planned."""
+    row = conn.execute(q("console_knobs"), {"job_id": job_id}).scalar()
+    return {k.name: row[k.name] for k in knobs.LIVE_KNOBS} if row else {}
+
+
+def console_audit(conn: Connection, job_id: str, limit: int) -> list[dict[str, Any]]:
+    """A job's audit rows, newest first: at, actor, db_user, action, details."""
+    return [dict(r) for r in conn.execute(q("console_audit"), {"job_id": job_id, "limit": limit}).mappings()]
+
+
+def console_rates(conn: Connection, job_id: str, minutes: int) -> list[dict[str, Any]]:
+    """A job's per-minute history (tidegate_job_rates) over the last ``minutes``, oldest first."""
+    return [dict(r) for r in conn.execute(q("console_rates"), {"job_id": job_id, "minutes": minutes}).mappings()]
+
+
 # -- /metrics (worker/metrics.py) ------------------------------------------------------------------
 
 

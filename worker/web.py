@@ -1,46 +1,93 @@
-"""`tidegate web`: a small read-only status page, its JSON API, and token-guarded admin actions.
+"""`tidegate web`: the operator console (HTML), its JSON API, and token-guarded admin actions.
 
-Routes (all JSON unless noted):
+Routes (JSON unless noted):
 
-    GET  /                                  the status page (HTML, refreshes itself)
+    GET  /                                  the jobs, with their buttons once signed in (HTML)
+    GET  /jobs/<id>                         one job: knobs, slices, failed items, audit trail, rate chart (HTML)
+    POST /login, /logout                    sign in with the admin token (a form), sign out
+    POST /jobs/<id>/<action>                pause, resume, cancel, retry, set (forms: session cookie + CSRF token)
     GET  /api/v1/jobs                       every job, as `tidegate status --json`
     GET  /api/v1/jobs/<id>                  one job
     GET  /api/v1/jobs/<id>/errors           its failed items
+    GET  /api/v1/jobs/<id>/slices|audit|rates   its slices, audit rows, per-minute rate history
     POST /api/v1/admin/<kind>               enqueue (the runbook's POST /api/v1/admin/backfill)
-    POST /api/v1/admin/jobs/<id>/<action>   pause, resume, cancel, retry
+    POST /api/v1/admin/jobs/<id>/<action>   pause, resume, cancel, retry; set (body: {knob: value})
 
-Admin routes need ``Authorization: Bearer $TIDEGATE_ADMIN_TOKEN``: 401 without it or with a
-wrong one, 403 when the server has no token configured (admin disabled). The standard
-library's threading HTTP server is enough for a page an SRE opens now and then.
+Admin routes need ``Authorization: Bearer $TIDEGATE_ADMIN_TOKEN`` (scripts) or, for the console's
+forms, the session cookie that signing in with that token sets plus the form's CSRF token: 401
+without them or with wrong ones, 403 when the server has no token (admin disabled: the pages say
+so and stay read-only). Failures answer as the CLI's exit codes do: 400 invalid input, 404 no such
+job, 409 wrong state; a page shows them, never a dropped connection. Samples (copies of source
+rows) are shown only to a signed-in viewer or a bearer, and only where the server's login may read
+them (store.job_errors). The standard library's threading HTTP server is enough for a console.
 """
 
 from __future__ import annotations
 
-import hmac
-import html
 import json
 import logging
 import os
 import re
-from http import HTTPStatus
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import Engine
 
-from tidegate.worker import control, kinds, knobs, status, store
+from tidegate.worker import control, kinds, knobs, status, store, webpages
 from tidegate.worker.enqueue import enqueue
-from tidegate.worker.errors import IllegalTransition, InvalidInput, NotFound, TidegateError, quote
-from tidegate.worker.redact import register_secret
+from tidegate.worker.errors import InvalidInput, NotFound, TidegateError, quote
+from tidegate.worker.redact import error_text, register_secret
+from tidegate.worker.webauth import COOKIE, Session, Sessions
+from tidegate.worker.webpages import Viewer
 
 log = logging.getLogger(__name__)
-TEMPLATE = resources.files("worker").joinpath("web.html").read_text()
 JOB = r"([0-9a-fA-F-]{1,36})"
+ACTIONS = ("pause", "resume", "cancel", "retry")
 MAX_BODY = 64 * 1024
+STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
+# what the console's pages may load and where their forms may post: only this server
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+# an error's HTTP status, from its CLI exit code (worker/errors.py): invalid input, no such job, wrong state,
+# database unavailable or schema not ready, permission denied
+STATUS_OF_EXIT = {2: 400, 3: 404, 4: 409, 5: 503, 6: 403}
+ERRORS_SHOWN, SLICES_SHOWN, AUDIT_SHOWN = 50, 200, 100
+Rows = list[dict[str, Any]]
+
+
+class Refused(TidegateError):
+    """A request the server answers with ``status`` (401, 403, 413) without touching the database."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def http_status(err: TidegateError) -> int:
+    return err.status if isinstance(err, Refused) else STATUS_OF_EXIT.get(err.exit_code, 500)
+
+
+def text_field(value: Any, field: str, limit: int = 500) -> str | None:
+    """An optional free-text field (reason, name) as posted: a string without NUL, at most ``limit`` chars."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or "\x00" in value or len(value) > limit:
+        raise InvalidInput(f"{field} must be text of at most {limit} characters, got {quote(value, 60)}")
+    return value.strip() or None
 
 
 class Api:
+    """What the pages and the JSON API read and do: control.py's actions, status.py's rows, store's reads."""
+
     def __init__(self, engine: Engine, token: str | None) -> None:
         self.engine = engine
         self.token = token
@@ -51,25 +98,48 @@ class Api:
             rows = status.job_rows(conn, job_id, 100)
         return rows[0] if job else rows
 
-    def errors(self, job: str, limit: int = 50) -> list[dict[str, Any]]:
+    def errors(self, job: str, limit: int = ERRORS_SHOWN, *, samples: bool = True) -> tuple[Rows, str | None]:
+        """Failed items, and why their samples are hidden (None: shown). ``samples``: the viewer may see them
+        (then the server's login decides, store.job_errors)."""
+        with self.engine.connect() as conn:
+            found = store.job_errors(conn, control.find_job(conn, job), limit)
+        hidden = found.sample_hidden if samples else "sign in (or send the bearer token) to see samples"
+        rows = found.rows if not hidden else [{**r, "sample": None} for r in found.rows]
+        return rows, hidden
+
+    def job_view(self, job: str, minutes: int | None) -> dict[str, Any]:
+        """Everything a job's page shows but its failed items; the rate history of the last ``minutes``
+        (None: since the job started, 10 minutes to 2 hours)."""
         with self.engine.connect() as conn:
             job_id = control.find_job(conn, job)
-            found = store.job_errors(conn, job_id, limit)
-        return [{**r, "sample_hidden": found.sample_hidden} if found.sample_hidden else r for r in found.rows]
+            (row,) = status.job_rows(conn, job_id, 1)
+            if minutes is None:
+                started = datetime.fromisoformat(row["started_at"]) if row["started_at"] else datetime.now(UTC)
+                minutes = min(max(int((datetime.now(UTC) - started).total_seconds() // 60) + 2, 10), 120)
+            return {"job": row, "knobs": store.console_knobs(conn, job_id),
+                    "slices": store.console_slices(conn, job_id, SLICES_SHOWN),
+                    "audit": store.console_audit(conn, job_id, AUDIT_SHOWN),
+                    "rates": store.console_rates(conn, job_id, minutes), "minutes": minutes}
 
-    def authorized(self, header: str | None) -> HTTPStatus | None:
-        if not self.token:
-            return HTTPStatus.FORBIDDEN
-        given = (header or "").removeprefix("Bearer ").strip()
-        if not header or not header.startswith("Bearer ") or not hmac.compare_digest(given, self.token):
-            return HTTPStatus.UNAUTHORIZED
-        return None
-
-    def admin(self, path: str, body: dict[str, Any], actor: str) -> tuple[HTTPStatus, Any]:
-        if m := re.fullmatch(rf"/api/v1/admin/jobs/{JOB}/(pause|resume|cancel|retry)", path):
+    def act(self, job: str, action: str, body: dict[str, Any], actor: str) -> dict[str, Any]:
+        """``action`` on a job: a move (control.transition) or, for ``set``, knob changes (control.set_knobs)."""
+        if action == "set":
+            if not body:
+                raise InvalidInput("no knob given: name at least one of "
+                                   + ", ".join(k.name for k in knobs.LIVE_KNOBS))
             with self.engine.begin() as conn:
-                job_id = control.transition(conn, m[1], m[2], actor, body.get("reason"))
-            return HTTPStatus.OK, {"job_id": job_id, "action": m[2]}
+                job_id = control.set_knobs(conn, job, body, actor)
+            return {"job_id": job_id, "action": "set", "changes": body}
+        reason = text_field(body.pop("reason", None), "reason")
+        if body:
+            raise InvalidInput(f"unknown field(s) for {action}: {', '.join(map(quote, sorted(body)))}")
+        with self.engine.begin() as conn:
+            job_id = control.transition(conn, job, action, actor, reason)
+        return {"job_id": job_id, "action": action}
+
+    def admin(self, path: str, body: dict[str, Any], actor: str) -> tuple[int, Any]:
+        if m := re.fullmatch(rf"/api/v1/admin/jobs/{JOB}/({'|'.join(ACTIONS)}|set)", path):
+            return 200, self.act(m[1], m[2], body, actor)
         if m := re.fullmatch(r"/api/v1/admin/([a-z][a-z0-9_-]*)", path):
             kind = kinds.by_alias(m[1])
             if kind is None:
@@ -78,111 +148,231 @@ class Api:
             # payload's own knobs are by the kind's validation
             options = {k: body.pop(k) for k in ["queue", *(k.name for k in knobs.QUEUE_KNOBS)] if k in body}
             job_id, plan = enqueue(self.engine, kind.name, body, actor=actor, **options)
-            return HTTPStatus.CREATED, {"job_id": job_id, "type": kind.name, "slices": len(plan.slices)}
+            return 201, {"job_id": job_id, "type": kind.name, "slices": len(plan.slices)}
         raise NotFound("no such admin route")
-
-
-def page(rows: list[dict[str, Any]], errors: dict[str, list[dict[str, Any]]], refresh: float) -> str:
-    body = []
-    for r in rows:
-        total = r["total_estimate"] or 0
-        value = r["processed_count"] if r["status"] != "done" else max(total, r["processed_count"], 1)
-        pct = "100%" if r["status"] == "done" else (f"{100.0 * r['processed_count'] / total:.1f}%" if total else "-")
-        note = r["last_error"] if r["status"] == "failed" else (r["reason"] or "")
-        if r["by"] and r["status"] == "paused":
-            note = f"{note} (by {r['by']})"
-        body.append(
-            f'<tr class="job" data-job="{html.escape(r["job_id"])}" data-processed="{r["processed_count"]}">'
-            f'<td><code>{html.escape(r["job_id"][:8])}</code></td><td>{html.escape(r["type"])}</td>'
-            f'<td class="status {html.escape(r["status"])}">{html.escape(r["status"])}</td>'
-            f'<td><progress max="{max(total, value, 1)}" value="{value}"></progress> {pct}</td>'
-            f'<td class="processed">{r["processed_count"]:,}</td><td>{r["error_count"]:,}</td>'
-            f'<td>{r["rows_per_second"] or "-"}</td><td>{status.human_seconds(r["eta_seconds"])}</td>'
-            f"<td>{html.escape(note or '')}</td></tr>"
-        )
-    recent = []
-    for job_id, items in errors.items():
-        for e in items:
-            recent.append(f"<li><code>{html.escape(job_id[:8])}</code> item {html.escape(str(e['item_key']))}: "
-                          f"<b>{html.escape(e['error_type'])}</b> {html.escape(e['message'])}</li>")
-    return (TEMPLATE.replace("{{refresh}}", str(refresh))
-            .replace("{{rows}}", "\n".join(body) or '<tr><td colspan="9">no jobs</td></tr>')
-            .replace("{{errors}}", "\n".join(recent) or "<li>none</li>"))
 
 
 def serve(engine: Engine, host: str, port: int, refresh: float = 2.0) -> ThreadingHTTPServer:
     api = Api(engine, os.environ.get("TIDEGATE_ADMIN_TOKEN") or None)
     register_secret(api.token)
+    sessions = Sessions(api.token)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "tidegate"
+        timeout = 30  # a client that announces a body and sends less is dropped after this, not waited for
 
         def log_message(self, fmt: str, *args: Any) -> None:
             log.debug("web: " + fmt, *args)
 
-        def _send(self, code: int, body: Any, content_type: str = "application/json") -> None:
+        # -- answers ---------------------------------------------------------------------------------
+
+        def _send(self, code: int, body: Any, content_type: str = "application/json",
+                  headers: dict[str, str] | None = None) -> None:
             data = (body if isinstance(body, str) else json.dumps(body, default=str)).encode()
             self.send_response(code)
             self.send_header("Content-Type", f"{content_type}; charset=utf-8")
             self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
+            for name, value in {**SECURITY_HEADERS, **(headers or {})}.items():
+                self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":
+                self.wfile.write(data)
 
-        def _guard(self, call) -> None:  # type: ignore[no-untyped-def]
+        def _redirect(self, location: str, cookie: str | None = None) -> None:
+            self.send_response(303)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            if cookie is not None:
+                self.send_header("Set-Cookie", cookie)
+            for name, value in SECURITY_HEADERS.items():
+                self.send_header(name, value)
+            self.end_headers()
+
+        def _guard(self, call, page: str | None = None) -> None:  # type: ignore[no-untyped-def]
+            """Run ``call``; a failure answers with its status, as JSON or (``page``: the page's title) HTML."""
             try:
                 call()
-            except NotFound as err:
-                self._send(404, {"error": str(err)})
-            except IllegalTransition as err:
-                self._send(409, {"error": str(err)})
-            except (InvalidInput, ValueError) as err:
-                self._send(400, {"error": str(err)})
+                return
             except TidegateError as err:
-                self._send(503, {"error": str(err)})
+                code, message = http_status(err), str(err)
+            except Exception as err:  # a bug or a database fault: an answer, never a dropped connection
+                log.exception("web: %s %s failed", self.command, self.path[:200])
+                code, message = 500, f"internal error: {error_text(err, 300)}"
+            if page is None:
+                self._send(code, {"error": message})
+            else:
+                self._send(code, webpages.layout(page, "", self._viewer(), refresh, webpages.banner("error", message)),
+                           "text/html")
+
+        # -- requests --------------------------------------------------------------------------------
+
+        def _path(self) -> tuple[str, dict[str, list[str]]]:
+            url = urlsplit(self.path)
+            return url.path, parse_qs(url.query)
+
+        def _session(self) -> Session | None:
+            return sessions.read(self.headers.get_all("Cookie") or [])
+
+        def _viewer(self) -> Viewer:
+            session = self._session()
+            path = self._path()[0]
+            return Viewer(admin=api.token is not None, name=session.name if session else None,
+                          csrf=session.csrf if session else None, path=path if path.startswith("/jobs/") else "/")
+
+        def _body(self) -> bytes:
+            raw = (self.headers.get("Content-Length") or "0").strip()
+            if not raw.isascii() or not raw.isdigit():
+                raise InvalidInput(f"Content-Length must be a non-negative integer, got {quote(raw, 40)}")
+            if int(raw) > MAX_BODY:
+                raise Refused(413, f"body too large: at most {MAX_BODY:,} bytes")
+            return self.rfile.read(int(raw))
+
+        def _form(self) -> dict[str, str]:
+            try:
+                fields = parse_qs(self._body().decode("utf-8"), keep_blank_values=True, max_num_fields=100)
+            except (UnicodeDecodeError, ValueError) as err:
+                raise InvalidInput(f"invalid form: {err}") from None
+            return {k: v[0] for k, v in fields.items()}
+
+        def _json(self) -> dict[str, Any]:
+            try:
+                body = json.loads(self._body() or b"{}")
+            except (ValueError, RecursionError) as err:
+                raise InvalidInput(f"invalid JSON body: {str(err)[:200]}") from None
+            if not isinstance(body, dict):
+                raise InvalidInput("invalid JSON body: the body must be a JSON object")
+            return body
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self.do_GET()
 
         def do_GET(self) -> None:  # noqa: N802
-            path = self.path.split("?", 1)[0]
+            path, query = self._path()
             if path == "/":
-                def show() -> None:
-                    rows = api.jobs()
-                    errs = {r["job_id"]: api.errors(r["job_id"], 5) for r in rows[:10] if r["error_count"]}
-                    self._send(200, page(rows, errs, refresh), "text/html")
-                self._guard(show)
+                self._guard(lambda: self._jobs_page(query), "jobs")
+            elif m := re.fullmatch(rf"/jobs/{JOB}", path):
+                self._guard(lambda: self._job_page(m[1], query), "job")
+            elif m := re.fullmatch(r"/static/([a-z]+\.[a-z]+)", path):
+                if m[1] not in STATIC:
+                    self._send(404, {"error": "not found"})
+                    return
+                source = resources.files(__package__).joinpath("static", m[1]).read_text()
+                self._send(200, source, STATIC[m[1]], {"Cache-Control": "max-age=300"})
             elif path == "/api/v1/jobs":
                 self._guard(lambda: self._send(200, api.jobs()))
             elif m := re.fullmatch(rf"/api/v1/jobs/{JOB}", path):
                 self._guard(lambda: self._send(200, api.jobs(m[1])))
-            elif m := re.fullmatch(rf"/api/v1/jobs/{JOB}/errors", path):
-                self._guard(lambda: self._send(200, api.errors(m[1])))
+            elif m := re.fullmatch(rf"/api/v1/jobs/{JOB}/(errors|slices|audit|rates)", path):
+                self._guard(lambda: self._send(200, self._job_part(m[1], m[2], query)))
             else:
                 self._send(404, {"error": "not found"})
 
+        def _job_part(self, job: str, part: str, query: dict[str, list[str]]) -> Any:
+            if part == "errors":
+                rows, hidden = api.errors(job, samples=self._may_see_samples())
+                return [{**r, "sample_hidden": hidden} if hidden else r for r in rows]
+            view = api.job_view(job, _minutes(query))
+            if part == "rates":
+                return webpages.rate_series(view["rates"], view["minutes"])
+            return view[part]
+
+        def _may_see_samples(self) -> bool:
+            return self._session() is not None or api.token is not None and sessions.bearer_ok(
+                self.headers.get("Authorization"))
+
+        def _jobs_page(self, query: dict[str, list[str]]) -> None:
+            rows = api.jobs()
+            errs = {r["job_id"]: api.errors(r["job_id"], 5, samples=False)[0] for r in rows[:10] if r["error_count"]}
+            viewer = self._viewer()
+            self._send(200, webpages.layout("jobs", webpages.jobs_page(rows, errs, viewer), viewer, refresh,
+                                            _flash(query)), "text/html")
+
+        def _job_page(self, job: str, query: dict[str, list[str]]) -> None:
+            view = api.job_view(job, _minutes(query))
+            viewer = self._viewer()
+            errors, hidden = api.errors(job, samples=viewer.signed_in)
+            body = webpages.job_page(view["job"], view["knobs"], view["slices"], errors, hidden, view["audit"],
+                                     view["rates"], viewer, view["minutes"])
+            self._send(200, webpages.layout(f"job {view['job']['job_id'][:8]}", body, viewer, refresh,
+                                            _flash(query)), "text/html")
+
         def do_POST(self) -> None:  # noqa: N802
-            path = self.path.split("?", 1)[0]
-            if not path.startswith("/api/v1/admin/"):
+            path = self._path()[0]
+            if path.startswith("/api/v1/admin/"):
+                self._guard(lambda: self._api_post(path))
+            elif path == "/login":
+                self._guard(self._login, "sign in")
+            elif path == "/logout":
+                self._guard(self._logout, "sign out")
+            elif m := re.fullmatch(rf"/jobs/{JOB}/({'|'.join(ACTIONS)}|set)", path):
+                self._guard(lambda: self._form_action(m[1], m[2]), "job")
+            else:
                 self._send(404, {"error": "not found"})
-                return
-            refused = api.authorized(self.headers.get("Authorization"))
-            if refused is not None:
-                reason = "admin API disabled: set TIDEGATE_ADMIN_TOKEN" if refused == HTTPStatus.FORBIDDEN \
-                    else "a valid bearer token is required"
-                self._send(refused, {"error": reason})
-                return
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                self._send(413, {"error": "body too large"})
-                return
-            try:
-                body = json.loads(self.rfile.read(length) or b"{}")
-                if not isinstance(body, dict):
-                    raise ValueError("the body must be a JSON object")
-            except ValueError as err:
-                self._send(400, {"error": f"invalid JSON body: {err}"})
-                return
-            actor = str(body.pop("by", None) or self.headers.get("X-Tidegate-Actor") or "web-admin")[:100]
-            self._guard(lambda: self._send(*api.admin(path, body, actor)))
+
+        def _api_post(self, path: str) -> None:
+            if api.token is None:
+                raise Refused(403, "admin API disabled: set TIDEGATE_ADMIN_TOKEN")
+            if not sessions.bearer_ok(self.headers.get("Authorization")):
+                raise Refused(401, "a valid bearer token is required")
+            body = self._json()
+            actor = text_field(body.pop("by", None), "by", 100) or text_field(
+                self.headers.get("X-Tidegate-Actor"), "X-Tidegate-Actor", 100) or "web-admin"
+            self._send(*api.admin(path, body, actor))
+
+        def _login(self) -> None:
+            form = self._form()
+            if api.token is None:
+                raise Refused(403, "read-only: no admin token is configured (set TIDEGATE_ADMIN_TOKEN)")
+            if not sessions.token_ok(form.get("token", "")):
+                raise Refused(401, "wrong admin token")
+            name = text_field(form.get("name"), "name", 64) or "web-admin"
+            target = form.get("next", "/")
+            if not re.fullmatch(rf"/|/jobs/{JOB}", target):
+                target = "/"
+            self._redirect(target, sessions.cookie(name))
+
+        def _logout(self) -> None:
+            self._checked_session(self._form())
+            self._redirect("/", f"{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+
+        def _checked_session(self, form: dict[str, str]) -> Session:
+            if api.token is None:
+                raise Refused(403, "read-only: no admin token is configured (set TIDEGATE_ADMIN_TOKEN)")
+            session = self._session()
+            if session is None:
+                raise Refused(401, "sign in with the admin token first")
+            if not sessions.csrf_ok(session, form.get("csrf", "")):
+                raise Refused(403, "the form's CSRF token is missing or wrong: reload the page and try again")
+            return session
+
+        def _form_action(self, job: str, action: str) -> None:
+            form = self._form()
+            session = self._checked_session(form)
+            form.pop("csrf", None)
+            if action == "set":  # empty fields: unchanged
+                body: dict[str, Any] = {k: v for k, v in form.items() if v.strip()}
+            else:
+                body = {"reason": form.get("reason")}
+            done = api.act(job, action, body, session.name)
+            self._redirect(f"/jobs/{done['job_id']}?did={action}")
 
     server = ThreadingHTTPServer((host, port), Handler)
-    log.info("status page on http://%s:%d/", host, server.server_address[1])
+    log.info("console on http://%s:%d/", host, server.server_address[1])
     return server
+
+
+def _minutes(query: dict[str, list[str]]) -> int | None:
+    """The rate chart's window (?minutes=, 10 to a week; None: the job's own, see Api.job_view)."""
+    if "minutes" not in query:
+        return None
+    raw = query["minutes"][0]
+    if not raw.isdigit() or not 10 <= int(raw) <= 7 * 24 * 60:
+        raise InvalidInput(f"minutes must be an integer between 10 and 10080, got {quote(raw, 40)}")
+    return int(raw)
+
+
+def _flash(query: dict[str, list[str]]) -> str:
+    """The banner after an action (?did=ACTION, set by the redirect; only known actions are shown)."""
+    did = (query.get("did") or [""])[0]
+    return webpages.banner("ok", f"{did}: done" if did != "set" else "knobs set: they apply at the next batch") \
+        if did in (*ACTIONS, "set") else ""

@@ -200,7 +200,9 @@ SELECT status, checkpoint, end_key FROM backfill_slices WHERE job_id = :job_id;
 
 -- name: advance_job
 -- description: The job's totals and low watermark (takes the job row lock, which serialises finishers); pauses
--- description: the job when its error rate over the last window, or its canary row limit, says so.
+-- description: the job when its error rate over the last window, or its canary row limit, says so; adds the
+-- description: batch to its minute of tidegate_job_rates (after the job row lock: it reads the UPDATE's RETURNING).
+WITH job AS (
 UPDATE backfill_jobs
 SET processed_count = processed_count + :processed,
     error_count = error_count + :errors,
@@ -232,7 +234,17 @@ SET processed_count = processed_count + :processed,
         ELSE status_by END,
     updated_at = now()
 WHERE job_id = :job_id
-RETURNING status, status_reason;
+RETURNING job_id, status, status_reason
+), rate AS (
+INSERT INTO tidegate_job_rates AS r (job_id, minute, rows, errors, batches, batch_seconds, max_batch_seconds)
+SELECT job.job_id, date_trunc('minute', now()), :processed, :errors, 1, s.seconds, s.seconds
+FROM job, (SELECT GREATEST(extract(epoch FROM clock_timestamp() - now()), 0) AS seconds) s
+ON CONFLICT (job_id, minute) DO UPDATE
+SET rows = r.rows + excluded.rows, errors = r.errors + excluded.errors, batches = r.batches + 1,
+    batch_seconds = r.batch_seconds + excluded.batch_seconds,
+    max_batch_seconds = GREATEST(r.max_batch_seconds, excluded.max_batch_seconds)
+)
+SELECT status, status_reason FROM job;
 
 -- name: finish_job_if_done
 -- description: Done when no slice is left; runs after advance_job so concurrent finishers see each other.
@@ -417,6 +429,12 @@ SELECT count(*) FROM tidegate_live_workers;
 DELETE FROM queue_jobs WHERE id IN (
     SELECT id FROM queue_jobs
     WHERE status IN ('done', 'failed', 'cancelled') AND finished_at < now() - make_interval(secs => :age_seconds)
+    LIMIT :batch);
+
+-- name: prune_job_rates
+-- description: Delete up to :batch minutes of rate history older than the retention.
+DELETE FROM tidegate_job_rates WHERE (job_id, minute) IN (
+    SELECT job_id, minute FROM tidegate_job_rates WHERE minute < now() - make_interval(secs => :age_seconds)
     LIMIT :batch);
 
 -- name: prune_etl_errors
@@ -649,3 +667,31 @@ SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_att
 WHERE a.attrelid = CAST(:rel AS regclass) AND a.attnum > 0 AND NOT a.attisdropped
   AND a.attgenerated = ''
 ORDER BY a.attnum;
+
+-- name: console_slices
+-- description: A job's slices for the console: cursor, counters, owner (and whether its lease is alive).
+SELECT s.slice_no, s.start_key, s.end_key, s.checkpoint, s.status, s.locked_by, s.attempts, s.run_after,
+       s.processed_count, s.error_count, s.batches, s.batch_size_now, s.last_error, s.updated_at,
+       w.id IS NOT NULL AS in_flight
+FROM backfill_slices s LEFT JOIN tidegate_live_workers w ON w.id = s.locked_by AND s.status = 'pending'
+WHERE s.job_id = :job_id
+ORDER BY s.slice_no
+LIMIT :limit;
+
+-- name: console_audit
+-- description: A job's audit trail for the console, newest first: who (name and login), when, what, why.
+SELECT at, actor, db_user, action, details
+FROM tidegate_audit WHERE job_id = :job_id
+ORDER BY at DESC, id DESC
+LIMIT :limit;
+
+-- name: console_rates
+-- description: A job's rate history for the console: per minute over the last :minutes, oldest first.
+SELECT minute, rows, errors, batches, batch_seconds, max_batch_seconds
+FROM tidegate_job_rates
+WHERE job_id = :job_id AND minute >= date_trunc('minute', now()) - make_interval(mins => :minutes)
+ORDER BY minute;
+
+-- name: console_knobs
+-- description: A planned job's row as JSON, from which the console takes the knob columns (worker/knobs.py).
+SELECT to_jsonb(j) AS job FROM backfill_jobs j WHERE job_id = :job_id;
