@@ -143,12 +143,13 @@ def enqueue_unarchive(db: Database, layout: str, type_: str | None, where: tuple
                       reason: str | None, apply: bool, yes: bool, **opts: Any) -> None:
     """Move archived streams back to the hot tables and clear their marks (dry run unless --apply)."""
     given = knobs.take(opts, ARCHIVE_KNOBS)
+    audit_job = find_job(db, from_audit) if from_audit is not None else None
     chosen = _payload(db, layout, type_, where, before, tenant, streams, limit)
     chosen.payload.update(given, owner=opts.pop("owner"))
     if reason:
         chosen.payload["reason"] = reason
-    if from_audit:
-        chosen.payload["from_audit"] = find_job(db, from_audit)
+    if audit_job:
+        chosen.payload["from_audit"] = audit_job
     _enqueue(db, True, chosen, apply, yes, opts.pop("as_json"), opts)
 
 
