@@ -101,13 +101,13 @@ SHORT_ID = 8  # characters of a job id the tables show: a prefix every command t
 
 def short_ids(job_ids: list[str]) -> dict[str, str]:
     """Each id's shortest prefix of at least SHORT_ID characters that no other id shown shares (so it can be
-    typed back), ending at a whole group when one more character would stop at a dash."""
+    typed back to any command)."""
     out = {}
     for job_id in job_ids:
         n = SHORT_ID
         while n < len(job_id) and any(o != job_id and o.startswith(job_id[:n]) for o in job_ids):
             n += 1
-        out[job_id] = job_id[:n].rstrip("-")
+        out[job_id] = job_id[:n]
     return out
 
 

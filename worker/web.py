@@ -17,7 +17,9 @@ Admin routes need ``Authorization: Bearer $TIDEGATE_ADMIN_TOKEN`` (scripts) or, 
 forms, the session cookie that signing in with that token sets plus the form's CSRF token: 401
 without them or with wrong ones, 403 when the server has no token (admin disabled: the pages say
 so and stay read-only). Failures answer as the CLI's exit codes do: 400 invalid input, 404 no such
-job, 409 wrong state; a page shows them, never a dropped connection. Samples (copies of source
+job, 409 wrong state; a page shows them, never a dropped connection. Every route takes a job as the
+CLI does (control.find_job): a full id or an unambiguous prefix; a malformed id is a 400, an unknown
+one a 404 and an ambiguous prefix a 400 naming two matches, on every route alike. Samples (copies of source
 rows) are shown only to a signed-in viewer or a bearer, and only where the server's login may read
 them (store.job_errors). The standard library's threading HTTP server is enough for a console.
 """
