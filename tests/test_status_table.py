@@ -12,7 +12,8 @@ import pytest
 from rich.console import Console
 from sqlalchemy import text
 
-from tests.conftest import TIDEGATE, run_cli
+from tests.conftest import TIDEGATE, enqueue_items, run_cli
+from tests.fixtures import LOG_HANDLER, make_items
 from tidegate.worker import status, watch
 
 NOTE = ("paused because the replica in eu-west-1 lags behind and the on-call operator wants to read the"
@@ -73,11 +74,12 @@ def test_watch_keeps_the_id_at_100_columns():
 
 
 @pytest.mark.slow
-def test_status_in_a_narrow_terminal_prints_every_word(engine, db_url):
-    with engine.begin() as conn:
-        job = str(conn.execute(text("INSERT INTO queue_jobs (type, payload) VALUES ('backfill_range', '{}')"
-                                    " RETURNING id")).scalar())
-    run_cli(db_url, "pause", job[:8], "--reason", NOTE)
+def test_status_in_a_narrow_terminal_prints_every_word(engine, db_url, tmp_path):
+    make_items(engine, 50)
+    job = enqueue_items(db_url, tmp_path, LOG_HANDLER)
+    run_cli(db_url, "worker", "--drain", "--concurrency", "1", "--poll", "0.1", "--no-maintenance")
+    with engine.begin() as conn:  # a finished job keeps its last reason: a long one
+        conn.execute(text("UPDATE backfill_jobs SET status_reason = :r WHERE job_id = :j"), {"r": NOTE, "j": job})
     for columns in ("40", "100", "200"):
         out = run_cli(db_url, "status", env={"COLUMNS": columns}).stdout
         assert job[:8] in out.split() and all(w in out.split() for w in words(NOTE)), (columns, out)

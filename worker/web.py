@@ -225,7 +225,8 @@ def serve(engine: Engine, host: str, port: int, refresh: float = 2.0) -> Threadi
                           csrf=session.csrf if session else None, path=path if path.startswith("/jobs/") else "/")
 
         def _body(self) -> bytes:
-            raw = (self.headers.get("Content-Length") or "0").strip()
+            given = self.headers.get("Content-Length")
+            raw = "0" if given is None else given.strip()  # absent: no body; present, it must be a number
             if not raw.isascii() or not raw.isdigit():
                 raise InvalidInput(f"Content-Length must be a non-negative integer, got {quote(raw, 40)}")
             if int(raw) > MAX_BODY:
