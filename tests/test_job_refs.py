@@ -55,6 +55,7 @@ COMMANDS = {
     "resume": ["resume", "JOB"],
     "cancel": ["cancel", "JOB"],
     "retry": ["retry", "JOB"],
+    "set": ["set", "JOB", "--concurrency", "2"],
     "verify": ["verify", "JOB"],
     "rollout": ["rollout", "JOB", "--timeout", "1"],
     "archive-report": ["archive", "report", "JOB"],
