@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
+import sys
 import time
 
 import click
@@ -201,12 +201,9 @@ def _handler_modules(given: tuple[str, ...]) -> None:
     configured = [n.strip() for n in os.environ.get(kinds.HANDLERS_ENV, "").split(",") if n.strip()]
     names = list(dict.fromkeys([*configured, *given]))
     for name in names:
-        try:
-            found = kinds.MODULE_NAME.fullmatch(name) and importlib.util.find_spec(name)
-        except Exception:  # a parent package that fails to import: no such module either
-            found = None
-        if not found:
-            raise click.BadParameter(f"no module {name!r}", param_hint=f"--handlers / ${kinds.HANDLERS_ENV}")
+        if not kinds.find_deployment_module(name):
+            raise click.BadParameter(f"no module {name!r} (looked for installed and in the current directory)",
+                                     param_hint=f"--handlers / ${kinds.HANDLERS_ENV}")
     if given:
         os.environ[kinds.HANDLERS_ENV] = ",".join(names)
 
@@ -247,10 +244,14 @@ def enqueue() -> None:
 @click.option("--watch", is_flag=True, help="Redraw every --interval seconds until interrupted.")
 @click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(0.2, 3600))
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--wide", is_flag=True, help="Whole job ids, each job on one line (checkpoint and note unwrapped).")
 @database_option
-def status_cmd(db: Database, job: str | None, as_json: bool, watch: bool, interval: float, limit: int) -> None:
+def status_cmd(db: Database, job: str | None, as_json: bool, watch: bool, interval: float, limit: int,
+               wide: bool) -> None:
     """Every job (or JOB): status, processed/error counts, checkpoint, rate, ETA.
 
+    Nothing is cut: ids are the shortest unique prefixes (8 characters or more, which every command
+    takes), and in a terminal (or with $COLUMNS) the checkpoint and the note wrap at word boundaries.
     --watch redraws a live table with progress bars and the rate over the last minute.
     """
 
@@ -272,10 +273,21 @@ def status_cmd(db: Database, job: str | None, as_json: bool, watch: bool, interv
         if as_json:
             echo_json(rows[0] if job and rows else rows)
         else:
-            click.echo(status.render_table(rows) if rows else "no jobs")
+            click.echo(status.render_table(rows, _terminal_width(), wide=wide) if rows else "no jobs")
         if not watch:
             return
         time.sleep(interval)
+
+
+def _terminal_width() -> int | None:
+    """$COLUMNS, else the terminal's width; None when the output is no terminal (a pipe: lines unwrapped)."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns if sys.stdout.isatty() else None
+    except (OSError, ValueError):
+        return None
 
 
 @cli.command("errors")

@@ -66,8 +66,15 @@ class Database:
     @property
     def url(self) -> str:
         if self._url is None:
+            if self.embedded:  # said before the server starts: the first line a command or a worker prints
+                click.echo(f"tidegate: using {self.described}", err=True)
             self._url = resolve_url(self._given, self._source)
         return self._url
+
+    @property
+    def embedded(self) -> bool:
+        given = self._given if self._given is not None else os.environ.get("DATABASE_URL")
+        return given is None or given.strip() == EMBEDDED
 
     @property
     def engine(self) -> Engine:
@@ -96,6 +103,15 @@ class Database:
         if given.strip() == EMBEDDED:
             return f"the embedded database in {tidegate_home() / 'pgdata'}"
         return f"database {self.masked}"
+
+
+def find_job(db: Database, ref: str) -> str:
+    """The full id of the job ``ref`` names (a full id or an unambiguous prefix, as `pause` and `status` take
+    them): every command and option that takes a job id resolves it here (worker/control.py's find_job)."""
+    from tidegate.worker.control import find_job
+
+    with db.engine.connect() as conn:
+        return find_job(conn, ref)
 
 
 def actor_option(func: F) -> F:
