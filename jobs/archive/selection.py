@@ -189,8 +189,9 @@ def candidates(conn: Connection, layout: Layout, sel: dict[str, Any], *, unarchi
     joins = Fragment("")
     if fields:  # one aggregate over the events, joined: the create events, with the event counts
         ever = layout.event_cols.get("version")
-        idents.update(first=(ever or layout.sequence).ident, seq=layout.sequence.ident)
-        joins = compose("\n" + SQL["join_create_events"], fields=Fragment(", ".join(fields)))
+        idents.update(ever=(ever or layout.sequence).ident, seq=layout.sequence.ident)
+        first = Fragment(SQL["first_version_counted" if count_events else "first_version"])
+        joins = compose("\n" + SQL["join_create_events"], fields=Fragment(", ".join(fields)), first=first)
     elif count_events:
         joins = Fragment("\n" + SQL["join_event_counts"])
     physical = conn.execute(text(SQL["physical"]), {"rel": layout.streams.sql}).scalar()

@@ -60,11 +60,18 @@ coalesce(c.n, 0);
 LEFT JOIN (SELECT x.{estream} AS sid, count(*) AS n FROM {src} x GROUP BY 1) c ON c.sid = s.{key}
 
 -- name: join_create_events
--- description: Piece: each stream's create event in {src} (its lowest {first}: the version, or the sequence for a layout without one; ties go to the lowest sequence) with its {fields} and the stream's event count, joined as c. One aggregate over the events, one join back on (stream, version): the (stream, version) unique index's columns, never the sequence index.
+-- description: Piece: each stream's create event in {src} (its lowest {ever}: the version, or the sequence for a layout without one; ties go to the lowest sequence) with its {fields} and the stream's event count n, joined as c. {first} finds each stream's lowest {ever} over the whole table, and the create events are joined back on (stream, version): the columns of the (stream, version) unique index, never the sequence index.
 LEFT JOIN (SELECT DISTINCT ON (e.{estream}) e.{estream} AS sid, f.n, {fields}
-           FROM (SELECT x.{estream} AS sid, min(x.{first}) AS first, count(*) AS n FROM {src} x GROUP BY 1) f
-           JOIN {src} e ON e.{estream} = f.sid AND e.{first} = f.first
+           FROM ({first}) f JOIN {src} e ON e.{estream} = f.sid AND e.{ever} = f.first
            ORDER BY e.{estream}, e.{seq}) c ON c.sid = s.{key}
+
+-- name: first_version
+-- description: Piece of join_create_events: each stream's lowest {ever}, in the order of the (stream, version) index, which serves it (an index-only scan); no count.
+SELECT DISTINCT ON (x.{estream}) x.{estream} AS sid, x.{ever} AS first, 0 AS n FROM {src} x ORDER BY x.{estream}, x.{ever};
+
+-- name: first_version_counted
+-- description: Piece of join_create_events: each stream's lowest {ever} and its events, by one aggregate (the discovery report counts them anyway).
+SELECT x.{estream} AS sid, min(x.{ever}) AS first, count(*) AS n FROM {src} x GROUP BY 1;
 
 -- name: archived_by_flag
 -- description: Piece: the stream is archived, by its flag.
