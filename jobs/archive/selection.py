@@ -190,7 +190,7 @@ def candidates(conn: Connection, layout: Layout, sel: dict[str, Any], *, unarchi
     if fields:  # one aggregate over the events, joined: the create events, with the event counts
         ever = layout.event_cols.get("version")
         idents.update(ever=(ever or layout.sequence).ident, seq=layout.sequence.ident)
-        first = Fragment(SQL["first_version_counted" if count_events else "first_version"])
+        first = Fragment(SQL["first_version_counted"] if count_events else SQL["first_version"])
         joins = compose("\n" + SQL["join_create_events"], fields=Fragment(", ".join(fields)), first=first)
     elif count_events:
         joins = Fragment("\n" + SQL["join_event_counts"])
