@@ -255,7 +255,7 @@ def test_json_path_semantics(docs):
 
     with docs.connect() as conn:
         for where, keys in WHERES:
-            payload = {"source": "docs", "key": "k", "from": 1, "to": 100, "handler": "tests.handlers:log_all",
+            payload = {"source": "docs", "key": "k", "from": 1, "to": 100, "handler": "hero_troops",
                        "owner": "tests", "where": [filters.parse(where)]}
             assert BackfillRange().plan(conn, payload).total_estimate == len(keys), where
             conn.rollback()
@@ -297,10 +297,11 @@ def test_hostile_json_paths_are_bound_or_refused_and_nothing_is_written(docs, db
             jobs[conn.execute(text("INSERT INTO queue_jobs (type, payload) VALUES ('backfill_range',"
                                    " CAST(:p AS jsonb)) RETURNING id"), {"p": json.dumps(payload)}).scalar_one()] = says
     run_cli(db_url, "worker", "--drain", "--poll", "0.1")
-    for job, says in jobs.items():
-        status, error = engine.connect().execute(text("SELECT status, last_error FROM queue_jobs WHERE id = :j"),
-                                                 {"j": job}).one()
-        assert status == "failed" and says in error, (says, error)
+    with engine.connect() as conn:
+        for job, says in jobs.items():
+            status, error = conn.execute(text("SELECT status, last_error FROM queue_jobs WHERE id = :j"),
+                                         {"j": job}).one()
+            assert status == "failed" and says in error, (says, error)
     assert scalar(engine, "SELECT array_agg(k) FROM processed_log") == [9]
 
 
