@@ -327,6 +327,7 @@ def verify(conn: Connection, job_id: str, sample: int = 50) -> Report:
                                        {"lo": a, "hi": b, **where.params}).scalar_one())
                       for a, b in spans)
     detail = f"{source_rows} source rows in the processed ranges, processed_count {job.processed_count}"
+    sampled = where
     ok = source_rows == job.processed_count
     if not ok and where.params and source_rows < job.processed_count:
         # a filter on what the handler itself writes (seed 001's `rawLinkset is null`): the rows it processed
@@ -336,6 +337,7 @@ def verify(conn: Connection, job_id: str, sample: int = 50) -> Report:
         ok = job.processed_count <= every_row
         detail = (f"processed_count {job.processed_count}: {source_rows} rows of the processed ranges match the"
                   f" job's where now, {every_row} rows in all (rows its handler changed match no more)")
+        sampled = filters.NONE  # and the recomputed sample is drawn from all the rows of the ranges
     report.add("source rows vs processed_count", ok, detail)
 
     resolved = handlers.resolve(p["handler"]) if "handler" in p else None
@@ -358,8 +360,8 @@ def verify(conn: Connection, job_id: str, sample: int = 50) -> Report:
     problems: list[str] = []
     checked = 0
     for a, b in spans:
-        for row in conn.execute(where.into(SQL["sample"], **idents), {"percent": percent, "seed": 7, "lo": a, "hi": b,
-                                                               "n": sample, **where.params}).mappings():
+        for row in conn.execute(sampled.into(SQL["sample"], **idents), {"percent": percent, "seed": 7, "lo": a,
+                                                                 "hi": b, "n": sample, **sampled.params}).mappings():
             if checked >= sample:
                 break
             if handlers.item_key(row, p["item_key"]) in failed:

@@ -217,6 +217,7 @@ def test_seed_001_lacking_rawlinkset_is_a_filter_and_processed_count_counts_only
     # count lies between the rows matching now (the bad one) and all the rows of the range
     verified = run_cli(db_url, "verify", job[:8], env=ENV).stdout
     assert f"processed_count {lacking}: 1 rows of the processed ranges match the job's where now, {HISTORICAL}" in verified
+    assert "ok   sample recomputed: 50 source rows recomputed, 0 mismatch(es)" in verified
     assert json.loads(dry_run(db_url, "--handler", "raw_linkset", "--where", LACKING, "--sample", "0",
                               "--json").stdout)["rows"] == 1  # only the bad one lacks it now
 
