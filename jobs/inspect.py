@@ -89,6 +89,7 @@ DEFAULT_DEADLINE = 60.0
 HANG_GRACE = 5.0  # seconds after the deadline's cancel before a handler that did not come back is given up on
 EXACT_SAMPLE_BELOW = 50_000  # rows of a range whose sample is picked exactly; above, from a block sample
 MAX_FAILURES_SHOWN = 50
+SHOWN_KEYS = 20  # of the sampled keys, in the report
 
 
 class RehearsalStopped(TidegateError):
@@ -170,8 +171,8 @@ def rehearse(conn: Connection, payload: dict[str, Any], sample: int = DEFAULT_SA
             if not _same_transaction(conn, xact):
                 raise _ended() from None
             raise
-        if not _same_transaction(conn, xact):
-            raise _ended()
+        if not _same_transaction(conn, xact):  # (or the deadline's cancel hit this very check)
+            raise watch.stopped() or _ended()
         return report
     finally:
         if watch is not None:
@@ -257,8 +258,11 @@ def _rehearse(conn: Connection, payload: dict[str, Any], sample: int, watch: Dea
             eta += math.ceil(total / plan.batch_size / max(1, plan.concurrency)) * p["sleep_between_batches"]
         if p.get("max_rows_per_second"):
             eta = max(eta, total / p["max_rows_per_second"])
-    return {**_plan_report(plan, [keys.encode(k) for k in sample_keys[:5]]),
-            "sample": {"asked": sample, "method": method, "keys": len(sample_keys), "rows_read": len(rows),
+    first = [keys.encode(r.k) for r in conn.execute(where.into(SQL["first_keys"], **idents),
+                                                    {"lo": lo, "hi": hi, "n": 5, **where.params})]
+    return {**_plan_report(plan, first),
+            "sample": {"asked": sample, "method": method, "keys": len(sample_keys),
+                       "picked": [keys.encode(k) for k in sample_keys[:SHOWN_KEYS]], "rows_read": len(rows),
                        "rows_written": sum(t["inserted"] + t["updated"] + t["deleted"] for t in written.values()),
                        "written": written, "would_fail": len(failures), "failures": failures[:MAX_FAILURES_SHOWN],
                        "seconds": round(seconds, 4), "as_role": store.session_user(conn)},
