@@ -10,8 +10,9 @@ import time
 import click
 
 from tidegate.worker import control, gates, kinds, knobs, status, store, trust
-from tidegate.worker.cliutil import Database, actor_option, database_option, echo_json, run_cli
-from tidegate.worker.db import tidegate_home
+from tidegate.worker.cliutil import Database, TidegateExit, actor_option, database_option, echo_json, run_cli
+from tidegate.worker.db import is_outage, mask_url, tidegate_home
+from tidegate.worker.errors import TidegateError
 from tidegate.worker.logs import setup_logging
 from tidegate.worker.maintenance import DAY, RetentionConfig
 from tidegate.worker.redact import redact
@@ -49,13 +50,40 @@ def alembic_config(db: Database, section: str = "alembic"):  # type: ignore[no-u
 
 @db.command("upgrade")
 @click.argument("revision", default="head")
+@click.option("--all-targets", is_flag=True, help="Migrate every target (`tidegate targets list`), one by one.")
 @database_option(schema=False)
-def db_upgrade(db: Database, revision: str) -> None:
-    """Apply migrations up to REVISION (default: head)."""
+def db_upgrade(db: Database, revision: str, all_targets: bool) -> None:
+    """Apply migrations up to REVISION (default: head), in the database or --target, or --all-targets."""
     from alembic import command
 
-    command.upgrade(alembic_config(db), revision)
-    click.echo(f"database {db.masked} at {_current(db) or 'base'}")
+    if all_targets and db.target:
+        raise click.UsageError("give --target NAME or --all-targets, not both")
+    if not all_targets:
+        command.upgrade(alembic_config(db), revision)
+        click.echo(f"{_named(db)} at {_current(db) or 'base'}")
+        return
+    from tidegate.worker import targets
+    from tidegate.worker.db import first_line
+
+    failed: list[tuple[str, TidegateError | Exception]] = []
+    for target in targets.select(None):
+        one = Database.of_target(target.name, schema=False)
+        try:
+            command.upgrade(alembic_config(one), revision)
+            click.echo(f"{_named(one)} at {_current(one) or 'base'}")
+        except Exception as err:  # one target's failure is reported; the others are still migrated
+            failed.append((target.name, err))
+            click.echo(f"target {target.name}: not migrated: {mask_url(first_line(err))[:300]}", err=True)
+        finally:
+            one.dispose()
+    if failed:
+        codes = {getattr(e, "exit_code", 5 if is_outage(e) else 1) for _, e in failed}
+        raise TidegateExit(f"{len(failed)} target(s) not migrated: {', '.join(n for n, _ in failed)}",
+                           max(codes))
+
+
+def _named(db: Database) -> str:
+    return f"target {db.target} ({db.masked})" if db.target else f"database {db.masked}"
 
 
 @db.command("downgrade")
@@ -66,7 +94,7 @@ def db_downgrade(db: Database, revision: str) -> None:
     from alembic import command
 
     command.downgrade(alembic_config(db), revision)
-    click.echo(f"database {db.masked} at {_current(db) or 'base'}")
+    click.echo(f"{_named(db)} at {_current(db) or 'base'}")
 
 
 @db.command("current")
@@ -96,6 +124,64 @@ def db_embedded(stop: bool) -> None:
         click.echo("stopped" if embedded.stop(pgdata) else "not running")
     else:
         click.echo(embedded.embedded_url(pgdata))
+
+
+# -- targets ---------------------------------------------------------------
+
+
+@cli.group("targets")
+def targets_group() -> None:
+    """Named databases (a database per tenant or shard): each keeps its own tidegate tables.
+
+    Stored in $TIDEGATE_TARGETS_FILE (default $TIDEGATE_HOME/targets.toml, mode 0600), and/or given as
+    $TIDEGATE_TARGETS='a=postgresql://...,b=postgresql://...'. Every job command takes --target NAME."""
+
+
+@targets_group.command("add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--replace", is_flag=True, help="Change the URL of a target that exists.")
+def targets_add(name: str, url: str, replace: bool) -> None:
+    """Add target NAME ([a-z0-9_-], 1 to 63 characters) for the database at URL (not connected to)."""
+    from tidegate.worker import targets
+
+    found = targets.add(name, url, replace=replace)
+    click.echo(f"target {found.name} = {found.masked} (in {found.source})")
+
+
+@targets_group.command("remove")
+@click.argument("name")
+def targets_remove(name: str) -> None:
+    """Remove target NAME from the targets file (its database and tables are left as they are)."""
+    from tidegate.worker import targets
+
+    found = targets.remove(name)
+    click.echo(f"target {found.name} removed from {found.source}")
+
+
+@targets_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--timeout", default=5, show_default=True, type=click.IntRange(1, 60),
+              help="Seconds to wait for each target's database.")
+def targets_list(as_json: bool, timeout: int) -> None:
+    """Every target: its URL (password masked), where it is defined, reachable?, migrated?, schema revision."""
+    from tidegate.worker import targets
+
+    rows = []
+    for t in targets.load().values():
+        p = targets.probe(t, timeout)
+        rows.append({"name": t.name, "url": t.masked, "source": t.source, "reachable": p.reachable,
+                     "migrated": p.migrated, "revision": p.revision, "error": p.error})
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo(f"no targets (tidegate targets add NAME URL, or ${targets.ENV})")
+        return
+    for r in rows:
+        state = ("migrated" if r["migrated"] else "NOT MIGRATED") if r["reachable"] else "UNREACHABLE"
+        extra = f"  ({r['error']})" if r["error"] else ""
+        click.echo(f"{r['name']:<20} {state:<13} {r['revision'] or 'base':<8} {r['url']}  [{r['source']}]{extra}")
 
 
 # -- worker pool ------------------------------------------------------------
