@@ -239,6 +239,13 @@ def targets_list(as_json: bool, timeout: int) -> None:
                    " Approved statements (tidegate sql approve) run either way.")
 @click.option("--sql-author-role", default=trust.DEFAULT_AUTHOR_ROLE, envvar=trust.AUTHOR_ROLE_ENV, show_default=True,
               help="Role whose members may have their own SQL run (superusers may too).")
+@click.option("--targets", "target_names", metavar="A,B,...",
+              help="Serve these targets (`tidegate targets list`), fairly, from every worker process.")
+@click.option("--all-targets", is_flag=True, help="Serve every target.")
+@click.option("--max-open-targets", default=8, show_default=True, type=click.IntRange(1, 10000),
+              help="With --targets: databases a worker process keeps connections to at once (each up to 4).")
+@click.option("--slice-quantum", default=5.0, show_default=True, type=click.FloatRange(0.1, 86400),
+              help="With --targets: seconds a worker works one slice before it lets go and serves the next target.")
 @database_option
 @click.pass_context
 def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queues: tuple[str, ...], drain: bool,
@@ -247,8 +254,12 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
            gate_connections: float, gate_long_transactions: float, gate_replication_lag: float,
            gate_autovacuum: bool, no_gates: bool, retry_backoff: float, pause_after_failures: int,
            handler_modules: tuple[str, ...], batch_deadline: float | None, stop_grace: float,
-           max_worker_deaths: int, allow_sql: bool, sql_author_role: str) -> None:
-    """Run an isolated pool of worker processes until SIGTERM (or, with --drain, until idle)."""
+           max_worker_deaths: int, allow_sql: bool, sql_author_role: str, target_names: str | None,
+           all_targets: bool, max_open_targets: int, slice_quantum: float) -> None:
+    """Run an isolated pool of worker processes until SIGTERM (or, with --drain, until idle).
+
+    With --targets (or --all-targets) the pool serves several databases, each with its own tidegate
+    tables: every process claims from all of them, least recently served first (ops/targets.md)."""
     from tidegate.worker.pool import run_pool
     from tidegate.worker.runner import WorkerConfig
 
@@ -262,23 +273,56 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
     if unknown:
         raise click.BadParameter(f"unknown job type(s) {', '.join(unknown)}; known: {', '.join(sorted(kinds.kinds()))}",
                                  param_hint="--types")
-    with db.engine.connect():  # fail fast at start; outages later are ridden out with backoff
-        pass
-    config = WorkerConfig(url=db.url, pool=pool_name, queues=list(queues), types=wanted,
+    served = _pool_targets(db, target_names, all_targets)
+    if served is None:
+        with db.engine.connect():  # fail fast at start; outages later are ridden out with backoff
+            pass
+    config = WorkerConfig(url=served[0][1] if served else db.url, pool=pool_name, queues=list(queues), types=wanted,
                           lease_seconds=lease_seconds, poll_seconds=poll_seconds, drain=drain,
                           progress_every=progress_every, backoff_base=retry_backoff,
                           backoff_max=max(300.0, retry_backoff), pause_after_failures=pause_after_failures,
                           batch_deadline=batch_deadline, stop_grace=stop_grace,
                           max_worker_deaths=max_worker_deaths,
+                          slice_quantum=slice_quantum if served else None, let_go_when_held=bool(served),
                           gates=[] if no_gates else [
                               gates.Connections(gate_connections), gates.LongTransactions(gate_long_transactions),
                               gates.ReplicationLag(gate_replication_lag),
                               *([gates.Autovacuum()] if gate_autovacuum else [])])
     retention = None if no_maintenance else RetentionConfig(retention_jobs * DAY, retention_errors * DAY)
-    logging.getLogger(__name__).info("pool on %s%s", db.masked,
+    where = f"{len(served)} target(s)" if served else db.masked
+    logging.getLogger(__name__).info("pool on %s%s", where,
                                      f"; ad-hoc SQL allowed for {sql_author_role}" if allow_sql else "")
     raise SystemExit(run_pool(config, concurrency, ctx.obj["log_level"], ctx.obj["log_format"], metrics_port,
-                              retention))
+                              retention, served, max_open_targets))
+
+
+def _pool_targets(db: Database, names: str | None, every: bool) -> list[tuple[str, str]] | None:
+    """--targets / --all-targets: (name, url) of each, every one checked at start: an unknown name is exit 2,
+    a target that is not migrated exit 5; one that does not answer is only warned about (the pool serves
+    the others and tries it again with backoff). None for a pool over one database."""
+    from tidegate.worker import targets
+    from tidegate.worker.db import first_line
+
+    if names is None and not every:
+        return None
+    if names is not None and every:
+        raise click.UsageError("give --targets or --all-targets, not both")
+    if db.target is not None:
+        raise click.UsageError("give --target (one database) or --targets, not both")
+    chosen = targets.select(None if every else targets.split_names(names or ""))
+    for t in chosen:
+        one = Database.of_target(t.name)
+        try:
+            with one.engine.connect():
+                pass
+        except Exception as err:
+            if not is_outage(err):
+                raise  # not migrated (exit 5, naming it), a missing grant...
+            logging.getLogger(__name__).warning("target %s unavailable at start (%s): serving the others meanwhile",
+                                                t.name, mask_url(first_line(err))[:300])
+        finally:
+            one.dispose()
+    return [(t.name, t.url) for t in chosen]
 
 
 def _handler_modules(given: tuple[str, ...]) -> None:
