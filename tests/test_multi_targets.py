@@ -162,7 +162,7 @@ def test_claims_are_fair_across_targets(shards, tmp_path):
 
 def test_connections_stay_within_the_documented_bound(shards, pg_server, tmp_path):
     """-c 2 over 3 targets with --max-open-targets 2: at most 2 x 2 x 4 worker connections in all, at most
-    2 x 4 (+2 of the supervisor) in any one database, sampled from pg_stat_activity all along the run."""
+    2 x 4 (+3 of the supervisor) in any one database, sampled from pg_stat_activity all along the run."""
     for _, engine in shards.values():
         make_items(engine, 1500)
     jobs = {n: enqueue(shards, tmp_path, n, SLOW_LOG_HANDLER.replace(":delay", "0.01"), rows=1500) for n in NAMES}
@@ -184,9 +184,9 @@ def test_connections_stay_within_the_documented_bound(shards, pg_server, tmp_pat
         assert pool.wait(10) == 0
     for n, (_, engine) in shards.items():
         assert status(engine, jobs[n]) == "done" and exact(engine), n
-    print(f"peak worker connections {peak_total} (bound 16); per database {peak_db} (bound 10)")
+    print(f"peak worker connections {peak_total} (bound 16); per database {peak_db} (bound 11)")
     assert 0 < peak_total <= 2 * 2 * 4
-    assert all(v <= 2 * 4 + 2 for v in peak_db.values()), peak_db
+    assert all(v <= 2 * 4 + 3 for v in peak_db.values()), peak_db
 
 
 def test_kill_storm_over_three_targets_ends_exact_in_each(shards, tmp_path):

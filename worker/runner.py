@@ -579,7 +579,7 @@ class Worker:
     def _release(self, job_id: str, slice_no: int, why: str = "shutting down") -> None:
         with self.engine.begin() as conn:
             store.release_slice(conn, job_id, slice_no, self.id)
-        log.log(logging.DEBUG if why == "its turn is over" else logging.INFO, "job %s slice %d: released (%s)",
+        log.log(logging.INFO if why == "shutting down" else logging.DEBUG, "job %s slice %d: released (%s)",
                 job_id, slice_no, why, extra=job_ctx(job_id, slice_no))
 
     def _log_progress(self, job_id: str, slice_no: int, bounds: dict[str, dict[str, object]]) -> None:
