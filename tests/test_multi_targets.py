@@ -76,7 +76,7 @@ def test_bad_target_lists_are_refused(shards, tmp_path):
     with pg.admin(shards["t_c"][0]) as conn:
         conn.execute("DROP TABLE tidegate_alembic_version")  # t_c now looks unmigrated
     out = run_cli(url, "worker", "--targets", "t_a,t_c", "--drain", env=env, check=False)
-    assert out.returncode == 5 and "target t_c" in out.stderr
+    assert out.returncode == 5 and "target t_c" in out.stderr and "db upgrade --target t_c" in out.stderr
 
 
 def test_a_database_down_mid_run_does_not_stall_the_others(shards, pg_server, tmp_path):

@@ -127,3 +127,15 @@ def test_unreachable_target_is_listed_and_upgrade_all_reports_it(db_url, tfile):
     assert out.returncode == 5 and "target down" in out.stderr and "target up" in out.stdout
     assert SECRET not in out.stdout + out.stderr
     assert cli(tfile, "status", "--target", "down", check=False).returncode == 5
+
+
+def test_environment_entries_keep_multi_host_urls_whole():
+    from tidegate.worker import targets
+
+    found = targets.parse_env("a=postgresql://u:p@h1:5432,h2:5433/db?target_session_attrs=read-write,"
+                              " b=postgres://h/x;c=postgresql+psycopg://h/y\nd=postgresql://h/z")
+    assert found == {"a": "postgresql://u:p@h1:5432,h2:5433/db?target_session_attrs=read-write",
+                     "b": "postgresql://h/x", "c": "postgresql://h/y", "d": "postgresql://h/z"}
+    for bad in ("a=postgresql://h/x,a=postgresql://h/y", "a=", "=postgresql://h/x", "postgresql://h/x"):
+        with pytest.raises(targets.InvalidInput):
+            targets.parse_env(bad)

@@ -12,7 +12,7 @@ import click
 from tidegate.worker import control, gates, kinds, knobs, status, store, trust
 from tidegate.worker.cliutil import Database, TidegateExit, actor_option, database_option, echo_json, run_cli
 from tidegate.worker.db import is_outage, mask_url, tidegate_home
-from tidegate.worker.errors import TidegateError
+from tidegate.worker.errors import SchemaNotReady, TidegateError
 from tidegate.worker.logs import setup_logging
 from tidegate.worker.maintenance import DAY, RetentionConfig
 from tidegate.worker.redact import redact
@@ -284,6 +284,7 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
                           batch_deadline=batch_deadline, stop_grace=stop_grace,
                           max_worker_deaths=max_worker_deaths,
                           slice_quantum=slice_quantum if served else None, let_go_when_held=bool(served),
+                          connect_timeout=CONNECT_TIMEOUT if served else None,
                           gates=[] if no_gates else [
                               gates.Connections(gate_connections), gates.LongTransactions(gate_long_transactions),
                               gates.ReplicationLag(gate_replication_lag),
@@ -296,12 +297,14 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
                               retention, served, max_open_targets))
 
 
+CONNECT_TIMEOUT = 5  # seconds: a pool over several targets never waits longer on one that does not answer
+
+
 def _pool_targets(db: Database, names: str | None, every: bool) -> list[tuple[str, str]] | None:
     """--targets / --all-targets: (name, url) of each, every one checked at start: an unknown name is exit 2,
     a target that is not migrated exit 5; one that does not answer is only warned about (the pool serves
     the others and tries it again with backoff). None for a pool over one database."""
     from tidegate.worker import targets
-    from tidegate.worker.db import first_line
 
     if names is None and not every:
         return None
@@ -311,17 +314,14 @@ def _pool_targets(db: Database, names: str | None, every: bool) -> list[tuple[st
         raise click.UsageError("give --target (one database) or --targets, not both")
     chosen = targets.select(None if every else targets.split_names(names or ""))
     for t in chosen:
-        one = Database.of_target(t.name)
-        try:
-            with one.engine.connect():
-                pass
-        except Exception as err:
-            if not is_outage(err):
-                raise  # not migrated (exit 5, naming it), a missing grant...
-            logging.getLogger(__name__).warning("target %s unavailable at start (%s): serving the others meanwhile",
-                                                t.name, mask_url(first_line(err))[:300])
-        finally:
-            one.dispose()
+        found = targets.probe(t, CONNECT_TIMEOUT)
+        if not found.reachable or found.error:  # a grant missing, say: the worker's log will say more
+            logging.getLogger(__name__).warning("target %s %s at start (%s): serving the others meanwhile", t.name,
+                                                "unavailable" if not found.reachable else "not checked", found.error)
+        elif not found.migrated:
+            what = f"at schema revision {found.revision}" if found.revision else "has no tidegate tables"
+            raise SchemaNotReady(f"target {t.name} ({t.masked}) {what}: run `tidegate db upgrade --target {t.name}`"
+                                 " (or --all-targets)")
     return [(t.name, t.url) for t in chosen]
 
 

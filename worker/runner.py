@@ -134,6 +134,7 @@ class WorkerConfig:
     # of its batches, and at once when a gate holds its job, so the other targets are served meanwhile
     slice_quantum: float | None = None
     let_go_when_held: bool = False
+    connect_timeout: int | None = None  # seconds; a pool over several targets must not hang on one host
 
 
 def new_worker_id() -> str:
@@ -153,7 +154,8 @@ class Worker:
         self.kind_names = sorted(wanted & set(self.kinds))
         one_shot_kinds = {n: k for n in self.kind_names if isinstance(k := self.kinds[n], kinds.OneShotKind)}
         self.one_shot_names = sorted(one_shot_kinds)
-        self.engine: Engine = make_engine(config.url, application_name=f"tidegate-worker {self.id}")
+        self.engine: Engine = make_engine(config.url, application_name=f"tidegate-worker {self.id}",
+                                          connect_timeout=config.connect_timeout)
         self.watch = BatchWatch(self.engine, self.id, self.stop, stop_grace=config.stop_grace,
                                 max_deaths=config.max_worker_deaths, slot=slot,
                                 exit_when_wedged=config.exit_when_wedged)
