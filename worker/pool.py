@@ -136,12 +136,14 @@ def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", lo
     """Run the pool until it stops; the exit code. Call it with no thread started and no database
     connection open in this process: the first workers are forked (``fork_context``)."""
     ctx = mp.get_context("spawn")  # restarts; the shared objects below work with both start methods
-    first = fork_context() or ctx
+    # With --metrics-port every worker is spawned, after MetricsServer: prometheus-client picks its
+    # multiprocess mode when it is imported, which this process did before that mode's directory existed.
+    fork = fork_context() if metrics_port is None else None
     wakeup = Wakeup(ctx)  # an idle worker wakes when a sibling makes work claimable, not a poll later
     slots = Slots(ctx, concurrency)  # which batch each worker is in, read when one dies
     deaths = _Deaths(config)
     stopping = threading.Event()
-    # The first workers, before any thread or connection of this process exists (see fork_context).
+    # The first workers are forked before any thread or connection of this process exists (fork_context).
     procs: dict[int, mp.process.BaseProcess] = {}
     born: dict[int, float] = {}
 
@@ -152,8 +154,9 @@ def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", lo
         procs[index] = p
         born[index] = time.monotonic()
 
-    for i in range(concurrency):
-        start(i, first)
+    if fork is not None:
+        for i in range(concurrency):
+            start(i, fork)
     if retention is not None:  # the supervisor prunes old rows now and then; workers only work
         engine = make_engine(config.url, application_name="tidegate-maintenance", pool_size=1)
         threading.Thread(target=maintenance.loop, args=(engine, retention, stopping), daemon=True,
@@ -178,6 +181,9 @@ def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", lo
             stopping.set()
 
     signals.on_signals(on_signal)
+    if fork is None:
+        for i in range(concurrency):
+            start(i)
     log.info("pool: %d worker process(es) started (queues=%s)", concurrency, ",".join(config.queues))
 
     while procs or (restart_at and not stopping.is_set()):
