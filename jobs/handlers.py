@@ -38,8 +38,10 @@ import inspect
 import json
 import logging
 import os
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import entry_points
 from types import ModuleType
 from typing import Any, ClassVar
@@ -267,26 +269,32 @@ def run(
                 raise
             log.info("handler %s: the batch's write failed for a record's data (%s); writing its rows one by one",
                      handler.name, error_text(err, 200))
-            for row, start, end in per_row:  # each row's records alone: the bad rows are items, the rest written
-                try:
-                    with conn.begin_nested():
-                        bulk_write(conn, handler, records[start:end], binary=False)
-                except Exception as row_err:
-                    if not _record_fault(row_err):
-                        raise
-                    # the server's error class (NumericValueOutOfRange...), not SQLAlchemy's wrapper around it
-                    orig = getattr(row_err, "orig", None)
-                    errors.append(_item_error(row, key_columns, orig if isinstance(orig, Exception) else row_err))
+            # each row's records alone, in text COPY: the bad rows are items, the rest written
+            errors += _one_by_one(conn, ((row, partial(bulk_write, conn, handler, records[start:end], binary=False))
+                                         for row, start, end in per_row), key_columns, _record_fault, server_class=True)
         return errors
-    assert resolved.function is not None
-    for row in rows:
+    function = resolved.function
+    assert function is not None
+    return _one_by_one(conn, ((row, partial(function, conn, row)) for row in rows), key_columns, is_row_fault)
+
+
+def _one_by_one(conn: Connection, items: Iterable[tuple[Mapping[str, Any], Callable[[], None]]],
+                key_columns: Sequence[str], fault: Callable[[BaseException], bool],
+                server_class: bool = False) -> list[ItemError]:
+    """Run each row's write in its own SAVEPOINT; the rows whose write fails by ``fault`` are the items that
+    failed. Any other error is raised: the database's fault, not the row's, so the whole batch retries.
+    ``server_class``: file a database error under the server's class (NumericValueOutOfRange), not under
+    SQLAlchemy's wrapper around it."""
+    errors: list[ItemError] = []
+    for row, write in items:
         try:
             with conn.begin_nested():
-                resolved.function(conn, row)
+                write()
         except Exception as err:
-            if not is_row_fault(err):  # the database's fault, not the row's: the whole batch retries
+            if not fault(err):
                 raise
-            errors.append(_item_error(row, key_columns, err))
+            orig = getattr(err, "orig", None) if server_class else None
+            errors.append(_item_error(row, key_columns, orig if isinstance(orig, Exception) else err))
     return errors
 
 
@@ -317,7 +325,7 @@ class _Bulk:
     types: list[int] | None  # the columns' type OIDs; None when psycopg cannot dump one in binary
 
 
-_bulk_cache: dict[tuple[int, str], _Bulk] = {}
+_bulk_cache: weakref.WeakKeyDictionary[ItemHandler, dict[str, _Bulk]] = weakref.WeakKeyDictionary()
 # Column types the bulk write sends in binary: psycopg's binary dumpers for these either write the value
 # as it is or raise (a float for a bigint, a naive datetime for a timestamptz...), and a raise sends that
 # batch's rows again one by one in text, where the server parses them. Checked by tests/test_bulk_write.py.
@@ -328,8 +336,8 @@ BINARY_AS = {21: 20, 23: 20}  # int2, int4: sent as int8 (see _statements)
 
 def _statements(conn: Connection, handler: ItemHandler) -> _Bulk:
     """The handler's bulk statements, its names checked in the catalog once per database (then cached)."""
-    cache_key = (id(handler), conn.engine.url.render_as_string(hide_password=True))
-    found = _bulk_cache.get(cache_key)
+    database = conn.engine.url.render_as_string(hide_password=True)
+    found = _bulk_cache.get(handler, {}).get(database)
     if found is not None:
         return found
     table = identifiers.table(conn, handler.table, what="handler table")
@@ -347,14 +355,15 @@ def _statements(conn: Connection, handler: ItemHandler) -> _Bulk:
     else:
         order = Fragment("".join(f", {slot[c]} DESC NULLS LAST" for c in handler.newer_by))
         updated = [c for c in handler.columns if c not in handler.conflict]
+        sets = Fragment(", ".join(f"{slot[c]} = EXCLUDED.{slot[c]}" for c in updated))
         if not updated:
             action = Fragment("NOTHING")
+        elif not handler.newer_by:
+            action = compose(SQL["bulk_update"], sets=sets)
         else:
-            action = Fragment("UPDATE SET " + ", ".join(f"{slot[c]} = EXCLUDED.{slot[c]}" for c in updated))
-            if handler.newer_by:
-                action = compose("{a} WHERE ({mine}) < ({theirs})", a=action,
-                                 mine=Fragment(", ".join(f"t.{slot[c]}" for c in handler.newer_by)),
-                                 theirs=Fragment(", ".join(f"EXCLUDED.{slot[c]}" for c in handler.newer_by)))
+            action = compose(SQL["bulk_update_newer"], sets=sets,
+                             mine=Fragment(", ".join(f"t.{slot[c]}" for c in handler.newer_by)),
+                             theirs=Fragment(", ".join(f"EXCLUDED.{slot[c]}" for c in handler.newer_by)))
         write = render(SQL["bulk_upsert"], cols=cols, keys=keys, order=order, action=action, table=table,
                        **idents)
     described = conn.execute(render(SQL["bulk_types"], cols=cols, table=table, **idents)).cursor.description
@@ -369,7 +378,7 @@ def _statements(conn: Connection, handler: ItemHandler) -> _Bulk:
                                 for c, oid in zip(handler.columns, oids, strict=True)))
     built = _Bulk(render(SQL["bulk_table"], cols=copied, table=table, **idents), SQL["bulk_copy"], write,
                   SQL["bulk_drop"], SQL["bulk_copy_binary"], types)
-    _bulk_cache[cache_key] = built
+    _bulk_cache.setdefault(handler, {})[database] = built
     return built
 
 

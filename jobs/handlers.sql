@@ -34,3 +34,11 @@ COPY pg_temp.tg_bulk FROM STDIN (FORMAT BINARY);
 -- name: bulk_types
 -- description: No row, only the columns' types (their OIDs, for a binary COPY).
 SELECT {cols} FROM {table} LIMIT 0;
+
+-- name: bulk_update
+-- description: The conflict action of bulk_upsert: the record's values over the row's ({sets}: "col = EXCLUDED.col, ...").
+UPDATE SET {sets}
+
+-- name: bulk_update_newer
+-- description: The same, only when the record is newer than the row (by the handler's newer_by columns).
+UPDATE SET {sets} WHERE ({mine}) < ({theirs})
