@@ -237,3 +237,31 @@ def test_an_integer_out_of_its_columns_range_is_a_bad_item_never_wrapped(events,
     assert "out of range" in errors[0].message
     with events.connect() as conn:
         assert dict(conn.execute(text('SELECT id, "we""ird" FROM bulk_events')).all()) == {1: 5, 3: -7}
+
+
+def test_a_role_without_temporary_fails_the_batch_and_files_no_item(events, db_url):
+    """The bulk write needs TEMPORARY on the database: without it the write's error is the batch's
+    (42501, retried, then the job pauses), never a row's."""
+    import uuid
+
+    from tidegate.worker.db import sqlstate
+
+    role = f"tg_notemp_{uuid.uuid4().hex[:8]}"
+    database = db_url.rsplit("/", 1)[1]
+    with events.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}"'))
+        conn.execute(text(f'REVOKE TEMPORARY ON DATABASE "{database}" FROM PUBLIC'))
+        conn.execute(text(f'GRANT SELECT, INSERT, UPDATE ON bulk_events TO "{role}"'))
+    try:
+        with events.begin() as conn:
+            conn.execute(text(f'SET LOCAL ROLE "{role}"'))
+            with pytest.raises(Exception) as raised:
+                handlers.run(conn, handlers.Resolved("test_events", handler=_Events()),
+                             [{"k": 1, "records": [(1, AT, "x")]}], ["k"])
+        assert sqlstate(raised.value) == "42501"
+        assert scalar(events, "SELECT count(*) FROM bulk_events") == 0
+    finally:
+        with events.begin() as conn:
+            conn.execute(text(f'GRANT TEMPORARY ON DATABASE "{database}" TO PUBLIC'))
+            conn.execute(text(f'DROP OWNED BY "{role}"'))
+            conn.execute(text(f'DROP ROLE "{role}"'))
