@@ -223,16 +223,12 @@ def test_a_quoted_column_name_is_written(events):
 @pytest.mark.parametrize("value", [2**31, -2**31 - 1, 2**40, 99999999999, 2**63])
 def test_an_integer_out_of_its_columns_range_is_a_bad_item_never_wrapped(events, value):
     """psycopg's binary int4 dumper wraps 2**31 to -2**31 without a word: the bulk write must not."""
-    class Small(ItemHandler):
+    class Small(_Events):
         name = "test_small"
-        table = "bulk_events"
         columns = ("id", "at", 'we"ird')
-        conflict = ("id",)
 
-        def transform(self, row: Any) -> list[Any]:
-            return [(row["k"], AT, row["n"])]
-
-    errors = _run(events, Small(), [{"k": 1, "n": 5}, {"k": 2, "n": value}, {"k": 3, "n": -7}])
+    rows = [{"k": k, "records": [(k, AT, n)]} for k, n in ((1, 5), (2, value), (3, -7))]
+    errors = _run(events, Small(), rows)
     assert [(e.item_key, e.error_type) for e in errors] == [("2", "NumericValueOutOfRange")]
     assert "out of range" in errors[0].message
     with events.connect() as conn:
