@@ -25,20 +25,33 @@ def _checksum(engine) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     return int(row.rows), int(row.checksum)
 
 
-def _tidegate(url: str, engine, handler: str, concurrency: int, batch: int) -> dict:  # type: ignore[no-untyped-def]
+def _tidegate(url: str, engine, handler: str, concurrency: int, batch: int,  # type: ignore[no-untyped-def]
+              exe: str | None = None) -> dict:
     reset(engine, "user_troops")
     cli(url, "enqueue", "backfill-range", *RANGE, "--handler", handler, "--batch-size", str(batch),
         "--concurrency", str(concurrency), "--owner", "bench")
-    seconds, rss = run_pool(url, concurrency)
+    seconds, rss = run_pool(url, concurrency, exe=exe)
     return {"seconds": seconds, "rss_mb": rss, "checksum": _checksum(engine)}
 
 
 MEMORY_ROWS = (100_000, 1_000_000, 5_000_000)
 
 
-def run(url: str | None = None, rows: int = 500_000, memory_rows: tuple[int, ...] = MEMORY_ROWS) -> dict:
+RUNS = (("sql_c1", "sql", 1, 5000), ("python_c1", "hero_troops", 1, 2000),
+        ("python_c1_compare", "hero_troops", 1, 2000), ("sql_c2", "sql", 2, 5000),
+        ("python_c2", "hero_troops", 2, 2000), ("python_c2_compare", "hero_troops", 2, 2000))
+LABELS = {"sql_c1": "tidegate, SQL handler, concurrency 1", "python_c1": "tidegate, Python handler, concurrency 1",
+          "python_c1_compare": "compare's Python handler, concurrency 1",
+          "sql_c2": "tidegate, SQL handler, concurrency 2", "python_c2": "tidegate, Python handler, concurrency 2",
+          "python_c2_compare": "compare's Python handler, concurrency 2"}
+
+
+def run(url: str | None = None, rows: int = 500_000, memory_rows: tuple[int, ...] = MEMORY_ROWS,
+        compare: str | None = None) -> dict:
+    """``compare``: another `tidegate` executable (main's, say) whose Python handler runs in the same run,
+    right after this tree's at each concurrency: the before/after of a handler change."""
     server = url or server_url()
-    out: dict = {"rows": rows}
+    out: dict = {"rows": rows, "compare": compare}
     with scratch_database(server) as db:
         engine = engine_for(db)
         with engine.connect() as conn:
@@ -53,15 +66,19 @@ def run(url: str | None = None, rows: int = 500_000, memory_rows: tuple[int, ...
         out["single_statement"] = single
         print(f"single statement: {single['seconds']:.1f}s, {single['checksum'][0]} rows", flush=True)
 
-        for name, handler, conc, batch in (("sql_c1", f"sql:{SQL_HANDLER}", 1, 5000),
-                                           ("sql_c2", f"sql:{SQL_HANDLER}", 2, 5000),
-                                           ("python_c2", "hero_troops", 2, 2000)):
-            result = _tidegate(db, engine, handler, conc, batch)
+        for name, handler, conc, batch in RUNS:
+            if name.endswith("_compare") and not compare:
+                continue
+            handler = f"sql:{SQL_HANDLER}" if handler == "sql" else handler
+            result = _tidegate(db, engine, handler, conc, batch, exe=compare if name.endswith("_compare") else None)
             result["ratio"] = single["seconds"] / result["seconds"]
+            if name.startswith("python"):  # the Python handler against the SQL handler at the same concurrency
+                result["vs_sql"] = out[f"sql_c{conc}"]["seconds"] / result["seconds"]
             result["same_data"] = result["checksum"] == single["checksum"]
             out[name] = result
-            print(f"{name}: {result['seconds']:.1f}s ratio {result['ratio']:.2f} same data {result['same_data']}"
-                  f" worker RSS {result['rss_mb']:.0f} MiB", flush=True)
+            print(f"{name}: {result['seconds']:.1f}s ratio {result['ratio']:.2f}"
+                  + (f" vs SQL handler {result['vs_sql']:.2f}" if "vs_sql" in result else "")
+                  + f" same data {result['same_data']} worker RSS {result['rss_mb']:.0f} MiB", flush=True)
 
         with engine.connect() as conn:
             out["checkpoint_tables"] = [dict(r._mapping) for r in conn.execute(text(
@@ -100,16 +117,20 @@ def report(r: dict) -> str:
         f"### backfill-range vs one INSERT ... SELECT ({r['rows']:,} snapshots -> {s['checksum'][0]:,} rows,"
         f" PostgreSQL {r['server']})",
         "",
-        "| run | seconds | rows/s (source) | ratio vs single statement | same data | peak worker RSS |",
-        "|---|---|---|---|---|---|",
-        f"| single statement | {s['seconds']:.1f} | {r['rows'] / s['seconds']:,.0f} | 1.00 | - | - |",
+        "| run | seconds | rows/s (source) | ratio vs single statement | vs SQL handler, same concurrency |"
+        " same data | peak worker RSS |",
+        "|---|---|---|---|---|---|---|",
+        f"| single statement | {s['seconds']:.1f} | {r['rows'] / s['seconds']:,.0f} | 1.00 | - | - | - |",
     ]
-    for name, label in (("sql_c1", "tidegate, SQL handler, concurrency 1"),
-                        ("sql_c2", "tidegate, SQL handler, concurrency 2"),
-                        ("python_c2", "tidegate, Python handler, concurrency 2")):
+    for name, label in LABELS.items():
+        if name not in r:
+            continue
         x = r[name]
-        lines.append(f"| {label} | {x['seconds']:.1f} | {r['rows'] / x['seconds']:,.0f} | {x['ratio']:.2f} |"
+        vs = f"{x['vs_sql']:.2f}" if "vs_sql" in x else "-"
+        lines.append(f"| {label} | {x['seconds']:.1f} | {r['rows'] / x['seconds']:,.0f} | {x['ratio']:.2f} | {vs} |"
                      f" {'yes' if x['same_data'] else 'NO'} | {x['rss_mb']:.0f} MiB |")
+    if r.get("compare"):
+        lines += ["", f"compare: `{r['compare']}` (its own demo handler), same data, same run."]
     lines += ["", "Checkpoint tables after these runs (HOT updates, dead tuples):", "",
               "| table | updates | HOT updates | dead tuples |", "|---|---|---|---|"]
     for t in r["checkpoint_tables"]:

@@ -83,10 +83,12 @@ class PeakRss:
                 continue
 
 
-def run_pool(url: str, concurrency: int, *extra: str, env: dict[str, str] | None = None) -> tuple[float, float]:
-    """`tidegate worker --drain` until it exits; (seconds, peak worker RSS in MiB)."""
+def run_pool(url: str, concurrency: int, *extra: str, env: dict[str, str] | None = None,
+             exe: str | None = None) -> tuple[float, float]:
+    """`tidegate worker --drain` (``exe``: another tidegate executable) until it exits; (seconds, peak
+    worker RSS in MiB)."""
     started = time.perf_counter()
-    proc = subprocess.Popen([TIDEGATE, "--log-level", "WARNING", "worker", "--concurrency", str(concurrency),
+    proc = subprocess.Popen([exe or TIDEGATE, "--log-level", "WARNING", "worker", "--concurrency", str(concurrency),
                              "--drain", "--allow-sql", *extra], env={**os.environ, "DATABASE_URL": url, **(env or {})})
     with PeakRss(proc.pid) as rss:
         code = proc.wait()

@@ -23,7 +23,7 @@ import psutil
 from sqlalchemy.engine import make_url
 
 # modules exposing run() and report()
-BENCHES = ["backfill", "queue", "scaling", "foreground", "adaptive", "archive", "selection"]
+BENCHES = ["backfill", "queue", "scaling", "foreground", "adaptive", "archive", "selection", "start"]
 
 
 def ints(value: str) -> tuple[int, ...]:
@@ -34,6 +34,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", choices=BENCHES)
     parser.add_argument("--rows", type=int, help="source rows for the backfill comparison (default 500,000)")
+    parser.add_argument("--backfill-compare", metavar="TIDEGATE",
+                        help="another tidegate executable whose Python handler runs in the same backfill run")
     parser.add_argument("--memory-rows", type=ints, help="source rows of the memory runs (default 100k,1M,5M)")
     parser.add_argument("--jobs", type=int, help="no-op jobs of the queue benchmark (default 20,000)")
     parser.add_argument("--queue-processes", type=ints, help="worker processes per queue run (default 1,2)")
@@ -41,10 +43,13 @@ def main() -> None:
     parser.add_argument("--queue-systems", type=lambda v: tuple(v.split(",")),
                         help="systems of the queue runs (default tidegate,pgqueuer,procrastinate)")
     parser.add_argument("--scaling-processes", type=ints, help="worker processes of the scaling runs (1,2,4,8)")
+    parser.add_argument("--start-runs", type=int, help="pool starts measured (default 7)")
+    parser.add_argument("--start-compare", metavar="TIDEGATE",
+                        help="another tidegate executable to start in the same rounds, interleaved (before/after)")
     parser.add_argument("--pgbench-seconds", type=int, help="seconds per pgbench window (default 20)")
     args = parser.parse_args()
     options = {
-        "backfill": {"rows": args.rows, "memory_rows": args.memory_rows},
+        "backfill": {"rows": args.rows, "memory_rows": args.memory_rows, "compare": args.backfill_compare},
         "queue": {"jobs": args.jobs, "processes": args.queue_processes, "systems": args.queue_systems,
                   "repeats": args.queue_repeats},
         "scaling": {"processes": args.scaling_processes},
@@ -52,6 +57,7 @@ def main() -> None:
         "adaptive": {},
         "archive": {},
         "selection": {},
+        "start": {"runs": args.start_runs, "compare": args.start_compare},
     }
     sections = []
     started = time.perf_counter()

@@ -86,7 +86,9 @@ def test_a_planned_jobs_queue_row_set_back_to_pending_is_not_planned_twice(engin
     """An operator's `UPDATE queue_jobs SET status = 'pending'` on a planned job (a UniqueViolation in
     the planner that crash-looped every worker): the job goes on from its checkpoint, nothing doubled."""
     make_items(engine, 300)
-    job = enqueue_items(db_url, tmp_path, slow_handler(0.2), batch_size=20)
+    # 60 batches of 0.2 s: the job must still run when the `pause` below (a CLI process, slow on a busy
+    # machine) arrives; with 15 it was sometimes done first
+    job = enqueue_items(db_url, tmp_path, slow_handler(0.2), batch_size=5)
     pool = pools("--concurrency", "2", *FAST)
     wait_for(lambda: job_row(engine, job).processed_count > 0, what="the job planned and running")
     run_cli(db_url, "pause", job)

@@ -99,7 +99,6 @@ JOB_SQL_START = re.compile(SQL_START.pattern.replace("TRUNCATE", "TRUNCATE|SET|E
 # Statements that stay in Python, each for a reason:
 JOB_SQL_ALLOWED = {
     # a handler is user code: the demo's reads as the example a user copies, its SQL beside its transform
-    ("jobs/demo/handlers.py", "INSERT INTO user_troops AS ut"),
     ("jobs/demo/handlers.py", "SELECT level, amount, ascension, snapshot_id, snapshot_at FROM user_troops"),
     # EXPLAIN of the job's own statement: the author's text (sql_check.check_text), nothing to fill
     ("jobs/sql_check.py", "EXPLAIN (VERBOSE, FORMAT JSON)"),

@@ -47,7 +47,8 @@ HANDLER_ATTACKS = {
     "dunder-of-a-loaded-module": "tests.handlers:__import__",
     "builtins-of-a-loaded-module": "tests.handlers:__builtins__",
     "import-of-a-loaded-module": "tests.handlers:text",  # sqlalchemy's text(), imported by tests.handlers
-    "dotted-path-in-a-loaded-module": "tidegate.jobs.demo.handlers:json.loads",  # jobs.demo.handlers imports json
+    # a method of a handler the deployment offers: only the handler itself may be named
+    "dotted-path-in-a-loaded-module": "tidegate.jobs.demo.handlers:HERO_TROOPS.write",
     "private-of-a-loaded-module": "tests.handlers:_FailEvery",
     "class-of-a-loaded-module": "tests.handlers:HeroTroops",
     "no-function": "tests.handlers:",
