@@ -268,7 +268,7 @@ SLIPPED = [Knobs(500, 1, 1e-300), Knobs(500, 1, math.inf), Knobs(500, 1, math.na
 
 @pytest.mark.parametrize("knobs", SLIPPED, ids=[str(i) for i in range(len(SLIPPED))])
 def test_the_throttle_never_crashes_on_a_knob_that_slipped_past(knobs):
-    wait = throttle.pause_after(knobs, 100_000, 0.5)
+    wait = throttle.pause_after(knobs, 1e12)
     assert 0 <= wait <= throttle.MAX_PAUSE
     assert 1 <= throttle.batch_size(knobs, None, 0) <= MAX_BATCH
     sane = throttle.sane(knobs)

@@ -231,6 +231,7 @@ class BatchRecord:
 class Recorded:
     job_done: bool  # the batch finished the job's last slice
     paused: str | None = None  # why the job paused itself meanwhile (its error budget spent), else None
+    pace_wait: float = 0.0  # seconds until the job's rate cap allows its next batch (migration 0013)
 
 
 def record_batch(conn: Connection, record: BatchRecord) -> Recorded:
@@ -263,7 +264,8 @@ def record_batch(conn: Connection, record: BatchRecord) -> Recorded:
     if r.exhausted and conn.execute(q("finish_job_if_done"), {"job_id": r.job_id}).first() is not None:
         conn.execute(q("finish_queue_job"), {"job_id": r.job_id, "status": "done"})
         return Recorded(job_done=True)
-    return Recorded(job_done=False, paused=job.status_reason if job.status == "paused" else None)
+    return Recorded(job_done=False, paused=job.status_reason if job.status == "paused" else None,
+                    pace_wait=float(job.pace_wait or 0.0))
 
 
 def _low_watermark(key_type: keys.KeyType, cursors: list[Any]) -> str:
@@ -395,6 +397,13 @@ def pause_self(conn: Connection, job_id: str, reason: str) -> bool:
 
 
 # -- batches in flight: the watchdog (worker/deadline.py) and the pool's deaths ------------------
+
+
+def pace_check(conn: Connection, job_id: str) -> tuple[str | None, float]:
+    """While a slice waits for its job's pace: the job's status and the seconds still to wait (its
+    reservation as it is now: a cap raised, lifted or lowered meanwhile shows here)."""
+    row = conn.execute(q("pace_check"), {"job_id": job_id}).first()
+    return (None, 0.0) if row is None else (row.status, float(row.pace_wait or 0.0))
 
 
 def batch_job_status(conn: Connection, job_id: str) -> str | None:

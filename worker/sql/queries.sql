@@ -201,7 +201,8 @@ SELECT status, checkpoint, end_key FROM backfill_slices WHERE job_id = :job_id;
 -- name: advance_job
 -- description: The job's totals and low watermark (takes the job row lock, which serialises finishers); pauses
 -- description: the job when its error rate over the last window, or its canary row limit, says so; adds the
--- description: batch to its minute of tidegate_job_rates (after the job row lock: it reads the UPDATE's RETURNING).
+-- description: batch to its minute of tidegate_job_rates (after the job row lock: it reads the UPDATE's RETURNING);
+-- description: moves the job's pace reservation on and returns the seconds to wait before the slice's next batch.
 WITH job AS (
 UPDATE backfill_jobs
 SET processed_count = processed_count + :processed,
@@ -232,9 +233,16 @@ SET processed_count = processed_count + :processed,
               AND window_errors + :errors > error_rate_threshold * (window_processed + :processed))
           OR (row_limit IS NOT NULL AND processed_count + :processed >= row_limit) THEN 'tidegate'
         ELSE status_by END,
+    -- the job's rate cap, whatever runs it (migration 0013): the batch's rows reserve their share of time
+    -- after the job's reservation so far, or after this batch's start if that lies behind it (no credit
+    -- for idle time); the slice waits until then (pace_wait) before its next batch
+    paced_until = CASE WHEN max_rows_per_second IS NULL THEN NULL
+                       ELSE LEAST(GREATEST(paced_until, now()) + make_interval(secs => :processed / max_rows_per_second),
+                                  clock_timestamp() + interval '1 day') END,  -- never a longer wait (throttle.MAX_PAUSE)
     updated_at = now()
 WHERE job_id = :job_id
-RETURNING job_id, status, status_reason
+RETURNING job_id, status, status_reason,
+          GREATEST(coalesce(extract(epoch FROM paced_until - clock_timestamp()), 0), 0) AS pace_wait
 ), rate AS (
 INSERT INTO tidegate_job_rates AS r (job_id, minute, rows, errors, batches, batch_seconds, max_batch_seconds)
 SELECT job.job_id, date_trunc('minute', now()), :processed, :errors, 1, s.seconds, s.seconds
@@ -244,7 +252,7 @@ SET rows = r.rows + excluded.rows, errors = r.errors + excluded.errors, batches 
     batch_seconds = r.batch_seconds + excluded.batch_seconds,
     max_batch_seconds = GREATEST(r.max_batch_seconds, excluded.max_batch_seconds)
 )
-SELECT status, status_reason FROM job;
+SELECT status, status_reason, pace_wait FROM job;
 
 -- name: finish_job_if_done
 -- description: Done when no slice is left; runs after advance_job so concurrent finishers see each other.
@@ -516,6 +524,12 @@ SELECT processed_count FROM backfill_jobs WHERE job_id = :job_id FOR NO KEY UPDA
 UPDATE backfill_jobs SET status = 'paused', status_reason = :reason, status_by = 'tidegate', updated_at = now()
 WHERE job_id = :job_id AND status IN ('pending', 'running')
 RETURNING job_id;
+
+-- name: pace_check
+-- description: A slice waiting for its job's pace between batches: the job's status and the seconds left
+-- description: until its reservation (paced_until, migration 0013) ends.
+SELECT status, GREATEST(coalesce(extract(epoch FROM paced_until - clock_timestamp()), 0), 0) AS pace_wait
+FROM backfill_jobs WHERE job_id = :job_id;
 
 -- name: batch_job_status
 -- description: The watchdog's look at the job of a batch in flight (a cancel stops it at once).
