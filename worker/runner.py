@@ -228,6 +228,10 @@ class Worker:
                 job = store.claim_queue_job(conn, self.config.queues, self.config.types, self.one_shot_names)
                 if job is None:
                     return False
+                if not store.lock_unplanned(conn, job.id):  # being paused (or resumed) this very moment
+                    log.info("job %s: its row is locked (an operator moving it?); planning it later", job.id,
+                             extra=job_ctx(job.id, kind=job.type))
+                    return False
                 if store.planned_already(conn, job.id):  # its queue row was set back to pending by hand
                     store.restore_planned_queue_job(conn, job.id)
                     log.warning("job %s was planned already; its queue row is set back to match", job.id,

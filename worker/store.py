@@ -170,6 +170,14 @@ def retry_queue_job(conn: Connection, job_id: str, error: str, backoff_base: flo
                                         "backoff_max": backoff_max, "add": 0 if counted else 1})
 
 
+def lock_unplanned(conn: Connection, job_id: str) -> bool:
+    """Lock a claimed job's unplanned backfill_jobs row (migration 0013) for planning. False when another
+    transaction holds it (an operator pausing it, whose UPDATE waits for the queue row next): leave the job
+    to them. True when locked, or when the job has none (a kind not in tidegate_range_kinds)."""
+    row = conn.execute(q("lock_unplanned"), {"job_id": job_id}).one()
+    return not row.present or row.status is not None
+
+
 def planned_already(conn: Connection, job_id: str) -> bool:
     return bool(conn.execute(q("job_planned_already"), {"job_id": job_id}).scalar())
 
@@ -496,8 +504,15 @@ def set_all_jobs_status(conn: Connection, to_status: str, from_statuses: list[st
 
 def set_knobs(conn: Connection, job_id: str, changes: dict[str, object]) -> bool:
     """`tidegate set`: only the knobs in ``changes`` change (None lifts a limit). False when the job is not
-    planned yet."""
+    planned yet, or finished."""
     return conn.execute(q("set_knobs"), {"job_id": job_id, "changes": json.dumps(changes)}).first() is not None
+
+
+def set_payload_knobs(conn: Connection, job_id: str, changes: dict[str, object]) -> tuple[str, Any] | None:
+    """`tidegate set` on a queued job no worker has planned: the knob fields of its payload (None: the field
+    null, the knob's default). (its type, its new payload), or None when it is not such a job (any more)."""
+    row = conn.execute(q("set_payload_knobs"), {"job_id": job_id, "changes": json.dumps(changes)}).first()
+    return None if row is None else (row.type, parse_json(row.payload, "the job's payload"))
 
 
 def enqueue(conn: Connection, job_type: str, queue: str, payload: Any, priority: int, max_attempts: int,

@@ -83,8 +83,9 @@ SET attempts = attempts + :add, last_error = :error, updated_at = now(),
 WHERE id = :job_id;
 
 -- name: insert_range_job
--- description: The checkpoint row of a planned job.
-INSERT INTO backfill_jobs (job_id, kind, owner, params, key_type, from_key, to_key, from_ts, to_ts,
+-- description: The checkpoint row of a planned job: new, or the row its queue row got at enqueue (migration
+-- description: 0013) filled in. Its status stays as it is: a pause, resume or cancel made before planning holds.
+INSERT INTO backfill_jobs AS b (job_id, kind, owner, params, key_type, from_key, to_key, from_ts, to_ts,
                            batch_size, concurrency, total_estimate, last_checkpoint,
                            max_rows_per_second, sleep_between_batches, target_batch_seconds, min_batch_size,
                            max_batch_size, row_limit, error_rate_threshold, enqueued_by)
@@ -92,7 +93,17 @@ VALUES (:job_id, :kind, :owner, CAST(:params AS jsonb), :key_type, :from_key, :t
         :from_ts, :to_ts, :batch_size, :concurrency, :total_estimate, :last_checkpoint,
         :max_rows_per_second, :sleep_between_batches, :target_batch_seconds, :min_batch_size,
         :max_batch_size, :row_limit, :error_rate_threshold,
-        (SELECT enqueued_by FROM queue_jobs WHERE id = :job_id));
+        (SELECT enqueued_by FROM queue_jobs WHERE id = :job_id))
+ON CONFLICT (job_id) DO UPDATE
+SET (kind, owner, params, key_type, from_key, to_key, from_ts, to_ts, batch_size, concurrency, total_estimate,
+     last_checkpoint, max_rows_per_second, sleep_between_batches, target_batch_seconds, min_batch_size,
+     max_batch_size, row_limit, error_rate_threshold, enqueued_by, planned, started_at, updated_at) =
+    (excluded.kind, excluded.owner, excluded.params, excluded.key_type, excluded.from_key, excluded.to_key,
+     excluded.from_ts, excluded.to_ts, excluded.batch_size, excluded.concurrency, excluded.total_estimate,
+     excluded.last_checkpoint, excluded.max_rows_per_second, excluded.sleep_between_batches,
+     excluded.target_batch_seconds, excluded.min_batch_size, excluded.max_batch_size, excluded.row_limit,
+     excluded.error_rate_threshold, excluded.enqueued_by, true, now(), now())
+WHERE NOT b.planned;
 
 -- name: insert_slice
 -- description: One slice of a planned job, with its own cursor.
@@ -106,7 +117,14 @@ WHERE id = :job_id AND status = 'pending';
 
 -- name: job_planned_already
 -- description: Does this queue job have its range job already (a planned job's queue row set back to pending)?
-SELECT EXISTS (SELECT 1 FROM backfill_jobs WHERE job_id = :job_id);
+SELECT EXISTS (SELECT 1 FROM backfill_jobs WHERE job_id = :job_id AND planned);
+
+-- name: lock_unplanned
+-- description: A claimed queue job's unplanned backfill_jobs row (migration 0013), locked for planning; locked
+-- description: by someone else (a pause in flight, which waits for the queue row next) it is left alone.
+SELECT EXISTS (SELECT 1 FROM backfill_jobs WHERE job_id = :job_id AND NOT planned) AS present,
+       (SELECT status FROM backfill_jobs WHERE job_id = :job_id AND NOT planned
+        FOR NO KEY UPDATE SKIP LOCKED) AS status;
 
 -- name: restore_planned_queue_job
 -- description: Put a planned job's queue row back to what its range job says it is.
@@ -341,7 +359,7 @@ RETURNING job_id;
 -- the same transaction's next statement pauses its new backfill_jobs row.
 UPDATE queue_jobs q
 SET status = 'paused', updated_at = now()
-WHERE q.status = 'pending' AND NOT EXISTS (SELECT 1 FROM backfill_jobs j WHERE j.job_id = q.id)
+WHERE q.status = 'pending' AND NOT EXISTS (SELECT 1 FROM backfill_jobs j WHERE j.job_id = q.id AND j.planned)
 RETURNING q.id AS job_id;
 
 -- name: set_queue_status
@@ -364,7 +382,7 @@ VALUES (:actor, :action, :job_id, CAST(:details AS jsonb));
 -- name: find_job
 -- description: A job by full id or unique id prefix.
 SELECT q.id, q.type, q.status AS queue_status, j.status AS job_status
-FROM queue_jobs q LEFT JOIN backfill_jobs j ON j.job_id = q.id
+FROM queue_jobs q LEFT JOIN backfill_jobs j ON j.job_id = q.id AND j.planned
 WHERE CAST(q.id AS text) LIKE :prefix || '%'
 ORDER BY q.created_at DESC
 LIMIT 2;
@@ -381,7 +399,7 @@ SELECT q.id AS job_id, q.type, q.queue, q.status AS queue_status, q.priority, q.
        (SELECT count(*) FROM backfill_slices s WHERE s.job_id = q.id AND s.status = 'done') AS slices_done,
        (SELECT count(*) FROM backfill_slices s JOIN tidegate_live_workers w ON w.id = s.locked_by
          WHERE s.job_id = q.id AND s.status = 'pending') AS slices_in_flight
-FROM queue_jobs q LEFT JOIN backfill_jobs j ON j.job_id = q.id
+FROM queue_jobs q LEFT JOIN backfill_jobs j ON j.job_id = q.id AND j.planned  -- unplanned: the queue row says it
 WHERE (CAST(:job_id AS uuid) IS NULL OR q.id = CAST(:job_id AS uuid))
 ORDER BY q.created_at DESC
 LIMIT :limit;
@@ -425,7 +443,7 @@ SELECT j.job_id, j.kind, j.status,
        (SELECT count(*) FROM backfill_slices s JOIN tidegate_live_workers w ON w.id = s.locked_by
          WHERE s.job_id = j.job_id AND s.status = 'pending') AS in_flight
 FROM backfill_jobs j
-WHERE j.status IN ('pending', 'running', 'paused') OR j.finished_at > now() - interval '1 day';
+WHERE j.planned AND (j.status IN ('pending', 'running', 'paused') OR j.finished_at > now() - interval '1 day');
 
 -- name: metrics_workers
 -- description: Workers whose lease is alive.
@@ -500,8 +518,17 @@ SET (concurrency, batch_size, max_rows_per_second, sleep_between_batches, target
     (SELECT c.concurrency, c.batch_size, c.max_rows_per_second, c.sleep_between_batches, c.target_batch_seconds,
             c.min_batch_size, c.max_batch_size, c.row_limit, c.error_rate_threshold, now()
      FROM jsonb_populate_record(j, CAST(:changes AS jsonb)) c)
-WHERE job_id = :job_id
+WHERE job_id = :job_id AND planned AND status NOT IN ('done', 'failed', 'cancelled')
 RETURNING job_id;
+
+-- name: set_payload_knobs
+-- description: `tidegate set` on a job no worker has planned yet: its payload's knob fields (checked against
+-- description: worker/knobs.py), so the plan uses them. A row being planned is waited for, then skipped: the
+-- description: caller sets the planned job instead.
+UPDATE queue_jobs q SET payload = q.payload || CAST(:changes AS jsonb), updated_at = now()
+WHERE q.id = :job_id AND q.status IN ('pending', 'paused') AND jsonb_typeof(q.payload) = 'object'
+  AND NOT EXISTS (SELECT 1 FROM backfill_jobs j WHERE j.job_id = q.id AND j.planned)
+RETURNING q.type, CAST(q.payload AS text) AS payload;
 
 -- name: local_lock_timeout
 -- description: A lock timeout for this transaction only (the pool's bookkeeping after a worker died).
@@ -708,4 +735,4 @@ ORDER BY minute;
 
 -- name: console_knobs
 -- description: A planned job's row as JSON, from which the console takes the knob columns (worker/knobs.py).
-SELECT to_jsonb(j) AS job FROM backfill_jobs j WHERE job_id = :job_id;
+SELECT to_jsonb(j) AS job FROM backfill_jobs j WHERE job_id = :job_id AND planned;
