@@ -12,19 +12,7 @@ from sqlalchemy import create_engine, text
 
 from tests.conftest import enqueue_items, job_row, role_env, run_cli, scalar, wait_for
 from tests.fixtures import LOG_HANDLER, log_report, make_items
-
-RUNBOOK_PAUSE = """
-UPDATE backfill_jobs
-SET status = 'paused'
-WHERE status = 'pending';
-"""  # seed 003's runbook, verbatim
-
-RUNBOOK_RESUME = """
-UPDATE backfill_jobs
-SET status = 'running'
-WHERE job_id = '<job_id>'
-  AND status = 'paused';
-"""
+from tests.test_runbook_sql import RUNBOOK_PAUSE, RUNBOOK_RESUME  # seed 003's runbook, verbatim
 
 
 def _execute(url_or_engine, sql: str, **params: object) -> int:  # type: ignore[no-untyped-def]
@@ -116,12 +104,16 @@ def test_a_pause_racing_the_planners_with_a_kill_never_lets_a_paused_job_run(eng
         caught = [str(r[0]) for r in conn.execute(text(RUNBOOK_PAUSE.strip().rstrip(";") + " RETURNING job_id"))]
     random.Random(17).choice(pool.wait_workers(3)).send_signal(signal.SIGKILL)
     assert caught, "the pause caught nothing: the race was not run"
+    # nothing pending is left behind: a job a planner held was waited for and paused planned; every other
+    # job not caught had started (before migration 0013, planners made new pending rows after the pause)
+    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE status = 'pending'") == 0
     spans = {job: (i * 100, (i + 1) * 100) for i, job in enumerate(jobs)}
     was = {job: _logged(engine, *spans[job]) for job in caught}
     assert set(was.values()) == {0}  # pending: not one batch had started
     others = [j for j in jobs if j not in caught]
     wait_for(lambda: all(scalar(engine, "SELECT status FROM backfill_jobs WHERE job_id = :j", j=j) == "done"
                          for j in others), timeout=120, what="the jobs the pause missed to finish")
+    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE status = 'pending'") == 0
     for job in caught:  # paused, planned or not; never claimed
         queue, status, _ = _statuses(engine, job)
         assert status == "paused" and queue in ("paused", "running"), (job, queue, status)

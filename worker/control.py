@@ -1,10 +1,11 @@
 """Operator actions: pause, resume, cancel, retry — the same guarded updates as the runbook's SQL.
 
 A planned job moves in ``backfill_jobs``; a job no worker has planned yet moves in ``queue_jobs``
-alone. The database does the rest, for these commands and a runbook's UPDATE alike (migration
-0005): its triggers refuse moves the state machine lacks, write the audit row (the trigger is its
-single writer: ``actor`` is the name given here, ``db_user`` the login), keep a planned job's queue
-row in step, and on retry give unfinished slices their attempts back.
+(its unplanned ``backfill_jobs`` row, migration 0013, follows it). The database does the rest, for
+these commands and a runbook's UPDATE alike (migration 0005): its triggers refuse moves the state
+machine lacks, write the audit row (the trigger is its single writer: ``actor`` is the name given
+here, ``db_user`` the login), keep a planned job's queue row in step, and on retry give unfinished
+slices their attempts back.
 """
 
 from __future__ import annotations
