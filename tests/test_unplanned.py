@@ -169,13 +169,19 @@ def test_set_on_a_finished_job_is_exit_4_like_pause(engine, db_url, tmp_path):
 
 
 def test_set_on_sql_inserted_payloads_a_worker_cannot_read(engine, db_url):
-    """Payloads inserted by SQL: not an object (nothing to set: exit 2), or a knob of the wrong type (set
-    repairs it; another knob is refused naming it). Nothing is changed by a refusal."""
+    """Payloads inserted by SQL: not an object (nothing to set: exit 2), nested deeper than Python reads
+    (exit 2), or a knob of the wrong type (set repairs it; another knob is refused naming it). Nothing is
+    changed by a refusal."""
     with engine.begin() as conn:
         array = str(conn.execute(text("INSERT INTO queue_jobs (type, payload) VALUES ('backfill_range', '[1, 2]')"
                                       " RETURNING id")).scalar())
         typed = str(conn.execute(text("INSERT INTO queue_jobs (type, payload) VALUES ('backfill_range',"
                                       " '{\"batch_size\": \"abc\", \"owner\": {\"deep\": [1]}}') RETURNING id")).scalar())
+        deep = str(conn.execute(text("INSERT INTO queue_jobs (type, payload) VALUES ('backfill_range', CAST('{\"x\": '"
+                                     " || repeat('[', 5000) || repeat(']', 5000) || '}' AS jsonb)) RETURNING id")).scalar())
+    out = run_cli(db_url, "set", deep, "--concurrency", "2", check=False)  # Python cannot read it back
+    assert out.returncode == 2 and "nested too deeply" in out.stderr, out.stderr
+    assert scalar(engine, "SELECT payload ? 'concurrency' FROM queue_jobs WHERE id = :j", j=deep) is False
     out = run_cli(db_url, "set", array, "--concurrency", "2", check=False)
     assert out.returncode == 2 and "not a JSON object" in out.stderr
     assert scalar(engine, "SELECT payload FROM queue_jobs WHERE id = :j", j=array) == [1, 2]
@@ -185,7 +191,7 @@ def test_set_on_sql_inserted_payloads_a_worker_cannot_read(engine, db_url):
     assert scalar(engine, "SELECT payload->>'batch_size' FROM queue_jobs WHERE id = :j", j=typed) == "30"
     # both still unplanned rows a pause catches; the owner that is no string shows as one
     assert scalar(engine, "SELECT owner FROM backfill_jobs WHERE job_id = :j", j=typed) == '{"deep": [1]}'
-    assert _execute(engine, RUNBOOK_PAUSE) == 2
+    assert _execute(engine, RUNBOOK_PAUSE) == 3
 
 
 def test_unarchive_range_takes_the_pace_options_of_archive_range():
