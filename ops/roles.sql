@@ -90,6 +90,9 @@ GRANT SELECT ON archive_audit TO tg_worker;
 GRANT SELECT ON archive_layouts TO tg_worker;
 GRANT USAGE ON SEQUENCE archive_audit_batches_id_seq TO tg_worker;
 GRANT SELECT ON tidegate_sql_approved TO tg_worker;
+-- which queue_jobs types are range kinds (migration 0013: their queued jobs get a backfill_jobs row at
+-- once, so the runbook's pause catches them; the trigger reads it as its owner). Readable by all three.
+GRANT SELECT ON tidegate_range_kinds TO tg_enqueue, tg_operator, tg_worker;
 
 -- Retention (the pool's maintenance thread, or `tidegate maintenance run-once` from cron): deletes
 -- finished jobs and old errors. Grant it to the pool's login, or run the pool with --no-maintenance

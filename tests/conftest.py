@@ -216,7 +216,7 @@ def job_row(engine: Engine, job_id: str, timeout: float = 60):  # type: ignore[n
 
     def fetch():  # type: ignore[no-untyped-def]
         with engine.connect() as conn:
-            return conn.execute(text("SELECT * FROM backfill_jobs WHERE job_id = :j"), {"j": job_id}).first()
+            return conn.execute(text("SELECT * FROM backfill_jobs WHERE job_id = :j AND planned"), {"j": job_id}).first()
 
     return wait_for(fetch, timeout=timeout, what=f"job {job_id} to be planned")
 

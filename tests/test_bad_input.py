@@ -95,7 +95,7 @@ def test_malformed_payload_inserted_by_sql_fails_the_job_clearly(rejected, case,
 
 def test_rejected_payloads_touch_no_data(rejected):
     engine, ids = rejected
-    assert scalar(engine, "SELECT count(*) FROM backfill_jobs") == 0
+    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE planned") == 0
     assert scalar(engine, "SELECT count(*) FROM user_troops") == 0
     assert scalar(engine, "SELECT count(*) FROM hero_snapshots") == 500
     assert scalar(engine, "SELECT count(*) FROM queue_jobs WHERE status <> 'failed'") == 0
@@ -244,6 +244,6 @@ def test_bad_archive_payloads_inserted_by_sql_fail_clearly_and_touch_nothing(sto
             row = conn.execute(text("SELECT status, last_error FROM queue_jobs WHERE id = :i"), {"i": ids[case]}).one()
             assert row.status == "failed" and row.last_error.startswith("invalid job:"), case
             assert words in row.last_error, (case, row.last_error)
-    assert scalar(engine, "SELECT count(*) FROM backfill_jobs") == 0
+    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE planned") == 0
     assert scalar(engine, "SELECT count(*) FROM archive_candidates") == 0
     assert fingerprint(engine, "tidegate") == before

@@ -234,7 +234,8 @@ def test_payload_inserted_by_sql(inserted, request, entry, knob, value, ok):
     job = ids[request.node.callspec.id]
     with engine.connect() as conn:
         queue = conn.execute(text("SELECT status, last_error FROM queue_jobs WHERE id = :j"), {"j": job}).one()
-        planned = conn.execute(text(f"SELECT {knob.name} FROM backfill_jobs WHERE job_id = :j"), {"j": job}).all()
+        planned = conn.execute(text(f"SELECT {knob.name} FROM backfill_jobs WHERE job_id = :j AND planned"),
+                               {"j": job}).all()
     if not ok:
         assert queue.status == "failed" and queue.last_error.startswith("invalid job: "), queue
         _refusal(queue.last_error, knob.name, knob)

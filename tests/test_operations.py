@@ -78,7 +78,7 @@ def test_pause_all_covers_running_and_queued_jobs_and_pools_keep_to_their_queue(
     queued = enqueue_items(db_url, tmp_path, LOG_HANDLER, "--queue", "later", frm="1001", to="2001")
     pools("--concurrency", "1", "--poll", "0.1")  # the default queue only
     wait_for(lambda: job_row(engine, running).processed_count > 0, what="a first batch")
-    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE job_id = :j", j=queued) == 0
+    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE job_id = :j AND planned", j=queued) == 0
 
     assert "paused 2 job(s)" in run_cli(db_url, "pause", "--all").stdout
     assert job_row(engine, running).status == "paused"
@@ -86,7 +86,7 @@ def test_pause_all_covers_running_and_queued_jobs_and_pools_keep_to_their_queue(
     wait_for(lambda: _idle(engine, running), what="the paused job's slice let go")
     stopped_at = job_row(engine, running).processed_count
     run_cli(db_url, "worker", "--queue", "later", "--drain")  # a pool of that queue: nothing it may take
-    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE job_id = :j", j=queued) == 0
+    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE job_id = :j AND planned", j=queued) == 0
     assert job_row(engine, running).processed_count == stopped_at < 1000
 
     run_cli(db_url, "resume", queued)
@@ -105,12 +105,12 @@ def test_priority_orders_the_claims_and_run_after_holds_a_job_back(engine, db_ur
     later = enqueue_items(db_url, tmp_path, LOG_HANDLER, "--run-after", "2099-01-01T00:00:00+00:00", frm="201",
                           to="301")
     run_cli(db_url, "worker", "--types", "archive_range", "--drain")  # a pool for another kind takes none
-    assert scalar(engine, "SELECT count(*) FROM backfill_jobs") == 0
+    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE planned") == 0
     run_cli(db_url, "worker", "--concurrency", "1", "--drain")
     assert job_row(engine, low).status == job_row(engine, high).status == "done"
     assert job_row(engine, high).started_at < job_row(engine, low).started_at  # planned first
     assert scalar(engine, "SELECT status FROM queue_jobs WHERE id = :j", j=later) == "pending"
-    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE job_id = :j", j=later) == 0
+    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE job_id = :j AND planned", j=later) == 0
     assert log_report(engine)["missing"] == 100  # keys 201..300: the job held back until 2099
 
 

@@ -3,6 +3,8 @@ error-rate auto-pause and the canary limit, all through real worker processes.""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 from sqlalchemy import text
 
@@ -170,17 +172,72 @@ def test_set_refuses_what_would_not_work_and_changes_nothing(engine, db_url, tmp
     assert run_cli(db_url, "set", "00000000", "--concurrency", "2", check=False).returncode == 3
 
 
-def test_max_rows_per_second_caps_the_pace_of_the_whole_job(engine, db_url, tmp_path, pools):
-    make_items(engine, 600)
-    job = enqueue_items(db_url, tmp_path, LOG_HANDLER, "--max-rows-per-second", "200", batch_size=50,
-                        concurrency=2)
+def _achieved_rate(engine, first_batches: int) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    """The job's rate over its run, from what the database recorded: each batch's rows carry its
+    transaction's now() (its start). The first ``first_batches`` batches start together, before any
+    reservation (one per slice in flight), so their rows count as the start's burst, not the pace."""
+    with engine.connect() as conn:
+        batches = conn.execute(text("SELECT at, count(*) FROM processed_log GROUP BY at ORDER BY at")).all()
+    burst = sum(n for _, n in batches[:first_batches])
+    span = (batches[-1][0] - batches[0][0]).total_seconds()
+    return (sum(n for _, n in batches) - burst) / span, len(batches)
+
+
+CAP = 40.0
+
+
+@pytest.mark.parametrize("concurrency", [8, 1])
+def test_the_rate_cap_is_the_jobs_whatever_its_concurrency(engine, db_url, tmp_path, pools, concurrency):
+    """Issue 17.2: a cap of 40 rows/s with concurrency 8 on a pool of 2 ran at 11.6 rows/s, the cap
+    having been divided by the configured concurrency. The reservation is job-wide now: near the cap
+    with 8 slices wanted and 2 workers, as with 1 slice."""
+    make_items(engine, 400)
+    job = enqueue_items(db_url, tmp_path, LOG_HANDLER, "--max-rows-per-second", str(CAP), batch_size=5,
+                        concurrency=concurrency)
     pools("--concurrency", "2", "--poll", "0.1")
+    wait_for(lambda: job_row(engine, job).status == "done", timeout=120, what="done")
+    assert log_report(engine) == {"logged": 400, "distinct_keys": 400, "items": 400, "missing": 0}
+    rate, batches = _achieved_rate(engine, min(2, concurrency))
+    # a cap only slows a job down, so the upper bound holds on any machine; the lower bound holds while a
+    # batch of 5 rows takes less than its share of the cap (125 ms), i.e. anywhere but a stalled machine
+    assert 0.8 * CAP <= rate <= 1.1 * CAP, (rate, batches)
+
+
+def test_the_rate_cap_holds_while_workers_join_and_leave(engine, db_url, tmp_path, pools):
+    """One worker, then two more join, then one is killed: the job's rate stays at its cap throughout
+    (each join adds one batch of burst: a new slice's first batch runs before it is paced)."""
+    cap = CAP / 2  # a 20 s run: time for a pool to start and join on a loaded machine
+    make_items(engine, 400)
+    job = enqueue_items(db_url, tmp_path, LOG_HANDLER, "--max-rows-per-second", str(cap), batch_size=5,
+                        concurrency=8)
+    pools("--concurrency", "1", "--poll", "0.1", "--lease", "2")
+    wait_for(lambda: job_row(engine, job).processed_count >= 40, timeout=60, what="a tenth done")
+    joined = pools("--concurrency", "2", "--poll", "0.1", "--lease", "2")
+    wait_for(lambda: _in_flight(engine, job) == 3, what="three slices in flight")
+    wait_for(lambda: job_row(engine, job).processed_count >= 250, timeout=60, what="most of it done")
+    joined.wait_workers(2)[0].send_signal(signal.SIGKILL)
+    wait_for(lambda: job_row(engine, job).status == "done", timeout=120, what="done")
+    assert log_report(engine) == {"logged": 400, "distinct_keys": 400, "items": 400, "missing": 0}
+    rate, batches = _achieved_rate(engine, 3)  # the first slice's start and the two joins
+    assert 0.8 * cap <= rate <= 1.1 * cap, (rate, batches)
+
+
+def test_a_lowered_cap_applies_to_a_waiting_slice_and_a_pause_ends_its_wait(engine, db_url, tmp_path, pools):
+    """A slice waiting out a long reservation: a pause lets it go within a recheck, not after the wait;
+    a raised cap (set) shortens the reservation at once."""
+    make_items(engine, 100)
+    job = enqueue_items(db_url, tmp_path, LOG_HANDLER, "--max-rows-per-second", "0.01", batch_size=10)
+    pools("--concurrency", "1", "--poll", "0.1")
+    wait_for(lambda: job_row(engine, job).processed_count == 10, what="a first batch")
+    wait_for(lambda: _in_flight(engine, job) == 1, what="its slice held while it waits")
+    ahead = scalar(engine, "SELECT extract(epoch FROM paced_until - now()) FROM backfill_jobs WHERE job_id = :j", j=job)
+    assert 900 < ahead <= 1000  # 10 rows at 0.01 rows/s
+    with engine.begin() as conn:  # the runbook's pause
+        conn.execute(text("UPDATE backfill_jobs SET status = 'paused' WHERE job_id = :j"), {"j": job})
+    wait_for(lambda: _in_flight(engine, job) == 0, what="the waiting slice let go")
+    run_cli(db_url, "set", job[:8], "--max-rows-per-second", "1000")  # 1000 s of reservation at 10^5 times the pace
+    ahead = scalar(engine, "SELECT extract(epoch FROM paced_until - now()) FROM backfill_jobs WHERE job_id = :j", j=job)
+    assert ahead < 1
+    run_cli(db_url, "resume", job[:8])
     wait_for(lambda: job_row(engine, job).status == "done", what="done")
-    assert log_report(engine) == {"logged": 600, "distinct_keys": 600, "items": 600, "missing": 0}
-    with engine.connect() as conn:  # each batch commits at its own now(): the rows after the first batch over the span
-        span, first = conn.execute(text("SELECT extract(epoch FROM max(at) - min(at)),"
-                                        " (SELECT count(*) FROM processed_log WHERE at = (SELECT min(at) FROM"
-                                        " processed_log)) FROM processed_log")).one()
-    # a cap can only slow a job down, so this holds on any machine. The two slices share the 200 rows/s
-    # (100 each, waited after each batch); unthrottled, this job runs at thousands of rows a second
-    assert (600 - first) / float(span) <= 200 * 1.25
+    assert log_report(engine) == {"logged": 100, "distinct_keys": 100, "items": 100, "missing": 0}

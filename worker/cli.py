@@ -451,7 +451,8 @@ def errors_cmd(db: Database, job: str, limit: int, as_json: bool) -> None:
 @actor_option
 @database_option
 def set_cmd(db: Database, job: str, actor: str, **opts: object) -> None:
-    """Change a job's pace while it runs; applies at its next batch (or: UPDATE backfill_jobs SET ...)."""
+    """Change a job's pace: live, at its next batch (or: UPDATE backfill_jobs SET ...); before a worker has
+    planned it, in its payload, so the plan uses them. A finished job: exit 4."""
     changes = knobs.take(opts, knobs.LIVE_KNOBS, clearing=True)
     if not changes:
         raise click.UsageError("nothing to change: give at least one option")

@@ -1,10 +1,11 @@
 """Operator actions: pause, resume, cancel, retry — the same guarded updates as the runbook's SQL.
 
 A planned job moves in ``backfill_jobs``; a job no worker has planned yet moves in ``queue_jobs``
-alone. The database does the rest, for these commands and a runbook's UPDATE alike (migration
-0005): its triggers refuse moves the state machine lacks, write the audit row (the trigger is its
-single writer: ``actor`` is the name given here, ``db_user`` the login), keep a planned job's queue
-row in step, and on retry give unfinished slices their attempts back.
+(its unplanned ``backfill_jobs`` row, migration 0013, follows it). The database does the rest, for
+these commands and a runbook's UPDATE alike (migration 0005): its triggers refuse moves the state
+machine lacks, write the audit row (the trigger is its single writer: ``actor`` is the name given
+here, ``db_user`` the login), keep a planned job's queue row in step, and on retry give unfinished
+slices their attempts back.
 """
 
 from __future__ import annotations
@@ -87,20 +88,42 @@ def pause_all(conn: Connection, actor: str, reason: str | None) -> list[str]:
 
 
 def set_knobs(conn: Connection, ref: str, changes: dict[str, object], actor: str) -> str:
-    """Apply ``changes`` (knob name: number, or None to lift a clearable one) to a planned job. Each is
-    checked against its range here too (whoever the caller: the CLI, jobs/rollout.py); the database's CHECKs
-    have the last word (min_batch_size above max_batch_size, say)."""
+    """Apply ``changes`` (knob name: number, or None to lift a clearable one) to a job: a planned one's
+    columns, or the payload of one no worker has planned yet (so its plan uses them). Each is checked
+    against its range here too (whoever the caller: the CLI, jobs/rollout.py); the database's CHECKs have
+    the last word for a planned job (min_batch_size above max_batch_size, say), the payload check for a
+    queued one. A finished job (done, failed, cancelled) has no pace to set: IllegalTransition."""
     unknown = sorted(set(changes) - {k.name for k in knobs.LIVE_KNOBS})
     if unknown:
         raise InvalidInput(f"not a knob of a running job: {', '.join(map(quote, unknown))}")
     changes = {name: knobs.KNOBS[name].parse(value) for name, value in changes.items()}
     job_id = find_job(conn, ref)
-    try:
-        with conn.begin_nested():
-            moved = store.set_knobs(conn, job_id, changes)
-    except IntegrityError as err:
-        raise InvalidInput(f"refused by the database: {str(err.orig).splitlines()[0]}") from None
-    if not moved:
-        raise NotFound(f"job {job_id} has not been planned yet: set its payload, or wait for a worker")
-    store.audit(conn, actor, "set", job_id, {k: v for k, v in changes.items()})
-    return job_id
+    for _ in range(2):  # a job planned while we look is set as planned, the second time round
+        try:
+            with conn.begin_nested():
+                if store.set_knobs(conn, job_id, changes) or _set_queued(conn, job_id, changes):
+                    store.audit(conn, actor, "set", job_id, {k: v for k, v in changes.items()})
+                    return job_id
+        except IntegrityError as err:
+            raise InvalidInput(f"refused by the database: {str(err.orig).splitlines()[0]}") from None
+    (row,) = store.find_jobs(conn, job_id)
+    if row.job_status is None and row.queue_status in ("pending", "paused"):
+        raise InvalidInput(f"job {job_id}'s payload is not a JSON object: it has no knobs to set (a worker will"
+                           " fail it as invalid; cancel it and enqueue it again)")
+    raise IllegalTransition(f"cannot set job {job_id}: it is {row.job_status or row.queue_status}"
+                            " (set needs a job that is queued, pending, running or paused)")
+
+
+def _set_queued(conn: Connection, job_id: str, changes: dict[str, object]) -> bool:
+    """The payload path of :func:`set_knobs`: False when the job is not queued-and-unplanned. The new
+    payload's knobs are checked as the planner will check them (a knob its kind does not take, or
+    min_batch_size above max_batch_size, is refused here, not at planning)."""
+    found = store.set_payload_knobs(conn, job_id, changes)
+    if found is None:
+        return False
+    kind, payload = found
+    foreign = sorted(name for name in changes if not knobs.KNOBS[name].applies_to(kind))
+    if foreign:
+        raise InvalidInput(f"a {kind} job takes no {', '.join(map(quote, foreign))}")
+    knobs.check_payload(dict(payload), kind, default_batch=1)  # raises: the savepoint rolls the change back
+    return True

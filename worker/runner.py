@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 # Errors that are the payload's (or a job row's) fault: the same input fails the same way again, so the
 # job fails at once with the reason instead of being retried as if the failure were transient.
+PACE_RECHECK = 2.0  # seconds between looks at the job while a slice waits for its pace
+
 PAYLOAD_FAULTS = (InvalidInput, RecursionError, OverflowError, ValueError, TypeError, LookupError)
 
 
@@ -255,6 +257,10 @@ class Worker:
                 job = store.claim_queue_job(conn, self.config.queues, self.config.types, self.one_shot_names)
                 if job is None:
                     return False
+                if not store.lock_unplanned(conn, job.id):  # being paused (or resumed) this very moment
+                    log.info("job %s: its row is locked (an operator moving it?); planning it later", job.id,
+                             extra=job_ctx(job.id, kind=job.type))
+                    return False
                 if store.planned_already(conn, job.id):  # its queue row was set back to pending by hand
                     store.restore_planned_queue_job(conn, job.id)
                     log.warning("job %s was planned already; its queue row is set back to match", job.id,
@@ -363,7 +369,7 @@ class Worker:
         self.watch.disarm()
         batch.elapsed = time.monotonic() - batch.started
         self._report(batch, state, step, recorded)
-        return self._pace(batch, state, step)
+        return self._pace(batch, state, step, recorded)
 
     def _begin(self, conn: Connection, batch: InFlight, takeover: bool) -> store.BatchState | None:
         """Step 1: lock this worker's slice and re-read its job; None (letting go, with the reason
@@ -478,13 +484,31 @@ class Worker:
         if step.exhausted:
             log.info("job %s slice %d: finished", job_id, slice_no, extra=job_ctx(job_id, slice_no))
 
-    def _pace(self, batch: InFlight, state: store.BatchState, step: Step) -> Outcome:
-        """The slice's next move: done, or more after the job's pause between batches."""
+    def _pace(self, batch: InFlight, state: store.BatchState, step: Step, recorded: store.Recorded) -> Outcome:
+        """The slice's next move: done, or more after the job's pause between batches (its sleep, or
+        its rate cap's reservation). A long wait looks at the job every PACE_RECHECK seconds: paused or
+        cancelled meanwhile, the slice goes on at once to let go (begin_batch); a cap changed meanwhile
+        (migration 0013 rescales the reservation) shortens or lengthens the wait."""
         if step.exhausted:
             return Outcome.SLICE_DONE
-        wait = throttle.pause_after(state.knobs, step.processed, batch.elapsed)  # clamped knobs, at most a day
-        if wait > 0:
-            self.stop.wait(wait)
+        wait = throttle.pause_after(state.knobs, recorded.pace_wait)  # clamped knobs, at most a day
+        start = time.monotonic()
+        sleep_until = start + min(wait, throttle.sane(state.knobs).sleep_between_batches)
+        until = start + wait
+        while (left := until - time.monotonic()) > 0:
+            if self.stop.wait(min(left, PACE_RECHECK)) or until - time.monotonic() <= 0:
+                break
+            try:
+                with self.engine.connect() as conn:
+                    status, pace_wait = store.pace_check(conn, batch.job_id)
+            except Exception as err:  # noqa: BLE001 - an outage meanwhile: keep to the wait known
+                log.info("job %s: pace check failed (%s); waiting on", batch.job_id, first_line(err)[:200],
+                         extra=job_ctx(batch.job_id, batch.slice_no))
+                continue
+            if status not in ACTIVE:
+                break
+            now = time.monotonic()
+            until = min(start + throttle.MAX_PAUSE, max(sleep_until, now + pace_wait))
         return Outcome.MORE
 
     @staticmethod

@@ -170,6 +170,14 @@ def retry_queue_job(conn: Connection, job_id: str, error: str, backoff_base: flo
                                         "backoff_max": backoff_max, "add": 0 if counted else 1})
 
 
+def lock_unplanned(conn: Connection, job_id: str) -> bool:
+    """Lock a claimed job's unplanned backfill_jobs row (migration 0013) for planning. False when another
+    transaction holds it (an operator pausing it, whose UPDATE waits for the queue row next): leave the job
+    to them. True when locked, or when the job has none (a kind not in tidegate_range_kinds)."""
+    row = conn.execute(q("lock_unplanned"), {"job_id": job_id}).one()
+    return not row.present or row.status is not None
+
+
 def planned_already(conn: Connection, job_id: str) -> bool:
     return bool(conn.execute(q("job_planned_already"), {"job_id": job_id}).scalar())
 
@@ -231,6 +239,7 @@ class BatchRecord:
 class Recorded:
     job_done: bool  # the batch finished the job's last slice
     paused: str | None = None  # why the job paused itself meanwhile (its error budget spent), else None
+    pace_wait: float = 0.0  # seconds until the job's rate cap allows its next batch (migration 0013)
 
 
 def record_batch(conn: Connection, record: BatchRecord) -> Recorded:
@@ -263,7 +272,8 @@ def record_batch(conn: Connection, record: BatchRecord) -> Recorded:
     if r.exhausted and conn.execute(q("finish_job_if_done"), {"job_id": r.job_id}).first() is not None:
         conn.execute(q("finish_queue_job"), {"job_id": r.job_id, "status": "done"})
         return Recorded(job_done=True)
-    return Recorded(job_done=False, paused=job.status_reason if job.status == "paused" else None)
+    return Recorded(job_done=False, paused=job.status_reason if job.status == "paused" else None,
+                    pace_wait=float(job.pace_wait or 0.0))
 
 
 def _low_watermark(key_type: keys.KeyType, cursors: list[Any]) -> str:
@@ -397,6 +407,13 @@ def pause_self(conn: Connection, job_id: str, reason: str) -> bool:
 # -- batches in flight: the watchdog (worker/deadline.py) and the pool's deaths ------------------
 
 
+def pace_check(conn: Connection, job_id: str) -> tuple[str | None, float]:
+    """While a slice waits for its job's pace: the job's status and the seconds still to wait (its
+    reservation as it is now: a cap raised, lifted or lowered meanwhile shows here)."""
+    row = conn.execute(q("pace_check"), {"job_id": job_id}).first()
+    return (None, 0.0) if row is None else (row.status, float(row.pace_wait or 0.0))
+
+
 def batch_job_status(conn: Connection, job_id: str) -> str | None:
     return conn.execute(q("batch_job_status"), {"job_id": job_id}).scalar()
 
@@ -487,8 +504,15 @@ def set_all_jobs_status(conn: Connection, to_status: str, from_statuses: list[st
 
 def set_knobs(conn: Connection, job_id: str, changes: dict[str, object]) -> bool:
     """`tidegate set`: only the knobs in ``changes`` change (None lifts a limit). False when the job is not
-    planned yet."""
+    planned yet, or finished."""
     return conn.execute(q("set_knobs"), {"job_id": job_id, "changes": json.dumps(changes)}).first() is not None
+
+
+def set_payload_knobs(conn: Connection, job_id: str, changes: dict[str, object]) -> tuple[str, Any] | None:
+    """`tidegate set` on a queued job no worker has planned: the knob fields of its payload (None: the field
+    null, the knob's default). (its type, its new payload), or None when it is not such a job (any more)."""
+    row = conn.execute(q("set_payload_knobs"), {"job_id": job_id, "changes": json.dumps(changes)}).first()
+    return None if row is None else (row.type, parse_json(row.payload, "the job's payload"))
 
 
 def enqueue(conn: Connection, job_type: str, queue: str, payload: Any, priority: int, max_attempts: int,

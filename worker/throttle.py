@@ -113,11 +113,13 @@ def statement_timeout_ms(knobs: Knobs) -> int | None:
     return int(max(1.0, 4 * knobs.target_batch_seconds) * 1000) if knobs.target_batch_seconds else None
 
 
-def pause_after(knobs: Knobs, rows: int, seconds: float) -> float:
-    """Seconds to wait before this slice's next batch (at most MAX_PAUSE)."""
+def pause_after(knobs: Knobs, pace_wait: float) -> float:
+    """Seconds to wait before this slice's next batch (at most MAX_PAUSE): the job's sleep between
+    batches, or longer while the job's rate cap says so. ``pace_wait`` is what the batch's own
+    ``advance_job`` returned: the job-wide reservation of its cap (migration 0013), moved on by every
+    batch of every slice, so the cap holds for the job whatever number of slices or workers run it."""
     knobs = sane(knobs)
     wait = knobs.sleep_between_batches
-    if knobs.max_rows_per_second:
-        share = knobs.max_rows_per_second / max(1, knobs.concurrency)  # the cap is per job, across its slices
-        wait = max(wait, rows / share - seconds)
+    if knobs.max_rows_per_second and pace_wait == pace_wait:  # not NaN
+        wait = max(wait, pace_wait)
     return min(MAX_PAUSE, max(0.0, wait))

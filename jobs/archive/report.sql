@@ -24,7 +24,7 @@ CROSS JOIN LATERAL (SELECT count(*) FILTER (WHERE a.action IN ('archive', 'unarc
                            count(*) FILTER (WHERE a.action = 'skip') AS skipped,
                            coalesce(sum(a.events), 0) AS events
                     FROM archive_audit a WHERE a.job_id = j.job_id) a
-WHERE j.job_id = CAST(:job_id AS uuid);
+WHERE j.job_id = CAST(:job_id AS uuid) AND j.planned;
 
 -- name: recount
 -- description: How many streams the selection {query} holds now: the candidates a run left.

@@ -83,8 +83,9 @@ SET attempts = attempts + :add, last_error = :error, updated_at = now(),
 WHERE id = :job_id;
 
 -- name: insert_range_job
--- description: The checkpoint row of a planned job.
-INSERT INTO backfill_jobs (job_id, kind, owner, params, key_type, from_key, to_key, from_ts, to_ts,
+-- description: The checkpoint row of a planned job: new, or the row its queue row got at enqueue (migration
+-- description: 0013) filled in. Its status stays as it is: a pause, resume or cancel made before planning holds.
+INSERT INTO backfill_jobs AS b (job_id, kind, owner, params, key_type, from_key, to_key, from_ts, to_ts,
                            batch_size, concurrency, total_estimate, last_checkpoint,
                            max_rows_per_second, sleep_between_batches, target_batch_seconds, min_batch_size,
                            max_batch_size, row_limit, error_rate_threshold, enqueued_by)
@@ -92,7 +93,17 @@ VALUES (:job_id, :kind, :owner, CAST(:params AS jsonb), :key_type, :from_key, :t
         :from_ts, :to_ts, :batch_size, :concurrency, :total_estimate, :last_checkpoint,
         :max_rows_per_second, :sleep_between_batches, :target_batch_seconds, :min_batch_size,
         :max_batch_size, :row_limit, :error_rate_threshold,
-        (SELECT enqueued_by FROM queue_jobs WHERE id = :job_id));
+        (SELECT enqueued_by FROM queue_jobs WHERE id = :job_id))
+ON CONFLICT (job_id) DO UPDATE
+SET (kind, owner, params, key_type, from_key, to_key, from_ts, to_ts, batch_size, concurrency, total_estimate,
+     last_checkpoint, max_rows_per_second, sleep_between_batches, target_batch_seconds, min_batch_size,
+     max_batch_size, row_limit, error_rate_threshold, enqueued_by, planned, started_at, updated_at) =
+    (excluded.kind, excluded.owner, excluded.params, excluded.key_type, excluded.from_key, excluded.to_key,
+     excluded.from_ts, excluded.to_ts, excluded.batch_size, excluded.concurrency, excluded.total_estimate,
+     excluded.last_checkpoint, excluded.max_rows_per_second, excluded.sleep_between_batches,
+     excluded.target_batch_seconds, excluded.min_batch_size, excluded.max_batch_size, excluded.row_limit,
+     excluded.error_rate_threshold, excluded.enqueued_by, true, now(), now())
+WHERE NOT b.planned;
 
 -- name: insert_slice
 -- description: One slice of a planned job, with its own cursor.
@@ -106,7 +117,14 @@ WHERE id = :job_id AND status = 'pending';
 
 -- name: job_planned_already
 -- description: Does this queue job have its range job already (a planned job's queue row set back to pending)?
-SELECT EXISTS (SELECT 1 FROM backfill_jobs WHERE job_id = :job_id);
+SELECT EXISTS (SELECT 1 FROM backfill_jobs WHERE job_id = :job_id AND planned);
+
+-- name: lock_unplanned
+-- description: A claimed queue job's unplanned backfill_jobs row (migration 0013), locked for planning; locked
+-- description: by someone else (a pause in flight, which waits for the queue row next) it is left alone.
+SELECT EXISTS (SELECT 1 FROM backfill_jobs WHERE job_id = :job_id AND NOT planned) AS present,
+       (SELECT status FROM backfill_jobs WHERE job_id = :job_id AND NOT planned
+        FOR NO KEY UPDATE SKIP LOCKED) AS status;
 
 -- name: restore_planned_queue_job
 -- description: Put a planned job's queue row back to what its range job says it is.
@@ -201,7 +219,8 @@ SELECT status, checkpoint, end_key FROM backfill_slices WHERE job_id = :job_id;
 -- name: advance_job
 -- description: The job's totals and low watermark (takes the job row lock, which serialises finishers); pauses
 -- description: the job when its error rate over the last window, or its canary row limit, says so; adds the
--- description: batch to its minute of tidegate_job_rates (after the job row lock: it reads the UPDATE's RETURNING).
+-- description: batch to its minute of tidegate_job_rates (after the job row lock: it reads the UPDATE's RETURNING);
+-- description: moves the job's pace reservation on and returns the seconds to wait before the slice's next batch.
 WITH job AS (
 UPDATE backfill_jobs
 SET processed_count = processed_count + :processed,
@@ -232,9 +251,16 @@ SET processed_count = processed_count + :processed,
               AND window_errors + :errors > error_rate_threshold * (window_processed + :processed))
           OR (row_limit IS NOT NULL AND processed_count + :processed >= row_limit) THEN 'tidegate'
         ELSE status_by END,
+    -- the job's rate cap, whatever runs it (migration 0013): the batch's rows reserve their share of time
+    -- after the job's reservation so far, or after this batch's start if that lies behind it (no credit
+    -- for idle time); the slice waits until then (pace_wait) before its next batch
+    paced_until = CASE WHEN max_rows_per_second IS NULL THEN NULL
+                       ELSE LEAST(GREATEST(paced_until, now()) + make_interval(secs => :processed / max_rows_per_second),
+                                  clock_timestamp() + interval '1 day') END,  -- never a longer wait (throttle.MAX_PAUSE)
     updated_at = now()
 WHERE job_id = :job_id
-RETURNING job_id, status, status_reason
+RETURNING job_id, status, status_reason,
+          GREATEST(coalesce(extract(epoch FROM paced_until - clock_timestamp()), 0), 0) AS pace_wait
 ), rate AS (
 INSERT INTO tidegate_job_rates AS r (job_id, minute, rows, errors, batches, batch_seconds, max_batch_seconds)
 SELECT job.job_id, date_trunc('minute', now()), :processed, :errors, 1, s.seconds, s.seconds
@@ -244,7 +270,7 @@ SET rows = r.rows + excluded.rows, errors = r.errors + excluded.errors, batches 
     batch_seconds = r.batch_seconds + excluded.batch_seconds,
     max_batch_seconds = GREATEST(r.max_batch_seconds, excluded.max_batch_seconds)
 )
-SELECT status, status_reason FROM job;
+SELECT status, status_reason, pace_wait FROM job;
 
 -- name: finish_job_if_done
 -- description: Done when no slice is left; runs after advance_job so concurrent finishers see each other.
@@ -333,7 +359,7 @@ RETURNING job_id;
 -- the same transaction's next statement pauses its new backfill_jobs row.
 UPDATE queue_jobs q
 SET status = 'paused', updated_at = now()
-WHERE q.status = 'pending' AND NOT EXISTS (SELECT 1 FROM backfill_jobs j WHERE j.job_id = q.id)
+WHERE q.status = 'pending' AND NOT EXISTS (SELECT 1 FROM backfill_jobs j WHERE j.job_id = q.id AND j.planned)
 RETURNING q.id AS job_id;
 
 -- name: set_queue_status
@@ -356,7 +382,7 @@ VALUES (:actor, :action, :job_id, CAST(:details AS jsonb));
 -- name: find_job
 -- description: A job by full id or unique id prefix.
 SELECT q.id, q.type, q.status AS queue_status, j.status AS job_status
-FROM queue_jobs q LEFT JOIN backfill_jobs j ON j.job_id = q.id
+FROM queue_jobs q LEFT JOIN backfill_jobs j ON j.job_id = q.id AND j.planned
 WHERE CAST(q.id AS text) LIKE :prefix || '%'
 ORDER BY q.created_at DESC
 LIMIT 2;
@@ -373,7 +399,7 @@ SELECT q.id AS job_id, q.type, q.queue, q.status AS queue_status, q.priority, q.
        (SELECT count(*) FROM backfill_slices s WHERE s.job_id = q.id AND s.status = 'done') AS slices_done,
        (SELECT count(*) FROM backfill_slices s JOIN tidegate_live_workers w ON w.id = s.locked_by
          WHERE s.job_id = q.id AND s.status = 'pending') AS slices_in_flight
-FROM queue_jobs q LEFT JOIN backfill_jobs j ON j.job_id = q.id
+FROM queue_jobs q LEFT JOIN backfill_jobs j ON j.job_id = q.id AND j.planned  -- unplanned: the queue row says it
 WHERE (CAST(:job_id AS uuid) IS NULL OR q.id = CAST(:job_id AS uuid))
 ORDER BY q.created_at DESC
 LIMIT :limit;
@@ -417,7 +443,7 @@ SELECT j.job_id, j.kind, j.status,
        (SELECT count(*) FROM backfill_slices s JOIN tidegate_live_workers w ON w.id = s.locked_by
          WHERE s.job_id = j.job_id AND s.status = 'pending') AS in_flight
 FROM backfill_jobs j
-WHERE j.status IN ('pending', 'running', 'paused') OR j.finished_at > now() - interval '1 day';
+WHERE j.planned AND (j.status IN ('pending', 'running', 'paused') OR j.finished_at > now() - interval '1 day');
 
 -- name: metrics_workers
 -- description: Workers whose lease is alive.
@@ -492,8 +518,17 @@ SET (concurrency, batch_size, max_rows_per_second, sleep_between_batches, target
     (SELECT c.concurrency, c.batch_size, c.max_rows_per_second, c.sleep_between_batches, c.target_batch_seconds,
             c.min_batch_size, c.max_batch_size, c.row_limit, c.error_rate_threshold, now()
      FROM jsonb_populate_record(j, CAST(:changes AS jsonb)) c)
-WHERE job_id = :job_id
+WHERE job_id = :job_id AND planned AND status NOT IN ('done', 'failed', 'cancelled')
 RETURNING job_id;
+
+-- name: set_payload_knobs
+-- description: `tidegate set` on a job no worker has planned yet: its payload's knob fields (checked against
+-- description: worker/knobs.py), so the plan uses them. A row being planned is waited for, then skipped: the
+-- description: caller sets the planned job instead.
+UPDATE queue_jobs q SET payload = q.payload || CAST(:changes AS jsonb), updated_at = now()
+WHERE q.id = :job_id AND q.status IN ('pending', 'paused') AND jsonb_typeof(q.payload) = 'object'
+  AND NOT EXISTS (SELECT 1 FROM backfill_jobs j WHERE j.job_id = q.id AND j.planned)
+RETURNING q.type, CAST(q.payload AS text) AS payload;
 
 -- name: local_lock_timeout
 -- description: A lock timeout for this transaction only (the pool's bookkeeping after a worker died).
@@ -516,6 +551,12 @@ SELECT processed_count FROM backfill_jobs WHERE job_id = :job_id FOR NO KEY UPDA
 UPDATE backfill_jobs SET status = 'paused', status_reason = :reason, status_by = 'tidegate', updated_at = now()
 WHERE job_id = :job_id AND status IN ('pending', 'running')
 RETURNING job_id;
+
+-- name: pace_check
+-- description: A slice waiting for its job's pace between batches: the job's status and the seconds left
+-- description: until its reservation (paced_until, migration 0013) ends.
+SELECT status, GREATEST(coalesce(extract(epoch FROM paced_until - clock_timestamp()), 0), 0) AS pace_wait
+FROM backfill_jobs WHERE job_id = :job_id;
 
 -- name: batch_job_status
 -- description: The watchdog's look at the job of a batch in flight (a cancel stops it at once).
@@ -694,4 +735,4 @@ ORDER BY minute;
 
 -- name: console_knobs
 -- description: A planned job's row as JSON, from which the console takes the knob columns (worker/knobs.py).
-SELECT to_jsonb(j) AS job FROM backfill_jobs j WHERE job_id = :job_id;
+SELECT to_jsonb(j) AS job FROM backfill_jobs j WHERE job_id = :job_id AND planned;
