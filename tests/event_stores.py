@@ -48,11 +48,13 @@ SELECT gen_random_uuid(), s.id, v,
 FROM mt_streams s, generate_series(1, s.version) v ORDER BY s.created, v;
 """
 
-RILLFLOW = """
+RF_STREAMS = """
 CREATE TABLE rf_streams (
     stream_id uuid PRIMARY KEY, aggregate_type text NOT NULL, tenant_id text, created_at timestamptz NOT NULL,
     updated_at timestamptz NOT NULL, archived_at timestamptz, archived_by text, archive_reason text,
     retention_class text NOT NULL DEFAULT 'hot');
+"""
+RILLFLOW = RF_STREAMS + """
 CREATE TABLE events (
     global_seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, stream_id uuid NOT NULL, stream_seq int NOT NULL,
     event_type text NOT NULL, body jsonb NOT NULL, headers jsonb NOT NULL DEFAULT '{}'::jsonb,
@@ -66,22 +68,20 @@ CREATE TABLE events_archive (
     archived_by text, archive_reason text);
 CREATE INDEX ON events_archive (stream_id, stream_seq);
 """
-RILLFLOW_DATA = """
-INSERT INTO rf_streams (stream_id, aggregate_type, tenant_id, created_at, updated_at)
-SELECT gen_random_uuid(), (ARRAY['order', 'cart'])[1 + g % 2], 't' || (g % 3),
-       '2024-01-01'::timestamptz + make_interval(days => g), '2024-01-01'::timestamptz + make_interval(days => g)
-FROM generate_series(1, :n) g;
+RF_EVENTS = """
 INSERT INTO events (stream_id, stream_seq, event_type, body, tenant_id, created_at)
 SELECT s.stream_id, v, s.aggregate_type || '_' || v, jsonb_build_object('v', v), s.tenant_id,
        s.created_at + make_interval(mins => v)
 FROM rf_streams s, generate_series(1, 1 + abs(hashtext(s.stream_id::text)) % 3) v ORDER BY s.created_at, v;
 """
+RILLFLOW_DATA = """
+INSERT INTO rf_streams (stream_id, aggregate_type, tenant_id, created_at, updated_at)
+SELECT gen_random_uuid(), (ARRAY['order', 'cart'])[1 + g % 2], 't' || (g % 3),
+       '2024-01-01'::timestamptz + make_interval(days => g), '2024-01-01'::timestamptz + make_interval(days => g)
+FROM generate_series(1, :n) g;
+""" + RF_EVENTS
 
-RILLFLOW_PARTITIONED = """
-CREATE TABLE rf_streams (
-    stream_id uuid PRIMARY KEY, aggregate_type text NOT NULL, tenant_id text, created_at timestamptz NOT NULL,
-    updated_at timestamptz NOT NULL, archived_at timestamptz, archived_by text, archive_reason text,
-    retention_class text NOT NULL DEFAULT 'hot');
+RILLFLOW_PARTITIONED = RF_STREAMS + """
 CREATE TABLE events (
     global_seq bigint GENERATED ALWAYS AS IDENTITY, stream_id uuid NOT NULL, stream_seq int NOT NULL,
     event_type text NOT NULL, body jsonb NOT NULL, headers jsonb NOT NULL DEFAULT '{}'::jsonb,
@@ -104,11 +104,7 @@ INSERT INTO rf_streams (stream_id, aggregate_type, tenant_id, created_at, update
 SELECT md5('rf' || g)::uuid, (ARRAY['order', 'cart'])[1 + g % 2], 't' || (g % 3),
        '2024-01-01Z'::timestamptz + make_interval(hours => 4 * g), '2024-01-01Z'::timestamptz + make_interval(hours => 4 * g)
 FROM generate_series(1, :n) g;
-INSERT INTO events (stream_id, stream_seq, event_type, body, tenant_id, created_at)
-SELECT s.stream_id, v, s.aggregate_type || '_' || v, jsonb_build_object('v', v), s.tenant_id,
-       s.created_at + make_interval(mins => v)
-FROM rf_streams s, generate_series(1, 1 + abs(hashtext(s.stream_id::text)) % 3) v ORDER BY s.created_at, v;
-"""
+""" + RF_EVENTS
 
 TIDEGATE_DATA = """
 INSERT INTO es_streams (id, type, version, tenant_id, created_at, updated_at)

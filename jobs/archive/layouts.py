@@ -18,6 +18,9 @@ operator did not register. The CLI still reads a user's file for dry runs (``--l
     tenant = "tenant_id"         # optional: --tenant
     activity = "updated_at"      # optional: --before compares it
     archived_flag = "archived"   # flag strategy (or also with move)
+    # archived_value = "cold"    # with hot_value = "hot": the flag is a value, not a boolean (Rillflow's
+    #                            # retention_class); needs archived_at, which then tells archived streams
+
     archived_at = "archived_at"  # optional audit columns, set on archive, cleared on unarchive
     archived_by = "archived_by"
     archive_reason = "archive_reason"
@@ -29,6 +32,8 @@ operator did not register. The CLI still reads a user's file for dry runs (``--l
     version = "version"
     data = "data"                # jsonb: --where FIELD reads the create event's data->>FIELD
     archived_flag = "archived"   # flag strategy
+    # archived_value = "cold"    # with hot_value = "hot": a value flag; on a table LIST-partitioned by it,
+    #                            # archiving moves the rows (tidegate archive partition keeps the months)
     archive_table = "app.events_archive"   # move strategy: holds every column of events
     references = ["ParentId"]    # data keys holding other streams' ids (cross-reference check)
     [[read_models]]              # rows keyed by stream id, moved with their stream
