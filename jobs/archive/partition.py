@@ -49,10 +49,10 @@ def month_start(value: str) -> tuple[dt.date, dt.date]:
         raise InvalidInput(f"--month {quote(value)}: expected a date YYYY-MM-01, e.g. 2025-01-01")
     if day.day != 1:
         raise InvalidInput(f"--month {day.isoformat()} is not the first of a month: partitions are whole months"
-                           f" (did you mean {day.replace(day=1).isoformat()}?)")
+                           f" (did you mean {dt.date(day.year, day.month, 1).isoformat()}?)")
     if day.year >= 9999 and day.month == 12:
         raise InvalidInput(f"--month {day.isoformat()}: no month after it")
-    after = day.replace(year=day.year + 1, month=1) if day.month == 12 else day.replace(month=day.month + 1)
+    after = dt.date(day.year + 1, 1, 1) if day.month == 12 else dt.date(day.year, day.month + 1, 1)
     return day, after
 
 

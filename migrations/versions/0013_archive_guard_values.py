@@ -34,8 +34,9 @@ DECLARE
     archived boolean;
     cols text;
 BEGIN
-    SELECT a.* INTO g FROM archive_guards a
-    JOIN pg_partition_ancestors(TG_RELID) p ON p.relid = CAST(a.events_table AS regclass)
+    SELECT a.* INTO g FROM archive_guards a  -- a plain table has no ancestors, not even itself
+    WHERE CAST(a.events_table AS regclass) = TG_RELID
+       OR CAST(a.events_table AS regclass) IN (SELECT p.relid FROM pg_partition_ancestors(TG_RELID) p)
     LIMIT 1;
     IF NOT FOUND THEN
         RETURN NEW;
