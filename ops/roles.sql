@@ -63,6 +63,10 @@ GRANT USAGE ON SEQUENCE tidegate_audit_id_seq TO tg_operator;
 -- register event-store layouts (`tidegate archive layout add FILE [--replace]`): which tables an
 -- archive job may move is the operator's choice, not the enqueuer's
 GRANT SELECT, INSERT, UPDATE ON archive_layouts TO tg_operator;
+-- `tidegate archive partition` (create a month's partition of the user's events table, detach or drop
+-- an empty one) is DDL on the user's table: PostgreSQL lets only the table's owner do it, so it runs as
+-- the event store's owner (who is also given INSERT ON tidegate_audit and USAGE ON SEQUENCE
+-- tidegate_audit_id_seq, for the audit row), never as tg_operator or a worker.
 
 -- approve and revoke statements any enqueuer may then name (tidegate sql approve FILE / revoke NAME)
 GRANT SELECT, INSERT, UPDATE, DELETE ON tidegate_sql_approved TO tg_operator;

@@ -6,6 +6,10 @@
   (stream_id, version, is_archived) index; mt_streams with is_archived and tenant_id.
 * Rillflow-style dual table: rf_streams with archived_at/archived_by/archive_reason and
   retention_class; events -> events_archive, which carries extra audit columns with defaults.
+* Rillflow's partitioned backend (seed 004, its 0005 migration): events LIST-partitioned on
+  retention_class into events_hot / events_cold, each RANGE-partitioned by month on created_at
+  (events_hot_2024_01 ... with events_hot_default / events_cold_default); its data is deterministic
+  (stream ids from md5), so two builds hold the same rows and a run can be compared to a clean run.
 """
 
 from __future__ import annotations
@@ -46,11 +50,13 @@ SELECT gen_random_uuid(), s.id, v,
 FROM mt_streams s, generate_series(1, s.version) v ORDER BY s.created, v;
 """
 
-RILLFLOW = """
+RF_STREAMS = """
 CREATE TABLE rf_streams (
     stream_id uuid PRIMARY KEY, aggregate_type text NOT NULL, tenant_id text, created_at timestamptz NOT NULL,
     updated_at timestamptz NOT NULL, archived_at timestamptz, archived_by text, archive_reason text,
     retention_class text NOT NULL DEFAULT 'hot');
+"""
+RILLFLOW = RF_STREAMS + """
 CREATE TABLE events (
     global_seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, stream_id uuid NOT NULL, stream_seq int NOT NULL,
     event_type text NOT NULL, body jsonb NOT NULL, headers jsonb NOT NULL DEFAULT '{}'::jsonb,
@@ -64,16 +70,43 @@ CREATE TABLE events_archive (
     archived_by text, archive_reason text);
 CREATE INDEX ON events_archive (stream_id, stream_seq);
 """
-RILLFLOW_DATA = """
-INSERT INTO rf_streams (stream_id, aggregate_type, tenant_id, created_at, updated_at)
-SELECT gen_random_uuid(), (ARRAY['order', 'cart'])[1 + g % 2], 't' || (g % 3),
-       '2024-01-01'::timestamptz + make_interval(days => g), '2024-01-01'::timestamptz + make_interval(days => g)
-FROM generate_series(1, :n) g;
+RF_EVENTS = """
 INSERT INTO events (stream_id, stream_seq, event_type, body, tenant_id, created_at)
 SELECT s.stream_id, v, s.aggregate_type || '_' || v, jsonb_build_object('v', v), s.tenant_id,
        s.created_at + make_interval(mins => v)
 FROM rf_streams s, generate_series(1, 1 + abs(hashtext(s.stream_id::text)) % 3) v ORDER BY s.created_at, v;
 """
+RILLFLOW_DATA = """
+INSERT INTO rf_streams (stream_id, aggregate_type, tenant_id, created_at, updated_at)
+SELECT gen_random_uuid(), (ARRAY['order', 'cart'])[1 + g % 2], 't' || (g % 3),
+       '2024-01-01'::timestamptz + make_interval(days => g), '2024-01-01'::timestamptz + make_interval(days => g)
+FROM generate_series(1, :n) g;
+""" + RF_EVENTS
+
+RILLFLOW_PARTITIONED = RF_STREAMS + """
+CREATE TABLE events (
+    global_seq bigint GENERATED ALWAYS AS IDENTITY, stream_id uuid NOT NULL, stream_seq int NOT NULL,
+    event_type text NOT NULL, body jsonb NOT NULL, headers jsonb NOT NULL DEFAULT '{}'::jsonb,
+    causation_id uuid, correlation_id uuid, event_version int NOT NULL DEFAULT 1, tenant_id text,
+    created_at timestamptz NOT NULL DEFAULT now(), retention_class text NOT NULL DEFAULT 'hot',
+    PRIMARY KEY (global_seq, retention_class, created_at)
+) PARTITION BY LIST (retention_class);
+CREATE INDEX events_stream_idx ON events (stream_id, stream_seq);
+CREATE TABLE events_hot PARTITION OF events FOR VALUES IN ('hot') PARTITION BY RANGE (created_at);
+CREATE TABLE events_cold PARTITION OF events FOR VALUES IN ('cold') PARTITION BY RANGE (created_at);
+CREATE TABLE events_hot_default PARTITION OF events_hot DEFAULT;
+CREATE TABLE events_cold_default PARTITION OF events_cold DEFAULT;
+CREATE TABLE events_hot_2024_01 PARTITION OF events_hot FOR VALUES FROM ('2024-01-01Z') TO ('2024-02-01Z');
+CREATE TABLE events_hot_2024_02 PARTITION OF events_hot FOR VALUES FROM ('2024-02-01Z') TO ('2024-03-01Z');
+CREATE TABLE events_cold_2024_01 PARTITION OF events_cold FOR VALUES FROM ('2024-01-01Z') TO ('2024-02-01Z');
+CREATE TABLE events_cold_2024_02 PARTITION OF events_cold FOR VALUES FROM ('2024-02-01Z') TO ('2024-03-01Z');
+"""
+RILLFLOW_PARTITIONED_DATA = """
+INSERT INTO rf_streams (stream_id, aggregate_type, tenant_id, created_at, updated_at)
+SELECT md5('rf' || g)::uuid, (ARRAY['order', 'cart'])[1 + g % 2], 't' || (g % 3),
+       '2024-01-01Z'::timestamptz + make_interval(hours => 4 * g), '2024-01-01Z'::timestamptz + make_interval(hours => 4 * g)
+FROM generate_series(1, :n) g;
+""" + RF_EVENTS
 
 TIDEGATE_DATA = """
 INSERT INTO es_streams (id, type, version, tenant_id, created_at, updated_at)
@@ -102,11 +135,14 @@ def build(engine: Engine, url: str, layout: str, streams: int) -> None:
             pass
         elif layout == "marten":
             conn.execute(text(MARTEN))
+        elif layout == "rillflow_partitioned":
+            conn.execute(text(RILLFLOW_PARTITIONED))
         else:
             conn.execute(text(RILLFLOW))
     if layout == "tidegate":
         demo_schema(url)
-    data = {"tidegate": TIDEGATE_DATA, "marten": MARTEN_DATA, "rillflow": RILLFLOW_DATA}[layout]
+    data = {"tidegate": TIDEGATE_DATA, "marten": MARTEN_DATA, "rillflow": RILLFLOW_DATA,
+            "rillflow_partitioned": RILLFLOW_PARTITIONED_DATA}[layout]
     with engine.begin() as conn:
         for statement in data.strip().split(";\n"):
             if statement.strip():
@@ -118,16 +154,20 @@ TABLES = {
     "tidegate": ["es_streams", "es_events", "es_events_archive", "es_stream_summaries", "es_stream_summaries_archive"],
     "marten": ["mt_streams", "mt_events_default", "mt_events_archived"],
     "rillflow": ["rf_streams", "events", "events_archive"],
+    "rillflow_partitioned": ["rf_streams", "events_hot_2024_01", "events_hot_2024_02", "events_hot_default",
+                             "events_cold_2024_01", "events_cold_2024_02", "events_cold_default"],
 }
 
 
-def fingerprint(engine: Engine, layout: str) -> dict[str, tuple[int, str]]:
-    """Row count and checksum of every table of the store (whole rows, order-independent)."""
+def fingerprint(engine: Engine, layout: str, *, without: tuple[str, ...] = ()) -> dict[str, tuple[int, str]]:
+    """Row count and checksum of every table of the store (whole rows, order-independent); ``without``:
+    columns left out (archived_at, which is the clock's, when two runs are compared)."""
     found = {}
+    drop = "".join(f" - '{c}'" for c in without)
     with engine.connect() as conn:
         for table in TABLES[layout]:
-            row = conn.execute(text(f"SELECT count(*), md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), ''))"
-                                    f" FROM {table} t")).one()
+            row = conn.execute(text(f"SELECT count(*), md5(coalesce(string_agg((to_jsonb(t){drop})::text, ','"
+                                    f" ORDER BY (to_jsonb(t){drop})::text), '')) FROM {table} t")).one()
             found[table] = (int(row[0]), row[1])
     return found
 

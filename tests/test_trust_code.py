@@ -329,7 +329,7 @@ def test_only_operators_register_layouts_and_enqueuers_then_name_them(engine, db
     assert "does not exist" in one_line_refusal(tidegate(roles["operator"], tmp_path, "archive", "layout", "add",
                                                          str(missing_table)))
     listed = json.loads(tidegate(roles["enqueue"], tmp_path, "archive", "layout", "list", "--json").stdout)
-    assert [r["name"] for r in listed] == ["tidegate", "marten", "rillflow", "ours"]
+    assert [r["name"] for r in listed] == ["tidegate", "marten", "rillflow", "rillflow_partitioned", "ours"]
     assert listed[-1]["added_by"] == f"{p}operator" and len(listed[-1]["sha256"]) == 64
 
     # an enqueuer names it (or gives the same file), a worker runs it: no file is read by the worker

@@ -9,6 +9,7 @@ worker/store.py, this module is the query boundary (worker/sql/__init__.py).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
@@ -18,6 +19,7 @@ from tidegate.worker.errors import quote as quoted  # quote() here quotes SQL id
 from tidegate.worker.sql import Ident, q
 
 MAX_NAME = 63
+SUFFIX = re.compile(r"[a-z0-9_]{1,16}")  # what new_partition() appends: the code's own (2025_01), never input
 
 
 def quote(name: str) -> str:
@@ -100,3 +102,16 @@ def column_list(cols: list[Column]) -> Ident:
 def type_of(col: Column) -> Ident:
     """The column's type as the catalog spells it (``format_type``), for a CAST."""
     return Ident(sql=col.type, name=col.type)
+
+
+def new_partition(conn: Connection, parent: Ident, suffix: str) -> Ident:
+    """The name of a partition to create under ``parent`` (an existing table): its catalog name, ``_`` and
+    ``suffix`` (``events_hot`` + ``2025_01``), in its schema. ``suffix`` is lower-case letters, digits and
+    ``_`` (the caller builds it from a checked date); the name may or may not exist yet."""
+    if not isinstance(suffix, str) or not SUFFIX.fullmatch(suffix):
+        raise InvalidIdentifier(f"partition suffix {quoted(suffix)} must be lower-case letters, digits or _")
+    schema, rel = conn.execute(q("catalog_relation_name"), {"rel": parent.sql}).one()
+    name = f"{rel}_{suffix}"
+    if len(name.encode()) > MAX_NAME:
+        raise InvalidIdentifier(f"partition name {quoted(name)} is longer than {MAX_NAME} bytes")
+    return Ident(sql=f"{quote(schema)}.{quote(name)}", name=name)

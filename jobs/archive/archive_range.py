@@ -7,6 +7,7 @@ Payload (``queue_jobs.payload``; ``tidegate enqueue archive-range`` writes the s
      "where": [{"field": "DataSource", "op": "!=", "value": "LuckBox"}],
      "from_audit": "<job id>",            # unarchive only: the streams that job archived
      "limit": 1000, "batch_size": 1000, "concurrency": 2, "force": false,
+     "phase": "mark" | "move",            # archive only: two-phase archiving (below)
      "reason": "duplicate aggregates", "owner": "data-platform"}
 
 Planning (once, by the worker that claims the queue row) snapshots the selection into
@@ -30,6 +31,13 @@ One batch = one transaction (the runtime commits it with the checkpoint):
 4. write the batch's audit: one ``archive_audit_batches`` row whose arrays hold, per stream, the
    action (archive/unarchive, or skip with the reason: cross-referenced, or no longer in the
    expected state) and the events moved; the ``archive_audit`` view reads it one row per stream.
+
+Two-phase archiving, as Rillflow does it (``archive-range --mark-only``, then ``--move-marked``):
+``phase: "mark"`` does step 2 only: the streams are marked archived (the guard then redirects or
+refuses their appends) and their events stay where they are; ``phase: "move"`` selects marked
+streams whose events are still hot, locks them without touching their marks (archived_at stays the
+mark's time) and does step 3. Both audit their streams as ``archive``; unarchive undoes either or
+both (it clears the marks and brings back whatever sits in the archive).
 
 A crash anywhere rolls the whole batch back with its checkpoint: no stream is ever torn,
 and nothing is repeated. Unarchive inserts the same rows back (``OVERRIDING SYSTEM
@@ -72,7 +80,9 @@ SQL = load(__package__, "archive_range.sql")  # the statements on the event stor
 AUDIT = Fragment(SQL["audit"])  # ends each events statement: the batch's audit row
 DETAILS = text(SQL["details"])
 SET_MARK = "{column} = {value}"  # a mark column of the stream row, and its value from Direction.marks
+PHASES = ("mark", "move")  # two-phase archiving: mark the streams only, or move the events of marked ones
 XREF_WHY = "cross-referenced by a live stream (use --force)"
+MOVE_GONE_WHY = "no longer archived (reactivated) or gone"  # --move-marked: a candidate unmarked meanwhile
 
 
 @dataclass(frozen=True)
@@ -108,7 +118,7 @@ class ArchivePayload(Payload):
     ``layout_spec``, ``snapshot`` and ``action`` are the planner's: a job's stored params parse again."""
 
     FIELDS = frozenset({"layout", "type", "tenant", "before", "streams", "where", "from_audit", "limit", "force",
-                        "reason", "owner", "snapshot", "layout_spec", "action",
+                        "reason", "owner", "snapshot", "layout_spec", "action", "phase",
                         *Payload.knob_fields("archive_range")})
 
     layout: str
@@ -121,6 +131,7 @@ class ArchivePayload(Payload):
     limit: int | None = None
     force: bool = False
     reason: str | None = None
+    phase: str | None = None  # archive only: "mark" or "move" (two-phase archiving); None does both
 
     @classmethod
     def parse(cls, raw: Any, direction: Direction = ARCHIVING, *, planned: bool = False) -> Self:
@@ -152,10 +163,16 @@ class ArchivePayload(Payload):
             p["limit"] = checks.bounded(p["limit"], "limit", 1, 10**12)
         if not isinstance(p.get("force", False), bool):
             raise InvalidInput("force must be true or false")
+        if p.get("phase") is not None:
+            if direction.unarchive:
+                raise InvalidInput("phase is for archive-range: unarchive-range undoes either phase")
+            if p["phase"] not in PHASES:
+                raise InvalidInput(f"phase must be 'mark' (--mark-only) or 'move' (--move-marked),"
+                                   f" got {quote(p['phase'])}")
         return cls(layout=p["layout"], type=p.get("type"), tenant=p.get("tenant"), before=p.get("before"),
                    streams=tuple(streams) if streams is not None else None, where=p.get("where"),
                    from_audit=p.get("from_audit"), limit=p.get("limit"), force=p.get("force", False),
-                   reason=p.get("reason"), **common)
+                   reason=p.get("reason"), phase=p.get("phase"), **common)
 
     def params(self) -> dict[str, Any]:
         p = super().params()
@@ -204,9 +221,10 @@ class ArchiveRange(RangeKind):
         p = self.selection(conn, payload, spec=spec)
         layout = layouts.resolve(conn, p["layout_spec"])
         p["snapshot"] = str(uuid.uuid4())
-        query = selection.candidates(conn, layout, p, unarchive=self.direction.unarchive, count_events=count_events)
+        query = selection.candidates(conn, layout, p, unarchive=self.direction.unarchive, count_events=count_events,
+                                     marked=p.get("phase") == "move")
         n = selection.snapshot(conn, query, p["snapshot"])
-        if not self.direction.unarchive:  # an archived stream may not be referenced by a live one
+        if not self.direction.unarchive and p.get("phase") != "move":  # no live stream may reference an archived one
             selection.mark_cross_references(conn, layout, p["snapshot"])
         parts = max(1, min(p["concurrency"], n))
         cuts = [1 + (n * i) // parts for i in range(parts + 1)]
@@ -231,9 +249,10 @@ class ArchiveRange(RangeKind):
         candidates = {"snapshot": p["snapshot"], "lo": batch.lo, "hi": batch.hi, "force": bool(p.get("force"))}
         locked = self._lock_and_mark(conn, layout, candidates, p)
         action = self.direction.action
+        gone_why = MOVE_GONE_WHY if p.get("phase") == "move" else self.direction.gone_why
         audit = {**candidates, "job_id": ctx.job_id, "layout": layout.name, "actor": p["owner"], "action": action,
-                 "reason": p.get("reason"), "xref_why": XREF_WHY, "ids": locked, "gone_why": self.direction.gone_why}
-        streams, events = self.move(conn, layout, locked, audit)
+                 "reason": p.get("reason"), "xref_why": XREF_WHY, "ids": locked, "gone_why": gone_why}
+        streams, events = self.move(conn, layout, locked, audit, mark_only=p.get("phase") == "mark")
         # counted before the commit: a batch that then rolls back is counted again when it is
         # redone, so these counters may run slightly ahead; archive_audit is exact.
         metrics.ARCHIVE_STREAMS.labels(action).inc(len(locked))
@@ -254,17 +273,23 @@ class ArchiveRange(RangeKind):
 
         return report.summary(engine, job_id)
 
-    def move(self, conn: Connection, layout: Layout, locked: list[str], audit: dict[str, Any]) -> tuple[int, int]:
+    def move(self, conn: Connection, layout: Layout, locked: list[str], audit: dict[str, Any], *,
+             mark_only: bool = False) -> tuple[int, int]:
         """Move the locked streams' read models and events and write the batch's audit row (in the
         events statement); returns (candidates in the batch, events moved). Read models move before
-        the events when archiving and after them when unarchiving."""
+        the events when archiving and after them when unarchiving. ``mark_only``: the audit row alone
+        (the first phase of two-phase archiving leaves events and read models where they are)."""
         ev = {"estream": layout.event_stream.ident, "etype": identifiers.type_of(layout.event_stream)}
-        if not locked:
+        if not locked or mark_only:
             sql = render(SQL["nothing_moved"], audit=AUDIT)
+            locked = []  # nothing to move; the audit still names the streams marked (:ids)
         elif layout.flag:
             flag = layout.event_cols["archived_flag"]
-            sql = render(SQL["flag_events"], audit=AUDIT, events=layout.events, eflag=flag.ident, **ev)
-            audit = {**audit, "archived": not self.direction.unarchive}
+            sql = render(SQL["flag_events"], audit=AUDIT, events=layout.events, eflag=flag.ident,
+                         eftype=identifiers.type_of(flag), **ev)
+            archived, hot = layout.event_flag_values
+            audit = {**audit, **({"flag_from": archived, "flag_to": hot} if self.direction.unarchive
+                                 else {"flag_from": hot, "flag_to": archived})}
         else:
             assert layout.archive is not None
             src, dst = self.direction.src_dst(layout.events, layout.archive)
@@ -291,13 +316,19 @@ class ArchiveRange(RangeKind):
         lock was granted (one statement would keep the snapshot taken before it waited)."""
         idents: dict[str, Any] = {"key": layout.key.ident, "streams": layout.streams,
                                   "ktype": identifiers.type_of(layout.key)}
-        state = selection.state_sql(layout, idents, archived=self.direction.unarchive)
-        sets = []
+        moving_marked = p.get("phase") == "move"  # locked as archived, marks kept
+        state = selection.state_sql(layout, idents, archived=self.direction.unarchive or moving_marked)
         params: dict[str, Any] = dict(batch)
+        if moving_marked:
+            return list(conn.execute(render(SQL["lock_only"], state=state, **idents), params).scalars().all())
+        sets = []
         for name, value in self.direction.marks.items():
             col = layout.col(name)
             if col is not None:
                 idents["m_" + name] = col.ident
+                if name == "archived_flag" and layout.stream_flag_is_value:  # retention_class = 'cold' / 'hot'
+                    value = ":flag_mark"
+                    params["flag_mark"] = layout.stream_flag_values[1 if self.direction.unarchive else 0]
                 sets.append(compose(SET_MARK, column=Fragment(f"{{m_{name}}}"), value=Fragment(value)))
                 if value == ":by":
                     params["by"] = p["owner"]
@@ -308,4 +339,4 @@ class ArchiveRange(RangeKind):
 
 
 ARCHIVE = ArchiveRange("archive_range", ARCHIVING, aliases=("archive",))
-UNARCHIVE = ArchiveRange("unarchive_range", UNARCHIVING, aliases=("unarchive",))
+UNARCHIVE = ArchiveRange("unarchive_range", UNARCHIVING, aliases=("unarchive", "reactivate"))

@@ -17,10 +17,18 @@ ins AS (INSERT INTO {dst} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM mo
 counts AS (SELECT g.s::text AS stream_id, g.n FROM (SELECT {estream} AS s, count(*) AS n FROM moved GROUP BY 1) g)
 {audit};
 
+-- name: lock_only
+-- description: --move-marked: lock the batch's candidates still archived, in key order, leaving their marks as they are; their ids.
+SELECT s.{key}::text FROM {streams} s
+WHERE s.{key} = ANY(ARRAY(SELECT CAST(c.stream_id AS {ktype}) FROM archive_candidates c
+    WHERE c.snapshot = CAST(:snapshot AS uuid) AND c.seq > :lo AND c.seq <= :hi AND (:force OR NOT c.xref)))
+  AND {state} ORDER BY s.{key} FOR UPDATE;
+
 -- name: flag_events
--- description: Set (or clear) the locked streams' events' archived flag, for a layout that flags events in place (the audit follows).
-WITH flagged AS (UPDATE {events} e SET {eflag} = :archived
-  WHERE e.{estream} = ANY(CAST(:ids AS {etype}[])) AND e.{eflag} <> :archived RETURNING e.{estream}),
+-- description: Set the locked streams' events' flag from :flag_from to :flag_to (true/false, or a value such as 'hot'/'cold': on a table partitioned by the flag the rows move partition), for a layout that flags events in place (the audit follows).
+WITH flagged AS (UPDATE {events} e SET {eflag} = CAST(:flag_to AS {eftype})
+  WHERE e.{estream} = ANY(CAST(:ids AS {etype}[])) AND e.{eflag} = CAST(:flag_from AS {eftype})
+  RETURNING e.{estream}),
 counts AS (SELECT g.s::text AS stream_id, g.n FROM (SELECT {estream} AS s, count(*) AS n FROM flagged GROUP BY 1) g)
 {audit};
 

@@ -1,4 +1,5 @@
-"""Commands: `enqueue archive-range`, `enqueue unarchive-range`, `discover`, `archive status|report`.
+"""Commands: `enqueue archive-range` (also two-phase: --mark-only, --move-marked), `enqueue unarchive-range`
+(alias `enqueue reactivate`), `discover`, `archive status|report|guard|partition|layout`.
 
 Enqueueing is a dry run unless ``--apply``: it plans the job in a rolled-back
 transaction and prints the discovery report of what would move. ``--apply`` asks
@@ -16,7 +17,7 @@ from typing import Any
 
 import click
 
-from tidegate.jobs.archive import guard, layouts, report
+from tidegate.jobs.archive import guard, layouts, partition, report
 from tidegate.jobs.archive.archive_range import DEFAULT_BATCH
 from tidegate.jobs.cli import queue_options, submit
 from tidegate.worker import knobs
@@ -114,18 +115,32 @@ ARCHIVE_KNOBS = [k for k in knobs.for_kind("archive_range") if k.name != "row_li
 @click.command("archive-range")
 @selection_options
 @knobs.options(ARCHIVE_KNOBS, batch_size=DEFAULT_BATCH)
-@click.option("--reason", required=True, help="Why (stored on the streams and in the audit).")
+@click.option("--reason", help="Why (stored on the streams and in the audit). Required, but with --move-marked.")
 @click.option("--force", is_flag=True, help="Archive cross-referenced candidates too.")
+@click.option("--mark-only", is_flag=True,
+              help="Phase 1 of two: mark the streams archived (the guard then redirects or refuses their appends);"
+                   " their events stay where they are.")
+@click.option("--move-marked", is_flag=True,
+              help="Phase 2 of two: move the events of streams already marked archived (with --before: those"
+                   " whose last activity is before it); their marks stay as they are.")
 @click.option("--apply", is_flag=True, help="Enqueue for real (default: dry run).")
 @click.option("--yes", is_flag=True, help="Skip the typed ARCHIVE confirmation (CI).")
 @queue_options
 def enqueue_archive(db: Database, layout: str, type_: str | None, where: tuple[str, ...], before: str | None,
-                    tenant: str | None, streams: tuple[str, ...], limit: int | None, reason: str, force: bool,
-                    apply: bool, yes: bool, **opts: Any) -> None:
+                    tenant: str | None, streams: tuple[str, ...], limit: int | None, reason: str | None, force: bool,
+                    mark_only: bool, move_marked: bool, apply: bool, yes: bool, **opts: Any) -> None:
     """Archive whole event streams (dry run unless --apply); prints the job id."""
+    if mark_only and move_marked:
+        raise InvalidInput("--mark-only and --move-marked are the two phases: one at a time (neither does both)")
+    if reason is None and not move_marked:
+        raise InvalidInput("--reason is required: why these streams are archived (stored on them and in the audit)")
     given = knobs.take(opts, ARCHIVE_KNOBS)
     chosen = _payload(db, layout, type_, where, before, tenant, streams, limit)
-    chosen.payload.update(given, reason=reason, force=force, owner=opts.pop("owner"))
+    chosen.payload.update(given, force=force, owner=opts.pop("owner"))
+    if reason is not None:
+        chosen.payload["reason"] = reason
+    if mark_only or move_marked:
+        chosen.payload["phase"] = "mark" if mark_only else "move"
     _enqueue(db, False, chosen, apply, yes, opts.pop("as_json"), opts)
 
 
@@ -153,8 +168,13 @@ def enqueue_unarchive(db: Database, layout: str, type_: str | None, where: tuple
     _enqueue(db, True, chosen, apply, yes, opts.pop("as_json"), opts)
 
 
+# `enqueue reactivate`: Rillflow's word for unarchive (hot writes resume), the same command
+enqueue_reactivate = click.Command("reactivate", callback=enqueue_unarchive.callback, params=enqueue_unarchive.params,
+                                   help="Reactivate archived streams: unarchive-range under Rillflow's name (clears"
+                                        " the marks, brings back what was moved; dry run unless --apply).")
 enqueue_archive.tidegate_enqueue = True  # type: ignore[attr-defined]
 enqueue_unarchive.tidegate_enqueue = True  # type: ignore[attr-defined]
+enqueue_reactivate.tidegate_enqueue = True  # type: ignore[attr-defined]
 
 
 @click.command("discover")
@@ -201,6 +221,10 @@ def archive_status(db: Database, layout: str, as_json: bool) -> None:
                    f"{r['archived_streams']:>11,}{r['archived_events']:>14,}")
     for name, t in st["tables"].items():
         click.echo(f"table {name}: {t['bytes'] / 1048576:.1f} MiB, ~{t['rows_estimate']:,} rows")
+    for p in st["partitions"]:
+        click.echo(f"{'  ' * p['level']}partition {p['partition']} ({p['bound']}): {p['bytes'] / 1048576:.1f} MiB,"
+                   f" ~{p['rows_estimate']:,} rows")
+    click.echo(f"archive guard on {st['layout']}'s events table: {st['guard']}")
 
 
 @archive.command("report")
@@ -228,6 +252,21 @@ def archive_guard(db: Database, layout: str, mode: str, actor: str) -> None:
     """Install (or remove) the trigger that guards archived streams against appends."""
     done = guard.set_guard(db.engine, layout, mode, actor)
     click.echo(f"archive guard on {done['events_table']}: {mode}")
+
+
+@archive.command("partition")
+@click.option("--layout", default="rillflow_partitioned", show_default=True,
+              help=LAYOUT_HELP + " Its events flag must be a value its events table is LIST-partitioned on.")
+@click.option("--retention", required=True, help="The retention class: one of the layout's two values (hot, cold).")
+@click.option("--month", required=True, help="The first day of the month, e.g. 2025-01-01.")
+@click.option("--detach", "action", flag_value="detach", help="Detach the month's partition, once proven empty.")
+@click.option("--drop", "action", flag_value="drop", help="Detach and drop the month's partition, once proven empty.")
+@actor_option
+@database_option
+def archive_partition(db: Database, layout: str, retention: str, month: str, action: str | None, actor: str) -> None:
+    """Create a month's partition ahead (idempotent), or detach/drop an exhausted one (refused unless empty)."""
+    done = partition.maintain(db.engine, layout, retention, month, action or "create", actor)
+    click.echo(f"partition {done['partition']} of {done['parent']}: {done['done']}")
 
 
 @click.command("watch-deletions")
@@ -301,4 +340,4 @@ def layout_list(db: Database, as_json: bool) -> None:
         click.echo(f"{r['name']:<24}{r['strategy'] or '?':<6}{(r['sha256'] or '')[:12]:<14}{origin}")
 
 
-COMMANDS = [enqueue_archive, enqueue_unarchive, discover, archive, watch_deletions]
+COMMANDS = [enqueue_archive, enqueue_unarchive, enqueue_reactivate, discover, archive, watch_deletions]

@@ -3,7 +3,9 @@
 Marten refuses an append to an archived stream; Rillflow's redirect trigger sends it
 to the archive table. Without either, an event appended to an archived stream would sit
 in the hot table, silently. The guard is one generic trigger function,
-``tidegate_archive_guard()`` (migration 0003), attached to the layout's events table;
+``tidegate_archive_guard()`` (migration 0003, 0013 for value flags and partition trees of any depth),
+attached to the layout's events table (a partitioned table's partitions, including those `tidegate
+archive partition` creates later, get a clone of it);
 the layout's names go into ``archive_guards`` as bound values, never into DDL text.
 
 The trigger locks the stream row ``FOR KEY SHARE``. An archive batch holds the rows of
@@ -36,6 +38,8 @@ def set_guard(engine: Engine, layout_ref: Any, mode: str, actor: str) -> dict[st
         conn.execute(text(SQL["forget"]), {"t": layout.events.sql})
         if mode != "off":
             flag = layout.col("archived_flag")
+            if flag is not None and layout.stream_flag_is_value:  # retention_class: archived_at tells
+                flag = None
             mark = flag if flag is not None else layout.col("archived_at")
             assert mark is not None
             event_flag = layout.event_cols.get("archived_flag") if layout.flag else None
@@ -46,6 +50,7 @@ def set_guard(engine: Engine, layout_ref: Any, mode: str, actor: str) -> dict[st
                 "mark_is_flag": flag is not None, "event_stream": layout.event_stream.ident.name,
                 "archive_table": layout.archive.sql if layout.archive is not None and event_flag is None else None,
                 "event_flag": event_flag.ident.name if event_flag is not None else None, "by": actor,
+                "event_flag_value": layout.event_flag_values[0] if event_flag is not None else None,
             })
             conn.execute(render(SQL["create_trigger"], events=layout.events))
         store.audit(conn, actor, "archive_guard", None, {"mode": mode, "events_table": layout.events.name})

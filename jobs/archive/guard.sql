@@ -17,11 +17,12 @@ DELETE FROM archive_guards WHERE events_table = :t;
 -- name: upsert
 -- description: The layout's names and the mode the trigger reads, as bound values (never DDL text).
 INSERT INTO archive_guards (events_table, mode, layout, streams_table, stream_key, key_type, mark_column,
-                            mark_is_flag, event_stream, archive_table, event_flag, installed_by)
+                            mark_is_flag, event_stream, archive_table, event_flag, event_flag_value, installed_by)
 VALUES (:events_table, :mode, :layout, :streams_table, :stream_key, :key_type, :mark_column, :mark_is_flag,
-        :event_stream, :archive_table, :event_flag, :by)
+        :event_stream, :archive_table, :event_flag, :event_flag_value, :by)
 ON CONFLICT (events_table) DO UPDATE SET mode = EXCLUDED.mode, layout = EXCLUDED.layout,
     streams_table = EXCLUDED.streams_table, stream_key = EXCLUDED.stream_key, key_type = EXCLUDED.key_type,
     mark_column = EXCLUDED.mark_column, mark_is_flag = EXCLUDED.mark_is_flag, event_stream = EXCLUDED.event_stream,
-    archive_table = EXCLUDED.archive_table, event_flag = EXCLUDED.event_flag, installed_at = now(),
+    archive_table = EXCLUDED.archive_table, event_flag = EXCLUDED.event_flag,
+    event_flag_value = EXCLUDED.event_flag_value, installed_at = now(),
     installed_by = EXCLUDED.installed_by;

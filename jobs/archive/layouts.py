@@ -18,6 +18,9 @@ operator did not register. The CLI still reads a user's file for dry runs (``--l
     tenant = "tenant_id"         # optional: --tenant
     activity = "updated_at"      # optional: --before compares it
     archived_flag = "archived"   # flag strategy (or also with move)
+    # archived_value = "cold"    # with hot_value = "hot": the flag is a value, not a boolean (Rillflow's
+    #                            # retention_class); needs archived_at, which then tells archived streams
+
     archived_at = "archived_at"  # optional audit columns, set on archive, cleared on unarchive
     archived_by = "archived_by"
     archive_reason = "archive_reason"
@@ -29,6 +32,8 @@ operator did not register. The CLI still reads a user's file for dry runs (``--l
     version = "version"          # per stream: the create event is the lowest (without it: lowest sequence)
     data = "data"                # jsonb: --where FIELD reads the create event's data->>FIELD
     archived_flag = "archived"   # flag strategy
+    # archived_value = "cold"    # with hot_value = "hot": a value flag; on a table LIST-partitioned by it,
+    #                            # archiving moves the rows (tidegate archive partition keeps the months)
     archive_table = "app.events_archive"   # move strategy: holds every column of events
     references = ["ParentId"]    # data keys holding other streams' ids (cross-reference check)
     [[read_models]]              # rows keyed by stream id, moved with their stream
@@ -63,15 +68,18 @@ from tidegate.worker.errors import InvalidIdentifier, InvalidInput, PermissionDe
 from tidegate.worker.identifiers import Column, Ident
 from tidegate.worker.sql import load
 
-SHIPPED = ("tidegate", "marten", "rillflow")
+SHIPPED = ("tidegate", "marten", "rillflow", "rillflow_partitioned")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # as archive_layouts.name's CHECK; no dot, no slash
 LISTED = 30
 MAX_FILE = 256 * 1024
 SQL = load(__package__, "layouts.sql")  # the statements on archive_layouts
 STREAM_KEYS = {"table", "key", "type", "version", "tenant", "activity", "archived_flag", "archived_at",
-               "archived_by", "archive_reason", "filter_columns"}
+               "archived_by", "archive_reason", "filter_columns", "archived_value", "hot_value"}
 EVENT_KEYS = {"table", "stream", "sequence", "version", "type", "data", "archived_flag", "archive_table",
-              "references"}
+              "references", "archived_value", "hot_value"}
+# a flag that is a value (retention_class = 'cold'): the value names partitions (events_cold_2025_01) too
+FLAG_VALUE = re.compile(r"[a-z][a-z0-9_]{0,15}")
+BOOLEAN = ("true", "false")  # a boolean flag's (archived, hot) values
 READ_MODEL_KEYS = {"table", "key", "archive_table"}
 
 
@@ -243,6 +251,26 @@ def check_spec(spec: dict[str, Any]) -> None:
         raise InvalidInput("layout: strategy 'flag' needs archived_flag in [streams] and [events]")
     if "archived_flag" not in streams and "archived_at" not in streams:
         raise InvalidInput("layout: [streams] needs archived_flag or archived_at to mark archived streams")
+    for section, part in (("streams", streams), ("events", events)):
+        _check_flag_values(section, part)
+    if "archived_value" in streams and "archived_at" not in streams:
+        raise InvalidInput("layout: a [streams] archived_flag with values needs archived_at: it tells archived"
+                           " streams apart (the value column is set and cleared with it)")
+
+
+def _check_flag_values(section: str, part: dict[str, Any]) -> None:
+    """``archived_value``/``hot_value``: the flag is a value, e.g. retention_class 'cold' / 'hot'."""
+    given = [k for k in ("archived_value", "hot_value") if k in part]
+    if not given:
+        return
+    if len(given) != 2 or "archived_flag" not in part:
+        raise InvalidInput(f"layout [{section}]: archived_value and hot_value go together, with archived_flag")
+    for key in given:
+        if not FLAG_VALUE.fullmatch(part[key]):
+            raise InvalidInput(f"layout [{section}].{key}: {_shown(part[key])} must be a lower-case word"
+                               " (a-z, 0-9, _; at most 16): it names partitions too")
+    if part["archived_value"] == part["hot_value"]:
+        raise InvalidInput(f"layout [{section}]: archived_value and hot_value must differ")
 
 
 @dataclass(frozen=True)
@@ -271,6 +299,9 @@ class Layout:
     event_columns: Ident  # every column of events, for INSERT ... SELECT of whole rows
     references: list[str]
     read_models: list[ReadModel]
+    # (archived, hot) values of the events' and the streams' archived_flag: BOOLEAN, or e.g. ("cold", "hot")
+    event_flag_values: tuple[str, str] = BOOLEAN
+    stream_flag_values: tuple[str, str] = BOOLEAN
 
     def col(self, name: str) -> Column | None:
         return self.stream_cols.get(name)
@@ -278,6 +309,11 @@ class Layout:
     @property
     def flag(self) -> bool:
         return self.strategy == "flag"
+
+    @property
+    def stream_flag_is_value(self) -> bool:
+        """The streams' flag holds a value (retention_class): archived_at tells archived streams apart."""
+        return self.stream_flag_values != BOOLEAN
 
 
 def resolve(conn: Connection, spec: dict[str, Any]) -> Layout:
@@ -317,7 +353,12 @@ def resolve(conn: Connection, spec: dict[str, Any]) -> Layout:
         sequence=identifiers.column(conn, events, e["sequence"], what="layout events.sequence column"),
         event_cols=event_cols, archive=archive, event_columns=identifiers.column_list(all_event_cols),
         references=list(e.get("references", [])), read_models=models,
+        event_flag_values=_values(e), stream_flag_values=_values(s),
     )
+
+
+def _values(part: dict[str, Any]) -> tuple[str, str]:
+    return (part["archived_value"], part["hot_value"]) if "archived_value" in part else BOOLEAN
 
 
 def _same_columns(conn: Connection, cols: list[Column], archive: Ident, what: str) -> None:

@@ -94,7 +94,8 @@ def recount(conn: Connection, params: dict[str, Any], unarchive: bool) -> int:
     kind = UNARCHIVE if unarchive else ARCHIVE
     p = kind.selection(conn, params, spec=params["layout_spec"])  # the layout the job was planned with
     layout = layouts.resolve(conn, p["layout_spec"])
-    query = selection.candidates(conn, layout, p, unarchive=unarchive, count_events=False)
+    query = selection.candidates(conn, layout, p, unarchive=unarchive, count_events=False,
+                                 marked=p.get("phase") == "move")
     return int(conn.execute(query.within(SQL["recount"]), query.params).scalar_one())
 
 
@@ -118,8 +119,14 @@ def status(engine: Engine, layout_ref: str) -> dict[str, Any]:
         tables = [layout.streams, layout.events, *([layout.archive] if layout.archive else []),
                   *[t for m in layout.read_models for t in (m.table, m.archive)]]
         sizes = {}
+        partitions = []
         for t in tables:
             size = conn.execute(text(SQL["size"]), {"rel": t.sql}).one()
             sizes[t.name] = {"bytes": int(size.bytes), "rows_estimate": max(0, int(size.rows or 0))}
+            partitions += [{"table": t.name, "partition": p.name, "parent": p.parent, "level": p.level,
+                            "leaf": p.leaf, "bound": p.bound, "bytes": int(p.bytes), "rows_estimate": int(p.rows)}
+                           for p in conn.execute(text(SQL["partitions"]), {"rel": t.sql})]
+        guard = conn.execute(text(SQL["guard"]), {"rel": layout.events.sql}).scalar()
         conn.rollback()
-    return {"layout": layout.name, "strategy": layout.strategy, "by_type": rows, "tables": sizes}
+    return {"layout": layout.name, "strategy": layout.strategy, "by_type": rows, "tables": sizes,
+            "partitions": partitions, "guard": guard or "off"}

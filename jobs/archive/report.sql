@@ -50,6 +50,27 @@ UNION ALL
 SELECT x.{estream} AS sid, count(*) AS n FROM {archive} x GROUP BY 1;
 
 -- name: size
--- description: A table's total size on disk and the planner's row estimate.
-SELECT pg_total_relation_size(CAST(:rel AS regclass)) AS bytes,
-       (SELECT reltuples FROM pg_class WHERE oid = CAST(:rel AS regclass)) AS rows;
+-- description: A table's total size on disk and the planner's row estimate, summed over its leaves when it is partitioned (a partitioned table itself holds no rows); a plain table is its own one leaf.
+SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) AS bytes, coalesce(sum(greatest(c.reltuples, 0)), 0) AS rows
+FROM pg_class c
+WHERE c.oid IN (SELECT t.relid FROM pg_partition_tree(CAST(:rel AS regclass)) t WHERE t.isleaf)
+   OR (c.oid = CAST(:rel AS regclass) AND c.relkind <> 'p');
+
+-- name: partitions
+-- description: Every partition under the table :rel (none when it is not partitioned): its parent, level, bound, and size and row estimate summed over its leaves.
+SELECT t.relid::text AS name, t.parentrelid::text AS parent, t.level, t.isleaf AS leaf,
+       pg_get_expr(c.relpartbound, c.oid) AS bound,
+       (SELECT coalesce(sum(pg_total_relation_size(l.relid)), 0) FROM pg_partition_tree(t.relid) l WHERE l.isleaf)
+         AS bytes,
+       (SELECT coalesce(sum(greatest(lc.reltuples, 0)), 0) FROM pg_partition_tree(t.relid) l
+        JOIN pg_class lc ON lc.oid = l.relid WHERE l.isleaf) AS rows
+FROM pg_partition_tree(CAST(:rel AS regclass)) t JOIN pg_class c ON c.oid = t.relid
+WHERE t.level > 0
+ORDER BY t.relid::text;
+
+-- name: guard
+-- description: The archive guard on the table :rel: its mode when `tidegate archive guard` installed it and the trigger is attached, else nothing.
+SELECT g.mode FROM archive_guards g
+WHERE CAST(g.events_table AS regclass) = CAST(:rel AS regclass)
+  AND EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = CAST(:rel AS regclass)
+              AND t.tgname = 'tidegate_archive_guard');

@@ -128,9 +128,9 @@ class Query:
 
 
 def state_sql(layout: Layout, idents: dict[str, Ident], archived: bool) -> Fragment:
-    """``s`` is (not) archived, by the flag when the layout has one, else by archived_at."""
+    """``s`` is (not) archived, by the flag when the layout has a boolean one, else by archived_at."""
     flag = layout.col("archived_flag")
-    if flag is not None:
+    if flag is not None and not layout.stream_flag_is_value:
         idents["sflag"] = flag.ident
         return Fragment(SQL["archived_by_flag"] if archived else SQL["hot_by_flag"])
     at = layout.col("archived_at")
@@ -149,18 +149,21 @@ def stream_type(layout: Layout, idents: dict[str, Ident]) -> Fragment:
 
 
 def candidates(conn: Connection, layout: Layout, sel: dict[str, Any], *, unarchive: bool,
-               count_events: bool = True) -> Query:
+               count_events: bool = True, marked: bool = False) -> Query:
     """The streams a job selects (``--limit`` keeps the first N by stream key), with each row's
     position on disk (``pos``, the order :func:`snapshot` numbers them in). Unordered otherwise:
     ordering by key would cost an index scan of the streams table and a sort for nothing.
 
     ``count_events`` adds each stream's event count (the discovery report's create-only vs
-    with updates); a worker planning the job leaves it out, as the batches count what they move."""
+    with updates); a worker planning the job leaves it out, as the batches count what they move.
+    ``marked``: archived streams whose events are still hot (``archive-range --move-marked``)."""
     src = layout.archive if (unarchive and layout.archive is not None) else layout.events
     idents: dict[str, Ident] = {"key": layout.key.ident, "src": src, "estream": layout.event_stream.ident,
                                 "streams": layout.streams}
     params: dict[str, Any] = {}
-    conds = [state_sql(layout, idents, archived=unarchive)]
+    conds = [state_sql(layout, idents, archived=unarchive or marked)]
+    if marked:
+        conds.append(hot_events_sql(layout, idents, params))
     for option, cond in (("type", SQL["by_type"]), ("tenant", SQL["by_tenant"])):
         if sel.get(option) is not None:
             col = layout.col(option)
@@ -204,6 +207,16 @@ def candidates(conn: Connection, layout: Layout, sel: dict[str, Any], *, unarchi
                   pos=ON_DISK if physical else BY_KEY, conds=Fragment("\n  AND ".join(conds)), limit=limit)
     used = {name for _, name, _, _ in string.Formatter().parse(sql) if name}
     return Query(sql, {k: v for k, v in idents.items() if k in used}, params)
+
+
+def hot_events_sql(layout: Layout, idents: dict[str, Ident], params: dict[str, Any]) -> Fragment:
+    """``s`` still has events in the hot table (or, flagging in place, events whose flag is the hot value)."""
+    flag = layout.event_cols.get("archived_flag") if layout.flag else None
+    if flag is None:
+        return Fragment(SQL["has_hot_events"])
+    idents.update(eflag=flag.ident, eftype=identifiers.type_of(flag))
+    params["flag_hot"] = layout.event_flag_values[1]
+    return Fragment(SQL["has_hot_flagged_events"])
 
 
 def _filter_sql(layout: Layout, f: Filter, n: int, idents: dict[str, Ident], params: dict[str, Any],
@@ -251,11 +264,12 @@ def mark_cross_references(conn: Connection, layout: Layout, snapshot_id: str) ->
     idents = {"events": layout.events, "data": data.ident, "estream": layout.event_stream.ident}
     flag = layout.event_cols.get("archived_flag")
     live = Fragment("")
+    params = {"snapshot": snapshot_id}
     if flag is not None:
-        idents["eflag"] = flag.ident
+        idents.update(eflag=flag.ident, eftype=identifiers.type_of(flag))
         live = Fragment(SQL["event_live"])
+        params["flag_hot"] = layout.event_flag_values[1]
     marked = 0
     for ref in layout.references:
-        marked += conn.execute(render(SQL["xref"], live=live, **idents),
-                               {"snapshot": snapshot_id, "ref": ref}).rowcount
+        marked += conn.execute(render(SQL["xref"], live=live, **idents), {**params, "ref": ref}).rowcount
     return marked

@@ -40,8 +40,8 @@ WHERE c.snapshot = CAST(:snapshot AS uuid) AND e.{data} ->> CAST(:ref AS text) =
                   WHERE o.snapshot = CAST(:snapshot AS uuid) AND o.stream_id = e.{estream}::text);
 
 -- name: event_live
--- description: Piece of xref: the event is not archived (a layout that flags events).
-AND NOT e.{eflag};
+-- description: Piece of xref: the event is not archived (a layout that flags events: its flag holds the hot value, false or e.g. 'hot').
+AND e.{eflag} = CAST(:flag_hot AS {eftype});
 
 -- name: stream_type
 -- description: Piece: the stream's type as text.
@@ -88,6 +88,14 @@ s.{sat} IS NOT NULL;
 -- name: hot_by_at
 -- description: Piece: the stream is not archived, by archived_at.
 s.{sat} IS NULL;
+
+-- name: has_hot_events
+-- description: Piece: --move-marked, the (archived) stream still has events in the hot table.
+EXISTS (SELECT 1 FROM {src} e WHERE e.{estream} = s.{key});
+
+-- name: has_hot_flagged_events
+-- description: Piece: --move-marked on a layout that flags events: the stream still has events whose flag holds the hot value (in the hot partition).
+EXISTS (SELECT 1 FROM {src} e WHERE e.{estream} = s.{key} AND e.{eflag} = CAST(:flag_hot AS {eftype}));
 
 -- name: by_type
 -- description: Piece: --type.

@@ -709,6 +709,11 @@ WHERE a.attrelid = CAST(:rel AS regclass) AND a.attnum > 0 AND NOT a.attisdroppe
   AND a.attgenerated = ''
 ORDER BY a.attnum;
 
+-- name: catalog_relation_name
+-- description: The schema and name of the existing relation :rel (a quoted name), as the catalog spells them.
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = CAST(:rel AS regclass);
+
 -- name: console_slices
 -- description: A job's slices for the console: cursor, counters, owner (and whether its lease is alive).
 SELECT s.slice_no, s.start_key, s.end_key, s.checkpoint, s.status, s.locked_by, s.attempts, s.run_after,
