@@ -3,7 +3,7 @@
 Marten refuses an append to an archived stream; Rillflow's redirect trigger sends it
 to the archive table. Without either, an event appended to an archived stream would sit
 in the hot table, silently. The guard is one generic trigger function,
-``tidegate_archive_guard()`` (migration 0003, 0013 for value flags and partition trees of any depth),
+``tidegate_archive_guard()`` (migration 0003, 0014 for value flags and partition trees of any depth),
 attached to the layout's events table (a partitioned table's partitions, including those `tidegate
 archive partition` creates later, get a clone of it);
 the layout's names go into ``archive_guards`` as bound values, never into DDL text.

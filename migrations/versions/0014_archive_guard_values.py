@@ -1,7 +1,7 @@
 """archive guard: value flags (Rillflow's retention_class = 'cold') and partition trees of any depth
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0014
+Revises: 0013
 Create Date: 2027-01-28
 
 * ``archive_guards.event_flag_value``: the value the layout's events flag holds for an archived
@@ -20,8 +20,8 @@ The function is still the one generic function of 0003; the layout's names stay 
 
 from alembic import op
 
-revision = "0013"
-down_revision = "0012"
+revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
