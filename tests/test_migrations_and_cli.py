@@ -135,9 +135,28 @@ def test_status_watch_redraws_a_live_table(engine, db_url):
     proc = subprocess.Popen([TIDEGATE, "status", "--watch", "--interval", "0.2"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **CHILD_ENV, "DATABASE_URL": db_url, "COLUMNS": "200"})
-    time.sleep(3)
+    # read its frames as they come and interrupt it after the first full one (not after a fixed
+    # sleep: on a loaded machine the command may still be importing after seconds)
+    import threading
+
+    lines: list[str] = []
+    drawn = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            seen = "".join(lines)
+            if job[:8] in seen and "done" in seen and "100.0%" in seen:
+                drawn.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    drawn.wait(timeout=120)  # a bound on a hang, not a speed check: the assert below says what failed
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=60)
+    reader.join(timeout=10)
+    out = "".join(lines)
     assert job[:8] in out and "done" in out and "100.0%" in out, err
     rates = RecentRate()  # rows/s over the last minute, from the watcher's own samples
     assert rates.update("j", 0, 0.0) is None

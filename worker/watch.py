@@ -13,16 +13,13 @@ from collections import deque
 from typing import Any
 
 from rich import box
-from rich.console import Group
 from rich.live import Live
-from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
 from tidegate.worker.status import SHORT_ID, human_seconds, short_ids
 
 WINDOW = 60.0
-BAR = 10
 STYLE = {"running": "green", "pending": "cyan", "paused": "yellow", "failed": "red", "cancelled": "magenta",
          "done": "dim"}
 
@@ -52,7 +49,7 @@ def count(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-NARROW = 90  # below this width the type and the progress bar are left out: the id and the note keep their room
+NARROW = 90  # below this width the type and the done % are left out: the id and the note keep their room
 
 
 def render(rows: list[dict[str, Any]], rates: RecentRate, now: float, width: int = 200) -> Table:
@@ -67,7 +64,7 @@ def render(rows: list[dict[str, Any]], rates: RecentRate, now: float, width: int
         table.add_column("type", overflow="fold", max_width=14)
     table.add_column("status", no_wrap=True, width=9)
     if not narrow:
-        table.add_column("progress", no_wrap=True, width=BAR)
+        table.add_column("done %", no_wrap=True, justify="right", width=6)
     for column, width in (("done", 7), ("errors", 6), ("rows/s", 6), ("ETA", 6)):
         table.add_column(column, justify="right", no_wrap=True, width=width)
     table.add_column("note", ratio=1, overflow="fold")
@@ -76,15 +73,12 @@ def render(rows: list[dict[str, Any]], rates: RecentRate, now: float, width: int
         done = r["processed_count"]
         rate = rates.update(r["job_id"], done, now)
         eta = (total - done) / rate if rate and total > done and r["status"] == "running" else None
-        bar = ProgressBar(total=max(total, 1), completed=min(done, total) if total else 0, width=BAR)
-        if r["status"] == "done":
-            bar = ProgressBar(total=1, completed=1, width=BAR)
         note = r["reason"] or ""
         if r["by"] and r["status"] == "paused":
             note = f"{note} (by {r['by']})"
         if r["status"] == "failed":
             note = r["last_error"] or note
-        progress = Group(bar, Text(f"{100.0 * done / total:.1f}%" if total else "-"))
+        progress = Text(f"{100.0 * done / total:.1f}%" if total else "-")
         cells = [ids[r["job_id"]], r["type"], Text(r["status"], style=STYLE.get(r["status"], "")), progress,
                  count(done), count(r["error_count"]), count(rate) if rate is not None else "-", human_seconds(eta),
                  note]
