@@ -53,3 +53,20 @@ SELECT x.{estream} AS sid, count(*) AS n FROM {archive} x GROUP BY 1;
 -- description: A table's total size on disk and the planner's row estimate.
 SELECT pg_total_relation_size(CAST(:rel AS regclass)) AS bytes,
        (SELECT reltuples FROM pg_class WHERE oid = CAST(:rel AS regclass)) AS rows;
+
+-- name: ids_with_fields
+-- description: Every candidate of the snapshot, in seq order, with the create event's (lowest {first}) data values of the bound :keys, in order: discover --csv.
+SELECT c.seq, c.stream_id, c.stream_type, c.events, c.xref,
+       ARRAY(SELECT f.d ->> k.key FROM unnest(CAST(:keys AS text[])) WITH ORDINALITY AS k(key, n) ORDER BY k.n)
+FROM archive_candidates c
+LEFT JOIN LATERAL (SELECT e.{data} AS d FROM {events} e WHERE e.{estream} = CAST(c.stream_id AS {etype})
+                   ORDER BY e.{first} LIMIT 1) f ON true
+WHERE c.snapshot = CAST(:snapshot AS uuid) ORDER BY c.seq;
+
+-- name: type_exists
+-- description: Whether some stream (hot or archived) has the type :type: discover --type's typo check.
+SELECT EXISTS (SELECT 1 FROM {streams} s WHERE CAST(s.{stype} AS text) = CAST(:type AS text));
+
+-- name: types_present
+-- description: The stream types present (hot or archived), the first :limit: what a --type that matched none might have meant.
+SELECT CAST(s.{stype} AS text) FROM {streams} s GROUP BY 1 ORDER BY 1 LIMIT :limit;
