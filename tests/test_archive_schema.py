@@ -110,8 +110,12 @@ def test_seed_000_runbook_on_a_marten_store_in_the_events_schema(engine, db_url,
     run_cli(db_url, *args, "--limit", "5")
     drain(db_url)
     assert scalar(engine, "SELECT count(*) FROM events.mt_streams WHERE is_archived") == 5
-    run_cli(db_url, *args, "--all")
+    job = run_cli(db_url, *args, "--all").stdout.strip()
     drain(db_url)
+    checked = run_cli(db_url, "verify", job).stdout  # the seed's checks between stages
+    assert f"ok   audit vs processed_count: {expected - 5} stream(s) audited" in checked
+    assert "ok   no event left behind: 0 event(s)" in checked
+    assert "skip cross-references: not checked: the layout declares no references" in checked
     archived = {str(i) for i in scalar_list(engine, "SELECT id FROM events.mt_streams WHERE is_archived")}
     assert archived == {r["stream_id"] for r in rows}
     # events flagged (in the archived partition), documents gone with their streams and kept by tidegate,
@@ -208,8 +212,9 @@ def test_rillflow_tenant_schemas_each_archive_only_their_own(engine, db_url, tmp
     drain(db_url)
     assert tables(engine, "tenant_a", names) == a_before
     assert tables(engine, "tenant_b", names) == b_before
-    dry = run_cli(db_url, "discover", "--layout", "rf-tenant-b", "--before", "2024-02-01T00:00:00Z")
-    assert f"would archive {old:,} stream(s)" in dry.stdout  # tenant_b has the same shape
+    dry = json.loads(run_cli(db_url, "discover", "--layout", "rf-tenant-b", "--before", "2024-02-01T00:00:00Z",
+                             "--json").stdout)
+    assert dry["totals"]["streams"] == old  # tenant_b has the same shape
 
 
 HOSTILE = [
@@ -256,7 +261,7 @@ def test_a_schema_qualifies_only_the_layouts_own_table_names(engine, db_url, tmp
     """A payload's schema cannot re-point a table the layout qualifies itself, nor name a table the layout does not:
     an "attacker" schema holding look-alike tables only ever gets the layout's own names looked up in it."""
     marten_in_events_schema(engine, db_url)
-    spec = {"name": "pinned", "strategy": "flag", "schema": "events",
+    spec = {"name": "pinned", "strategy": "flag",
             "streams": {"table": "events.mt_streams", "key": "id", "archived_flag": "is_archived"},
             "events": {"table": "events.mt_events", "stream": "stream_id", "sequence": "seq_id",
                        "archived_flag": "is_archived"}}
@@ -278,7 +283,7 @@ def test_a_schema_qualifies_only_the_layouts_own_table_names(engine, db_url, tmp
     drain(db_url)
     error = scalar(engine, "SELECT coalesce(j.last_error, b.status_reason) FROM queue_jobs j"
                            " LEFT JOIN backfill_jobs b ON b.job_id = j.id WHERE j.id = :j", j=job)
-    assert "gone" in str(error)
+    assert "layout schema 'gone' does not exist" in str(error)
 
 
 BAD_ID_FILES = [

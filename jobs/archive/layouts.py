@@ -11,6 +11,7 @@ operator did not register. The CLI still reads a user's file for dry runs (``--l
     name = "mine"
     strategy = "move"            # move: events go to [events].archive_table
                                  # flag: events and stream get archived_flag = true
+    schema = "app"               # optional: the schema of the bare table names below (--schema overrides)
     [streams]
     table = "app.streams"        # schema-qualified or on the search path
     key = "id"                   # stream id (uuid, text or integer)
@@ -35,6 +36,9 @@ operator did not register. The CLI still reads a user's file for dry runs (``--l
     table = "app.stream_summary"
     key = "stream_id"
     archive_table = "app.stream_summary_archive"
+    [documents]                  # projection documents keyed by stream id (Marten's mt_doc_*): kept
+    tables = ["mt_doc_venue"]    # whole in tidegate's archive_documents while their stream is archived
+    key = "id"
 
 Every name is checked against the catalog (:mod:`worker.identifiers`) when a job is
 planned and before any statement uses it, then quoted; a name that does not exist

@@ -152,6 +152,50 @@ def recount(conn: Connection, params: dict[str, Any], unarchive: bool) -> int:
     return int(conn.execute(query.within(SQL["recount"]), query.params).scalar_one())
 
 
+def verify(conn: Connection, job_id: str, kind: str, params: dict[str, Any],
+           processed: int) -> list[tuple[str, bool, str, bool]]:
+    """`tidegate verify` of an archive job, as the seed's checks between stages: (check, ok, detail, checked)."""
+    unarchive = kind == "unarchive_range"
+    action = "unarchive" if unarchive else "archive"
+    layout = layouts.resolve(conn, params["layout_spec"])  # the layout (and schema) the job was planned with
+    audited = conn.execute(text(SQL["verify_audited"]), {"job_id": job_id}).one()
+    found = [("audit vs processed_count", int(audited.streams) == processed,
+              f"{audited.streams} stream(s) audited ({audited.moved} {action}d, {audited.skipped} skipped),"
+              f" processed_count {processed}", True)]
+    idents: dict[str, Any] = {"streams": layout.streams, "key": layout.key.ident, "estream": layout.event_stream.ident}
+    state = selection.state_sql(layout, idents, archived=not unarchive)
+    flag = layout.event_cols.get("archived_flag") if layout.flag else None
+    if flag is not None:
+        idents.update(src=layout.events, eflag=flag.ident)
+        where = Fragment(SQL["verify_flag_is"])
+    else:
+        assert layout.archive is not None
+        idents["src"] = layout.archive if unarchive else layout.events
+        where = Fragment("")
+    left = int(conn.execute(render(SQL["verify_left_behind"], state=state, flag_is=where, **idents),
+                            {"job_id": job_id, "action": action, "archived": unarchive}).scalar_one())
+    found.append(("no event left behind", left == 0,
+                  f"{left} event(s) of the streams {action}d by this job (and still so) are still"
+                  f" {'archived' if unarchive else 'hot'}", True))
+    data = layout.event_cols.get("data")
+    if unarchive:
+        found.append(("cross-references", True, "not checked: unarchiving breaks no reference", False))
+    elif not layout.references or data is None:
+        found.append(("cross-references", True, NOT_CHECKED, False))
+    else:
+        xref = {"events": layout.events, "data": data.ident}
+        live = Fragment("")
+        if flag is not None:
+            xref["eflag"] = flag.ident
+            live = Fragment(SQL["verify_event_live"])
+        refs = sum(int(conn.execute(render(SQL["verify_xref"], live=live, **xref),
+                                    {"job_id": job_id, "ref": ref}).scalar_one()) for ref in layout.references)
+        found.append(("cross-references", refs == 0,
+                      f"{refs} stream(s) archived by this job are referenced by live events"
+                      f" ({', '.join(layout.references)})", True))
+    return found
+
+
 # -- archive status --------------------------------------------------------------------
 
 

@@ -70,3 +70,30 @@ SELECT EXISTS (SELECT 1 FROM {streams} s WHERE CAST(s.{stype} AS text) = CAST(:t
 -- name: types_present
 -- description: The stream types present (hot or archived), the first :limit: what a --type that matched none might have meant.
 SELECT CAST(s.{stype} AS text) FROM {streams} s GROUP BY 1 ORDER BY 1 LIMIT :limit;
+
+-- name: verify_audited
+-- description: tidegate verify of an archive job: the streams its audit holds, moved and skipped.
+SELECT count(*) AS streams, count(*) FILTER (WHERE action <> 'skip') AS moved,
+       count(*) FILTER (WHERE action = 'skip') AS skipped
+FROM archive_audit WHERE job_id = CAST(:job_id AS uuid);
+
+-- name: verify_left_behind
+-- description: Events still in {src} ({flag_is}: with the flag they had) of the streams the job :job_id audited as :action and that are still in that {state}: none, after a sound run.
+SELECT count(*) FROM archive_audit a
+JOIN {streams} s ON s.{key}::text = a.stream_id AND {state}
+JOIN {src} e ON e.{estream} = s.{key} {flag_is}
+WHERE a.job_id = CAST(:job_id AS uuid) AND a.action = :action;
+
+-- name: verify_flag_is
+-- description: Piece of verify_left_behind: the event's flag is still as before the move (:archived).
+AND e.{eflag} = :archived;
+
+-- name: verify_xref
+-- description: How many streams the job :job_id archived a live event names under the reference key :ref ({live}: not archived).
+SELECT count(DISTINCT a.stream_id) FROM archive_audit a
+JOIN {events} e ON e.{data} ->> CAST(:ref AS text) = a.stream_id {live}
+WHERE a.job_id = CAST(:job_id AS uuid) AND a.action = 'archive';
+
+-- name: verify_event_live
+-- description: Piece of verify_xref: the referencing event is not archived (a layout that flags events).
+AND NOT e.{eflag};
