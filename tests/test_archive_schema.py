@@ -141,7 +141,7 @@ def test_seed_000_runbook_on_a_marten_store_in_the_events_schema(engine, db_url,
     assert scalar(engine, "SELECT count(*) FROM archive_documents") == 0
 
 
-def test_documents_are_moved_in_the_batch_transaction_a_failed_batch_moves_none(engine, db_url):
+def test_documents_are_moved_in_the_batch_transaction_a_failed_batch_moves_none(engine, db_url, tmp_path):
     """A batch whose events statement fails leaves the documents where they were (one transaction)."""
     marten_in_events_schema(engine, db_url)
     spec = {"name": "martendocs", "strategy": "flag", "schema": "events",
@@ -149,28 +149,22 @@ def test_documents_are_moved_in_the_batch_transaction_a_failed_batch_moves_none(
             "events": {"table": "mt_events", "stream": "stream_id", "sequence": "seq_id", "version": "version",
                        "data": "data", "archived_flag": "is_archived"},
             "documents": {"tables": ["mt_doc_venueview"]}}
-    path = tmp_layout(db_url, spec)
+    path = tmp_path / "martendocs.toml"
+    path.write_text(json_to_toml(spec))
     before = tables(engine, "events", STORE)
     with engine.begin() as conn:  # every flag update of an event fails, after the documents moved
         conn.execute(text("CREATE FUNCTION events.no_flags() RETURNS trigger LANGUAGE plpgsql AS"
                           " $$BEGIN RAISE EXCEPTION 'refused by test'; END$$"))
         conn.execute(text("CREATE TRIGGER no_flags BEFORE UPDATE ON events.mt_events_default"
                           " FOR EACH ROW EXECUTE FUNCTION events.no_flags()"))
-    run_cli(db_url, "enqueue", "archive-range", "--layout", path, "--type", "venue", "--reason", "r", "--owner", "o",
-            "--max-attempts", "1", "--apply", "--all", "--yes")
+    run_cli(db_url, "enqueue", "archive-range", "--layout", str(path), "--type", "venue", "--reason", "r",
+            "--owner", "o", "--max-attempts", "1", "--apply", "--all", "--yes")
     run_cli(db_url, "worker", "--concurrency", "1", "--drain", "--poll", "0.2", timeout=300, check=False)
+    errors = scalar(engine, "SELECT string_agg(coalesce(last_error, ''), ' ') FROM (SELECT last_error FROM"
+                            " backfill_slices UNION ALL SELECT last_error FROM queue_jobs) e")
+    assert "refused by test" in str(errors)  # the events statement failed, after the documents had moved
     assert scalar(engine, "SELECT count(*) FROM archive_documents") == 0
     assert tables(engine, "events", STORE) == before
-
-
-def tmp_layout(db_url: str, spec: dict) -> str:  # type: ignore[type-arg]
-    import tempfile
-
-    body = json_to_toml(spec)
-    f = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)  # noqa: SIM115
-    f.write(body)
-    f.close()
-    return f.name
 
 
 def json_to_toml(spec: dict) -> str:  # type: ignore[type-arg]

@@ -6,7 +6,7 @@
 -- name: archive
 -- description: Move the locked streams' documents of one table into archive_documents, whole rows.
 WITH moved AS (DELETE FROM {doc} d WHERE d.{dkey} = ANY(CAST(:ids AS {dtype}[]))
-               RETURNING d.{dkey}::text AS stream_id, to_jsonb(d) AS doc)
+               RETURNING d.{dkey}::text AS stream_id, to_jsonb(d.*) AS doc)
 INSERT INTO archive_documents (relation, stream_id, doc, job_id)
 SELECT :relation, m.stream_id, m.doc, CAST(:job_id AS uuid) FROM moved m;
 

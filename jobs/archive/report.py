@@ -214,7 +214,7 @@ def status(engine: Engine, layout_ref: str, schema: str | None = None) -> dict[s
         sql = render(SQL["status"], stream_type=stream_type, archived=archived, event_counts=counts, **idents)
         rows = [dict(r._mapping) for r in conn.execute(sql)]
         tables = [layout.streams, layout.events, *([layout.archive] if layout.archive else []),
-                  *[t for m in layout.read_models for t in (m.table, m.archive)]]
+                  *[t for m in layout.read_models for t in (m.table, m.archive)], *[d.table for d in layout.documents]]
         sizes = {}
         for t in tables:
             size = conn.execute(text(SQL["size"]), {"rel": t.sql}).one()
