@@ -22,7 +22,8 @@ from pathlib import Path
 import psutil
 from sqlalchemy.engine import make_url
 
-BENCHES = ["backfill", "queue", "scaling", "foreground", "adaptive", "archive"]  # modules exposing run() and report()
+# modules exposing run() and report()
+BENCHES = ["backfill", "queue", "scaling", "foreground", "adaptive", "archive", "selection"]
 
 
 def ints(value: str) -> tuple[int, ...]:
@@ -50,6 +51,7 @@ def main() -> None:
         "foreground": {"seconds": args.pgbench_seconds},
         "adaptive": {},
         "archive": {},
+        "selection": {},
     }
     sections = []
     started = time.perf_counter()

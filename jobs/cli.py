@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -72,11 +74,19 @@ def submit(db: Database, job_type: str, payload: dict[str, Any], opts: dict[str,
               help="Only rows matching FIELD OP VALUE (=, !=, <, <=, >, >=, in a,b,c, is null, is not null);"
                    " repeat to AND several. Python handlers only.")
 @click.option("--dry-run", is_flag=True,
-              help="Enqueue nothing: print the rows, batches, sample keys and time it would take (read-only).")
+              help="Enqueue nothing: rehearse. Run the real handler on --sample rows spread over the range in a"
+                   " transaction that is always rolled back; print rows read and written, the items that would"
+                   " fail, the time per row and the ETA of the range.")
+@click.option("--sample", default=inspect.DEFAULT_SAMPLE, show_default=True, type=click.IntRange(0, 10_000),
+              help="With --dry-run: rows the handler is run on (keys at even quantiles of the range's rows);"
+                   " 0 only plans, read-only.")
+@click.option("--deadline", default=inspect.DEFAULT_DEADLINE, show_default=True,
+              type=click.FloatRange(0.1, 86_400), help="With --dry-run: seconds the rehearsal may take before it"
+                                                       " is stopped (statement cancelled, nothing written).")
 @queue_options
 def enqueue_backfill(db: Database, source: str | None, key: str | None, from_: str, to: str,
                      handler: str | None, writes: tuple[str, ...], where: tuple[str, ...], dry_run: bool,
-                     **opts: Any) -> None:
+                     sample: int, deadline: float, **opts: Any) -> None:
     """Enqueue a backfill-range job over [FROM, TO) and print its id (or, with --dry-run, what it would do)."""
     payload: dict[str, Any] = {"from": from_, "to": to, **knobs.take(opts, knobs.for_kind("backfill_range")),
                                "owner": opts.pop("owner")}
@@ -96,14 +106,29 @@ def enqueue_backfill(db: Database, source: str | None, key: str | None, from_: s
         payload["handler"] = handler
     if dry_run:
         with db.engine.connect() as conn:
-            report = inspect.dry_run(conn, payload)
+            if sample:
+                report = inspect.rehearse(conn, payload, sample, deadline, on_hang=_give_up)
+            else:
+                report = inspect.dry_run(conn, payload)
         if opts["as_json"]:
             echo_json(report)
         else:
             for name, value in report.items():
-                click.echo(f"{name}: {value}")
+                if isinstance(value, dict):
+                    for sub, item in value.items():
+                        click.echo(f"{name}.{sub}: {item}")
+                else:
+                    click.echo(f"{name}: {value}")
         return
     submit(db, "backfill_range", payload, opts)
+
+
+def _give_up(message: str) -> None:
+    """A rehearsal whose handler hangs in Python: say so and end the process (its connection closes, so the
+    server rolls the rehearsal back)."""
+    click.echo(f"error: {message}", err=True)
+    sys.stderr.flush()
+    os._exit(inspect.RehearsalStopped.exit_code)
 
 
 enqueue_backfill.tidegate_enqueue = True  # type: ignore[attr-defined]

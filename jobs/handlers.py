@@ -28,7 +28,6 @@ the same registry, so they refuse what a worker would refuse.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import logging
@@ -146,7 +145,7 @@ def available() -> dict[str, ItemHandler | RowFunction]:
             log.error("$%s: %r is not a module name", MODULES_ENV, name)
             continue
         try:
-            modules.append(importlib.import_module(name))
+            modules.append(kinds.import_deployment_module(name))
         except (Exception, SystemExit):
             log.exception("could not load handler module %s", name)
     for module in modules:

@@ -10,6 +10,54 @@ SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;
 -- description: The first :n keys of [lo, hi): the dry run's sample.
 SELECT {key} AS k FROM {source} WHERE {key} >= :lo AND {key} < :hi{where} ORDER BY {key} LIMIT :n;
 
+-- name: session_read_only
+-- description: The rehearsal's session: every transaction but the rehearsal's own is read-only (a handler that ends the rehearsal's transaction writes nothing after it).
+SET default_transaction_read_only = on;
+
+-- name: read_write
+-- description: The rehearsal's own transaction writes (the real handler runs in it), and is always rolled back.
+SET TRANSACTION ISOLATION LEVEL READ COMMITTED, READ WRITE;
+
+-- name: xact_id
+-- description: The rehearsal's transaction id, assigned now: the same id at the end proves no handler ended the transaction.
+SELECT pg_current_xact_id()::text;
+
+-- name: xact_id_now
+-- description: The transaction id in force now, if any (not assigning one): compared with xact_id.
+SELECT pg_current_xact_id_if_assigned()::text;
+
+-- name: guard_table
+-- description: A commit guard: a deferred foreign key that can never hold, checked only at COMMIT, so a COMMIT of the rehearsal's transaction fails and rolls it back.
+CREATE TEMP TABLE tidegate_rehearsal_guard (id int PRIMARY KEY,
+    parent int REFERENCES tidegate_rehearsal_guard DEFERRABLE INITIALLY DEFERRED) ON COMMIT DROP;
+
+-- name: guard_row
+-- description: The row that breaks the guard's foreign key (parent 2 never exists).
+INSERT INTO tidegate_rehearsal_guard VALUES (1, 2);
+
+-- name: sample_keys_exact
+-- description: The rehearsal's sample on a range of up to 50,000 rows: the keys at :fractions of the matching rows in key order (row-even, exact).
+SELECT DISTINCT k FROM unnest((SELECT percentile_disc(CAST(:fractions AS float8[])) WITHIN GROUP (ORDER BY {key})
+                               FROM {source} WHERE {key} >= :lo AND {key} < :hi{where})) AS k
+WHERE k IS NOT NULL ORDER BY k;
+
+-- name: sample_keys_blocks
+-- description: The rehearsal's sample on a larger range: the same quantiles from a repeatable block sample of about 50,000 rows (bounded cost).
+SELECT DISTINCT k FROM unnest((SELECT percentile_disc(CAST(:fractions AS float8[])) WITHIN GROUP (ORDER BY {key})
+                               FROM {source} TABLESAMPLE SYSTEM (:percent) REPEATABLE (7)
+                               WHERE {key} >= :lo AND {key} < :hi{where})) AS k
+WHERE k IS NOT NULL ORDER BY k;
+
+-- name: sample_rows
+-- description: Every matching row of the sampled keys (ties included, as a batch always holds them): what the handler is given.
+SELECT * FROM {source} WHERE {key} = ANY(:keys){where} ORDER BY {key};
+
+-- name: written
+-- description: Rows inserted, updated and deleted per table so far in this transaction (triggers' writes included), as PostgreSQL counts them.
+SELECT schemaname || '.' || relname AS tbl, n_tup_ins AS inserted, n_tup_upd AS updated, n_tup_del AS deleted
+FROM pg_stat_xact_user_tables
+WHERE schemaname NOT LIKE 'pg\_temp%' AND n_tup_ins + n_tup_upd + n_tup_del > 0;
+
 -- name: one_batch
 -- description: Where the first batch of :n rows of [lo, hi) ends: the dry run times one batch read.
 SELECT max(k) FROM (SELECT {key} AS k FROM {source} WHERE {key} >= :lo AND {key} < :hi{where} ORDER BY {key} LIMIT :n) b;

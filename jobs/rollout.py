@@ -49,7 +49,7 @@ class Rollout:
         job = self._wait(lambda j: j.status in ("paused", "done", "failed", "cancelled"), "the canary to finish")
         if job.status != "done" and (job.status, job.status_reason) != ("paused", CANARY):
             raise Holding(f"holding at canary: the job is {job.status} ({job.status_reason})")
-        self._verify("canary")
+        self._verify("canary", f"{job.status} after {job.processed_count} rows")
         if job.status != "done":
             self._set(row_limit=None, concurrency=self.steps[0])
             with self.engine.begin() as conn:
@@ -66,20 +66,22 @@ class Rollout:
                 self.echo(f"step {n}: gate {job.held_by} holds the job; waiting before raising concurrency")
                 job = self._wait(lambda j: not j.held_by or j.status != "running", "the gate to let go")
                 self._check_running(job, n)
-            self._verify(f"step {n}")
+            self._verify(f"step {n}", f"{job.processed_count} rows processed at concurrency {job.concurrency}")
             self._set(concurrency=concurrency)
             self.echo(f"step {n}: concurrency {concurrency}")
         job = self._wait(lambda j: j.status != "running", "the job to finish")
         if job.status != "done":
             raise Holding(f"holding: the job is {job.status} ({job.status_reason})")
-        self._verify("done")
+        self._verify("done", f"the job finished after {job.processed_count} rows")
         self.echo("rollout complete")
 
     def _check_running(self, job: Any, step: int) -> None:
         if job.status != "running":
             raise Holding(f"holding before step {step}: the job is {job.status} ({job.status_reason})")
 
-    def _verify(self, stage: str) -> None:
+    def _verify(self, stage: str, where: str) -> None:
+        """Verify the job, printed in the order it happens: the stage and where it is, its checks, the outcome."""
+        self.echo(f"{stage}: {where}; verifying")
         with self.engine.connect() as conn:
             inspect.read_only(conn)
             report = inspect.verify(conn, self.job_id, self.sample)

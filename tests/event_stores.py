@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import Engine, text
 
 MARTEN = """
@@ -136,3 +138,23 @@ def fingerprint(engine: Engine, layout: str) -> dict[str, tuple[int, str]]:
                                     f" FROM {table} t")).one()
             found[table] = (int(row[0]), row[1])
     return found
+
+
+# Marten 7 as it creates its tables with Events.UseArchivedStreamPartitioning (Weasel's StreamsTable and
+# EventsTable, single tenancy): BOTH tables LIST-partitioned on is_archived, primary keys (id, is_archived)
+# and (seq_id, is_archived), the unique (stream_id, version, is_archived) index, the unique event id index
+# and the (stream_id, is_archived) foreign key. The selection's plan tests run on these indexes.
+_STREAMS7 = """CREATE TABLE mt_streams (
+    id uuid NOT NULL, type varchar NULL, version bigint NULL, timestamp timestamptz NOT NULL DEFAULT (now()),
+    snapshot jsonb NULL, snapshot_version integer NULL, created timestamptz NOT NULL DEFAULT (now()),
+    tenant_id varchar NULL DEFAULT '*DEFAULT*', is_archived bool NOT NULL DEFAULT FALSE,
+    CONSTRAINT pkey_mt_streams_id_is_archived PRIMARY KEY (id, is_archived)
+) PARTITION BY LIST (is_archived);
+CREATE TABLE mt_streams_default PARTITION OF mt_streams DEFAULT;
+CREATE TABLE mt_streams_archived PARTITION OF mt_streams FOR VALUES IN (TRUE);"""
+MARTEN7 = re.sub(r"CREATE TABLE mt_streams \(.*?PRIMARY KEY \(id\)\);", lambda _: _STREAMS7, MARTEN, count=1, flags=re.DOTALL) + """
+CREATE UNIQUE INDEX pk_mt_events_id_unique ON mt_events (id, is_archived);
+ALTER TABLE mt_events ADD CONSTRAINT fkey_mt_events_stream_id_is_archived FOREIGN KEY (stream_id, is_archived)
+    REFERENCES mt_streams (id, is_archived) ON DELETE CASCADE;
+"""
+assert "PRIMARY KEY (id, is_archived)" in MARTEN7 and "PRIMARY KEY (seq_id, is_archived)" in MARTEN7

@@ -70,14 +70,14 @@ def test_archive_then_unarchive_round_trips_each_layout(engine, db_url, layout):
     shown = json.loads(run_cli(db_url, "status", job, "--json").stdout)
     assert shown["details"] == {"streams_archived": expected, "streams_skipped": 0, "events_moved": archived_events}
     assert shown["rows_per_second"] > 0 and shown["details_per_second"]["events_moved"] > 0
-    summary = json.loads(run_cli(db_url, "archive", "report", job, "--json").stdout)
+    summary = json.loads(run_cli(db_url, "archive", "report", job[:8], "--json").stdout)  # a prefix, as status shows
     assert summary["archived"] == expected and summary["skipped"] == 0 and summary["remaining_candidates"] == 0
     status = json.loads(run_cli(db_url, "archive", "status", "--layout", layout, "--json").stdout)
     assert sum(r["archived_streams"] for r in status["by_type"]) == expected
     assert sum(r["archived_events"] for r in status["by_type"]) == archived_events
 
-    run_cli(db_url, "enqueue", "unarchive-range", "--layout", layout, "--from-audit", job, "--owner", "data-platform",
-            "--batch-size", "25", "--apply", "--all", "--yes")
+    run_cli(db_url, "enqueue", "unarchive-range", "--layout", layout, "--from-audit", job[:8], "--owner", "data-platform",
+            "--batch-size", "25", "--apply", "--yes")
     drain(db_url)
     assert fingerprint(engine, layout) == before  # same rows, sequence numbers, versions; marks cleared
     assert scalar(engine, "SELECT count(*) FROM archive_audit WHERE action = 'unarchive'") == expected
@@ -113,7 +113,7 @@ def test_cross_referenced_candidates_are_skipped_and_reported_unless_forced(engi
     assert scalar(engine, "SELECT archived_at IS NULL FROM es_streams WHERE id = :t", t=target)
     assert scalar(engine, "SELECT reason FROM archive_audit WHERE job_id = :j AND action = 'skip'",
                   j=job).startswith("cross-referenced")
-    summary = json.loads(run_cli(db_url, "archive", "report", job, "--json").stdout)
+    summary = json.loads(run_cli(db_url, "archive", "report", job[:8], "--json").stdout)  # a prefix, as status shows
     assert (summary["archived"], summary["skipped"], summary["remaining_candidates"]) == (venues - 1, 1, 1)
     run_cli(db_url, "enqueue", "archive-range", "--layout", "tidegate", "--type", "venue", "--force",
             "--reason", "r", "--owner", "o", "--apply", "--all", "--yes")

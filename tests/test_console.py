@@ -160,7 +160,7 @@ def test_forged_and_bad_requests_are_answered_and_change_nothing(engine, db_url,
     assert answers("POST", f"/api/v1/admin/jobs/{job}/set", b'{"concurrency": true}', bearer) == 400
     assert answers("POST", f"/api/v1/admin/jobs/{job}/set", b'{"colour": 2}', bearer) == 400
     assert answers("POST", "/api/v1/admin/jobs/0000000/pause", b"{}", bearer) == 404
-    assert answers("POST", "/api/v1/admin/jobs/zz/pause", b"{}", bearer) == 404  # not even a job id: no route
+    assert answers("POST", "/api/v1/admin/jobs/zz/pause", b"{}", bearer) == 400  # not a job id: as the CLI's exit 2
     assert answers("GET", f"/jobs/{job}?minutes=abc") == 400
     assert status_of(engine, job) == "pending"
 

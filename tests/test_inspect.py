@@ -35,11 +35,21 @@ def test_dry_run_as_a_role_that_cannot_write_reports_and_changes_nothing(engine,
         before = _state(engine)
         as_reader = make_url(db_url).set(username=role).render_as_string(hide_password=False)
         out = run_cli(as_reader, "enqueue", "backfill-range", *RANGE, "--handler", "hero_troops",
-                      "--batch-size", "400", "--concurrency", "2", "--owner", "tests", "--dry-run", "--json")
+                      "--batch-size", "400", "--concurrency", "2", "--owner", "tests", "--dry-run", "--sample", "0",
+                      "--json")
         report = json.loads(out.stdout)
         assert (report["rows"], report["batches"], report["slices"]) == (3000, 8, 2)
         assert len(report["sample_keys"]) == 5 and report["sample_keys"][0].startswith("2024-01-01")
         assert report["estimated_seconds"] >= 0 and report["seconds_per_batch_read"] > 0
+        assert _state(engine) == before
+
+        # the rehearsal runs the real handler as this role: its write would fail, and the report says why
+        out = run_cli(as_reader, "enqueue", "backfill-range", *RANGE, "--handler", "hero_troops",
+                      "--batch-size", "400", "--concurrency", "2", "--owner", "tests", "--dry-run", "--json")
+        sample = json.loads(out.stdout)["sample"]
+        assert sample["rows_read"] == 100 and sample["rows_written"] == 0 and sample["as_role"] == role
+        assert sample["failures"][-1]["error_type"] == "batch"
+        assert "permission denied for table user_troops" in sample["failures"][-1]["message"]
         assert _state(engine) == before
 
         # the same role really cannot write: a real enqueue is refused

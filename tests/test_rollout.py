@@ -27,6 +27,26 @@ def _concurrency_steps(engine, job: str) -> list[int]:  # type: ignore[no-untype
     return [d["concurrency"] for d in rows if "concurrency" in d]
 
 
+def assert_in_order(out: str) -> None:
+    """Each stage says where it is before its checks, and its outcome after them; steps count up."""
+    lines = out.splitlines()
+    stage = None
+    steps = []
+    for line in lines:
+        if line.startswith("  "):  # a check: under the stage being verified
+            assert stage is not None, out
+            continue
+        name, _, what = line.partition(": ")
+        if what.endswith("verifying"):
+            stage = name
+        elif what in ("verified",) or what.startswith("FAIL"):
+            assert name == stage, (line, out)
+            stage = None
+        if name.startswith("step "):
+            steps.append(int(name.split()[1]))
+    assert steps == sorted(steps) and lines[0].startswith("canary: at most"), out
+
+
 def test_rollout_goes_from_canary_to_full_concurrency_verifying_each_step(engine, db_url, pools):
     seed_demo(engine, 4000)
     job = _canary_job(db_url, "hero_troops")
@@ -34,6 +54,7 @@ def test_rollout_goes_from_canary_to_full_concurrency_verifying_each_step(engine
     out = run_cli(db_url, "rollout", job[:8], "--steps", "1,2,4", "--step-rows", "600", "--poll", "0.05",
                   "--by", "sre-bob", timeout=180).stdout
     assert "canary: verified" in out and "rollout complete" in out and "FAIL" not in out
+    assert_in_order(out)
     row = job_row(engine, job)
     assert (row.status, row.processed_count, row.row_limit) == ("done", 4000, None)
     steps = _concurrency_steps(engine, job)
@@ -49,6 +70,7 @@ def test_rollout_holds_at_the_canary_when_its_verification_fails(engine, db_url,
                   check=False, timeout=180)
     assert out.returncode == 1
     assert "FAIL sample recomputed" in out.stdout and "holding at canary" in out.stderr
+    assert_in_order(out.stdout)
     row = job_row(engine, job)
     assert (row.status, row.processed_count, row.concurrency) == ("paused", 300, 1)
     assert row.status_reason == "canary limit reached"  # it stays paused where the canary stopped it

@@ -34,7 +34,9 @@ class Bound:
         field = field or self.name
         kind = "an integer" if self.integer else "a number"
         allowed = int | str if self.integer else int | float | str
-        if isinstance(value, bool) or not isinstance(value, allowed):
+        # text as typed: ASCII digits only (Python's int() would take '１２' or '1_0' too)
+        if isinstance(value, bool) or not isinstance(value, allowed) or isinstance(value, str) and (
+                not value.isascii() or "_" in value):
             raise InvalidInput(f"{field} must be {kind} {self.describe()}, got {quote(value)}")
         try:
             number = int(value) if self.integer else float(value)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
+import sys
 import time
 
 import click
 
 from tidegate.worker import control, gates, kinds, knobs, status, store, trust
-from tidegate.worker.cliutil import Database, actor_option, database_option, echo_json, run_cli
-from tidegate.worker.db import tidegate_home
+from tidegate.worker.cliutil import Database, TidegateExit, actor_option, database_option, echo_json, run_cli
+from tidegate.worker.db import is_outage, mask_url, tidegate_home
+from tidegate.worker.errors import SchemaNotReady, TidegateError
 from tidegate.worker.logs import setup_logging
 from tidegate.worker.maintenance import DAY, RetentionConfig
 from tidegate.worker.redact import redact
@@ -49,13 +50,40 @@ def alembic_config(db: Database, section: str = "alembic"):  # type: ignore[no-u
 
 @db.command("upgrade")
 @click.argument("revision", default="head")
+@click.option("--all-targets", is_flag=True, help="Migrate every target (`tidegate targets list`), one by one.")
 @database_option(schema=False)
-def db_upgrade(db: Database, revision: str) -> None:
-    """Apply migrations up to REVISION (default: head)."""
+def db_upgrade(db: Database, revision: str, all_targets: bool) -> None:
+    """Apply migrations up to REVISION (default: head), in the database or --target, or --all-targets."""
     from alembic import command
 
-    command.upgrade(alembic_config(db), revision)
-    click.echo(f"database {db.masked} at {_current(db) or 'base'}")
+    if all_targets and db.target:
+        raise click.UsageError("give --target NAME or --all-targets, not both")
+    if not all_targets:
+        command.upgrade(alembic_config(db), revision)
+        click.echo(f"{_named(db)} at {_current(db) or 'base'}")
+        return
+    from tidegate.worker import targets
+    from tidegate.worker.db import first_line
+
+    failed: list[tuple[str, TidegateError | Exception]] = []
+    for target in targets.select(None):
+        one = Database.of_target(target.name, schema=False)
+        try:
+            command.upgrade(alembic_config(one), revision)
+            click.echo(f"{_named(one)} at {_current(one) or 'base'}")
+        except Exception as err:  # one target's failure is reported; the others are still migrated
+            failed.append((target.name, err))
+            click.echo(f"target {target.name}: not migrated: {mask_url(first_line(err))[:300]}", err=True)
+        finally:
+            one.dispose()
+    if failed:
+        codes = {getattr(e, "exit_code", 5 if is_outage(e) else 1) for _, e in failed}
+        raise TidegateExit(f"{len(failed)} target(s) not migrated: {', '.join(n for n, _ in failed)}",
+                           max(codes))
+
+
+def _named(db: Database) -> str:
+    return f"target {db.target} ({db.masked})" if db.target else f"database {db.masked}"
 
 
 @db.command("downgrade")
@@ -66,7 +94,7 @@ def db_downgrade(db: Database, revision: str) -> None:
     from alembic import command
 
     command.downgrade(alembic_config(db), revision)
-    click.echo(f"database {db.masked} at {_current(db) or 'base'}")
+    click.echo(f"{_named(db)} at {_current(db) or 'base'}")
 
 
 @db.command("current")
@@ -96,6 +124,64 @@ def db_embedded(stop: bool) -> None:
         click.echo("stopped" if embedded.stop(pgdata) else "not running")
     else:
         click.echo(embedded.embedded_url(pgdata))
+
+
+# -- targets ---------------------------------------------------------------
+
+
+@cli.group("targets")
+def targets_group() -> None:
+    """Named databases (a database per tenant or shard): each keeps its own tidegate tables.
+
+    Stored in $TIDEGATE_TARGETS_FILE (default $TIDEGATE_HOME/targets.toml, mode 0600), and/or given as
+    $TIDEGATE_TARGETS='a=postgresql://...,b=postgresql://...'. Every job command takes --target NAME."""
+
+
+@targets_group.command("add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--replace", is_flag=True, help="Change the URL of a target that exists.")
+def targets_add(name: str, url: str, replace: bool) -> None:
+    """Add target NAME ([a-z0-9_-], 1 to 63 characters) for the database at URL (not connected to)."""
+    from tidegate.worker import targets
+
+    found = targets.add(name, url, replace=replace)
+    click.echo(f"target {found.name} = {found.masked} (in {found.source})")
+
+
+@targets_group.command("remove")
+@click.argument("name")
+def targets_remove(name: str) -> None:
+    """Remove target NAME from the targets file (its database and tables are left as they are)."""
+    from tidegate.worker import targets
+
+    found = targets.remove(name)
+    click.echo(f"target {found.name} removed from {found.source}")
+
+
+@targets_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--timeout", default=5, show_default=True, type=click.IntRange(1, 60),
+              help="Seconds to wait for each target's database.")
+def targets_list(as_json: bool, timeout: int) -> None:
+    """Every target: its URL (password masked), where it is defined, reachable?, migrated?, schema revision."""
+    from tidegate.worker import targets
+
+    rows = []
+    for t in targets.load().values():
+        p = targets.probe(t, timeout)
+        rows.append({"name": t.name, "url": t.masked, "source": t.source, "reachable": p.reachable,
+                     "migrated": p.migrated, "revision": p.revision, "error": p.error})
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo(f"no targets (tidegate targets add NAME URL, or ${targets.ENV})")
+        return
+    for r in rows:
+        state = ("migrated" if r["migrated"] else "NOT MIGRATED") if r["reachable"] else "UNREACHABLE"
+        extra = f"  ({r['error']})" if r["error"] else ""
+        click.echo(f"{r['name']:<20} {state:<13} {r['revision'] or 'base':<8} {r['url']}  [{r['source']}]{extra}")
 
 
 # -- worker pool ------------------------------------------------------------
@@ -153,6 +239,13 @@ def db_embedded(stop: bool) -> None:
                    " Approved statements (tidegate sql approve) run either way.")
 @click.option("--sql-author-role", default=trust.DEFAULT_AUTHOR_ROLE, envvar=trust.AUTHOR_ROLE_ENV, show_default=True,
               help="Role whose members may have their own SQL run (superusers may too).")
+@click.option("--targets", "target_names", metavar="A,B,...",
+              help="Serve these targets (`tidegate targets list`), fairly, from every worker process.")
+@click.option("--all-targets", is_flag=True, help="Serve every target.")
+@click.option("--max-open-targets", default=8, show_default=True, type=click.IntRange(1, 10000),
+              help="With --targets: databases a worker process keeps connections to at once (each up to 4).")
+@click.option("--slice-quantum", default=5.0, show_default=True, type=click.FloatRange(0.1, 86400),
+              help="With --targets: seconds a worker works one slice before it lets go and serves the next target.")
 @database_option
 @click.pass_context
 def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queues: tuple[str, ...], drain: bool,
@@ -161,8 +254,12 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
            gate_connections: float, gate_long_transactions: float, gate_replication_lag: float,
            gate_autovacuum: bool, no_gates: bool, retry_backoff: float, pause_after_failures: int,
            handler_modules: tuple[str, ...], batch_deadline: float | None, stop_grace: float,
-           max_worker_deaths: int, allow_sql: bool, sql_author_role: str) -> None:
-    """Run an isolated pool of worker processes until SIGTERM (or, with --drain, until idle)."""
+           max_worker_deaths: int, allow_sql: bool, sql_author_role: str, target_names: str | None,
+           all_targets: bool, max_open_targets: int, slice_quantum: float) -> None:
+    """Run an isolated pool of worker processes until SIGTERM (or, with --drain, until idle).
+
+    With --targets (or --all-targets) the pool serves several databases, each with its own tidegate
+    tables: every process claims from all of them, least recently served first (ops/targets.md)."""
     from tidegate.worker.pool import run_pool
     from tidegate.worker.runner import WorkerConfig
 
@@ -176,23 +273,56 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
     if unknown:
         raise click.BadParameter(f"unknown job type(s) {', '.join(unknown)}; known: {', '.join(sorted(kinds.kinds()))}",
                                  param_hint="--types")
-    with db.engine.connect():  # fail fast at start; outages later are ridden out with backoff
-        pass
-    config = WorkerConfig(url=db.url, pool=pool_name, queues=list(queues), types=wanted,
+    served = _pool_targets(db, target_names, all_targets)
+    if served is None:
+        with db.engine.connect():  # fail fast at start; outages later are ridden out with backoff
+            pass
+    config = WorkerConfig(url=served[0][1] if served else db.url, pool=pool_name, queues=list(queues), types=wanted,
                           lease_seconds=lease_seconds, poll_seconds=poll_seconds, drain=drain,
                           progress_every=progress_every, backoff_base=retry_backoff,
                           backoff_max=max(300.0, retry_backoff), pause_after_failures=pause_after_failures,
                           batch_deadline=batch_deadline, stop_grace=stop_grace,
                           max_worker_deaths=max_worker_deaths,
+                          slice_quantum=slice_quantum if served else None, let_go_when_held=bool(served),
+                          connect_timeout=CONNECT_TIMEOUT if served else None,
                           gates=[] if no_gates else [
                               gates.Connections(gate_connections), gates.LongTransactions(gate_long_transactions),
                               gates.ReplicationLag(gate_replication_lag),
                               *([gates.Autovacuum()] if gate_autovacuum else [])])
     retention = None if no_maintenance else RetentionConfig(retention_jobs * DAY, retention_errors * DAY)
-    logging.getLogger(__name__).info("pool on %s%s", db.masked,
+    where = f"{len(served)} target(s)" if served else db.masked
+    logging.getLogger(__name__).info("pool on %s%s", where,
                                      f"; ad-hoc SQL allowed for {sql_author_role}" if allow_sql else "")
     raise SystemExit(run_pool(config, concurrency, ctx.obj["log_level"], ctx.obj["log_format"], metrics_port,
-                              retention))
+                              retention, served, max_open_targets))
+
+
+CONNECT_TIMEOUT = 5  # seconds: a pool over several targets never waits longer on one that does not answer
+
+
+def _pool_targets(db: Database, names: str | None, every: bool) -> list[tuple[str, str]] | None:
+    """--targets / --all-targets: (name, url) of each, every one checked at start: an unknown name is exit 2,
+    a target that is not migrated exit 5; one that does not answer is only warned about (the pool serves
+    the others and tries it again with backoff). None for a pool over one database."""
+    from tidegate.worker import targets
+
+    if names is None and not every:
+        return None
+    if names is not None and every:
+        raise click.UsageError("give --targets or --all-targets, not both")
+    if db.target is not None:
+        raise click.UsageError("give --target (one database) or --targets, not both")
+    chosen = targets.select(None if every else targets.split_names(names or ""))
+    for t in chosen:
+        found = targets.probe(t, CONNECT_TIMEOUT)
+        if not found.reachable or found.error:  # a grant missing, say: the worker's log will say more
+            logging.getLogger(__name__).warning("target %s %s at start (%s): serving the others meanwhile", t.name,
+                                                "unavailable" if not found.reachable else "not checked", found.error)
+        elif not found.migrated:
+            what = f"at schema revision {found.revision}" if found.revision else "has no tidegate tables"
+            raise SchemaNotReady(f"target {t.name} ({t.masked}) {what}: run `tidegate db upgrade --target {t.name}`"
+                                 " (or --all-targets)")
+    return [(t.name, t.url) for t in chosen]
 
 
 def _handler_modules(given: tuple[str, ...]) -> None:
@@ -201,12 +331,9 @@ def _handler_modules(given: tuple[str, ...]) -> None:
     configured = [n.strip() for n in os.environ.get(kinds.HANDLERS_ENV, "").split(",") if n.strip()]
     names = list(dict.fromkeys([*configured, *given]))
     for name in names:
-        try:
-            found = kinds.MODULE_NAME.fullmatch(name) and importlib.util.find_spec(name)
-        except Exception:  # a parent package that fails to import: no such module either
-            found = None
-        if not found:
-            raise click.BadParameter(f"no module {name!r}", param_hint=f"--handlers / ${kinds.HANDLERS_ENV}")
+        if not kinds.find_deployment_module(name):
+            raise click.BadParameter(f"no module {name!r} (looked for installed and in the current directory)",
+                                     param_hint=f"--handlers / ${kinds.HANDLERS_ENV}")
     if given:
         os.environ[kinds.HANDLERS_ENV] = ",".join(names)
 
@@ -247,10 +374,14 @@ def enqueue() -> None:
 @click.option("--watch", is_flag=True, help="Redraw every --interval seconds until interrupted.")
 @click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(0.2, 3600))
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--wide", is_flag=True, help="Whole job ids, each job on one line (checkpoint and note unwrapped).")
 @database_option
-def status_cmd(db: Database, job: str | None, as_json: bool, watch: bool, interval: float, limit: int) -> None:
+def status_cmd(db: Database, job: str | None, as_json: bool, watch: bool, interval: float, limit: int,
+               wide: bool) -> None:
     """Every job (or JOB): status, processed/error counts, checkpoint, rate, ETA.
 
+    Nothing is cut: ids are the shortest unique prefixes (8 characters or more, which every command
+    takes), and in a terminal (or with $COLUMNS) the checkpoint and the note wrap at word boundaries.
     --watch redraws a live table with progress bars and the rate over the last minute.
     """
 
@@ -272,10 +403,21 @@ def status_cmd(db: Database, job: str | None, as_json: bool, watch: bool, interv
         if as_json:
             echo_json(rows[0] if job and rows else rows)
         else:
-            click.echo(status.render_table(rows) if rows else "no jobs")
+            click.echo(status.render_table(rows, _terminal_width(), wide=wide) if rows else "no jobs")
         if not watch:
             return
         time.sleep(interval)
+
+
+def _terminal_width() -> int | None:
+    """$COLUMNS, else the terminal's width; None when the output is no terminal (a pipe: lines unwrapped)."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns if sys.stdout.isatty() else None
+    except (OSError, ValueError):
+        return None
 
 
 @cli.command("errors")

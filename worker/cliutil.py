@@ -20,14 +20,17 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from tidegate.worker.db import EMBEDDED, first_line, is_outage, make_engine, mask_url, resolve_url, tidegate_home
-from tidegate.worker.errors import DatabaseUnavailable, PermissionDenied, TidegateError
+from tidegate.worker.errors import DatabaseUnavailable, InvalidInput, PermissionDenied, SchemaNotReady, TidegateError
 from tidegate.worker.schema import check as check_schema
 
 F = Callable[..., Any]
 
 
 def database_option(func: F | None = None, *, schema: bool = True) -> Any:
-    """Add ``--database-url`` (default ``DATABASE_URL``, else the embedded server).
+    """Add ``--database-url`` (default ``DATABASE_URL``, else the embedded server) and ``--target NAME``
+    (a named database of worker/targets.py; default ``$TIDEGATE_TARGET``), so every command that acts
+    on jobs can be pointed at one target. ``--database-url`` given on the command line wins over
+    ``$TIDEGATE_TARGET``; both on the command line is an error.
 
     ``schema``: check before the first query that the database's tidegate schema is this code's
     (exit 5 and `tidegate db upgrade` otherwise); False for the commands that create it."""
@@ -42,10 +45,26 @@ def database_option(func: F | None = None, *, schema: bool = True) -> Any:
             help="PostgreSQL URL. Default: $DATABASE_URL, else the embedded server in $TIDEGATE_HOME"
                  " (./.tidegate).",
         )
+        @click.option(
+            "--target",
+            "target",
+            envvar="TIDEGATE_TARGET",
+            default=None,
+            metavar="NAME",
+            help="A named database (`tidegate targets list`) instead of --database-url. Default:"
+                 " $TIDEGATE_TARGET, else the database above.",
+        )
         @functools.wraps(func)
-        def wrapper(*args: Any, database_url: str | None, **kwargs: Any) -> Any:
-            source = click.get_current_context().get_parameter_source("database_url")
+        def wrapper(*args: Any, database_url: str | None, target: str | None, **kwargs: Any) -> Any:
+            ctx = click.get_current_context()
+            source = ctx.get_parameter_source("database_url")
             given = "DATABASE_URL" if source == click.core.ParameterSource.ENVIRONMENT else "--database-url"
+            if target is not None:
+                explicit = click.core.ParameterSource.COMMANDLINE
+                if source == explicit and ctx.get_parameter_source("target") == explicit:
+                    raise InvalidInput("give --database-url or --target, not both")
+                if source != explicit:
+                    return func(*args, db=Database.of_target(target, schema=schema), **kwargs)
             return func(*args, db=Database(database_url, given, schema=schema), **kwargs)
 
         return wrapper
@@ -62,12 +81,30 @@ class Database:
         self._schema = schema
         self._url: str | None = None
         self._engine: Engine | None = None
+        self.target: str | None = None  # the target's name, when the database is one
+
+    @classmethod
+    def of_target(cls, name: str, *, schema: bool = True) -> Database:
+        """The target's database; an unknown name is InvalidInput listing the known ones (exit 2)."""
+        from tidegate.worker import targets
+
+        found = targets.get(name)
+        db = cls(found.url, f"target {found.name}", schema=schema)
+        db.target = found.name
+        return db
 
     @property
     def url(self) -> str:
         if self._url is None:
+            if self.embedded:  # said before the server starts: the first line a command or a worker prints
+                click.echo(f"tidegate: using {self.described}", err=True)
             self._url = resolve_url(self._given, self._source)
         return self._url
+
+    @property
+    def embedded(self) -> bool:
+        given = self._given if self._given is not None else os.environ.get("DATABASE_URL")
+        return given is None or given.strip() == EMBEDDED
 
     @property
     def engine(self) -> Engine:
@@ -76,11 +113,22 @@ class Database:
             if self._schema:
                 try:
                     check_schema(engine, self.described)
+                except SchemaNotReady as err:
+                    engine.dispose()
+                    if self.target is None:
+                        raise
+                    raise SchemaNotReady(str(err).replace("`tidegate db upgrade`",
+                                                          f"`tidegate db upgrade --target {self.target}`")) from None
                 except BaseException:
                     engine.dispose()
                     raise
             self._engine = engine
         return self._engine
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
 
     @property
     def masked(self) -> str:
@@ -89,6 +137,8 @@ class Database:
     @property
     def described(self) -> str:
         """The database as an error message names it (saying when it is the embedded default)."""
+        if self.target is not None:
+            return f"target {self.target} ({self.masked})"
         given = self._given if self._given is not None else os.environ.get("DATABASE_URL")
         if given is None:
             return (f"the embedded database in {tidegate_home() / 'pgdata'} (the default: no --database-url"
@@ -96,6 +146,23 @@ class Database:
         if given.strip() == EMBEDDED:
             return f"the embedded database in {tidegate_home() / 'pgdata'}"
         return f"database {self.masked}"
+
+
+def find_job(db: Database, ref: str) -> str:
+    """The full id of the job ``ref`` names (a full id or an unambiguous prefix, as `pause` and `status` take
+    them): every command and option that takes a job id resolves it here (worker/control.py's find_job)."""
+    from tidegate.worker.control import find_job
+
+    with db.engine.connect() as conn:
+        return find_job(conn, ref)
+
+
+class TidegateExit(TidegateError):
+    """A command that acted on several databases and failed on some: the worst exit code of theirs."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def actor_option(func: F) -> F:

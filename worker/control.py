@@ -16,6 +16,8 @@ from tidegate.worker import knobs, store
 from tidegate.worker.errors import IllegalTransition, InvalidInput, NotFound, quote
 from tidegate.worker.states import TRANSITIONS
 
+JOB_ID_CHARS = 36  # a uuid with its dashes
+
 # queue-row moves for jobs that have no backfill_jobs row yet
 _UNPLANNED = {
     "pause": (("pending",), "paused"),
@@ -27,15 +29,25 @@ _UNPLANNED = {
 
 def find_job(conn: Connection, ref: str) -> str:
     """A full job id, from a full id or an unambiguous prefix (as `status` prints them)."""
-    ref = ref.strip().lower()
-    if not ref or any(c not in "0123456789abcdef-" for c in ref):
-        raise InvalidInput(f"{quote(ref)} is not a job id")
+    ref = check_job_ref(ref)
     rows = store.find_jobs(conn, ref)
     if not rows:
         raise NotFound(f"no job {quote(ref)}")
     if len(rows) > 1:
-        raise InvalidInput(f"job id prefix {quote(ref)} is ambiguous: give more characters")
+        raise InvalidInput(f"job id prefix {quote(ref)} is ambiguous: it matches {rows[0].id}, {rows[1].id}"
+                           " and maybe more; give more characters")
     return str(rows[0].id)
+
+
+def check_job_ref(ref: object) -> str:
+    """``ref`` as a job id or id prefix (lower case), or InvalidInput: hex digits and dashes, 1 to 36 of them."""
+    if not isinstance(ref, str):
+        raise InvalidInput(f"a job id must be text, got {quote(ref)}")
+    cleaned = ref.strip().lower()
+    if not cleaned or len(cleaned) > JOB_ID_CHARS or any(c not in "0123456789abcdef-" for c in cleaned):
+        raise InvalidInput(f"{quote(ref, 60)} is not a job id (a uuid as `tidegate status` prints it, or an"
+                           " unambiguous prefix of one)")
+    return cleaned
 
 
 def transition(conn: Connection, ref: str, action: str, actor: str, reason: str | None = None) -> str:

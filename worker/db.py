@@ -95,7 +95,8 @@ def mask_url(url: str) -> str:
     return redact(re.sub(r"(password=)[^&\s]*", r"\1***", masked))
 
 
-def make_engine(url: str, *, application_name: str = "tidegate", pool_size: int = 2) -> Engine:
+def make_engine(url: str, *, application_name: str = "tidegate", pool_size: int = 2, max_overflow: int = 2,
+                connect_timeout: int | None = None) -> Engine:
     """An engine with a small pool; tidegate keeps no session state.
 
     Nothing that correctness depends on lives in the session (no advisory
@@ -106,10 +107,11 @@ def make_engine(url: str, *, application_name: str = "tidegate", pool_size: int 
     engine = create_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
-        max_overflow=2,
+        max_overflow=max_overflow,
         pool_pre_ping=True,
         poolclass=pool.QueuePool,
-        connect_args={"application_name": application_name, "prepare_threshold": None},
+        connect_args={"application_name": application_name, "prepare_threshold": None,
+                      **({"connect_timeout": connect_timeout} if connect_timeout else {})},
     )
     event.listen(engine, "handle_error", _translate)
     return engine

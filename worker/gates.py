@@ -136,9 +136,10 @@ class Autovacuum:
 class Gates:
     """The gates of a pool, checked at most every ``every`` seconds per job."""
 
-    def __init__(self, gates: list[Gate], every: float = 1.0) -> None:
+    def __init__(self, gates: list[Gate], every: float = 1.0, wait: bool = True) -> None:
         self.gates = gates
         self.every = every
+        self.wait = wait  # False: wait_if_held returns at once (a pool over several targets serves another)
         self._last: dict[str, tuple[float, tuple[str, str] | None]] = {}
         self._written: dict[str, list[str]] = {}  # per job: the tables it declares it writes
         self._held: set[str] = set()  # jobs this process has recorded as held
@@ -185,5 +186,6 @@ class Gates:
         if job_id not in self._held:
             log.warning("job %s held by gate %s: %s", job_id, gate, reason, extra=job_ctx(job_id, gate=gate))
             self._held.add(job_id)
-        stop.wait(self.every)
+        if self.wait:
+            stop.wait(self.every)
         return True

@@ -46,10 +46,19 @@ class Heartbeat:
             delay = min(delay * 2, 10.0)
         self._thread.start()
 
+    def try_start(self) -> bool:
+        """Register once, without waiting through an outage (a pool over several targets serves the others
+        meanwhile); renew from a thread if that worked."""
+        if not self._beat():
+            return False
+        self._thread.start()
+        return True
+
     def stop(self) -> None:
         self._stopping = True
         self.watch.wake.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def _beat(self) -> bool:
         w = self.worker

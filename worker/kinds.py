@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.machinery
+import importlib.util
 import logging
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from importlib.metadata import entry_points
@@ -231,6 +234,39 @@ HANDLERS_ENV = "TIDEGATE_HANDLERS"
 MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
+def find_deployment_module(name: str) -> bool:
+    """Can ``name``, a module the deployment named ($TIDEGATE_HANDLERS, --handlers, $TIDEGATE_PLUGINS; never a
+    payload), be imported? As Python users expect, one that is not installed is looked for in the current
+    directory too, as ``python -m`` would: the directory is then added to the end of ``sys.path`` (an installed
+    module of the same name wins), and worker processes, spawned with this ``sys.path``, see it as well."""
+    if not MODULE_NAME.fullmatch(name):
+        return False
+    try:
+        if importlib.util.find_spec(name) is not None:
+            return True
+    except Exception:  # noqa: S110  (a parent package that fails to import: looked for below, else missing)
+        pass
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the directory was removed under us
+        return False
+    if cwd in sys.path or importlib.machinery.PathFinder.find_spec(name.partition(".")[0], [cwd]) is None:
+        return False
+    sys.path.append(cwd)
+    importlib.invalidate_caches()
+    log.debug("module %s found in the current directory %s: added to the import path", name, cwd)
+    try:
+        return importlib.util.find_spec(name) is not None
+    except Exception:
+        return False
+
+
+def import_deployment_module(name: str) -> Any:
+    """Import ``name``, a module the deployment named (:func:`find_deployment_module` says where from)."""
+    find_deployment_module(name)
+    return importlib.import_module(name)
+
+
 def register(kind: Kind) -> None:
     if not isinstance(kind, RangeKind | OneShotKind):
         raise TypeError(f"a job kind subclasses RangeKind or OneShotKind, got {type(kind).__name__}")
@@ -242,7 +278,7 @@ def _load_plugins() -> list[Any]:
     (comma-separated module names: a deployment's own kinds without packaging them)."""
     loaders = [(ep.value, ep.load) for ep in entry_points(group="tidegate.plugins")]
     for name in filter(None, (n.strip() for n in os.environ.get("TIDEGATE_PLUGINS", "").split(","))):
-        loaders.append((name, functools.partial(importlib.import_module, name)))
+        loaders.append((name, functools.partial(import_deployment_module, name)))
     modules = []
     for name, load in loaders:
         try:

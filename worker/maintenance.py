@@ -68,3 +68,25 @@ def loop(engine: Engine, config: RetentionConfig, stop: threading.Event) -> None
                          pruned.queue_jobs, pruned.etl_errors)
         except Exception as err:  # the next pass tries again
             log.warning("maintenance: pass failed: %s", err)
+
+
+def loop_targets(targets: list[tuple[str, str]], config: RetentionConfig, stop: threading.Event) -> None:
+    """:func:`loop` over the targets of a pool (worker/multi.py), one after another, holding no
+    connection between passes; a target that fails is tried again at the next pass."""
+    from tidegate.worker.db import make_engine
+
+    while not stop.wait(config.interval_seconds):
+        for name, url in targets:
+            if stop.is_set():
+                return
+            engine = make_engine(url, application_name="tidegate-maintenance", pool_size=1, max_overflow=0,
+                                 connect_timeout=5)
+            try:
+                pruned = run_once(engine, config)
+                if pruned.queue_jobs or pruned.etl_errors:
+                    log.info("maintenance: target %s: deleted %d finished queue job(s) and %d old etl_errors"
+                             " row(s)", name, pruned.queue_jobs, pruned.etl_errors)
+            except Exception as err:  # the next pass tries again
+                log.warning("maintenance: target %s: pass failed: %s", name, err)
+            finally:
+                engine.dispose()

@@ -11,6 +11,11 @@ at scrape time, once per scrape, not by every worker.
 Labels are bounded: job kind, job status, gate, and job_id (one value per job,
 never per item); per-job gauges cover active jobs and those finished in the
 last day only.
+
+A pool over several targets (`tidegate worker --targets`) adds a ``target`` label to every metric:
+it sets ``TIDEGATE_METRICS_TARGET=1`` for its worker processes, whose counters are then declared with
+the label and filled with the target each one is working for (:func:`set_target`); the database
+gauges are read from each target. A pool over one database has the metrics it always had.
 """
 
 from __future__ import annotations
@@ -27,39 +32,74 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
+TARGET_ENV = "TIDEGATE_METRICS_TARGET"
+_BY_TARGET = os.environ.get(TARGET_ENV) == "1"
+_target = ""
 
-ROWS_PROCESSED = Counter(
-    "tidegate_rows_processed_total", "Source rows processed by committed batches", ["kind", "job_id"]
-)
-ROWS_FAILED = Counter(
-    "tidegate_rows_failed_total", "Items that failed in a handler (written to etl_errors)", ["kind", "job_id"]
-)
-BATCHES = Counter("tidegate_batches_total", "Batches committed", ["kind"])
-BATCH_FAILURES = Counter("tidegate_batch_failures_total", "Batches rolled back and retried", ["kind"])
-BATCH_SECONDS = Histogram(
+
+def set_target(name: str) -> None:
+    """The target this process works for from now on (its counters' ``target`` label)."""
+    global _target
+    _target = name
+
+
+class _Targeted:
+    """A metric whose ``labels(...)`` adds the current target when the process counts by target."""
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self.metric = metric
+
+    def labels(self, *values: str):  # type: ignore[no-untyped-def]
+        return self.metric.labels(*values, _target) if _BY_TARGET else self.metric.labels(*values)
+
+
+def _labels(*names: str) -> list[str]:
+    return [*names, "target"] if _BY_TARGET else list(names)
+
+
+ROWS_PROCESSED = _Targeted(Counter(
+    "tidegate_rows_processed_total", "Source rows processed by committed batches", _labels("kind", "job_id")))
+ROWS_FAILED = _Targeted(Counter(
+    "tidegate_rows_failed_total", "Items that failed in a handler (written to etl_errors)", _labels("kind", "job_id")))
+BATCHES = _Targeted(Counter("tidegate_batches_total", "Batches committed", _labels("kind")))
+BATCH_FAILURES = _Targeted(Counter("tidegate_batch_failures_total", "Batches rolled back and retried", _labels("kind")))
+BATCH_SECONDS = _Targeted(Histogram(
     "tidegate_batch_duration_seconds",
     "Wall time of one batch transaction",
-    ["kind"],
+    _labels("kind"),
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-)
-LEASE_TAKEOVERS = Counter(
-    "tidegate_lease_takeovers_total", "Slices taken over from a worker whose lease expired", ["kind"]
-)
-GATE_HOLDS = Counter("tidegate_gate_holds_total", "Batches held back by a throttle or health gate", ["gate"])
-ARCHIVE_STREAMS = Counter(
-    "tidegate_archive_streams_total", "Event streams archived or reactivated", ["action"]
-)
-ARCHIVE_EVENTS = Counter("tidegate_archive_events_moved_total", "Events moved between hot and archive", ["direction"])
-ONE_SHOT_JOBS = Counter("tidegate_one_shot_jobs_total", "Small (one-shot) jobs run", ["kind", "outcome"])
+))
+LEASE_TAKEOVERS = _Targeted(Counter(
+    "tidegate_lease_takeovers_total", "Slices taken over from a worker whose lease expired", _labels("kind")))
+GATE_HOLDS = _Targeted(Counter("tidegate_gate_holds_total", "Batches held back by a throttle or health gate",
+                               _labels("gate")))
+ARCHIVE_STREAMS = _Targeted(Counter(
+    "tidegate_archive_streams_total", "Event streams archived or reactivated", _labels("action")))
+ARCHIVE_EVENTS = _Targeted(Counter("tidegate_archive_events_moved_total", "Events moved between hot and archive",
+                                   _labels("direction")))
+ONE_SHOT_JOBS = _Targeted(Counter("tidegate_one_shot_jobs_total", "Small (one-shot) jobs run",
+                                  _labels("kind", "outcome")))
 
 
 class DatabaseCollector(Collector):
     """Gauges read from the database at scrape time."""
 
-    def __init__(self, engine) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, engine, target: str | None = None) -> None:  # type: ignore[no-untyped-def]
         self.engine = engine
+        self.target = target  # a pool over several targets: one collector per target, labelled
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self.target is None:
+            yield from self._collect()
+            return
+        try:
+            for family in self._collect():  # the same gauges, each sample with target="NAME"
+                family.samples = [s._replace(labels={**s.labels, "target": self.target}) for s in family.samples]
+                yield family
+        finally:
+            self.engine.dispose()  # no connection held between scrapes, per target
+
+    def _collect(self) -> Iterator[GaugeMetricFamily]:
         from tidegate.worker import store  # late: keeps this module importable without the SQL package
 
         queue = GaugeMetricFamily("tidegate_queue_jobs", "Rows of queue_jobs by status", labels=["status"])
@@ -96,15 +136,37 @@ class DatabaseCollector(Collector):
         yield from (queue, oldest, jobs, remaining, in_flight, workers, up)
 
 
+class TargetsCollector(Collector):
+    """The database gauges of every target of a pool, one family per metric, samples labelled by target."""
+
+    def __init__(self, engines: dict) -> None:  # type: ignore[type-arg]
+        self.collectors = [DatabaseCollector(engine, name) for name, engine in engines.items()]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        merged: dict[str, GaugeMetricFamily] = {}
+        for collector in self.collectors:
+            for family in collector.collect():
+                if family.name in merged:
+                    merged[family.name].samples += family.samples
+                else:
+                    merged[family.name] = family
+        yield from merged.values()
+
+
 class MetricsServer:
     """The pool's /metrics endpoint over every worker process's samples."""
 
-    def __init__(self, port: int, engine) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, port: int, engine, targets: dict | None = None) -> None:  # type: ignore[no-untyped-def]
+        """``targets``: {name: engine} of a pool over several targets (then ``engine`` is None)."""
         self.dir = tempfile.mkdtemp(prefix="tidegate-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.dir  # inherited by the workers spawned after this
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.dir)
-        registry.register(DatabaseCollector(engine))
+        if targets:
+            os.environ[TARGET_ENV] = "1"  # the workers' counters get the target label
+            registry.register(TargetsCollector(targets))
+        else:
+            registry.register(DatabaseCollector(engine))
         self.server, self.thread = start_http_server(port, registry=registry)
         log.info("metrics on http://0.0.0.0:%d/metrics", port)
 

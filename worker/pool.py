@@ -19,6 +19,9 @@
   all have.
 * Idle workers watch a counter the pool shares (worker/wakeup.py): a sibling
   that plans a job, cuts a slice or finishes one wakes them within 50 ms.
+* Over several targets (``targets``): every worker process serves all of them
+  (worker/multi.py); a death is recorded in the database of the batch it
+  interrupted; maintenance and the metrics' gauges visit each target in turn.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ STOP_MARGIN = 15.0  # seconds after the stop grace before the pool SIGKILLs a wo
 
 
 def _worker_main(config: WorkerConfig, index: int, log_level: str, log_format: str, wakeup: Wakeup,
-                 slot: Slot) -> None:
+                 slot: Slot, targets: list[tuple[str, str]] | None = None, max_open: int = 8) -> None:
     setup_logging(log_level, log_format, process_name=f"worker-{index}")
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -65,7 +68,12 @@ def _worker_main(config: WorkerConfig, index: int, log_level: str, log_format: s
         stop.set()
 
     signals.on_signals(on_signal)
-    code = Worker(replace(config, exit_when_wedged=True), stop, wakeup, slot).run()
+    if targets:
+        from tidegate.worker.multi import MultiWorker
+
+        code = MultiWorker(replace(config, exit_when_wedged=True), targets, stop, wakeup, slot, max_open).run()
+    else:
+        code = Worker(replace(config, exit_when_wedged=True), stop, wakeup, slot).run()
     # Connections are closed and logs flushed: skip the interpreter's teardown of every module
     # and object (about 0.3 s with SQLAlchemy loaded), as multiprocessing does for forked children.
     logging.shutdown()
@@ -88,18 +96,24 @@ def how_it_ended(code: int | None) -> str:
 class _Deaths:
     """The pool's bookkeeping after a worker process died, on a connection of the supervisor's own."""
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, targets: list[tuple[str, str]] | None = None) -> None:
         self.config = config
-        self._engine: Engine | None = None
+        self.urls = [url for _, url in targets] if targets else [config.url]
+        self._engines: dict[int, Engine] = {}
 
     def record(self, worker_id: str | None, batch: InFlight | None, how: str, count: bool) -> None:
-        """End the dead worker's batch backend, count the death against its job (``count``), expire its lease."""
-        if worker_id is None:
+        """End the dead worker's batch backend, count the death against its job (``count``), expire its lease.
+
+        Over several targets, in the database of the batch it was in (its leases elsewhere lapse)."""
+        if worker_id is None or (batch is None and len(self.urls) > 1):
             return
-        if self._engine is None:
-            self._engine = make_engine(self.config.url, application_name="tidegate-pool", pool_size=1)
+        target = batch.target if batch is not None and 0 <= batch.target < len(self.urls) else 0
+        engine = self._engines.get(target)
+        if engine is None:
+            engine = self._engines[target] = make_engine(self.urls[target], application_name="tidegate-pool",
+                                                         pool_size=1, connect_timeout=5)
         try:
-            with self._engine.begin() as conn:
+            with engine.begin() as conn:
                 store.local_lock_timeout(conn, 5000)
                 if batch is not None:
                     store.terminate_backend(conn, batch.backend_pid, batch.xact_start)
@@ -113,18 +127,23 @@ class _Deaths:
             log.warning("pool: could not record the death of worker %s (%s)", worker_id, first_line(err))
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
+        for engine in self._engines.values():
+            engine.dispose()
 
 
 def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", log_format: str = "text",
-             metrics_port: int | None = None, retention: RetentionConfig | None = None) -> int:
+             metrics_port: int | None = None, retention: RetentionConfig | None = None,
+             targets: list[tuple[str, str]] | None = None, max_open: int = 8) -> int:
+    """``targets``: (name, url) of a pool over several databases (``config.url`` is then unused)."""
     ctx = mp.get_context("spawn")
     wakeup = Wakeup(ctx)  # an idle worker wakes when a sibling makes work claimable, not a poll later
     slots = Slots(ctx, concurrency)  # which batch each worker is in, read when one dies
-    deaths = _Deaths(config)
+    deaths = _Deaths(config, targets)
     stopping = threading.Event()
-    if retention is not None:  # the supervisor prunes old rows now and then; workers only work
+    if retention is not None and targets:
+        threading.Thread(target=maintenance.loop_targets, args=(targets, retention, stopping), daemon=True,
+                         name="maintenance").start()
+    elif retention is not None:  # the supervisor prunes old rows now and then; workers only work
         engine = make_engine(config.url, application_name="tidegate-maintenance", pool_size=1)
         threading.Thread(target=maintenance.loop, args=(engine, retention, stopping), daemon=True,
                          name="maintenance").start()
@@ -132,8 +151,13 @@ def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", lo
     if metrics_port is not None:
         from tidegate.worker.metrics import MetricsServer
 
-        metrics = MetricsServer(metrics_port, make_engine(config.url, application_name="tidegate-metrics",
-                                                          pool_size=1))
+        if targets:
+            metrics = MetricsServer(metrics_port, None, {
+                name: make_engine(url, application_name="tidegate-metrics", pool_size=1, max_overflow=0,
+                                  connect_timeout=5) for name, url in targets})
+        else:
+            metrics = MetricsServer(metrics_port, make_engine(config.url, application_name="tidegate-metrics",
+                                                              pool_size=1))
     # Only this (main) thread touches the processes: a signal only sets ``stopping``, and the loop
     # below passes it on, also to a worker it was restarting at that very moment.
     procs: dict[int, mp.process.BaseProcess] = {}
@@ -146,7 +170,8 @@ def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", lo
 
     def start(index: int) -> None:
         p = ctx.Process(target=_worker_main, args=(replace(config), index, log_level, log_format, wakeup,
-                                                   slots.slot(index)), name=f"tidegate-worker-{index}")
+                                                   slots.slot(index), targets, max_open),
+                        name=f"tidegate-worker-{index}")
         p.start()
         procs[index] = p
         born[index] = time.monotonic()

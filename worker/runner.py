@@ -60,7 +60,8 @@ PAYLOAD_FAULTS = (InvalidInput, RecursionError, OverflowError, ValueError, TypeE
 class Outcome(StrEnum):
     """What became of one batch (``Worker.run_batch``), and so what the slice's loop does next."""
 
-    MORE = "more"  # committed (or held by a gate, or shrunk after a timeout): run the slice's next batch
+    MORE = "more"  # committed (or shrunk after a timeout): run the slice's next batch
+    HELD = "held"  # a health gate holds the job: the slice's next batch after the gate's pause
     SLICE_DONE = "slice-done"  # committed, and the slice has no key left
     STOPPED = "stopped"  # not ours any more (lease lost) or let go (paused, cancelled, canary, concurrency)
     FAILED = "failed"  # rolled back and counted against the job: the slice waits for its retry
@@ -129,27 +130,39 @@ class WorkerConfig:
     stop_grace: float = 30.0  # seconds a batch in flight may run on after a stop request
     max_worker_deaths: int = 3  # worker deaths in a row during a job's batches before it fails as poison
     exit_when_wedged: bool = False  # a pool's worker process exits when a batch wedges it
+    # a pool over several targets (worker/multi.py): a worker lets go of a slice after this many seconds
+    # of its batches, and at once when a gate holds its job, so the other targets are served meanwhile
+    slice_quantum: float | None = None
+    let_go_when_held: bool = False
+    connect_timeout: int | None = None  # seconds; a pool over several targets must not hang on one host
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class Worker:
     def __init__(self, config: WorkerConfig, stop: threading.Event | None = None,
-                 wakeup: Wakeup | None = None, slot: Slot | None = None) -> None:
+                 wakeup: Wakeup | None = None, slot: Slot | None = None, worker_id: str | None = None) -> None:
         self.config = config
         self.stop = stop or threading.Event()
         self.wakeup = wakeup or Wakeup()  # shared by a pool's workers (worker/wakeup.py)
-        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        # a process serving several targets has one Worker per target, all with its id (worker/multi.py)
+        self.id = worker_id or new_worker_id()
         self.kinds = kinds.kinds()
         wanted = set(config.types) or set(self.kinds)
         self.kind_names = sorted(wanted & set(self.kinds))
         one_shot_kinds = {n: k for n in self.kind_names if isinstance(k := self.kinds[n], kinds.OneShotKind)}
         self.one_shot_names = sorted(one_shot_kinds)
-        self.engine: Engine = make_engine(config.url, application_name=f"tidegate-worker {self.id}")
+        self.engine: Engine = make_engine(config.url, application_name=f"tidegate-worker {self.id}",
+                                          connect_timeout=config.connect_timeout)
         self.watch = BatchWatch(self.engine, self.id, self.stop, stop_grace=config.stop_grace,
                                 max_deaths=config.max_worker_deaths, slot=slot,
                                 exit_when_wedged=config.exit_when_wedged)
         self._heartbeat = Heartbeat(self, config.lease_seconds, self.watch)
         self.batches_done = 0
-        self.gates = Gates(config.gates)
+        self.gates = Gates(config.gates, wait=not config.let_go_when_held)
+        self.held = False  # the last slice was let go because a gate held its job (let_go_when_held)
         self.one_shots = OneShots(self.engine, one_shot_kinds, config)
         self._last_plan = 0.0
         self._tail_seconds = 0.0  # moving average of a batch's time after its last step
@@ -164,7 +177,7 @@ class Worker:
             while not self.stop.is_set():
                 seen = self.wakeup.seen()
                 try:
-                    if self._plan_due() and self.plan_one() or self.run_one_shots() or self.work_one_slice():
+                    if self.step():
                         troubles = 0
                         continue
                     if self.config.drain and not self._work_left():
@@ -189,15 +202,31 @@ class Worker:
                     continue
                 self.wakeup.wait(seen, self.config.poll_seconds * random.uniform(0.5, 1.0), self.stop)
         finally:
-            self._heartbeat.stop()
-            try:
-                with self.engine.begin() as conn:
-                    store.unregister_worker(conn, self.id)
-            except Exception as err:  # the lease expires by itself
-                log.warning("worker %s: could not unregister (%s)", self.id, first_line(err))
-            self.engine.dispose()
+            self.close()
             log.info("worker %s stopped", self.id)
         return 0
+
+    def open(self) -> bool:
+        """Register without waiting through an outage (worker/multi.py); False if the database did not answer."""
+        if self._heartbeat.try_start():
+            return True
+        self.engine.dispose()
+        return False
+
+    def close(self) -> None:
+        """Stop the heartbeat, unregister, close the connections."""
+        self._heartbeat.stop()
+        try:
+            with self.engine.begin() as conn:
+                store.unregister_worker(conn, self.id)
+        except Exception as err:  # the lease expires by itself
+            log.warning("worker %s: could not unregister (%s)", self.id, first_line(err))
+        self.engine.dispose()
+
+    def step(self) -> bool:
+        """One unit of work: plan a job, run a handful of one-shot jobs, or work a slice; False if none."""
+        self.held = False
+        return bool(self._plan_due() and self.plan_one() or self.run_one_shots() or self.work_one_slice())
 
     def _plan_due(self) -> bool:
         """While one-shot jobs keep coming, look for jobs to plan once a second, not before every
@@ -298,19 +327,28 @@ class Worker:
             log.warning("job %s slice %d: taking over from %s (lease expired)", job, n, claimed.previous_owner,
                         extra=job_ctx(job, n, previous_owner=claimed.previous_owner))
         batches = 0
+        quantum = self.config.slice_quantum
+        until = time.monotonic() + quantum if quantum else None
         while True:
             if self.stop.is_set():
                 self._release(job, n)
                 return True
             outcome = self.run_batch(job, n, takeover=bool(claimed.previous_owner) and batches == 0)
             batches += 1
-            if outcome is not Outcome.MORE:
+            if outcome is Outcome.HELD and self.config.let_go_when_held:
+                self._release(job, n, "a gate holds the job")
+                self.held = True
+                return False
+            if until is not None and outcome in (Outcome.MORE, Outcome.HELD) and time.monotonic() >= until:
+                self._release(job, n, "its turn is over")
+                return True
+            if outcome not in (Outcome.MORE, Outcome.HELD):
                 return True
 
     def run_batch(self, job_id: str, slice_no: int, *, takeover: bool = False) -> Outcome:
         """One batch in one transaction: the four steps of the module docstring."""
         if self.gates.wait_if_held(self.engine, job_id, self.stop):
-            return Outcome.MORE  # the slice stays ours; try again after the gate's pause
+            return Outcome.HELD  # the slice stays ours; try again after the gate's pause
         batch = InFlight(job_id, slice_no, started=time.monotonic())
         try:
             with self.engine.begin() as conn:
@@ -540,10 +578,11 @@ class Worker:
                     job_id, slice_no, attempt.attempts, limit, attempt.delay_seconds, message,
                     extra=job_ctx(job_id, slice_no, attempts=attempt.attempts, error=message))
 
-    def _release(self, job_id: str, slice_no: int) -> None:
+    def _release(self, job_id: str, slice_no: int, why: str = "shutting down") -> None:
         with self.engine.begin() as conn:
             store.release_slice(conn, job_id, slice_no, self.id)
-        log.info("job %s slice %d: released (shutting down)", job_id, slice_no, extra=job_ctx(job_id, slice_no))
+        log.log(logging.INFO if why == "shutting down" else logging.DEBUG, "job %s slice %d: released (%s)",
+                job_id, slice_no, why, extra=job_ctx(job_id, slice_no))
 
     def _log_progress(self, job_id: str, slice_no: int, bounds: dict[str, dict[str, object]]) -> None:
         """Every N batches: the last batch's bounds and counts, and the whole job's progress."""

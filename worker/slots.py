@@ -31,6 +31,7 @@ class _Slot(ctypes.Structure):
         ("backend_pid", ctypes.c_longlong),
         ("xact_start_us", ctypes.c_longlong),  # microseconds since the epoch: exact, unlike a float
         ("worker_id", ctypes.c_char * 200),
+        ("target", ctypes.c_int),  # which target's database the batch is in (a pool over several targets)
     ]
 
 
@@ -43,14 +44,20 @@ class InFlight:
     slice_no: int
     backend_pid: int
     xact_start: datetime
+    target: int = 0  # the index of its target in the pool's list (0 for a pool over one database)
 
 
 class Slot:
     """One worker's slot (passed to the worker process as a Process argument)."""
 
-    def __init__(self, table: Any, index: int) -> None:
+    def __init__(self, table: Any, index: int, target: int = 0) -> None:
         self._table = table
         self._index = index
+        self._target = target
+
+    def for_target(self, target: int) -> Slot:
+        """The same slot, for the batches of one target of a pool over several."""
+        return Slot(self._table, self._index, target)
 
     @property
     def _s(self) -> _Slot:
@@ -68,6 +75,7 @@ class Slot:
         s.slice_no = slice_no
         s.backend_pid = backend_pid
         s.xact_start_us = (xact_start - EPOCH) // MICROSECOND
+        s.target = self._target
         s.busy = 1
 
     def leave(self) -> None:
@@ -92,7 +100,7 @@ class Slots:
         if not s.busy:
             return None
         return InFlight(s.worker_id.decode(errors="replace"), str(uuid.UUID(bytes=bytes(s.job))), s.slice_no,
-                        s.backend_pid, EPOCH + s.xact_start_us * MICROSECOND)
+                        s.backend_pid, EPOCH + s.xact_start_us * MICROSECOND, s.target)
 
     def clear(self, index: int) -> None:
         s = self._table[index]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from datetime import UTC, datetime
 from typing import Any
 
@@ -95,43 +96,84 @@ def human_seconds(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def render_table(rows: list[dict[str, Any]]) -> str:
-    header = ("JOB", "TYPE", "ENQUEUED BY", "STATUS", "PROCESSED", "ERRORS", "PROGRESS", "ROWS/S", "ETA", "CHECKPOINT",
-              "NOTE")
-    lines = [header]
-    for r in rows:
-        total = r["total_estimate"]
-        progress = "-"
-        if total:
-            progress = f"{min(100.0, 100.0 * r['processed_count'] / total):.1f}%"
-        if r["status"] == "done":
-            progress = "100%"
-        note = r["reason"] or ""
-        if r["status"] == "failed" and r["last_error"]:
-            note = r["last_error"]
-        if r["held_by"]:
-            note = f"held by gate {r['held_by']} since {r['held_since'][:19].replace('T', ' ')}. {note}"
-        if r["slices"]:
-            note = f"slices {r['slices_done']}/{r['slices']} done, {r['slices_in_flight']} in flight. {note}"
-        if r.get("details"):
-            rates = r.get("details_per_second") or {}
-            facts = ", ".join(f"{k.replace('_', ' ')} {v:,}" + (f" ({rates[k]:,.0f}/s)" if rates.get(k) else "")
-                              for k, v in r["details"].items())
-            note = f"{facts}. {note}"
-        lines.append(
-            (
-                r["job_id"][:8],
-                r["type"],
-                r["enqueued_by"] or "-",
-                r["status"],
-                str(r["processed_count"]),
-                str(r["error_count"]),
-                progress,
-                f"{r['rows_per_second']:.0f}" if r["rows_per_second"] else "-",
-                human_seconds(r["eta_seconds"]),
-                (r["last_checkpoint"] or "-")[:25],
-                note.strip()[:120],
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+SHORT_ID = 8  # characters of a job id the tables show: a prefix every command takes
+
+
+def short_ids(job_ids: list[str]) -> dict[str, str]:
+    """Each id's shortest prefix of at least SHORT_ID characters that no other id shown shares (so it can be
+    typed back to any command)."""
+    out = {}
+    for job_id in job_ids:
+        n = SHORT_ID
+        while n < len(job_id) and any(o != job_id and o.startswith(job_id[:n]) for o in job_ids):
+            n += 1
+        out[job_id] = job_id[:n]
+    return out
+
+
+HEADER = ("JOB", "TYPE", "ENQUEUED BY", "STATUS", "PROCESSED", "ERRORS", "PROGRESS", "ROWS/S", "ETA", "CHECKPOINT",
+          "NOTE")
+WRAPPED = (9, 10)  # CHECKPOINT and NOTE: wrapped at word boundaries to the width, never cut
+MIN_NOTE = 24
+
+
+def render_table(rows: list[dict[str, Any]], width: int | None = None, *, wide: bool = False) -> str:
+    """The status table. Nothing is cut: ``wide`` shows whole job ids, and each job on one line; else the ids
+    are the shortest unique prefixes (SHORT_ID characters or more) and, given a ``width`` (the terminal's),
+    the checkpoint and the note wrap at word boundaries onto more lines (a word longer than its column
+    stays whole: the line is then wider than the terminal); without one, each job is one line."""
+    ids = {r["job_id"]: r["job_id"] for r in rows} if wide else short_ids([r["job_id"] for r in rows])
+    table = [_cells(r, ids[r["job_id"]]) for r in rows]
+    widths = [max(len(line[i]) for line in [HEADER, *table]) for i in range(len(HEADER))]
+    if width is not None and not wide:
+        fixed = sum(widths[i] + 2 for i in range(len(HEADER)) if i not in WRAPPED)
+        if width - fixed - 2 < MIN_NOTE + min(widths[9], 2 * MIN_NOTE):  # too narrow for columns: a block a job
+            return "\n".join(_block(line, width) for line in table)
+        room = width - fixed - 2
+        words = [len(w) for line in table for w in line[9].split()] or [0]
+        checkpoint = min(widths[9], max(len(HEADER[9]), max(words), room // 2))
+        widths[9], widths[10] = checkpoint, max(room - checkpoint, MIN_NOTE, len(HEADER[10]))
+    out = []
+    for line in [HEADER, *table]:
+        columns = [textwrap.wrap(cell, widths[i], break_long_words=False, break_on_hyphens=False) or [""]
+                   if i in WRAPPED else [cell] for i, cell in enumerate(line)]
+        for k in range(max(map(len, columns))):
+            parts = [(col[k] if k < len(col) else "").ljust(w) for col, w in zip(columns, widths, strict=True)]
+            out.append("  ".join(parts).rstrip())
+    return "\n".join(out)
+
+
+def _block(cells: tuple[str, ...], width: int) -> str:
+    """One job for a narrow terminal: its id, type, status and progress, then its counts, checkpoint and note,
+    each wrapped at word boundaries under the first line."""
+    job_id, type_, by, status, processed, errors, progress, rate, eta, checkpoint, note = cells
+    facts = [f"{job_id}  {type_}  {status}  {progress}",
+             f"processed {processed}  errors {errors}  rows/s {rate}  ETA {eta}  enqueued by {by}",
+             f"checkpoint {checkpoint}", *([f"note {note}"] if note else [])]
+    return "\n".join(textwrap.fill(fact, width, initial_indent="" if i == 0 else "  ", subsequent_indent="    ",
+                                    break_long_words=False, break_on_hyphens=False)
+                      for i, fact in enumerate(facts))
+
+
+def _cells(r: dict[str, Any], job_id: str) -> tuple[str, ...]:
+    total = r["total_estimate"]
+    progress = "-"
+    if total:
+        progress = f"{min(100.0, 100.0 * r['processed_count'] / total):.1f}%"
+    if r["status"] == "done":
+        progress = "100%"
+    note = r["reason"] or ""
+    if r["status"] == "failed" and r["last_error"]:
+        note = r["last_error"]
+    if r["held_by"]:
+        note = f"held by gate {r['held_by']} since {r['held_since'][:19].replace('T', ' ')}. {note}"
+    if r["slices"]:
+        note = f"slices {r['slices_done']}/{r['slices']} done, {r['slices_in_flight']} in flight. {note}"
+    if r.get("details"):
+        rates = r.get("details_per_second") or {}
+        facts = ", ".join(f"{k.replace('_', ' ')} {v:,}" + (f" ({rates[k]:,.0f}/s)" if rates.get(k) else "")
+                          for k, v in r["details"].items())
+        note = f"{facts}. {note}"
+    return (job_id, r["type"], r["enqueued_by"] or "-", r["status"], str(r["processed_count"]),
+            str(r["error_count"]), progress, f"{r['rows_per_second']:.0f}" if r["rows_per_second"] else "-",
+            human_seconds(r["eta_seconds"]), r["last_checkpoint"] or "-", " ".join(note.split()))

@@ -17,7 +17,9 @@ Admin routes need ``Authorization: Bearer $TIDEGATE_ADMIN_TOKEN`` (scripts) or, 
 forms, the session cookie that signing in with that token sets plus the form's CSRF token: 401
 without them or with wrong ones, 403 when the server has no token (admin disabled: the pages say
 so and stay read-only). Failures answer as the CLI's exit codes do: 400 invalid input, 404 no such
-job, 409 wrong state; a page shows them, never a dropped connection. Samples (copies of source
+job, 409 wrong state; a page shows them, never a dropped connection. Every route takes a job as the
+CLI does (control.find_job): a full id or an unambiguous prefix; a malformed id is a 400, an unknown
+one a 404 and an ambiguous prefix a 400 naming two matches, on every route alike. Samples (copies of source
 rows) are shown only to a signed-in viewer or a bearer, and only where the server's login may read
 them (store.job_errors). The standard library's threading HTTP server is enough for a console.
 """
@@ -44,7 +46,10 @@ from tidegate.worker.webauth import COOKIE, Session, Sessions
 from tidegate.worker.webpages import Viewer
 
 log = logging.getLogger(__name__)
-JOB = r"([0-9a-fA-F-]{1,36})"
+# a job id in a route: any one path segment, checked by control.find_job as the CLI's are (malformed: 400,
+# no such job: 404, an ambiguous prefix: 400), the same on every route
+JOB = r"([^/]+)"
+JOB_PAGE = r"/jobs/[0-9a-fA-F-]{1,36}"  # a page signing in may return to
 ACTIONS = ("pause", "resume", "cancel", "retry")
 MAX_BODY = 64 * 1024
 STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
@@ -123,18 +128,18 @@ class Api:
 
     def act(self, job: str, action: str, body: dict[str, Any], actor: str) -> dict[str, Any]:
         """``action`` on a job: a move (control.transition) or, for ``set``, knob changes (control.set_knobs)."""
-        if action == "set":
-            if not body:
-                raise InvalidInput("no knob given: name at least one of "
-                                   + ", ".join(k.name for k in knobs.LIVE_KNOBS))
-            with self.engine.begin() as conn:
-                job_id = control.set_knobs(conn, job, body, actor)
-            return {"job_id": job_id, "action": "set", "changes": body}
-        reason = text_field(body.pop("reason", None), "reason")
-        if body:
-            raise InvalidInput(f"unknown field(s) for {action}: {', '.join(map(quote, sorted(body)))}")
         with self.engine.begin() as conn:
-            job_id = control.transition(conn, job, action, actor, reason)
+            job_id = control.find_job(conn, job)  # first: an unknown job is a 404 whatever the body
+            if action == "set":
+                if not body:
+                    raise InvalidInput("no knob given: name at least one of "
+                                       + ", ".join(k.name for k in knobs.LIVE_KNOBS))
+                control.set_knobs(conn, job_id, body, actor)
+                return {"job_id": job_id, "action": "set", "changes": body}
+            reason = text_field(body.pop("reason", None), "reason")
+            if body:
+                raise InvalidInput(f"unknown field(s) for {action}: {', '.join(map(quote, sorted(body)))}")
+            control.transition(conn, job_id, action, actor, reason)
         return {"job_id": job_id, "action": action}
 
     def admin(self, path: str, body: dict[str, Any], actor: str) -> tuple[int, Any]:
@@ -220,7 +225,8 @@ def serve(engine: Engine, host: str, port: int, refresh: float = 2.0) -> Threadi
                           csrf=session.csrf if session else None, path=path if path.startswith("/jobs/") else "/")
 
         def _body(self) -> bytes:
-            raw = (self.headers.get("Content-Length") or "0").strip()
+            given = self.headers.get("Content-Length")
+            raw = "0" if given is None else given.strip()  # absent: no body; present, it must be a number
             if not raw.isascii() or not raw.isdigit():
                 raise InvalidInput(f"Content-Length must be a non-negative integer, got {quote(raw, 40)}")
             if int(raw) > MAX_BODY:
@@ -327,7 +333,7 @@ def serve(engine: Engine, host: str, port: int, refresh: float = 2.0) -> Threadi
                 raise Refused(401, "wrong admin token")
             name = text_field(form.get("name"), "name", 64) or "web-admin"
             target = form.get("next", "/")
-            if not re.fullmatch(rf"/|/jobs/{JOB}", target):
+            if not re.fullmatch(rf"/|{JOB_PAGE}", target):
                 target = "/"
             self._redirect(target, sessions.cookie(name))
 

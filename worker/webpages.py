@@ -99,6 +99,7 @@ def actions_form(job: dict[str, Any], viewer: Viewer, *, reason: bool = True) ->
 
 def jobs_page(rows: list[dict[str, Any]], errors: dict[str, list[dict[str, Any]]], viewer: Viewer) -> str:
     body = []
+    short = status.short_ids([r["job_id"] for r in rows])  # unique among those shown, as `tidegate status`'s
     for r in rows:
         total = r["total_estimate"] or 0
         value = r["processed_count"] if r["status"] != "done" else max(total, r["processed_count"], 1)
@@ -110,14 +111,14 @@ def jobs_page(rows: list[dict[str, Any]], errors: dict[str, list[dict[str, Any]]
         body.append(
             f'<tr class="job" data-job="{job_id}" data-processed="{r["processed_count"]}"'
             f' data-status="{e(r["status"])}">'
-            f'<td><a href="/jobs/{job_id}"><code>{e(r["job_id"][:8])}</code></a></td><td>{e(r["type"])}</td>'
+            f'<td><a href="/jobs/{job_id}"><code>{e(short[r["job_id"]])}</code></a></td><td>{e(r["type"])}</td>'
             f'<td class="status {e(r["status"])}">{e(r["status"])}</td>'
             f'<td><progress max="{max(total, value, 1)}" value="{value}"></progress> {pct}</td>'
             f'<td class="num processed">{r["processed_count"]:,}</td><td class="num">{r["error_count"]:,}</td>'
             f'<td class="num">{r["rows_per_second"] or "-"}</td><td>{status.human_seconds(r["eta_seconds"])}</td>'
             f"<td>{e(note)}</td><td>{actions_form(r, viewer, reason=False)}</td></tr>"
         )
-    recent = [f'<li><a href="/jobs/{e(job_id)}"><code>{e(job_id[:8])}</code></a> item {e(x["item_key"])}: '
+    recent = [f'<li><a href="/jobs/{e(job_id)}"><code>{e(short[job_id])}</code></a> item {e(x["item_key"])}: '
               f'<b>{e(x["error_type"])}</b> {e(x["message"])}</li>' for job_id, items in errors.items() for x in items]
     return (
         '<table id="jobs"><thead><tr><th>job</th><th>type</th><th>status</th><th>progress</th>'

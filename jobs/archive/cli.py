@@ -20,7 +20,7 @@ from tidegate.jobs.archive import guard, ids, layouts, report
 from tidegate.jobs.archive.archive_range import DEFAULT_BATCH
 from tidegate.jobs.cli import queue_options, submit
 from tidegate.worker import knobs
-from tidegate.worker.cliutil import Database, actor_option, database_option, echo_json
+from tidegate.worker.cliutil import Database, actor_option, database_option, echo_json, find_job
 from tidegate.worker.errors import InvalidInput, quote
 
 LAYOUT_HELP = (f"Event-store layout: a shipped one ({', '.join(layouts.SHIPPED)}), a registered one (tidegate archive"
@@ -165,7 +165,8 @@ def enqueue_archive(db: Database, layout: str, type_: str | None, where: tuple[s
 
 @click.command("unarchive-range")
 @selection_options
-@click.option("--from-audit", "from_audit", help="The streams this archive job archived (its job id).")
+@click.option("--from-audit", "from_audit", metavar="JOB",
+              help="The streams this archive job archived (its job id, or an unambiguous prefix).")
 @knobs.options(ARCHIVE_KNOBS, batch_size=DEFAULT_BATCH)
 @click.option("--reason", help="Why (stored in the audit).")
 @click.option("--apply", is_flag=True, help="Enqueue for real (default: dry run); needs --limit N or --all"
@@ -179,12 +180,13 @@ def enqueue_unarchive(db: Database, layout: str, type_: str | None, where: tuple
                       yes: bool, **opts: Any) -> None:
     """Move archived streams back to the hot tables and clear their marks (dry run unless --apply)."""
     given = knobs.take(opts, ARCHIVE_KNOBS)
+    audit_job = find_job(db, from_audit) if from_audit is not None else None
     chosen = _payload(db, layout, type_, where, before, tenant, streams, limit, ids_file, schema)
     chosen.payload.update(given, owner=opts.pop("owner"))
     if reason:
         chosen.payload["reason"] = reason
-    if from_audit:
-        chosen.payload["from_audit"] = from_audit
+    if audit_job:
+        chosen.payload["from_audit"] = audit_job
     _enqueue(db, True, chosen, apply, yes, opts.pop("as_json"), opts, all_)
 
 
@@ -245,8 +247,9 @@ def archive_status(db: Database, layout: str, schema: str | None, as_json: bool)
 @click.option("--json", "as_json", is_flag=True)
 @database_option
 def archive_report(db: Database, job_id: str, as_json: bool) -> None:
-    """The run's summary: attempted, archived, skipped, failed, elapsed, candidates left."""
-    s = report.summary(db.engine, job_id)
+    """The run's summary: attempted, archived, skipped, failed, elapsed, candidates left (JOB_ID: a job id or
+    an unambiguous prefix)."""
+    s = report.summary(db.engine, find_job(db, job_id))
     if as_json:
         echo_json(s)
         return

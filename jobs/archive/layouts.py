@@ -26,8 +26,8 @@ operator did not register. The CLI still reads a user's file for dry runs (``--l
     [events]
     table = "app.events"
     stream = "stream_id"
-    sequence = "seq"             # global order (the create event is the lowest per stream)
-    version = "version"
+    sequence = "seq"             # global order
+    version = "version"          # per stream: the create event is the lowest (without it: lowest sequence)
     data = "data"                # jsonb: --where FIELD reads the create event's data->>FIELD
     archived_flag = "archived"   # flag strategy
     archive_table = "app.events_archive"   # move strategy: holds every column of events

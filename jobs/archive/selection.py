@@ -5,7 +5,8 @@ Filters are (field, operator, value) triples, never SQL text. ``--where`` takes
 ``= != <> < <= > >= in`` (value: comma-separated list), ``is null`` and
 ``is not null``. FIELD is a stream column the layout lists in ``filter_columns``
 (compared after a CAST of the value to the column's type) or else a key of the
-stream's create event's JSON data (its first event by sequence), compared as text,
+stream's create event's JSON data (its lowest version; ties, and layouts without a
+version column, by lowest sequence), compared as text,
 as the Marten runbook's ``data->>'DataSource' != 'LuckBox'`` does (a stream without
 the key matches neither ``=`` nor ``!=``: SQL's NULL rules). Every value, and every
 JSON key, is a bound parameter; column names pass the catalog check.
@@ -182,21 +183,32 @@ def candidates(conn: Connection, layout: Layout, sel: dict[str, Any], *, unarchi
     if sel.get("from_audit"):
         conds.append(Fragment(SQL["from_audit"]))
         params["audit_job"] = sel["from_audit"]
+    fields: list[Fragment] = []  # the create event's data fields the filters read, columns of the join c
     for n, f in enumerate(check_filters(sel.get("where"))):
-        conds.append(_filter_sql(layout, f, n, idents, params))
+        conds.append(_filter_sql(layout, f, n, idents, params, fields))
+    joins = Fragment("")
+    if fields:  # one aggregate over the events, joined: the create events, with the event counts
+        ever = layout.event_cols.get("version")
+        idents.update(ever=(ever or layout.sequence).ident, seq=layout.sequence.ident)
+        first = Fragment(SQL["first_version_counted"] if count_events else SQL["first_version"])
+        joins = compose("\n" + SQL["join_create_events"], fields=Fragment(", ".join(fields)), first=first)
+    elif count_events:
+        joins = Fragment("\n" + SQL["join_event_counts"])
     physical = conn.execute(text(SQL["physical"]), {"rel": layout.streams.sql}).scalar()
     limit = Fragment("")
     if sel.get("limit"):  # the first N by key; without a limit the order is the snapshot's (pos)
         limit = Fragment(SQL["first_by_key"])
         params["limit"] = int(sel["limit"])
-    sql = compose(SQL["candidates"], stream_type=stream_type(layout, idents),
+    sql = compose(SQL["candidates"], stream_type=stream_type(layout, idents), joins=joins,
                   event_count=Fragment(SQL["event_count"] if count_events else "0"),
                   pos=ON_DISK if physical else BY_KEY, conds=Fragment("\n  AND ".join(conds)), limit=limit)
     used = {name for _, name, _, _ in string.Formatter().parse(sql) if name}
     return Query(sql, {k: v for k, v in idents.items() if k in used}, params)
 
 
-def _filter_sql(layout: Layout, f: Filter, n: int, idents: dict[str, Ident], params: dict[str, Any]) -> Fragment:
+def _filter_sql(layout: Layout, f: Filter, n: int, idents: dict[str, Ident], params: dict[str, Any],
+                fields: list[Fragment]) -> Fragment:
+    """Filter ``n``'s condition; an event-data field adds its column to ``fields`` (the create events' join)."""
     column = layout.filter_columns.get(f.field)
     if column is not None:
         idents[f"f{n}"] = column.ident
@@ -207,8 +219,9 @@ def _filter_sql(layout: Layout, f: Filter, n: int, idents: dict[str, Ident], par
         if data is None:
             raise InvalidInput(f"--where {f.field}: not a filter column of layout {quote(layout.name)}"
                                f" ({', '.join(layout.filter_columns) or 'none'}) and the layout has no event data")
-        idents.update(data=data.ident, seq=layout.sequence.ident)
-        expr, type_ = compose(SQL["create_event_field"], k=Fragment(f"k{n}")), Fragment("text")
+        idents["data"] = data.ident
+        fields.append(compose(SQL["create_event_field"], k=Fragment(f"k{n}"), f=Fragment(f"f{n}")))
+        expr, type_ = Fragment(f"c.f{n}"), Fragment("text")
         params[f"k{n}"] = f.field
     if f.op in UNARY:
         return compose(TEST, expr=expr, op=Fragment(UNARY[f.op]))
