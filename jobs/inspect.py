@@ -311,8 +311,9 @@ class Report:
     def ok(self) -> bool:
         return all(c["ok"] for c in self.checks)
 
-    def add(self, name: str, ok: bool, detail: str) -> None:
-        self.checks.append({"check": name, "ok": ok, "detail": detail})
+    def add(self, name: str, ok: bool, detail: str, *, checked: bool = True) -> None:
+        """``checked=False``: nothing to check (the detail says why); it passes, and is shown as such."""
+        self.checks.append({"check": name, "ok": ok, "detail": detail, **({} if checked else {"checked": False})})
 
 
 def verify(conn: Connection, job_id: str, sample: int = 50) -> Report:
@@ -321,6 +322,13 @@ def verify(conn: Connection, job_id: str, sample: int = 50) -> Report:
     if job is None:
         raise NotFound(f"job {job_id} has not been planned yet: nothing to verify")
     p = job.params
+    if job.kind in ("archive_range", "unarchive_range"):
+        from tidegate.jobs.archive import report as archive_report  # the archive's own checks
+
+        report = Report(job_id)
+        for name, ok, detail, checked in archive_report.verify(conn, job_id, job.kind, p, job.processed_count):
+            report.add(name, ok, detail, checked=checked)
+        return report
     target = resolve_target(conn, p["source"], p["key"])
     idents = {"source": target.source, "key": target.key.ident}
     where = filters.compile_filters(conn, target.source, p.get("where") or [])

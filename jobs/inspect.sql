@@ -77,7 +77,7 @@ WHERE {key} > :lo AND {key} <= :hi{where} LIMIT :n;
 
 -- name: job
 -- description: The job being checked: its state and its counters.
-SELECT status, params, key_type, processed_count, error_count, total_estimate, batch_size, concurrency,
+SELECT kind, status, params, key_type, processed_count, error_count, total_estimate, batch_size, concurrency,
        max_rows_per_second, sleep_between_batches
 FROM backfill_jobs WHERE job_id = :job_id AND planned;
 

@@ -32,6 +32,7 @@ GRANT SELECT ON archive_audit, archive_audit_batches TO tg_enqueue;
 GRANT SELECT, INSERT, UPDATE ON archive_watch_cursors, archive_watch_seen TO tg_enqueue;
 -- archive jobs name their layout: a shipped one or a registered one (read when enqueueing)
 GRANT SELECT ON archive_layouts TO tg_enqueue;
+GRANT SELECT ON archive_documents TO tg_enqueue;
 
 -- approved statements: enqueuers name them (payload sql_approved, --handler sql-approved:NAME)
 GRANT SELECT ON tidegate_sql_approved TO tg_enqueue;
@@ -53,7 +54,8 @@ CREATE ROLE tg_sql_author NOLOGIN;
 CREATE ROLE tg_operator NOLOGIN;
 GRANT SELECT ON tidegate_alembic_version TO tg_operator;  -- every command checks the schema revision
 GRANT SELECT ON queue_jobs, backfill_jobs, backfill_slices, tidegate_workers, tidegate_live_workers, tidegate_audit,
-                tidegate_job_rates, archive_candidates, archive_audit, archive_audit_batches, archive_guards TO tg_operator;
+                tidegate_job_rates, archive_candidates, archive_audit, archive_audit_batches, archive_guards,
+                archive_documents TO tg_operator;
 GRANT SELECT (id, job_id, slice_no, item_key, error_type, message, created_at) ON etl_errors TO tg_operator;
 GRANT UPDATE (status, status_reason, status_by, updated_at, finished_at) ON backfill_jobs TO tg_operator;
 GRANT UPDATE (status, updated_at, finished_at) ON queue_jobs TO tg_operator;
@@ -93,6 +95,7 @@ GRANT SELECT, INSERT ON archive_audit_batches TO tg_worker;
 GRANT SELECT ON archive_audit TO tg_worker;
 GRANT SELECT ON archive_layouts TO tg_worker;
 GRANT USAGE ON SEQUENCE archive_audit_batches_id_seq TO tg_worker;
+GRANT SELECT, INSERT, DELETE ON archive_documents TO tg_worker;  -- projection documents of archived streams
 GRANT SELECT ON tidegate_sql_approved TO tg_worker;
 -- which queue_jobs types are range kinds (migration 0013: their queued jobs get a backfill_jobs row at
 -- once, so the runbook's pause catches them; the trigger reads it as its owner). Readable by all three.

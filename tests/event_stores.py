@@ -129,8 +129,15 @@ def demo_schema(url: str) -> None:
     command.upgrade(alembic_config(url, "demo"), "head")
 
 
-def build(engine: Engine, url: str, layout: str, streams: int) -> None:
+def build(engine: Engine, url: str, layout: str, streams: int, schema: str | None = None) -> None:
+    """``schema``: the store's tables go into this schema (created), not on the search path, as Marten's
+    DatabaseSchemaName or a Rillflow tenant schema puts them (not for the tidegate demo store)."""
+    in_schema = f"SET LOCAL search_path = {schema}, public" if schema else "SELECT 1"
     with engine.begin() as conn:
+        if schema:
+            assert layout != "tidegate" and schema.isidentifier()
+            conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {schema}"))
+        conn.execute(text(in_schema))
         if layout == "tidegate":
             pass
         elif layout == "marten":
@@ -144,6 +151,7 @@ def build(engine: Engine, url: str, layout: str, streams: int) -> None:
     data = {"tidegate": TIDEGATE_DATA, "marten": MARTEN_DATA, "rillflow": RILLFLOW_DATA,
             "rillflow_partitioned": RILLFLOW_PARTITIONED_DATA}[layout]
     with engine.begin() as conn:
+        conn.execute(text(in_schema))
         for statement in data.strip().split(";\n"):
             if statement.strip():
                 conn.execute(text(statement), {"n": streams})

@@ -52,7 +52,7 @@ def test_archive_then_unarchive_round_trips_each_layout(engine, db_url, layout):
     assert fingerprint(engine, layout) == before
 
     job = run_cli(db_url, "enqueue", "archive-range", "--layout", layout, *selection, "--batch-size", "40",
-                  "--concurrency", "2", "--reason", "duplicates", "--owner", "data-platform", "--apply",
+                  "--concurrency", "2", "--reason", "duplicates", "--owner", "data-platform", "--apply", "--all",
                   "--yes").stdout.strip()
     logged = drain(db_url)
     row = job_row(engine, job)
@@ -85,7 +85,7 @@ def test_archive_then_unarchive_round_trips_each_layout(engine, db_url, layout):
 
 def test_apply_needs_the_typed_word_or_yes(engine, db_url):
     build(engine, db_url, "tidegate", 30)
-    args = ["enqueue", "archive-range", "--layout", "tidegate", "--reason", "r", "--owner", "o", "--apply"]
+    args = ["enqueue", "archive-range", "--layout", "tidegate", "--reason", "r", "--owner", "o", "--apply", "--all"]
     closed = run_cli(db_url, *args, check=False, input="")
     assert closed.returncode == 2 and "--yes" in closed.stderr
     wrong = run_cli(db_url, *args, check=False, input="archive\n")
@@ -108,7 +108,7 @@ def test_cross_referenced_candidates_are_skipped_and_reported_unless_forced(engi
     assert str(target) in (tmp_path / "ids.csv").read_text()
     assert len((tmp_path / "ids.csv").read_text().splitlines()) == venues + 1
     job = run_cli(db_url, "enqueue", "archive-range", "--layout", "tidegate", "--type", "venue", "--reason", "r",
-                  "--owner", "o", "--apply", "--yes").stdout.strip()
+                  "--owner", "o", "--apply", "--all", "--yes").stdout.strip()
     drain(db_url)
     assert scalar(engine, "SELECT archived_at IS NULL FROM es_streams WHERE id = :t", t=target)
     assert scalar(engine, "SELECT reason FROM archive_audit WHERE job_id = :j AND action = 'skip'",
@@ -116,7 +116,7 @@ def test_cross_referenced_candidates_are_skipped_and_reported_unless_forced(engi
     summary = json.loads(run_cli(db_url, "archive", "report", job[:8], "--json").stdout)  # a prefix, as status shows
     assert (summary["archived"], summary["skipped"], summary["remaining_candidates"]) == (venues - 1, 1, 1)
     run_cli(db_url, "enqueue", "archive-range", "--layout", "tidegate", "--type", "venue", "--force",
-            "--reason", "r", "--owner", "o", "--apply", "--yes")
+            "--reason", "r", "--owner", "o", "--apply", "--all", "--yes")
     drain(db_url)
     assert scalar(engine, "SELECT archived_at IS NOT NULL FROM es_streams WHERE id = :t", t=target)
 
@@ -125,7 +125,7 @@ def test_limit_and_stream_selectors_and_sql_enqueue(engine, db_url):
     build(engine, db_url, "marten", 60)
     ids = [str(i) for i in scalar_list(engine, "SELECT id FROM mt_streams ORDER BY id LIMIT 3")]
     run_cli(db_url, "enqueue", "archive-range", "--layout", "marten", "--stream", ids[0], "--stream", ids[2],
-            "--reason", "r", "--owner", "o", "--apply", "--yes")
+            "--reason", "r", "--owner", "o", "--apply", "--all", "--yes")
     drain(db_url)
     with engine.begin() as conn:  # the same by SQL, as the runbook's INSERT INTO queue_jobs
         conn.execute(text("INSERT INTO queue_jobs (type, payload) VALUES ('archive_range', CAST(:p AS jsonb))"),
@@ -187,7 +187,7 @@ def test_a_custom_layout_file_moves_streams_events_and_read_models_and_discover_
     venues = want["venue"][0]
 
     before = fingerprint(engine, "tidegate")
-    job = run_cli(db_url, "enqueue", "archive-range", *layout, "--reason", "r", "--owner", "o", "--apply",
+    job = run_cli(db_url, "enqueue", "archive-range", *layout, "--reason", "r", "--owner", "o", "--apply", "--all",
                   "--yes").stdout.strip()
     drain(db_url)
     assert scalar(engine, "SELECT count(*) FROM archive_audit WHERE job_id = :j AND action = 'archive'",
@@ -198,6 +198,6 @@ def test_a_custom_layout_file_moves_streams_events_and_read_models_and_discover_
     assert scalar(engine, "SELECT count(*) FROM es_stream_summaries_archive") == venues
     assert scalar(engine, "SELECT count(*) FROM es_stream_summaries") == 90 - venues
     run_cli(db_url, "enqueue", "unarchive-range", "--layout", str(path), "--from-audit", job, "--owner", "o",
-            "--apply", "--yes")
+            "--apply", "--all", "--yes")
     drain(db_url)
     assert fingerprint(engine, "tidegate") == before

@@ -33,7 +33,7 @@ SELECTED = "SELECT count(*) FROM es_streams WHERE type <> 'user'"
 def archive(url: str, *extra: str, batch_size: int = 25, concurrency: int = 3) -> str:
     return run_cli(url, "enqueue", "archive-range", "--layout", "tidegate", "--where", "type != user",
                    "--batch-size", str(batch_size), "--concurrency", str(concurrency), "--reason", "test",
-                   "--owner", "tests", "--apply", "--yes", *extra).stdout.strip()
+                   "--owner", "tests", "--apply", "--all", "--yes", *extra).stdout.strip()
 
 
 def kill_storm(engine, db_url, pools, streams: int, kills: int, seed: int,  # type: ignore[no-untyped-def]
@@ -140,7 +140,7 @@ def test_guard_reject_redirect_off(engine, db_url, layout):
     streams = "es_streams" if layout == "tidegate" else "mt_streams"
     sid = scalar(engine, f"SELECT id FROM {streams} ORDER BY id LIMIT 1")
     run_cli(db_url, "enqueue", "archive-range", "--layout", layout, "--stream", str(sid), "--reason", "r",
-            "--owner", "o", "--apply", "--yes")
+            "--owner", "o", "--apply", "--all", "--yes")
     run_cli(db_url, "worker", "--drain", "--poll", "0.2")
     append = {"tidegate": "INSERT INTO es_events (stream_id, version, type) VALUES (:s, 99, 'late')",
               "marten": "INSERT INTO mt_events (id, stream_id, version, data, type) VALUES (gen_random_uuid(), :s, 99,"
@@ -180,7 +180,7 @@ def test_hostile_layout_names_are_refused_and_hostile_values_bound(engine, db_ur
                 layouts.resolve(conn, layouts.read_file(str(path)).spec)
     path = tmp_path / "hostile-0-tab.toml"
     for args in (["discover", "--layout", str(path)], ["archive", "guard", "--layout", str(path), "--mode", "reject"],
-                 ["enqueue", "archive-range", "--layout", str(path), "--reason", "r", "--owner", "o", "--apply",
+                 ["enqueue", "archive-range", "--layout", str(path), "--reason", "r", "--owner", "o", "--apply", "--all",
                   "--yes"]):
         proc = run_cli(db_url, *args, check=False)  # and through the real commands
         assert proc.returncode == 2 and "does not exist" in proc.stderr, proc.stdout + proc.stderr

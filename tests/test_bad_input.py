@@ -202,7 +202,7 @@ def test_bad_layout_files_are_refused_and_change_nothing(store, tmp_path, case):
     name, body, words = LAYOUT_FILES[case]
     path = tmp_path / name
     path.write_text(body)
-    for command in (["discover"], ["enqueue", "archive-range", "--reason", "r", "--owner", "qa", "--apply", "--yes"]):
+    for command in (["discover"], ["enqueue", "archive-range", "--reason", "r", "--owner", "qa", "--apply", "--all", "--yes"]):
         proc = run_cli(db_url, *command, "--layout", str(path), check=False)
         assert proc.returncode == 2, (command, proc.stderr)
         assert words in proc.stderr and "Traceback" not in proc.stderr
@@ -214,7 +214,7 @@ def test_bad_layout_files_are_refused_and_change_nothing(store, tmp_path, case):
 def test_bad_archive_flags_are_refused_and_queue_nothing(store, args, words):
     engine, db_url, before = store
     queued = scalar(engine, "SELECT count(*) FROM queue_jobs")
-    proc = run_cli(db_url, "enqueue", "archive-range", *args, "--reason", "r", "--owner", "qa", "--apply", "--yes",
+    proc = run_cli(db_url, "enqueue", "archive-range", *args, "--reason", "r", "--owner", "qa", "--apply", "--all", "--yes",
                    check=False)
     assert proc.returncode == 2, proc.stderr
     assert words in proc.stderr and "Traceback" not in proc.stderr

@@ -82,7 +82,7 @@ def test_kill_storm_on_a_million_event_archive(engine, db_url, pools):
 
     job = run_cli(db_url, "enqueue", "archive-range", "--layout", "tidegate", "--where", "type != user",
                   "--batch-size", "500", "--concurrency", "8", "--reason", "chaos", "--owner", "chaos",
-                  "--apply", "--yes").stdout.strip()
+                  "--apply", "--all", "--yes").stdout.strip()
     pool = pools("--concurrency", "4", "--lease", "3")
     kills = _storm(engine, pool, job, seed=5, every=(0.2, 1.5), check=lambda: _never_torn(engine))
 

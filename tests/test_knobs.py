@@ -37,7 +37,7 @@ from tidegate.worker.store import Knobs
 TOKEN = "knob-tests-token"
 DEMO = {"from": "2024-01-01T00:00:00Z", "to": "2024-02-01T00:00:00Z", "owner": "qa"}  # seed_demo's rows
 EMPTY = {"from": "2000-01-01T00:00:00Z", "to": "2000-02-01T00:00:00Z", "owner": "qa"}  # no rows: done at once
-ARCHIVE = ["--layout", "tidegate", "--reason", "knob tests", "--owner", "qa", "--apply", "--yes"]
+ARCHIVE = ["--layout", "tidegate", "--reason", "knob tests", "--owner", "qa", "--apply", "--all", "--yes"]
 ENQUEUE = {"backfill-range": ["--from", DEMO["from"], "--to", DEMO["to"], "--owner", "qa"],
            "archive-range": ARCHIVE, "unarchive-range": ARCHIVE[:2] + ARCHIVE[4:]}
 

@@ -123,7 +123,6 @@ def test_database_passwords_never_reach_output(db_url):
 def test_status_watch_redraws_a_live_table(engine, db_url):
     import os
     import signal
-    import time
 
     from tests.conftest import CHILD_ENV, TIDEGATE
     from tidegate.worker.watch import RecentRate

@@ -63,7 +63,7 @@ def test_archive_jobs_and_retention_with_the_roles_ops_ships(engine, db_url, rol
     selection = ["--layout", "tidegate", "--type", "luck_box_purchase"]
     assert "candidate" in run_cli(roles["enqueue"], "discover", *selection).stdout
     job = run_cli(roles["enqueue"], "enqueue", "archive-range", *selection, "--reason", "r", "--owner", "o",
-                  "--apply", "--yes").stdout.strip()
+                  "--apply", "--all", "--yes").stdout.strip()
     run_cli(roles["worker"], "worker", "--drain", "--no-maintenance")
     assert scalar(engine, "SELECT status FROM backfill_jobs WHERE job_id = :j", j=job) == "done", scalar(
         engine, "SELECT last_error FROM backfill_jobs WHERE job_id = :j", j=job)

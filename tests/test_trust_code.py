@@ -245,7 +245,7 @@ def test_the_archive_cli_refuses_paths_that_are_no_layout_and_queues_nothing(eng
     # is refused rather than read for ever, and a path is never put into a job
     for case, ref in layout_attacks(tmp_path).items():
         proc = tidegate(roles["enqueue"], tmp_path, "enqueue", "archive-range", "--layout", ref, "--reason", "r",
-                        "--owner", "attacker", "--apply", "--yes", timeout=60)
+                        "--owner", "attacker", "--apply", "--all", "--yes", timeout=60)
         error = one_line_refusal(proc)
         if case in ("dev-zero", "fifo"):
             assert "not a regular file" in error, error
@@ -296,7 +296,7 @@ def test_only_operators_register_layouts_and_enqueuers_then_name_them(engine, db
     assert "would archive" in tidegate(roles["enqueue"], tmp_path, "enqueue", "archive-range", "--layout", str(ours),
                                        *selection).stdout
     denied = tidegate(roles["enqueue"], tmp_path, "enqueue", "archive-range", "--layout", str(ours), *selection,
-                      "--apply", "--yes")
+                      "--apply", "--all", "--yes")
     assert denied.returncode == 6 and "Traceback" not in denied.stderr, denied.stderr
     assert denied.stderr.splitlines()[-1].endswith("an operator runs tidegate archive layout add FILE")
     assert "may not register layouts" in one_line_refusal(
@@ -334,7 +334,7 @@ def test_only_operators_register_layouts_and_enqueuers_then_name_them(engine, db
 
     # an enqueuer names it (or gives the same file), a worker runs it: no file is read by the worker
     job = tidegate(roles["enqueue"], tmp_path, "enqueue", "archive-range", "--layout", str(ours), *selection,
-                   "--apply", "--yes")
+                   "--apply", "--all", "--yes")
     assert job.returncode == 0 and "already registered" in job.stderr, job.stderr
     ours.unlink()  # the worker needs no file
     tidegate(roles["worker"], tmp_path, "worker", "--drain", "--no-maintenance").check_returncode()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
-from tidegate.worker.errors import InvalidIdentifier
+from tidegate.worker.errors import InvalidIdentifier, PermissionDenied
 from tidegate.worker.errors import quote as quoted  # quote() here quotes SQL identifiers
 from tidegate.worker.sql import Ident, q
 
@@ -34,10 +34,13 @@ def _check_shape(name: object, what: str) -> str:
     return name
 
 
-def table(conn: Connection, name: object, *, what: str = "table") -> Ident:
-    """``name`` or ``schema.name`` of an existing table, view or partitioned table."""
+def table(conn: Connection, name: object, *, what: str = "table", in_schema: Ident | None = None) -> Ident:
+    """``name`` or ``schema.name`` of an existing table, view or partitioned table; ``in_schema`` (from
+    :func:`schema`) qualifies a bare ``name``: it is looked up there, not on the search path."""
     name = _check_shape(name, what)
     schema, _, rel = name.rpartition(".")
+    if in_schema is not None and not schema:
+        schema, name = in_schema.name, f"{in_schema.name}.{rel}"
     row = conn.execute(
         q("catalog_table"),
         {"rel": rel, "schema": schema},
@@ -45,6 +48,25 @@ def table(conn: Connection, name: object, *, what: str = "table") -> Ident:
     if row is None:
         raise InvalidIdentifier(f"{what} {quoted(name)} does not exist")
     return Ident(sql=f"{quote(row[0])}.{quote(row[1])}", name=name)
+
+
+SYSTEM_SCHEMA = re.compile(r"pg_.*|information_schema", re.IGNORECASE)
+
+
+def schema(conn: Connection, name: object, *, what: str = "schema") -> Ident:
+    """An existing schema, named exactly (a layout's tables are looked up in it). PostgreSQL's own
+    schemas (pg_catalog, pg_toast, pg_temp_N, information_schema) are refused: no event store lives there."""
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME or any(ord(c) < 32 for c in name):
+        raise InvalidIdentifier(f"{what} {quoted(name)} is not a valid schema name (1 to {MAX_NAME} characters,"
+                                " no control characters)")
+    if SYSTEM_SCHEMA.fullmatch(name):
+        raise InvalidIdentifier(f"{what} {quoted(name)} is a PostgreSQL system schema, not an event store's")
+    row = conn.execute(q("catalog_schema"), {"schema": name}).first()
+    if row is None:
+        raise InvalidIdentifier(f"{what} {quoted(name)} does not exist")
+    if not row[1]:
+        raise PermissionDenied(f"{what} {quoted(name)}: this login has no USAGE privilege on it")
+    return Ident(sql=quote(row[0]), name=row[0])
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 Payload (``queue_jobs.payload``; ``tidegate enqueue archive-range`` writes the same)::
 
     {"layout": "marten" | "<a layout registered with tidegate archive layout add>",
+     "schema": "events",                  # the schema of the layout's bare table names (else the layout's)
      "type": "venue", "tenant": "t1", "before": "2025-01-01T00:00:00Z", "streams": ["<id>", ...],
      "where": [{"field": "DataSource", "op": "!=", "value": "LuckBox"}],
      "from_audit": "<job id>",            # unarchive only: the streams that job archived
@@ -26,8 +27,8 @@ One batch = one transaction (the runtime commits it with the checkpoint):
    archived_at/by/reason), in one statement: an appender that locks the stream row (or
    its foreign key's KEY SHARE lock, or the guard trigger) waits for the batch, and a
    batch waits for an appender in flight, so an event is never left behind;
-3. move read-model rows and events (``DELETE ... RETURNING`` into the archive table, or
-   set the archived flag);
+3. move read-model rows, projection documents (into ``archive_documents``, as whole rows)
+   and events (``DELETE ... RETURNING`` into the archive table, or set the archived flag);
 4. write the batch's audit: one ``archive_audit_batches`` row whose arrays hold, per stream, the
    action (archive/unarchive, or skip with the reason: cross-referenced, or no longer in the
    expected state) and the events moved; the ``archive_audit`` view reads it one row per stream.
@@ -77,6 +78,7 @@ from tidegate.worker.sql import Fragment, compose, load, render
 DEFAULT_BATCH = 1_000
 MAX_CONCURRENCY = knobs.MAX_CONCURRENCY
 SQL = load(__package__, "archive_range.sql")  # the statements on the event store, by name
+DOCS = load(__package__, "documents.sql")  # a layout's projection documents, in archive_documents
 AUDIT = Fragment(SQL["audit"])  # ends each events statement: the batch's audit row
 DETAILS = text(SQL["details"])
 SET_MARK = "{column} = {value}"  # a mark column of the stream row, and its value from Direction.marks
@@ -117,11 +119,12 @@ class ArchivePayload(Payload):
     """An archive-range or unarchive-range payload, every field checked (the module's docstring shows the JSON).
     ``layout_spec``, ``snapshot`` and ``action`` are the planner's: a job's stored params parse again."""
 
-    FIELDS = frozenset({"layout", "type", "tenant", "before", "streams", "where", "from_audit", "limit", "force",
-                        "reason", "owner", "snapshot", "layout_spec", "action", "phase",
+    FIELDS = frozenset({"layout", "schema", "type", "tenant", "before", "streams", "where", "from_audit", "limit",
+                        "force", "reason", "owner", "snapshot", "layout_spec", "action", "phase",
                         *Payload.knob_fields("archive_range")})
 
     layout: str
+    schema: str | None = None  # the schema of the layout's bare table names (a tenant schema, Marten's)
     type: str | None = None
     tenant: str | None = None
     before: str | None = None  # a timestamp, encoded
@@ -143,6 +146,8 @@ class ArchivePayload(Payload):
         if "layout" not in p:
             raise InvalidInput(f"payload is missing 'layout' ({', '.join(layouts.SHIPPED)}, or a registered layout)")
         selection.check_filters(p.get("where"))
+        if p.get("schema") is not None and (not isinstance(p["schema"], str) or not 0 < len(p["schema"]) <= 63):
+            raise InvalidInput(f"schema must be a schema name (1 to 63 characters), got {quote(p['schema'])}")
         for field in ("type", "tenant", "reason", "from_audit"):
             if p.get(field) is not None and (not isinstance(p[field], str) or len(p[field]) > 1000):
                 raise InvalidInput(f"{field} must be a string of at most 1,000 characters")
@@ -169,10 +174,10 @@ class ArchivePayload(Payload):
             if p["phase"] not in PHASES:
                 raise InvalidInput(f"phase must be 'mark' (--mark-only) or 'move' (--move-marked),"
                                    f" got {quote(p['phase'])}")
-        return cls(layout=p["layout"], type=p.get("type"), tenant=p.get("tenant"), before=p.get("before"),
-                   streams=tuple(streams) if streams is not None else None, where=p.get("where"),
-                   from_audit=p.get("from_audit"), limit=p.get("limit"), force=p.get("force", False),
-                   reason=p.get("reason"), phase=p.get("phase"), **common)
+        return cls(layout=p["layout"], schema=p.get("schema"), type=p.get("type"), tenant=p.get("tenant"),
+                   before=p.get("before"), streams=tuple(streams) if streams is not None else None,
+                   where=p.get("where"), from_audit=p.get("from_audit"), limit=p.get("limit"),
+                   force=p.get("force", False), reason=p.get("reason"), phase=p.get("phase"), **common)
 
     def params(self) -> dict[str, Any]:
         p = super().params()
@@ -211,6 +216,7 @@ class ArchiveRange(RangeKind):
             p["layout_spec"] = copy.deepcopy(spec)
         else:
             p["layout_spec"] = layouts.named(conn, job.layout)
+        p["layout_spec"] = layouts.with_schema(p["layout_spec"], job.schema)  # resolve() checks it
         p["action"] = self.direction.action
         return p
 
@@ -296,17 +302,24 @@ class ArchiveRange(RangeKind):
             sql = render(SQL["move_events"], audit=AUDIT, src=src, dst=dst, cols=layout.event_columns, **ev)
         models_first = not self.direction.unarchive
         if locked and models_first:
-            self._move_models(conn, layout, locked)
+            self._move_models(conn, layout, locked, audit["job_id"])
         row = conn.execute(sql, audit).one()
         if locked and not models_first:
-            self._move_models(conn, layout, locked)
+            self._move_models(conn, layout, locked, audit["job_id"])
         return int(row.streams), int(row.events)
 
-    def _move_models(self, conn: Connection, layout: Layout, ids: list[str]) -> None:
+    def _move_models(self, conn: Connection, layout: Layout, ids: list[str], job_id: str) -> None:
+        """The read models' rows and the projection documents of the locked streams, in the batch's transaction."""
         for m in layout.read_models:
             src, dst = self.direction.src_dst(m.table, m.archive)
             conn.execute(render(SQL["move_models"], src=src, dst=dst, cols=m.columns, rkey=m.key.ident,
                                 rtype=identifiers.type_of(m.key)), {"ids": ids})
+        for d in layout.documents:
+            if self.direction.unarchive:
+                sql = render(DOCS["restore"], doc=d.table, cols=d.columns)
+            else:
+                sql = render(DOCS["archive"], doc=d.table, dkey=d.key.ident, dtype=identifiers.type_of(d.key))
+            conn.execute(sql, {"ids": ids, "relation": d.table.sql, "job_id": job_id})
 
     def _lock_and_mark(self, conn: Connection, layout: Layout, batch: dict[str, Any], p: dict[str, Any]) -> list[str]:
         """One statement: read the batch's candidates, lock the streams still in the expected state, in key

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from tidegate.jobs.archive import guard, layouts, partition, report
+from tidegate.jobs.archive import guard, ids, layouts, partition, report
 from tidegate.jobs.archive.archive_range import DEFAULT_BATCH
 from tidegate.jobs.cli import queue_options, submit
 from tidegate.worker import knobs
@@ -26,6 +26,9 @@ from tidegate.worker.errors import InvalidInput, quote
 
 LAYOUT_HELP = (f"Event-store layout: a shipped one ({', '.join(layouts.SHIPPED)}), a registered one (tidegate archive"
                " layout list), or a TOML/YAML file (read by this command).")
+SCHEMA_HELP = ("The schema of the layout's tables (Marten's DatabaseSchemaName, a Rillflow tenant schema): it"
+               " qualifies the layout's bare table names; default: the layout's schema key, else the search path.")
+schema_option = click.option("--schema", help=SCHEMA_HELP)
 
 
 def selection_options(func: Any) -> Any:
@@ -39,6 +42,10 @@ def selection_options(func: Any) -> Any:
         click.option("--before", help="Only streams whose last activity is before this timestamp."),
         click.option("--tenant", help="Only this tenant's streams."),
         click.option("--stream", "streams", multiple=True, help="Only this stream id. Repeatable."),
+        click.option("--ids-file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Only the stream ids of this file: a CSV with an id or stream_id column (discover --csv"
+                          " writes one), or one id a line."),
+        schema_option,
         click.option("--limit", type=int, help="At most this many streams (in stream-id order)."),
     ]):
         func = option(func)
@@ -53,10 +60,16 @@ class Selection:
 
 
 def _payload(db: Database, layout: str, type_: str | None, where: tuple[str, ...], before: str | None,
-             tenant: str | None, streams: tuple[str, ...], limit: int | None) -> Selection:
+             tenant: str | None, streams: tuple[str, ...], limit: int | None, ids_file: Path | None = None,
+             schema: str | None = None) -> Selection:
     with db.engine.connect() as conn:
-        spec, found = layouts.for_cli(conn, layout)
+        spec, found = layouts.for_cli(conn, layout, schema)
+        if ids_file is not None:  # checked against the stream key's type, line by line
+            key = layouts.resolve(conn, spec).key
+            streams = (*streams, *ids.read(ids_file, key.type))
     payload: dict[str, Any] = {"layout": spec["name"]}
+    if schema is not None:
+        payload["schema"] = schema
     if type_ is not None:
         payload["type"] = type_
     if where:
@@ -69,6 +82,19 @@ def _payload(db: Database, layout: str, type_: str | None, where: tuple[str, ...
     if streams:
         payload["streams"] = list(streams)
     return Selection(payload, spec, found)
+
+
+def _no_such_type(db: Database, chosen: Selection, pv: report.Preview) -> None:
+    """--type that no stream has (hot or archived) is a typo, not an empty selection: say so, list the types."""
+    if chosen.payload.get("type") is None or pv.totals["streams"]:
+        return
+    with db.engine.connect() as conn:
+        present = report.types_present(conn, pv.params["layout_spec"], chosen.payload["type"])
+    if present is not None:
+        near = [t for t in present if t.lower() == chosen.payload["type"].lower()]
+        raise InvalidInput(f"--type {quote(chosen.payload['type'])}: no stream has this type"
+                           + (f" (did you mean {quote(near[0])}?)" if near else "")
+                           + f"; the types present: {', '.join(present) or 'none'}")
 
 
 def _register(db: Database, found: layouts.LayoutFile | None, actor: str) -> None:
@@ -91,10 +117,11 @@ def _confirm(word: str) -> None:
 
 
 def _enqueue(db: Database, unarchive: bool, chosen: Selection, apply: bool, yes: bool, as_json: bool,
-             opts: dict[str, Any]) -> None:
+             opts: dict[str, Any], all_: bool = False) -> None:
     payload = chosen.payload
     pv = report.preview(db.engine, payload, unarchive=unarchive, spec=chosen.spec)
     verb = "unarchive" if unarchive else "archive"
+    _no_such_type(db, chosen, pv)
     out = report.render_preview(pv, verb)
     click.echo(out, err=apply or as_json)
     if not apply:
@@ -102,6 +129,11 @@ def _enqueue(db: Database, unarchive: bool, chosen: Selection, apply: bool, yes:
             echo_json({"dry_run": True, "by_type": pv.by_type, "totals": pv.totals})
         click.echo("dry run: nothing was written; add --apply to enqueue", err=True)
         return
+    if "limit" not in payload and not all_ and not payload.get("streams") and not payload.get("from_audit"):
+        n = pv.totals["streams"]
+        raise InvalidInput(f"--apply without --limit or --all: this selection holds {n:,} stream(s). Stage it:"
+                           f" --apply --limit {min(n, 50) or 50} first, check, then more (or --all for every one);"
+                           " --stream, --ids-file and --from-audit name their streams and need neither")
     if not yes:
         _confirm(verb.upper())
     _register(db, chosen.file, opts["actor"])
@@ -123,25 +155,27 @@ ARCHIVE_KNOBS = [k for k in knobs.for_kind("archive_range") if k.name != "row_li
 @click.option("--move-marked", is_flag=True,
               help="Phase 2 of two: move the events of streams already marked archived (with --before: those"
                    " whose last activity is before it); their marks stay as they are.")
-@click.option("--apply", is_flag=True, help="Enqueue for real (default: dry run).")
+@click.option("--apply", is_flag=True, help="Enqueue for real (default: dry run); needs --limit N or --all.")
+@click.option("--all", "all_", is_flag=True, help="With --apply and no --limit: every stream of the selection.")
 @click.option("--yes", is_flag=True, help="Skip the typed ARCHIVE confirmation (CI).")
 @queue_options
 def enqueue_archive(db: Database, layout: str, type_: str | None, where: tuple[str, ...], before: str | None,
-                    tenant: str | None, streams: tuple[str, ...], limit: int | None, reason: str | None, force: bool,
-                    mark_only: bool, move_marked: bool, apply: bool, yes: bool, **opts: Any) -> None:
+                    tenant: str | None, streams: tuple[str, ...], ids_file: Path | None, schema: str | None,
+                    limit: int | None, reason: str | None, force: bool, mark_only: bool, move_marked: bool,
+                    apply: bool, all_: bool, yes: bool, **opts: Any) -> None:
     """Archive whole event streams (dry run unless --apply); prints the job id."""
     if mark_only and move_marked:
         raise InvalidInput("--mark-only and --move-marked are the two phases: one at a time (neither does both)")
     if reason is None and not move_marked:
         raise InvalidInput("--reason is required: why these streams are archived (stored on them and in the audit)")
     given = knobs.take(opts, ARCHIVE_KNOBS)
-    chosen = _payload(db, layout, type_, where, before, tenant, streams, limit)
+    chosen = _payload(db, layout, type_, where, before, tenant, streams, limit, ids_file, schema)
     chosen.payload.update(given, force=force, owner=opts.pop("owner"))
     if reason is not None:
         chosen.payload["reason"] = reason
     if mark_only or move_marked:
         chosen.payload["phase"] = "mark" if mark_only else "move"
-    _enqueue(db, False, chosen, apply, yes, opts.pop("as_json"), opts)
+    _enqueue(db, False, chosen, apply, yes, opts.pop("as_json"), opts, all_)
 
 
 @click.command("unarchive-range")
@@ -150,22 +184,25 @@ def enqueue_archive(db: Database, layout: str, type_: str | None, where: tuple[s
               help="The streams this archive job archived (its job id, or an unambiguous prefix).")
 @knobs.options(ARCHIVE_KNOBS, batch_size=DEFAULT_BATCH)
 @click.option("--reason", help="Why (stored in the audit).")
-@click.option("--apply", is_flag=True, help="Enqueue for real (default: dry run).")
+@click.option("--apply", is_flag=True, help="Enqueue for real (default: dry run); needs --limit N or --all"
+                                            " unless --stream, --ids-file or --from-audit names the streams.")
+@click.option("--all", "all_", is_flag=True, help="With --apply and no --limit: every stream of the selection.")
 @click.option("--yes", is_flag=True, help="Skip the typed UNARCHIVE confirmation (CI).")
 @queue_options
 def enqueue_unarchive(db: Database, layout: str, type_: str | None, where: tuple[str, ...], before: str | None,
-                      tenant: str | None, streams: tuple[str, ...], limit: int | None, from_audit: str | None,
-                      reason: str | None, apply: bool, yes: bool, **opts: Any) -> None:
+                      tenant: str | None, streams: tuple[str, ...], ids_file: Path | None, schema: str | None,
+                      limit: int | None, from_audit: str | None, reason: str | None, apply: bool, all_: bool,
+                      yes: bool, **opts: Any) -> None:
     """Move archived streams back to the hot tables and clear their marks (dry run unless --apply)."""
     given = knobs.take(opts, ARCHIVE_KNOBS)
     audit_job = find_job(db, from_audit) if from_audit is not None else None
-    chosen = _payload(db, layout, type_, where, before, tenant, streams, limit)
+    chosen = _payload(db, layout, type_, where, before, tenant, streams, limit, ids_file, schema)
     chosen.payload.update(given, owner=opts.pop("owner"))
     if reason:
         chosen.payload["reason"] = reason
     if audit_job:
         chosen.payload["from_audit"] = audit_job
-    _enqueue(db, True, chosen, apply, yes, opts.pop("as_json"), opts)
+    _enqueue(db, True, chosen, apply, yes, opts.pop("as_json"), opts, all_)
 
 
 # `enqueue reactivate`: Rillflow's word for unarchive (hot writes resume), the same command
@@ -184,15 +221,16 @@ enqueue_reactivate.tidegate_enqueue = True  # type: ignore[attr-defined]
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @database_option
 def discover(db: Database, layout: str, type_: str | None, where: tuple[str, ...], before: str | None,
-             tenant: str | None, streams: tuple[str, ...], limit: int | None, csv_path: Path | None,
-             as_json: bool) -> None:
+             tenant: str | None, streams: tuple[str, ...], ids_file: Path | None, schema: str | None,
+             limit: int | None, csv_path: Path | None, as_json: bool) -> None:
     """The discovery report: archive candidates per stream type, create-only vs with updates,
     their events, and the cross-reference check. Reads only."""
-    chosen = _payload(db, layout, type_, where, before, tenant, streams, limit)
+    chosen = _payload(db, layout, type_, where, before, tenant, streams, limit, ids_file, schema)
     chosen.payload["owner"] = "discover"
     pv = report.preview(db.engine, chosen.payload, csv_path=csv_path, spec=chosen.spec)
+    _no_such_type(db, chosen, pv)
     if as_json:
-        echo_json({"by_type": pv.by_type, "totals": pv.totals})
+        echo_json({"by_type": pv.by_type, "totals": pv.totals, "cross_reference_check": report.xref_check(pv)})
     else:
         click.echo(report.render_preview(pv, "archive").rsplit("\n", 1)[0])
     if csv_path is not None:
@@ -206,11 +244,12 @@ def archive() -> None:
 
 @archive.command("status")
 @click.option("--layout", required=True, help=LAYOUT_HELP)
+@schema_option
 @click.option("--json", "as_json", is_flag=True)
 @database_option
-def archive_status(db: Database, layout: str, as_json: bool) -> None:
+def archive_status(db: Database, layout: str, schema: str | None, as_json: bool) -> None:
     """Hot vs archived streams and events per stream type, and table sizes."""
-    st = report.status(db.engine, layout)
+    st = report.status(db.engine, layout, schema)
     if as_json:
         echo_json(st)
         return
@@ -246,11 +285,12 @@ def archive_report(db: Database, job_id: str, as_json: bool) -> None:
 @click.option("--layout", required=True, help=LAYOUT_HELP)
 @click.option("--mode", required=True, type=click.Choice(guard.MODES),
               help="reject: appends to archived streams fail; redirect: they go to the archive; off: remove.")
+@schema_option
 @actor_option
 @database_option
-def archive_guard(db: Database, layout: str, mode: str, actor: str) -> None:
+def archive_guard(db: Database, layout: str, mode: str, schema: str | None, actor: str) -> None:
     """Install (or remove) the trigger that guards archived streams against appends."""
-    done = guard.set_guard(db.engine, layout, mode, actor)
+    done = guard.set_guard(db.engine, layout, mode, actor, schema)
     click.echo(f"archive guard on {done['events_table']}: {mode}")
 
 
@@ -281,10 +321,11 @@ def archive_partition(db: Database, layout: str, retention: str, month: str, act
               help="Sequence numbers re-read behind the cursor (late commits).")
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--once", is_flag=True, help="One poll, then exit.")
+@schema_option
 @actor_option
 @database_option
 def watch_deletions(db: Database, layout: str, mapping: tuple[str, ...], name: str, owner: str, interval: float,
-                    lookback: int, batch_size: int, once: bool, actor: str) -> None:
+                    lookback: int, batch_size: int, once: bool, schema: str | None, actor: str) -> None:
     """Tail the events table for deletion events and enqueue archive-range work for their streams."""
     import threading
 
@@ -294,12 +335,13 @@ def watch_deletions(db: Database, layout: str, mapping: tuple[str, ...], name: s
     stop = threading.Event()
     signals.on_signals(lambda _signum: stop.set())  # SIGTERM or SIGINT stop it between polls
     with db.engine.connect() as conn:
-        spec, found = layouts.for_cli(conn, layout)
+        spec, found = layouts.for_cli(conn, layout, schema)
+        layouts.resolve(conn, spec)  # a bad --schema is refused before the first poll
     _register(db, found, actor)
     pairs = watch.parse_map(mapping)
     while True:
         done = watch.poll(db.engine, name, spec["name"], pairs, owner=owner, actor=actor, lookback=lookback,
-                          batch_size=batch_size)
+                          batch_size=batch_size, schema=schema)
         if done["job_id"] or once:
             click.echo(json.dumps(done), err=not once)
         if once or stop.wait(interval):

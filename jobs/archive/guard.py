@@ -29,11 +29,11 @@ MODES = ("reject", "redirect", "off")
 SQL = load(__package__, "guard.sql")
 
 
-def set_guard(engine: Engine, layout_ref: Any, mode: str, actor: str) -> dict[str, Any]:
+def set_guard(engine: Engine, layout_ref: Any, mode: str, actor: str, schema: str | None = None) -> dict[str, Any]:
     if mode not in MODES:
         raise InvalidInput(f"mode must be one of {', '.join(MODES)}, got {quote(mode)}")
     with engine.begin() as conn:
-        layout = layouts.resolve(conn, layouts.for_cli(conn, layout_ref)[0])
+        layout = layouts.resolve(conn, layouts.for_cli(conn, layout_ref, schema)[0])
         conn.execute(render(SQL["drop_trigger"], events=layout.events))
         conn.execute(text(SQL["forget"]), {"t": layout.events.sql})
         if mode != "off":

@@ -11,6 +11,7 @@ operator did not register. The CLI still reads a user's file for dry runs (``--l
     name = "mine"
     strategy = "move"            # move: events go to [events].archive_table
                                  # flag: events and stream get archived_flag = true
+    schema = "app"               # optional: the schema of the bare table names below (--schema overrides)
     [streams]
     table = "app.streams"        # schema-qualified or on the search path
     key = "id"                   # stream id (uuid, text or integer)
@@ -40,6 +41,9 @@ operator did not register. The CLI still reads a user's file for dry runs (``--l
     table = "app.stream_summary"
     key = "stream_id"
     archive_table = "app.stream_summary_archive"
+    [documents]                  # projection documents keyed by stream id (Marten's mt_doc_*): kept
+    tables = ["mt_doc_venue"]    # whole in tidegate's archive_documents while their stream is archived
+    key = "id"
 
 Every name is checked against the catalog (:mod:`worker.identifiers`) when a job is
 planned and before any statement uses it, then quoted; a name that does not exist
@@ -81,6 +85,7 @@ EVENT_KEYS = {"table", "stream", "sequence", "version", "type", "data", "archive
 FLAG_VALUE = re.compile(r"[a-z][a-z0-9_]{0,15}")
 BOOLEAN = ("true", "false")  # a boolean flag's (archived, hot) values
 READ_MODEL_KEYS = {"table", "key", "archive_table"}
+DOCUMENT_KEYS = {"tables", "key"}
 
 
 def shipped(name: str) -> dict[str, Any]:
@@ -146,12 +151,13 @@ def read_file(ref: str) -> LayoutFile:
     return LayoutFile(name, fmt, body, hashlib.sha256(body.encode()).hexdigest(), spec)
 
 
-def for_cli(conn: Connection, ref: str) -> tuple[dict[str, Any], LayoutFile | None]:
-    """A command's --layout: a name (shipped or registered), else the path of the user's own file."""
+def for_cli(conn: Connection, ref: str, schema: str | None = None) -> tuple[dict[str, Any], LayoutFile | None]:
+    """A command's --layout: a name (shipped or registered), else the path of the user's own file; with
+    its --schema (:func:`with_schema`; the registered file keeps its own text)."""
     if NAME.fullmatch(ref):
-        return named(conn, ref), None
+        return with_schema(named(conn, ref), schema), None
     found = read_file(ref)
-    return found.spec, found
+    return with_schema(found.spec, schema), found
 
 
 def register(conn: Connection, found: LayoutFile, actor: str, *, replace: bool = False) -> str:
@@ -214,9 +220,20 @@ def _shown(value: object) -> str:
 
 def check_spec(spec: dict[str, Any]) -> None:
     """Shape checks that need no database: known keys, strings where names go."""
-    unknown = sorted(set(spec) - {"name", "strategy", "streams", "events", "read_models"})
+    unknown = sorted(set(spec) - {"name", "strategy", "schema", "streams", "events", "read_models", "documents"})
     if unknown:
         raise InvalidInput(f"layout: unknown key(s) {', '.join(unknown)}")
+    if "schema" in spec and (not isinstance(spec["schema"], str) or not spec["schema"]):
+        raise InvalidInput(f"layout: schema must be a schema name, got {quote(spec['schema'])}")
+    docs = spec.get("documents")
+    if docs is not None:
+        if not isinstance(docs, dict) or set(docs) - DOCUMENT_KEYS or "tables" not in docs:
+            raise InvalidInput("layout: [documents] takes tables (a list of document tables) and key (default id)")
+        tables = docs["tables"]
+        if not isinstance(tables, list) or not all(isinstance(t, str) and t for t in tables):
+            raise InvalidInput("layout [documents].tables: expected a list of names")
+        if not isinstance(docs.get("key", "id"), str) or not docs.get("key", "id"):
+            raise InvalidInput(f"layout [documents].key: expected a name, got {quote(docs.get('key'))}")
     if spec.get("strategy") not in ("move", "flag"):
         raise InvalidInput(f"layout: strategy must be 'move' or 'flag', got {quote(spec.get('strategy'))}")
     if not isinstance(spec.get("name", "custom"), str):
@@ -282,6 +299,16 @@ class ReadModel:
 
 
 @dataclass(frozen=True)
+class Document:
+    """A projection document table (Marten's mt_doc_*) keyed by stream id: its rows are kept in
+    tidegate's archive_documents while their stream is archived, as whole rows (jsonb)."""
+
+    table: Ident
+    key: Column
+    columns: Ident
+
+
+@dataclass(frozen=True)
 class Layout:
     """A layout whose every name exists in the catalog, quoted."""
 
@@ -299,6 +326,7 @@ class Layout:
     event_columns: Ident  # every column of events, for INSERT ... SELECT of whole rows
     references: list[str]
     read_models: list[ReadModel]
+    documents: list[Document]
     # (archived, hot) values of the events' and the streams' archived_flag: BOOLEAN, or e.g. ("cold", "hot")
     event_flag_values: tuple[str, str] = BOOLEAN
     stream_flag_values: tuple[str, str] = BOOLEAN
@@ -317,9 +345,29 @@ class Layout:
 
 
 def resolve(conn: Connection, spec: dict[str, Any]) -> Layout:
+    """Every name of the layout against the catalog. Its ``schema`` (the layout file's key, or the one a
+    command's --schema or a payload's ``schema`` put there at planning) qualifies the layout's bare table
+    names, and nothing else: a name the layout qualifies itself stays where it says, and the schema picks
+    no table the layout does not name."""
     s, e = spec["streams"], spec["events"]
-    streams = identifiers.table(conn, s["table"], what="layout streams table")
-    events = identifiers.table(conn, e["table"], what="layout events table")
+    in_schema = None
+    if spec.get("schema") is not None:
+        in_schema = identifiers.schema(conn, spec["schema"], what="layout schema")
+        if not any("." not in name for name in table_names(spec)):
+            raise InvalidInput(f"schema {quote(spec['schema'])}: every table of layout {quote(spec.get('name'))}"
+                               " is already schema-qualified; --schema applies to a layout's bare table names")
+
+    def table(name: str, what: str) -> Ident:
+        try:
+            return identifiers.table(conn, name, what=what, in_schema=in_schema)
+        except InvalidIdentifier as err:
+            if in_schema is None and "." not in name:  # the shipped layouts name bare tables
+                raise InvalidIdentifier(f"{err}; if the store lives in a schema not on the search path, give"
+                                        " --schema NAME (or the layout's schema key)") from None
+            raise
+
+    streams = table(s["table"], "layout streams table")
+    events = table(e["table"], "layout events table")
     stream_cols = {k: identifiers.column(conn, streams, s[k], what=f"layout streams.{k} column")
                    for k in ("type", "version", "tenant", "activity", "archived_flag", "archived_at",
                              "archived_by", "archive_reason") if k in s}
@@ -330,16 +378,23 @@ def resolve(conn: Connection, spec: dict[str, Any]) -> Layout:
     all_event_cols = identifiers.columns(conn, events)
     archive = None
     if spec["strategy"] == "move":
-        archive = identifiers.table(conn, e["archive_table"], what="layout events archive table")
+        archive = table(e["archive_table"], "layout events archive table")
         _same_columns(conn, all_event_cols, archive, "events archive table")
     models = []
     for m in spec.get("read_models", []):
-        table = identifiers.table(conn, m["table"], what="layout read-model table")
-        cols = identifiers.columns(conn, table)
-        model_archive = identifiers.table(conn, m["archive_table"], what="layout read-model archive table")
+        model = table(m["table"], "layout read-model table")
+        cols = identifiers.columns(conn, model)
+        model_archive = table(m["archive_table"], "layout read-model archive table")
         _same_columns(conn, cols, model_archive, "read-model archive table")
-        models.append(ReadModel(table, identifiers.column(conn, table, m["key"], what="layout read-model key"),
+        models.append(ReadModel(model, identifiers.column(conn, model, m["key"], what="layout read-model key"),
                                 model_archive, identifiers.column_list(cols)))
+    docs = spec.get("documents") or {"tables": []}
+    documents = []
+    for name in docs["tables"]:
+        doc = table(name, "layout document table")
+        documents.append(Document(doc, identifiers.column(conn, doc, docs.get("key", "id"),
+                                                          what="layout document key"),
+                                  identifiers.column_list(identifiers.columns(conn, doc))))
     for ref in e.get("references", []):
         if "data" not in event_cols:
             raise InvalidInput("layout: [events].references needs [events].data")
@@ -352,13 +407,29 @@ def resolve(conn: Connection, spec: dict[str, Any]) -> Layout:
         event_stream=identifiers.column(conn, events, e["stream"], what="layout events.stream column"),
         sequence=identifiers.column(conn, events, e["sequence"], what="layout events.sequence column"),
         event_cols=event_cols, archive=archive, event_columns=identifiers.column_list(all_event_cols),
-        references=list(e.get("references", [])), read_models=models,
+        references=list(e.get("references", [])), read_models=models, documents=documents,
         event_flag_values=_values(e), stream_flag_values=_values(s),
     )
 
 
 def _values(part: dict[str, Any]) -> tuple[str, str]:
     return (part["archived_value"], part["hot_value"]) if "archived_value" in part else BOOLEAN
+
+
+def table_names(spec: dict[str, Any]) -> list[str]:
+    """Every table name a layout document holds."""
+    e = spec["events"]
+    return [spec["streams"]["table"], e["table"], *([e["archive_table"]] if "archive_table" in e else []),
+            *[t for m in spec.get("read_models", []) for t in (m["table"], m["archive_table"])],
+            *(spec.get("documents") or {}).get("tables", [])]
+
+
+def with_schema(spec: dict[str, Any], schema: str | None) -> dict[str, Any]:
+    """The layout document with its tables' schema set to ``schema`` (a command's --schema, a payload's
+    ``schema``), a copy; unchanged without one. :func:`resolve` checks it."""
+    if schema is None:
+        return spec
+    return {**copy.deepcopy(spec), "schema": schema}
 
 
 def _same_columns(conn: Connection, cols: list[Column], archive: Ident, what: str) -> None:

@@ -74,3 +74,47 @@ SELECT g.mode FROM archive_guards g
 WHERE CAST(g.events_table AS regclass) = CAST(:rel AS regclass)
   AND EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = CAST(:rel AS regclass)
               AND t.tgname = 'tidegate_archive_guard');
+
+-- name: ids_with_fields
+-- description: Every candidate of the snapshot, in seq order, with the create event's (lowest {first}) data values of the bound :keys, in order: discover --csv.
+SELECT c.seq, c.stream_id, c.stream_type, c.events, c.xref,
+       ARRAY(SELECT f.d ->> k.key FROM unnest(CAST(:keys AS text[])) WITH ORDINALITY AS k(key, n) ORDER BY k.n)
+FROM archive_candidates c
+LEFT JOIN LATERAL (SELECT e.{data} AS d FROM {events} e WHERE e.{estream} = CAST(c.stream_id AS {etype})
+                   ORDER BY e.{first} LIMIT 1) f ON true
+WHERE c.snapshot = CAST(:snapshot AS uuid) ORDER BY c.seq;
+
+-- name: type_exists
+-- description: Whether some stream (hot or archived) has the type :type: discover --type's typo check.
+SELECT EXISTS (SELECT 1 FROM {streams} s WHERE CAST(s.{stype} AS text) = CAST(:type AS text));
+
+-- name: types_present
+-- description: The stream types present (hot or archived), the first :limit: what a --type that matched none might have meant.
+SELECT CAST(s.{stype} AS text) FROM {streams} s GROUP BY 1 ORDER BY 1 LIMIT :limit;
+
+-- name: verify_audited
+-- description: tidegate verify of an archive job: the streams its audit holds, moved and skipped.
+SELECT count(*) AS streams, count(*) FILTER (WHERE action <> 'skip') AS moved,
+       count(*) FILTER (WHERE action = 'skip') AS skipped
+FROM archive_audit WHERE job_id = CAST(:job_id AS uuid);
+
+-- name: verify_left_behind
+-- description: Events still in {src} ({flag_is}: with the flag they had) of the streams the job :job_id audited as :action and that are still in that {state}: none, after a sound run.
+SELECT count(*) FROM archive_audit a
+JOIN {streams} s ON s.{key}::text = a.stream_id AND {state}
+JOIN {src} e ON e.{estream} = s.{key} {flag_is}
+WHERE a.job_id = CAST(:job_id AS uuid) AND a.action = :action;
+
+-- name: verify_flag_is
+-- description: Piece of verify_left_behind: the event's flag still holds the value it had before the move (:flag_before: false or true, or e.g. 'hot' or 'cold').
+AND e.{eflag} = CAST(:flag_before AS {eftype});
+
+-- name: verify_xref
+-- description: How many streams the job :job_id archived a live event names under the reference key :ref ({live}: not archived).
+SELECT count(DISTINCT a.stream_id) FROM archive_audit a
+JOIN {events} e ON e.{data} ->> CAST(:ref AS text) = a.stream_id {live}
+WHERE a.job_id = CAST(:job_id AS uuid) AND a.action = 'archive';
+
+-- name: verify_event_live
+-- description: Piece of verify_xref: the referencing event is not archived (a layout that flags events: its flag holds the hot value, false or e.g. 'hot').
+AND e.{eflag} = CAST(:flag_hot AS {eftype});

@@ -43,11 +43,12 @@ def parse_map(items: tuple[str, ...] | list[str]) -> dict[str, str]:
 
 
 def poll(engine: Engine, name: str, layout_name: str, mapping: dict[str, str], *, owner: str, actor: str,
-         lookback: int = 10_000, max_events: int = 10_000, batch_size: int = 500) -> dict[str, Any]:
+         lookback: int = 10_000, max_events: int = 10_000, batch_size: int = 500,
+         schema: str | None = None) -> dict[str, Any]:
     """One pass; returns what it did: events seen, streams enqueued, the job id, the cursor. ``layout_name``:
-    a shipped or registered layout, which the jobs it enqueues name."""
+    a shipped or registered layout, which the jobs it enqueues name (with ``schema``, their --schema)."""
     with engine.begin() as conn:
-        layout = layouts.resolve(conn, layouts.named(conn, layout_name))
+        layout = layouts.resolve(conn, layouts.with_schema(layouts.named(conn, layout_name), schema))
         etype = layout.event_cols.get("type")
         if etype is None:
             raise InvalidInput(f"layout {quote(layout.name)} names no events type column: cannot spot deletion events")
@@ -68,6 +69,8 @@ def poll(engine: Engine, name: str, layout_name: str, mapping: dict[str, str], *
             kinds = sorted({r.event_type for r in wanted if r.seq in {f.seq for f in fresh}})
             payload = {"layout": layout_name, "streams": streams,
                        "batch_size": batch_size, "owner": owner, "reason": "deleted: " + ", ".join(kinds)}
+            if schema is not None:
+                payload["schema"] = schema
             job_id, _ = store.enqueue(conn, "archive_range", "default", payload, priority=0, max_attempts=5,
                                       run_after=None)
             store.audit(conn, actor, "enqueue", job_id, {"type": "archive_range", "watcher": name,

@@ -683,6 +683,10 @@ WHERE c.relname = :rel AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
 ORDER BY array_position(current_schemas(false), n.nspname::text)
 LIMIT 1;
 
+-- name: catalog_schema
+-- description: An existing schema named exactly :schema (a layout's --schema), with whether this login may use it.
+SELECT n.nspname, has_schema_privilege(n.oid, 'USAGE') FROM pg_namespace n WHERE n.nspname = :schema;
+
 -- name: catalog_column
 -- description: The type and NOT NULL of column :col of table :rel (a quoted name).
 SELECT format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a
