@@ -39,7 +39,7 @@ def drain(url: str) -> None:
 
 
 def enqueue(url: str, *args: str) -> str:
-    return run_cli(url, "enqueue", *args, "--owner", "ops", "--apply", "--yes").stdout.strip()
+    return run_cli(url, "enqueue", *args, "--owner", "ops", "--apply", "--all", "--yes").stdout.strip()
 
 
 def partition(url: str, *args: str, check: bool = True):  # type: ignore[no-untyped-def]
