@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import random
@@ -293,3 +294,17 @@ def citus(citus_cluster):  # type: ignore[no-untyped-def]
     keep = citus_cluster.tables()
     yield citus_cluster
     citus_cluster.reset(keep)
+
+
+def parse_python(source: str) -> ast.Module:
+    """ast.parse, again when CPython 3.11 raises its spurious "AST constructor recursion depth mismatch": its
+    AST state is shared by every thread (python/cpython#106905), and a thread a test left running (a pool's
+    or a server's, formatting a traceback, which parses the line for its carets) races with this one."""
+    for attempt in range(5):
+        try:
+            return ast.parse(source)
+        except SystemError:
+            if attempt == 4:
+                raise
+            time.sleep(0.05)
+    raise AssertionError("unreachable")

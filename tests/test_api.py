@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 import tidegate
-from tests.conftest import ROOT
+from tests.conftest import ROOT, parse_python
 
 APP_HANDLER = '''
 from sqlalchemy import text
@@ -46,7 +46,7 @@ EXPLODES = 'raise ImportError("the application\'s own {name} package was importe
 
 def test_public_api_is_listed_once_and_every_name_imports():
     literal = ast.literal_eval(next(
-        node.value for node in ast.parse((ROOT / "tidegate/__init__.py").read_text()).body
+        node.value for node in parse_python((ROOT / "tidegate/__init__.py").read_text()).body
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "__all__"))
     assert sorted(literal) == sorted(["__version__", *tidegate._EXPORTS])
     for name in tidegate.__all__:

@@ -13,7 +13,7 @@ import random
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import ROOT, job_row, kill_storm, run_cli, scalar, wait_for
+from tests.conftest import ROOT, job_row, kill_storm, parse_python, run_cli, scalar, wait_for
 
 PLUGIN = {"TIDEGATE_PLUGINS": "examples.expire_sessions"}
 ROWS = 6000
@@ -35,7 +35,7 @@ def _enqueue(engine, payload: dict) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_the_example_imports_only_the_public_api():
-    tree = ast.parse((ROOT / "examples/expire_sessions.py").read_text())
+    tree = parse_python((ROOT / "examples/expire_sessions.py").read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert {m for m in imported if m and m.startswith("tidegate")} == {"tidegate"}
 

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, text
 
 from examples import raw_linkset
 from examples.raw_linkset import RAW_LINKSET, Contended
-from tests.conftest import ROOT, job_row, run_cli, scalar, wait_for
+from tests.conftest import ROOT, job_row, parse_python, run_cli, scalar, wait_for
 
 # The user's table, as docs/handlers.md shows it (a test below checks that the guide has this text).
 DDL = """\
@@ -156,7 +156,7 @@ def test_write_derives_from_the_current_version_of_a_changed_document_and_gives_
 
 
 def test_the_example_imports_only_the_public_api():
-    tree = ast.parse((ROOT / "examples/raw_linkset.py").read_text())
+    tree = parse_python((ROOT / "examples/raw_linkset.py").read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert {m for m in imported if m and m.startswith("tidegate")} == {"tidegate"}

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, parse_python
 
 
 def test_import_contracts_hold():
@@ -35,7 +35,7 @@ LIVE_RULE = re.compile(r"heartbeat_at\s*>\s*now\(\)\s*-\s*make_interval\(\s*secs
 
 
 def _modules(*folders: str) -> dict[str, ast.Module]:
-    return {str(p.relative_to(ROOT)): ast.parse(p.read_text()) for folder in folders
+    return {str(p.relative_to(ROOT)): parse_python(p.read_text()) for folder in folders
             for p in sorted((ROOT / folder).rglob("*.py"))}
 
 

@@ -253,12 +253,16 @@ class ArchiveRange(RangeKind):
         p = ctx.params
         layout = self.layout(conn, p)
         candidates = {"snapshot": p["snapshot"], "lo": batch.lo, "hi": batch.hi, "force": bool(p.get("force"))}
-        locked = self._lock_and_mark(conn, layout, candidates, p)
+        # a store whose events' foreign key names the streams' flag takes marks and flags in one statement
+        together = (layout.flag and p.get("phase") is None and "archived_flag" in layout.stream_cols
+                    and self._flag_in_fkey(conn, layout))
+        locked = self._lock_and_mark(conn, layout, candidates, p, lock_only=together)
         action = self.direction.action
         gone_why = MOVE_GONE_WHY if p.get("phase") == "move" else self.direction.gone_why
         audit = {**candidates, "job_id": ctx.job_id, "layout": layout.name, "actor": p["owner"], "action": action,
                  "reason": p.get("reason"), "xref_why": XREF_WHY, "ids": locked, "gone_why": gone_why}
-        streams, events = self.move(conn, layout, locked, audit, mark_only=p.get("phase") == "mark")
+        streams, events = self.move(conn, layout, locked, audit, mark_only=p.get("phase") == "mark",
+                                    marks=self._marks(layout, p) if together else None)
         # counted before the commit: a batch that then rolls back is counted again when it is
         # redone, so these counters may run slightly ahead; archive_audit is exact.
         metrics.ARCHIVE_STREAMS.labels(action).inc(len(locked))
@@ -280,22 +284,28 @@ class ArchiveRange(RangeKind):
         return report.summary(engine, job_id)
 
     def move(self, conn: Connection, layout: Layout, locked: list[str], audit: dict[str, Any], *,
-             mark_only: bool = False) -> tuple[int, int]:
+             mark_only: bool = False, marks: Marks | None = None) -> tuple[int, int]:
         """Move the locked streams' read models and events and write the batch's audit row (in the
         events statement); returns (candidates in the batch, events moved). Read models move before
         the events when archiving and after them when unarchiving. ``mark_only``: the audit row alone
-        (the first phase of two-phase archiving leaves events and read models where they are)."""
+        (the first phase of two-phase archiving leaves events and read models where they are). ``marks``:
+        the streams' marks, set in the events statement (a foreign key from the events through the flag)."""
         ev = {"estream": layout.event_stream.ident, "etype": identifiers.type_of(layout.event_stream)}
         if not locked or mark_only:
             sql = render(SQL["nothing_moved"], audit=AUDIT)
             locked = []  # nothing to move; the audit still names the streams marked (:ids)
         elif layout.flag:
             flag = layout.event_cols["archived_flag"]
-            sql = render(SQL["flag_events"], audit=AUDIT, events=layout.events, eflag=flag.ident,
-                         eftype=identifiers.type_of(flag), **ev)
             archived, hot = layout.event_flag_values
             audit = {**audit, **({"flag_from": archived, "flag_to": hot} if self.direction.unarchive
                                  else {"flag_from": hot, "flag_to": archived})}
+            if marks is None:
+                sql = render(SQL["flag_events"], audit=AUDIT, events=layout.events, eflag=flag.ident,
+                             eftype=identifiers.type_of(flag), **ev)
+            else:
+                sql = render(SQL["mark_flag_events"], audit=AUDIT, events=layout.events, eflag=flag.ident,
+                             eftype=identifiers.type_of(flag), sets=marks.sets, **marks.idents, **ev)
+                audit = {**marks.params, **audit}
         else:
             assert layout.archive is not None
             src, dst = self.direction.src_dst(layout.events, layout.archive)
@@ -321,20 +331,31 @@ class ArchiveRange(RangeKind):
                 sql = render(DOCS["archive"], doc=d.table, dkey=d.key.ident, dtype=identifiers.type_of(d.key))
             conn.execute(sql, {"ids": ids, "relation": d.table.sql, "job_id": job_id})
 
-    def _lock_and_mark(self, conn: Connection, layout: Layout, batch: dict[str, Any], p: dict[str, Any]) -> list[str]:
+    def _lock_and_mark(self, conn: Connection, layout: Layout, batch: dict[str, Any], p: dict[str, Any], *,
+                       lock_only: bool = False) -> list[str]:
         """One statement: read the batch's candidates, lock the streams still in the expected state, in key
         order, and set (or clear) their marks; returns their ids. Marks go first so that a guard trigger
         lets unarchived events back in and sees archived streams as archived the moment the batch commits.
         The events move in a later statement, whose snapshot sees every append that committed before the
-        lock was granted (one statement would keep the snapshot taken before it waited)."""
+        lock was granted (one statement would keep the snapshot taken before it waited). ``lock_only`` (and
+        --move-marked): lock, leave the marks (the events statement sets them, or they stay)."""
+        moving_marked = p.get("phase") == "move"  # locked as archived, marks kept
+        marks = self._marks(layout, p)
+        state = selection.state_sql(layout, marks.idents, archived=self.direction.unarchive or moving_marked)
+        params: dict[str, Any] = {**batch, **marks.params}
+        if moving_marked or lock_only:
+            sql = render(SQL["lock_only"], state=state,
+                         **{k: v for k, v in marks.idents.items() if not k.startswith("m_")})
+        else:
+            sql = render(SQL["lock_mark"], state=state, sets=marks.sets, **marks.idents)
+        return list(conn.execute(sql, params).scalars().all())
+
+    def _marks(self, layout: Layout, p: dict[str, Any]) -> Marks:
+        """The streams' marks this direction sets or clears: the SET list, its identifiers and parameters."""
         idents: dict[str, Any] = {"key": layout.key.ident, "streams": layout.streams,
                                   "ktype": identifiers.type_of(layout.key)}
-        moving_marked = p.get("phase") == "move"  # locked as archived, marks kept
-        state = selection.state_sql(layout, idents, archived=self.direction.unarchive or moving_marked)
-        params: dict[str, Any] = dict(batch)
-        if moving_marked:
-            return list(conn.execute(render(SQL["lock_only"], state=state, **idents), params).scalars().all())
         sets = []
+        params: dict[str, Any] = {}
         for name, value in self.direction.marks.items():
             col = layout.col(name)
             if col is not None:
@@ -347,9 +368,21 @@ class ArchiveRange(RangeKind):
                     params["by"] = p["owner"]
                 elif value == ":reason":
                     params["reason"] = p.get("reason")
-        sql = render(SQL["lock_mark"], state=state, sets=Fragment(", ".join(sets)), **idents)
-        return list(conn.execute(sql, params).scalars().all())
+        return Marks(Fragment(", ".join(sets)), idents, params)
 
+    def _flag_in_fkey(self, conn: Connection, layout: Layout) -> bool:
+        flag = layout.stream_cols["archived_flag"]
+        return bool(conn.execute(text(SQL["flag_in_fkey"]), {"events": layout.events.sql, "streams": layout.streams.sql,
+                                                             "flag": flag.ident.name}).scalar_one())
+
+
+@dataclass(frozen=True)
+class Marks:
+    """A direction's marks on the stream rows: ``sets`` (``col = value, ...``) and what it renders with."""
+
+    sets: Fragment
+    idents: dict[str, Any]
+    params: dict[str, Any]
 
 ARCHIVE = ArchiveRange("archive_range", ARCHIVING, aliases=("archive",))
 UNARCHIVE = ArchiveRange("unarchive_range", UNARCHIVING, aliases=("unarchive", "reactivate"))

@@ -32,6 +32,22 @@ WITH flagged AS (UPDATE {events} e SET {eflag} = CAST(:flag_to AS {eftype})
 counts AS (SELECT g.s::text AS stream_id, g.n FROM (SELECT {estream} AS s, count(*) AS n FROM flagged GROUP BY 1) g)
 {audit};
 
+-- name: mark_flag_events
+-- description: For a store whose events' foreign key names the streams' flag (Marten 7 partitioned: (stream_id, is_archived) references mt_streams (id, is_archived)): the locked streams' marks and their events' flag in one statement, so the key is checked once both have moved, where either statement alone breaks it (the audit follows).
+WITH marked AS (UPDATE {streams} t SET {sets} WHERE t.{key} = ANY(CAST(:ids AS {ktype}[])) RETURNING t.{key}),
+flagged AS (UPDATE {events} e SET {eflag} = CAST(:flag_to AS {eftype})
+  WHERE e.{estream} = ANY(CAST(:ids AS {etype}[])) AND e.{eflag} = CAST(:flag_from AS {eftype})
+  RETURNING e.{estream}),
+counts AS (SELECT g.s::text AS stream_id, g.n FROM (SELECT {estream} AS s, count(*) AS n FROM flagged GROUP BY 1) g)
+{audit};
+
+-- name: flag_in_fkey
+-- description: Whether a foreign key of the events table :events references the streams table :streams through the streams' flag column :flag (then marks and flags move in one statement).
+SELECT EXISTS (SELECT 1 FROM pg_constraint c
+  JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attname = :flag
+  WHERE c.contype = 'f' AND c.conrelid = CAST(:events AS regclass) AND c.confrelid = CAST(:streams AS regclass)
+    AND a.attnum = ANY(c.confkey));
+
 -- name: nothing_moved
 -- description: No stream was locked: the batch's audit row alone, every candidate skipped.
 WITH counts AS (SELECT CAST(NULL AS text) AS stream_id, CAST(0 AS bigint) AS n WHERE false)
