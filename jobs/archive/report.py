@@ -100,7 +100,7 @@ def write_csv(conn: Connection, params: dict[str, Any], path: Path) -> None:
         first = layout.event_cols.get("version") or layout.sequence  # the create event: the lowest version
         sql = render(SQL["ids_with_fields"], events=layout.events, data=data.ident,
                      estream=layout.event_stream.ident, etype=identifiers.type_of(layout.event_stream),
-                     first=first.ident)
+                     first=first.ident, seq=layout.sequence.ident)
         rows = conn.execute(sql, {**snap, "keys": fields})
     else:
         rows = conn.execute(text(SQL["ids"]), snap)

@@ -76,12 +76,16 @@ WHERE CAST(g.events_table AS regclass) = CAST(:rel AS regclass)
               AND t.tgname = 'tidegate_archive_guard');
 
 -- name: ids_with_fields
--- description: Every candidate of the snapshot, in seq order, with the create event's (lowest {first}) data values of the bound :keys, in order: discover --csv.
+-- description: Every candidate of the snapshot, in seq order, with the create event's (lowest {first}, then lowest {seq}) data values of the bound :keys, in order: discover --csv. Set-based: one pass over the candidates' events, not a lookup per stream.
+WITH firsts AS (
+  SELECT DISTINCT ON (e.{estream}) e.{estream}::text AS sid, e.{data} AS d
+  FROM {events} e
+  JOIN archive_candidates x ON x.snapshot = CAST(:snapshot AS uuid) AND CAST(x.stream_id AS {etype}) = e.{estream}
+  ORDER BY e.{estream}, e.{first}, e.{seq})
 SELECT c.seq, c.stream_id, c.stream_type, c.events, c.xref,
        ARRAY(SELECT f.d ->> k.key FROM unnest(CAST(:keys AS text[])) WITH ORDINALITY AS k(key, n) ORDER BY k.n)
 FROM archive_candidates c
-LEFT JOIN LATERAL (SELECT e.{data} AS d FROM {events} e WHERE e.{estream} = CAST(c.stream_id AS {etype})
-                   ORDER BY e.{first} LIMIT 1) f ON true
+LEFT JOIN firsts f ON f.sid = c.stream_id
 WHERE c.snapshot = CAST(:snapshot AS uuid) ORDER BY c.seq;
 
 -- name: type_exists
