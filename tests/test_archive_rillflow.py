@@ -269,3 +269,20 @@ def test_sigkill_and_pause_mid_move_end_exactly_as_a_clean_run(engine, db_url, p
     assert scalar(engine, "SELECT count(DISTINCT stream_id) FROM archive_audit WHERE job_id = :j", j=job) == marked
     assert scalar(engine, "SELECT sum(events) FROM archive_audit WHERE job_id = :j", j=job) == want_audit
     assert want_audit == scalar(engine, "SELECT count(*) FROM events_cold")
+
+
+def test_partition_maintenance_in_a_tenant_schema(engine, db_url):
+    """--schema on `archive partition`, as on every archive command: the month's partition goes under the
+    tenant schema's own tree, the public one is untouched; a schema that does not exist is exit 2."""
+    build(engine, db_url, "rillflow_partitioned", 20, schema="tenant_a")
+    build(engine, db_url, "rillflow_partitioned", 20)
+    public = scalar(engine, PARTITIONS)
+    made = partition(db_url, "--schema", "tenant_a", "--retention", "cold", "--month", "2025-03-01")
+    assert "events_cold_2025_03" in made.stdout, made.stdout
+    assert scalar(engine, "SELECT to_regclass('tenant_a.events_cold_2025_03') IS NOT NULL")
+    assert scalar(engine, "SELECT to_regclass('public.events_cold_2025_03') IS NULL")
+    assert scalar(engine, PARTITIONS) == public
+    dropped = partition(db_url, "--schema", "tenant_a", "--retention", "cold", "--month", "2025-03-01", "--drop")
+    assert dropped.returncode == 0 and scalar(engine, "SELECT to_regclass('tenant_a.events_cold_2025_03') IS NULL")
+    nope = partition(db_url, "--schema", "nope", "--retention", "cold", "--month", "2025-03-01", check=False)
+    assert nope.returncode == 2 and "does not exist" in nope.stderr, nope.stderr

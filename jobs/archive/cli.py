@@ -301,11 +301,13 @@ def archive_guard(db: Database, layout: str, mode: str, schema: str | None, acto
 @click.option("--month", required=True, help="The first day of the month, e.g. 2025-01-01.")
 @click.option("--detach", "action", flag_value="detach", help="Detach the month's partition, once proven empty.")
 @click.option("--drop", "action", flag_value="drop", help="Detach and drop the month's partition, once proven empty.")
+@schema_option
 @actor_option
 @database_option
-def archive_partition(db: Database, layout: str, retention: str, month: str, action: str | None, actor: str) -> None:
+def archive_partition(db: Database, layout: str, retention: str, month: str, action: str | None, schema: str | None,
+                      actor: str) -> None:
     """Create a month's partition ahead (idempotent), or detach/drop an exhausted one (refused unless empty)."""
-    done = partition.maintain(db.engine, layout, retention, month, action or "create", actor)
+    done = partition.maintain(db.engine, layout, retention, month, action or "create", actor, schema)
     click.echo(f"partition {done['partition']} of {done['parent']}: {done['done']}")
 
 

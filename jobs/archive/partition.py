@@ -86,15 +86,17 @@ def _tree(conn: Connection, layout: Layout, retention: str) -> tuple[Ident, Iden
     return parent, identifiers.type_of(key)
 
 
-def maintain(engine: Engine, layout_ref: str, retention: str, month: str, action: str, actor: str) -> dict[str, Any]:
-    """``action``: create, detach or drop the month's partition under the retention value's partition."""
+def maintain(engine: Engine, layout_ref: str, retention: str, month: str, action: str, actor: str,
+             schema: str | None = None) -> dict[str, Any]:
+    """``action``: create, detach or drop the month's partition under the retention value's partition;
+    ``schema``: the schema of the layout's bare table names (--schema: a tenant's store)."""
     if action not in ("create", "detach", "drop"):
         raise InvalidInput(f"action must be create, detach or drop, got {quote(action)}")
     if not isinstance(retention, str) or not layouts.FLAG_VALUE.fullmatch(retention):
         raise InvalidInput(f"--retention {quote(retention)}: a retention class is a lower-case word (hot, cold)")
     lo, hi = month_start(month)
     with engine.begin() as conn:
-        layout = layouts.resolve(conn, layouts.for_cli(conn, layout_ref)[0])
+        layout = layouts.resolve(conn, layouts.for_cli(conn, layout_ref, schema)[0])
         parent, ptype = _tree(conn, layout, retention)
         part = identifiers.new_partition(conn, parent, f"{lo:%Y_%m}")
         state = conn.execute(text(SQL["found"]), {"rel": part.sql, "parent": parent.sql}).one()
