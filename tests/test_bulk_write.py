@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from tests.conftest import job_row, run_cli, scalar
 from tests.fixtures import seed_demo, troops_checksum
@@ -243,7 +244,7 @@ def test_a_role_without_temporary_fails_the_batch_and_files_no_item(events, db_u
     from tidegate.worker.db import sqlstate
 
     role = f"tg_notemp_{uuid.uuid4().hex[:8]}"
-    database = db_url.rsplit("/", 1)[1]
+    database = make_url(db_url).database
     with events.begin() as conn:
         conn.execute(text(f'CREATE ROLE "{role}"'))
         conn.execute(text(f'REVOKE TEMPORARY ON DATABASE "{database}" FROM PUBLIC'))

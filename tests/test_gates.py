@@ -14,6 +14,7 @@ import threading
 import psycopg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from tests import pg, replica
 from tests.conftest import enqueue_items, job_row, run_cli, scalar, wait_for
@@ -190,7 +191,7 @@ def test_replication_lag_gate_holds_while_a_real_standby_lags_and_releases_when_
         standby.execute("SELECT pg_wal_replay_resume()")
         standby.close()
     assert log_report(engine) == {"logged": 1000, "distinct_keys": 1000, "items": 1000, "missing": 0}
-    database = url.rsplit("/", 1)[1]
+    database = make_url(url).database
     with psycopg.connect(streaming_pair.standby.url(database), autocommit=True) as on_standby:
         wait_for(lambda: on_standby.execute("SELECT count(*) FROM processed_log").fetchone()[0] == 1000,
                  what="the standby to replay the whole run")

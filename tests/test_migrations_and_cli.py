@@ -123,6 +123,7 @@ def test_database_passwords_never_reach_output(db_url):
 def test_status_watch_redraws_a_live_table(engine, db_url):
     import os
     import signal
+    import time
 
     from tests.conftest import CHILD_ENV, TIDEGATE
     from tidegate.worker.watch import RecentRate
@@ -134,28 +135,15 @@ def test_status_watch_redraws_a_live_table(engine, db_url):
     proc = subprocess.Popen([TIDEGATE, "status", "--watch", "--interval", "0.2"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **CHILD_ENV, "DATABASE_URL": db_url, "COLUMNS": "200"})
-    # read its frames as they come and interrupt it after the first full one (not after a fixed
-    # sleep: on a loaded machine the command may still be importing after seconds)
-    import threading
+    # interrupt it once it is watching (its connection is open), not after a fixed sleep: on a loaded machine
+    # the command may still be importing after seconds. Without a terminal, Live draws its last frame at exit.
+    from tests.conftest import wait_for
 
-    lines: list[str] = []
-    drawn = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            seen = "".join(lines)
-            if job[:8] in seen and "done" in seen and "100.0%" in seen:
-                drawn.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    drawn.wait(timeout=120)  # a bound on a hang, not a speed check: the assert below says what failed
+    wait_for(lambda: scalar(engine, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                    " AND application_name = 'tidegate-cli'"), timeout=120, what="the watch to connect")
+    time.sleep(1.0)  # a few of its 0.2 s rounds
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    reader.join(timeout=10)
-    out = "".join(lines)
+    out, err = proc.communicate(timeout=60)
     assert job[:8] in out and "done" in out and "100.0%" in out, err
     rates = RecentRate()  # rows/s over the last minute, from the watcher's own samples
     assert rates.update("j", 0, 0.0) is None

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 
 from tests import pg
 from tests.conftest import job_row, pool_starter, run_cli, scalar, wait_for
@@ -36,8 +37,8 @@ def shards(pg_server: str, template: str) -> Iterator[dict[str, tuple[str, Engin
     for url, engine in found.values():
         engine.dispose()
         with pg.admin(pg_server) as conn:
-            conn.execute(f'ALTER DATABASE "{url.rsplit("/", 1)[1]}" ALLOW_CONNECTIONS true')
-        pg.drop(pg_server, url.rsplit("/", 1)[1])
+            conn.execute(f'ALTER DATABASE "{make_url(url).database}" ALLOW_CONNECTIONS true')
+        pg.drop(pg_server, make_url(url).database)
 
 
 def env_of(shards: dict) -> dict[str, str]:
@@ -64,7 +65,7 @@ def status(engine: Engine, job: str) -> str:
 
 
 def dbname(url: str) -> str:
-    return url.rsplit("/", 1)[1]
+    return make_url(url).database
 
 
 def test_bad_target_lists_are_refused(shards, tmp_path):

@@ -151,7 +151,7 @@ def test_handlers_an_enqueuer_inserts_are_refused_by_the_worker_and_nothing_is_i
         assert status == "failed" and error.startswith("invalid job: "), (case, status, error)
         assert ("is not available" in error or "unknown handler" in error) and "available: hero_troops" in error, error
     attack_ids = list(ids.values())
-    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE job_id = ANY(CAST(:i AS uuid[]))", i=attack_ids) == 0
+    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE planned AND job_id = ANY(CAST(:i AS uuid[]))", i=attack_ids) == 0
     assert scalar(engine, "SELECT count(*) FROM etl_errors WHERE job_id = ANY(CAST(:i AS uuid[]))", i=attack_ids) == 0
     # the worker did run: the runbook's job, with the registered default handler, is done
     assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE status = 'done'") == 1
@@ -232,7 +232,7 @@ def test_layouts_an_enqueuer_inserts_are_names_and_the_worker_opens_no_file(engi
     assert without_path(errors["existing-toml"]) == without_path(errors["missing-toml"])
     assert "secret.toml" in errors["existing-toml"] or "..." in errors["existing-toml"]
     assert not any("topsecret_key" in e or "hunter2" in e for e in errors.values())
-    assert scalar(engine, "SELECT count(*) FROM backfill_jobs") == 0
+    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE planned") == 0
     assert scalar(engine, "SELECT count(*) FROM archive_candidates") == 0
     assert scalar(engine, "SELECT count(*) FROM es_events") == events
     nothing_imported_or_created(tmp_path)

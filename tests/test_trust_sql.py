@@ -53,7 +53,7 @@ def _job(engine, job_id: str):  # type: ignore[no-untyped-def]
     with engine.connect() as conn:
         return conn.execute(text("SELECT q.status AS queue_status, q.last_error, q.enqueued_by, j.status,"
                                  " j.processed_count, j.enqueued_by AS job_enqueued_by"
-                                 " FROM queue_jobs q LEFT JOIN backfill_jobs j ON j.job_id = q.id WHERE q.id = :i"),
+                                 " FROM queue_jobs q LEFT JOIN backfill_jobs j ON j.job_id = q.id AND j.planned WHERE q.id = :i"),
                             {"i": job_id}).one()
 
 
@@ -133,7 +133,7 @@ def test_attackers_statements_never_run(engine, roles):
     assert f"role '{p}enqueue', which enqueued the job, is not a member of {p}sql_author" in _job(
         engine, ids["claims-postgres"]).last_error
     assert troops_checksum(engine) == before  # nothing ran: not at validation, not as a job
-    assert scalar(engine, "SELECT count(*) FROM backfill_jobs") == 0
+    assert scalar(engine, "SELECT count(*) FROM backfill_jobs WHERE planned") == 0
 
 
 def test_an_authors_statement_runs_only_on_a_pool_that_allows_sql(engine, roles, tmp_path):

@@ -204,4 +204,4 @@ def test_unarchive_range_takes_the_pace_options_of_archive_range():
 
     pace = {"--max-rows-per-second", "--sleep-between-batches", "--concurrency", "--batch-size"}
     assert pace <= flags(enqueue_unarchive) and pace <= flags(enqueue_archive)
-    assert flags(enqueue_archive) - flags(enqueue_unarchive) == {"--force"}
+    assert flags(enqueue_archive) - flags(enqueue_unarchive) == {"--force", "--mark-only", "--move-marked"}  # two-phase archiving is archive-only

@@ -428,7 +428,10 @@ class Worker:
 
     def _record(self, conn: Connection, batch: InFlight, state: store.BatchState, step: Step) -> store.Recorded:
         """Step 3: failed items, the slice's cursor, the job's counters and watermark, and the job done
-        after its last slice, in the batch's transaction."""
+        after its last slice, in the batch's transaction. Under no statement timeout: a handler that set one for
+        its session (set_config(..., false)) would otherwise time out tidegate's own bookkeeping (the watch
+        still bounds the batch)."""
+        store.local_statement_timeout(conn, 0)
         return store.record_batch(conn, store.BatchRecord(
             job_id=batch.job_id, slice_no=batch.slice_no, worker_id=self.id, key_type=state.key_type,
             checkpoint=step.checkpoint, processed=step.processed, errors=step.errors, exhausted=step.exhausted,
