@@ -18,7 +18,7 @@ from sqlalchemy import Engine, text
 
 from tidegate.jobs import inspect
 from tidegate.worker import control
-from tidegate.worker.errors import InvalidInput, TidegateError
+from tidegate.worker.errors import IllegalTransition, InvalidInput, TidegateError
 from tidegate.worker.sql import load
 
 SQL = load(__package__, "rollout.sql")
@@ -67,7 +67,9 @@ class Rollout:
                 job = self._wait(lambda j: not j.held_by or j.status != "running", "the gate to let go")
                 self._check_running(job, n)
             self._verify(f"step {n}", f"{job.processed_count} rows processed at concurrency {job.concurrency}")
-            self._set(concurrency=concurrency)
+            if not self._raise(concurrency):
+                self.echo(f"step {n}: the job finished before concurrency {concurrency} was needed")
+                break
             self.echo(f"step {n}: concurrency {concurrency}")
         job = self._wait(lambda j: j.status != "running", "the job to finish")
         if job.status != "done":
@@ -99,6 +101,17 @@ class Rollout:
     def _set(self, **knobs: Any) -> None:
         with self.engine.begin() as conn:
             control.set_knobs(conn, self.job_id, knobs, self.actor)
+
+    def _raise(self, concurrency: int) -> bool:
+        """Raise the job's concurrency; False when it finished meanwhile (a done job has no pace to set:
+        the rollout then verifies it as finished instead of failing on the race)."""
+        try:
+            self._set(concurrency=concurrency)
+        except IllegalTransition:
+            if self._job().status != "done":
+                raise
+            return False
+        return True
 
     def _job_in(self, conn: Any) -> str | None:
         row = conn.execute(text(SQL["job"]), {"job_id": self.job_id}).first()

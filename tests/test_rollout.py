@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from sqlalchemy import text
@@ -75,3 +76,29 @@ def test_rollout_holds_at_the_canary_when_its_verification_fails(engine, db_url,
     assert (row.status, row.processed_count, row.concurrency) == ("paused", 300, 1)
     assert row.status_reason == "canary limit reached"  # it stays paused where the canary stopped it
     assert _concurrency_steps(engine, job) == []  # no step was taken
+
+
+def test_rollout_ends_cleanly_when_the_job_finishes_between_a_verification_and_its_step(engine, db_url, pools):
+    """The race the CI run met: the job reached done while a step was being verified, and raising its
+    concurrency then failed with exit 4. The echo hook waits for the job to finish right after the
+    step's verification, so the race happens every time."""
+    from tidegate.jobs.rollout import Rollout
+
+    seed_demo(engine, 1500)
+    job = _canary_job(db_url, "hero_troops")
+    pools("--concurrency", "2", "--poll", "0.1")
+    lines: list[str] = []
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        if line == "step 2: verified":
+            while job_row(engine, job).status != "done":
+                time.sleep(0.05)
+
+    Rollout(engine, job, [1, 4], step_rows=300, actor="sre-bob", echo=echo, poll=0.05, timeout=120).run()
+    out = "\n".join(lines)
+    assert "step 2: the job finished before concurrency 4 was needed" in out and "rollout complete" in out, out
+    assert_in_order(out)
+    row = job_row(engine, job)
+    assert (row.status, row.processed_count) == ("done", 1500)
+    assert _concurrency_steps(engine, job) == [1]  # the step that came too late set nothing
