@@ -40,15 +40,18 @@ def enqueue(
     priority: int | str | None = None,
     max_attempts: int | str | None = None,
     run_after: datetime | None = None,
+    run_id: str | None = None,
 ) -> tuple[str, Plan]:
-    """Validate and queue a job. The queue knobs (None: their default) are checked against worker/knobs.py."""
+    """Validate and queue a job (one of fan-out run ``run_id``, if given). The queue knobs (None: their
+    default) are checked against worker/knobs.py."""
     given = {"priority": priority, "max_attempts": max_attempts}
     chosen = {k.name: k.check(k.default if given[k.name] is None else given[k.name]) for k in knobs.QUEUE_KNOBS}
     plan = validate(engine, job_type, payload)
     with engine.begin() as conn:
         job_id, enqueued_by = store.enqueue(conn, job_type, queue, payload, chosen["priority"],
-                                            chosen["max_attempts"], run_after)
+                                            chosen["max_attempts"], run_after, run_id)
         # enqueued_by: the login role, as the database recorded it (a trigger); actor: what --by says
         store.audit(conn, actor, "enqueue", job_id, {"type": job_type, "payload": payload, "queue": queue,
-                                                     "enqueued_by": enqueued_by})
+                                                     "enqueued_by": enqueued_by,
+                                                     **({"run_id": run_id} if run_id else {})})
     return job_id, plan

@@ -516,11 +516,12 @@ def set_payload_knobs(conn: Connection, job_id: str, changes: dict[str, object])
 
 
 def enqueue(conn: Connection, job_type: str, queue: str, payload: Any, priority: int, max_attempts: int,
-            run_after: datetime | None) -> tuple[str, str | None]:
-    """Queue a validated job; (its id, the login the database recorded as its enqueuer)."""
+            run_after: datetime | None, run_id: str | None = None) -> tuple[str, str | None]:
+    """Queue a validated job (of fan-out run ``run_id``, if given); (its id, the login the database
+    recorded as its enqueuer)."""
     row = conn.execute(q("enqueue"), {"type": job_type, "queue": queue, "payload": json.dumps(payload),
                                       "priority": priority, "max_attempts": max_attempts,
-                                      "run_after": run_after}).one()
+                                      "run_after": run_after, "run_id": run_id}).one()
     return str(row.id), row.enqueued_by
 
 

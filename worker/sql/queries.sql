@@ -425,8 +425,9 @@ FROM (SELECT (SELECT params ->> 'source' FROM backfill_jobs WHERE job_id = :job_
 
 -- name: enqueue
 -- description: Put a validated job on the queue (what the runbook's INSERT does by hand).
-INSERT INTO queue_jobs (type, queue, payload, priority, max_attempts, run_after)
-VALUES (:type, :queue, CAST(:payload AS jsonb), :priority, :max_attempts, coalesce(:run_after, now()))
+INSERT INTO queue_jobs (type, queue, payload, priority, max_attempts, run_after, run_id)
+VALUES (:type, :queue, CAST(:payload AS jsonb), :priority, :max_attempts, coalesce(:run_after, now()),
+        CAST(:run_id AS uuid))
 RETURNING id, enqueued_by;
 
 -- name: metrics_queue
