@@ -525,6 +525,11 @@ def enqueue(conn: Connection, job_type: str, queue: str, payload: Any, priority:
     return str(row.id), row.enqueued_by
 
 
+def run_job_ids(conn: Connection, run_id: str) -> list[str]:
+    """The jobs of fan-out run ``run_id`` in this database, oldest first."""
+    return [str(i) for i in conn.execute(q("run_job_ids"), {"run_id": run_id}).scalars()]
+
+
 def job_status(conn: Connection, job_id: str | None, limit: int) -> list[Any]:
     """`tidegate status` rows (mappings): every job newest first, or the one ``job_id``."""
     return list(conn.execute(q("job_status"), {"job_id": job_id, "limit": limit}).mappings())

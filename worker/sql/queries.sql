@@ -746,3 +746,7 @@ ORDER BY minute;
 -- name: console_knobs
 -- description: A planned job's row as JSON, from which the console takes the knob columns (worker/knobs.py).
 SELECT to_jsonb(j) AS job FROM backfill_jobs j WHERE job_id = :job_id AND planned;
+
+-- name: run_job_ids
+-- description: The jobs of one fan-out run in this database (migration 0016), oldest first.
+SELECT id FROM queue_jobs WHERE run_id = CAST(:run_id AS uuid) ORDER BY created_at, id;
