@@ -41,7 +41,6 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from importlib.metadata import entry_points
 from types import ModuleType
 from typing import Any, ClassVar
 
@@ -160,7 +159,7 @@ def available() -> dict[str, ItemHandler | RowFunction]:
         return {**_available, **_registry}
     found: dict[str, ItemHandler | RowFunction] = {}
     modules: list[ModuleType] = []
-    for ep in entry_points(group=ENTRY_POINTS):
+    for ep in kinds.entry_points(ENTRY_POINTS):  # read once per process (worker/kinds.py)
         try:
             loaded = ep.load()
         except (Exception, SystemExit):  # a broken package must not take the pool down: its handlers are missing

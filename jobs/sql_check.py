@@ -18,6 +18,7 @@ worker resets the session after every statement (worker/trust.py).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -33,10 +34,29 @@ MAX_CHARS = 100_000
 INSUFFICIENT_PRIVILEGE = "42501"
 FIRST_WORDS = ("insert", "update", "delete", "merge", "with")
 OPERATIONS = ("Insert", "Update", "Delete", "Merge")
+class _Lazy:
+    """A regular expression compiled at its first use: the three of this module take longer to compile (the
+    wide character classes) than the rest of the module to import, and a pool's start needs none of them
+    (bench/RESULTS.md, pool start)."""
+
+    def __init__(self, pattern: str, flags: int = 0) -> None:
+        self.pattern, self.flags = pattern, flags
+
+    @functools.cached_property
+    def compiled(self) -> re.Pattern[str]:
+        return re.compile(self.pattern, self.flags)
+
+    def search(self, text: str) -> re.Match[str] | None:
+        return self.compiled.search(text)
+
+    def match(self, text: str, pos: int = 0) -> re.Match[str] | None:
+        return self.compiled.match(text, pos)
+
+
 # Functions a batch statement has no business calling: session settings, dynamic SQL (which could
 # reach set_config by a string), session-level locks, the server's files and programs, other
 # backends, replication, notifications.
-DENIED = re.compile(
+DENIED = _Lazy(
     r"\b(set_config|query_to_xml\w*|cursor_to_xml\w*|ts_stat|dblink\w*|pg_advisory_\w+|pg_try_advisory_\w+"
     r"|lo_\w+|pg_read_\w*file|pg_ls_\w+|pg_stat_file|pg_file_\w+|pg_terminate_backend|pg_cancel_backend"
     r"|pg_reload_conf|pg_rotate_logfile|pg_notify|pg_switch_wal|pg_promote|pg_create_restore_point"
@@ -57,8 +77,8 @@ class NotPlanned(InvalidInput):
             self.exit_code = 6
 
 
-_DOLLAR = re.compile(r"\$([A-Za-z_\u0080-\uffff][A-Za-z_0-9\u0080-\uffff]*)?\$")
-_IDENT_CHAR = re.compile(r"[A-Za-z_0-9$\u0080-\uffff]")
+_DOLLAR = _Lazy(r"\$([A-Za-z_\u0080-\uffff][A-Za-z_0-9\u0080-\uffff]*)?\$")
+_IDENT_CHAR = _Lazy(r"[A-Za-z_0-9$\u0080-\uffff]")
 
 
 def read_file(path: Path) -> str:

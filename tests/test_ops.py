@@ -23,7 +23,9 @@ FUNCTIONS = {"sum", "rate", "increase", "delta", "max", "min", "by", "on", "and"
 
 
 def exported() -> set[str]:
-    import tidegate.worker.metrics  # noqa: F401  (declares the metrics)
+    from tidegate.worker import metrics
+
+    metrics.declare()  # created at first use otherwise (off the pool's start)
 
     return set(DB_GAUGES) | {n for n in REGISTRY._names_to_collectors if n.startswith("tidegate_")}
 

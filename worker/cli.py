@@ -9,16 +9,48 @@ import time
 
 import click
 
-from tidegate.worker import control, gates, kinds, knobs, status, store, trust
+from tidegate.worker import entry, gates, kinds, knobs, trust
 from tidegate.worker.cliutil import Database, TidegateExit, actor_option, database_option, echo_json, run_cli
 from tidegate.worker.db import is_outage, mask_url, tidegate_home
 from tidegate.worker.errors import SchemaNotReady, TidegateError
 from tidegate.worker.logs import setup_logging
 from tidegate.worker.maintenance import DAY, RetentionConfig
-from tidegate.worker.redact import redact
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class _PluginGroup(click.Group):
+    """A group whose job kinds' commands (``COMMANDS`` of the ``tidegate.plugins`` entry points) are added when
+    first needed: a name that is not built in is asked for, or the commands are listed (``--help``). The
+    commands' modules are then imported; `tidegate worker` and the other built-in commands never import them
+    (bench/RESULTS.md, pool start). A built-in command keeps its name."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is None and _add_plugin_commands():
+            found = super().get_command(ctx, cmd_name)
+        return found
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        _add_plugin_commands()
+        return super().list_commands(ctx)
+
+
+_plugins_added = False
+
+
+def _add_plugin_commands() -> bool:
+    """Add the job kinds' commands to `tidegate` and `tidegate enqueue` (once); False if they were added before."""
+    global _plugins_added
+    if _plugins_added:
+        return False
+    _plugins_added = True
+    for command in kinds.plugin_commands():
+        group = enqueue if getattr(command, "tidegate_enqueue", False) else cli
+        if command.name not in group.commands:
+            group.add_command(command)
+    return True
+
+
+@click.group(cls=_PluginGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]),
@@ -32,6 +64,8 @@ def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
     """
     setup_logging(log_level, log_format)
     ctx.obj = {"log_level": log_level, "log_format": log_format}
+    if ctx.invoked_subcommand != "worker":  # the worker does it itself, once the pool's code is imported
+        entry.started()
 
 
 # -- database -------------------------------------------------------------
@@ -278,6 +312,7 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
         with db.engine.connect():  # fail fast at start; outages later are ridden out with backoff
             pass
     db.engine.dispose()  # run_pool forks the first workers: no connection of ours may be open then
+    entry.started()  # the garbage collector runs again, not over what the workers share (worker/entry.py)
     config = WorkerConfig(url=served[0][1] if served else db.url, pool=pool_name, queues=list(queues), types=wanted,
                           lease_seconds=lease_seconds, poll_seconds=poll_seconds, drain=drain,
                           progress_every=progress_every, backoff_base=retry_backoff,
@@ -361,7 +396,7 @@ def maintenance_run_once(db: Database, retention_jobs: float, retention_errors: 
 # -- enqueue (subcommands come from the job kinds) -------------------------------
 
 
-@cli.group()
+@cli.group(cls=_PluginGroup)
 def enqueue() -> None:
     """Put a job on the queue (the same as an INSERT INTO queue_jobs)."""
 
@@ -385,6 +420,7 @@ def status_cmd(db: Database, job: str | None, as_json: bool, watch: bool, interv
     takes), and in a terminal (or with $COLUMNS) the checkpoint and the note wrap at word boundaries.
     --watch redraws a live table with progress bars and the rate over the last minute.
     """
+    from tidegate.worker import control, status
 
     def fetch() -> list[dict]:
         with db.engine.connect() as conn:
@@ -431,6 +467,9 @@ def errors_cmd(db: Database, job: str, limit: int, as_json: bool) -> None:
 
     Each item's sample (a copy of its source row) is shown only to a login that may read the job's
     source table and etl_errors.sample."""
+    from tidegate.worker import control, store
+    from tidegate.worker.redact import redact
+
     with db.engine.connect() as conn:
         job_id = control.find_job(conn, job)
         found = store.job_errors(conn, job_id, limit)
@@ -453,6 +492,8 @@ def errors_cmd(db: Database, job: str, limit: int, as_json: bool) -> None:
 def set_cmd(db: Database, job: str, actor: str, **opts: object) -> None:
     """Change a job's pace: live, at its next batch (or: UPDATE backfill_jobs SET ...); before a worker has
     planned it, in its payload, so the plan uses them. A finished job: exit 4."""
+    from tidegate.worker import control
+
     changes = knobs.take(opts, knobs.LIVE_KNOBS, clearing=True)
     if not changes:
         raise click.UsageError("nothing to change: give at least one option")
@@ -493,6 +534,8 @@ def _action(name: str, doc: str) -> click.Command:
     @actor_option
     @database_option
     def command(db: Database, job: str | None, reason: str | None, actor: str, **extra: bool) -> None:
+        from tidegate.worker import control
+
         with db.engine.begin() as conn:
             if extra.get("all_jobs"):
                 ids = control.pause_all(conn, actor, reason)
@@ -518,9 +561,6 @@ _action("retry", "Run a failed or cancelled JOB again from its checkpoint.")
 
 
 def main() -> None:
-    for command in kinds.plugin_commands():
-        target = enqueue if getattr(command, "tidegate_enqueue", False) else cli
-        target.add_command(command)
     run_cli(cli)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.machinery
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -31,7 +32,6 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from importlib.metadata import entry_points
 from typing import Any, ClassVar, Self
 
 from sqlalchemy import Connection, Engine
@@ -273,10 +273,23 @@ def register(kind: Kind) -> None:
     _registry[kind.name] = kind
 
 
+@functools.cache
+def _all_entry_points() -> importlib.metadata.EntryPoints:
+    return importlib.metadata.entry_points()
+
+
+def entry_points(group: str) -> list[importlib.metadata.EntryPoint]:
+    """The installed entry points of ``group``. The installed packages' metadata is read once per process
+    (every distribution's, whichever group is asked: a few milliseconds each time), and a pool's forked
+    workers inherit what their supervisor read: the kinds' and the handlers' groups cost one scan."""
+    return list(_all_entry_points().select(group=group))
+
+
+@functools.cache
 def _load_plugins() -> list[Any]:
     """Modules of the ``tidegate.plugins`` entry point, plus those named in ``$TIDEGATE_PLUGINS``
-    (comma-separated module names: a deployment's own kinds without packaging them)."""
-    loaders = [(ep.value, ep.load) for ep in entry_points(group="tidegate.plugins")]
+    (comma-separated module names: a deployment's own kinds without packaging them); loaded once."""
+    loaders = [(ep.value, ep.load) for ep in entry_points("tidegate.plugins")]
     for name in filter(None, (n.strip() for n in os.environ.get("TIDEGATE_PLUGINS", "").split(","))):
         loaders.append((name, functools.partial(import_deployment_module, name)))
     modules = []

@@ -24,12 +24,12 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from prometheus_client.registry import Collector
+if TYPE_CHECKING:
+    from prometheus_client.core import GaugeMetricFamily
 
 log = logging.getLogger(__name__)
 TARGET_ENV = "TIDEGATE_METRICS_TARGET"
@@ -44,44 +44,77 @@ def set_target(name: str) -> None:
 
 
 class _Targeted:
-    """A metric whose ``labels(...)`` adds the current target when the process counts by target."""
+    """A metric whose ``labels(...)`` adds the current target when the process counts by target.
 
-    def __init__(self, metric: Counter | Histogram) -> None:
-        self.metric = metric
+    Declared here, created (and prometheus-client imported: its HTTP exposition pulls in http.server,
+    urllib and email, a seventh of what a worker imports) on first use: a pool's workers count after
+    their first batch, so the import is off the path from launch to the first claim (bench/RESULTS.md).
+    Every metric of this module is created together, at the first use of any (:func:`declare`), so the
+    registry holds them all as it did when they were created at import."""
+
+    def __init__(self, kind: str, name: str, documentation: str, labelnames: list[str], **kw: Any) -> None:
+        self.spec = (kind, name, documentation, labelnames, kw)
+        self._metric: Any = None
+        _DECLARED.append(self)
+
+    @property
+    def metric(self):  # type: ignore[no-untyped-def]
+        if self._metric is None:
+            declare()
+        return self._metric
 
     def labels(self, *values: str):  # type: ignore[no-untyped-def]
         return self.metric.labels(*values, _target) if _BY_TARGET else self.metric.labels(*values)
+
+
+_DECLARED: list[_Targeted] = []
+_declaring = threading.Lock()
+
+
+def declare() -> None:
+    """Create every metric of this module in prometheus-client's registry (once; what the first use does)."""
+    with _declaring:
+        if all(m._metric is not None for m in _DECLARED):
+            return
+        import prometheus_client
+
+        for m in _DECLARED:
+            if m._metric is None:
+                kind, name, documentation, labelnames, kw = m.spec
+                m._metric = getattr(prometheus_client, kind)(name, documentation, labelnames, **kw)
 
 
 def _labels(*names: str) -> list[str]:
     return [*names, "target"] if _BY_TARGET else list(names)
 
 
-ROWS_PROCESSED = _Targeted(Counter(
-    "tidegate_rows_processed_total", "Source rows processed by committed batches", _labels("kind", "job_id")))
-ROWS_FAILED = _Targeted(Counter(
-    "tidegate_rows_failed_total", "Items that failed in a handler (written to etl_errors)", _labels("kind", "job_id")))
-BATCHES = _Targeted(Counter("tidegate_batches_total", "Batches committed", _labels("kind")))
-BATCH_FAILURES = _Targeted(Counter("tidegate_batch_failures_total", "Batches rolled back and retried", _labels("kind")))
-BATCH_SECONDS = _Targeted(Histogram(
+ROWS_PROCESSED = _Targeted("Counter", "tidegate_rows_processed_total", "Source rows processed by committed batches",
+                           _labels("kind", "job_id"))
+ROWS_FAILED = _Targeted("Counter", "tidegate_rows_failed_total",
+                        "Items that failed in a handler (written to etl_errors)", _labels("kind", "job_id"))
+BATCHES = _Targeted("Counter", "tidegate_batches_total", "Batches committed", _labels("kind"))
+BATCH_FAILURES = _Targeted("Counter", "tidegate_batch_failures_total", "Batches rolled back and retried",
+                           _labels("kind"))
+BATCH_SECONDS = _Targeted(
+    "Histogram",
     "tidegate_batch_duration_seconds",
     "Wall time of one batch transaction",
     _labels("kind"),
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-))
-LEASE_TAKEOVERS = _Targeted(Counter(
-    "tidegate_lease_takeovers_total", "Slices taken over from a worker whose lease expired", _labels("kind")))
-GATE_HOLDS = _Targeted(Counter("tidegate_gate_holds_total", "Batches held back by a throttle or health gate",
-                               _labels("gate")))
-ARCHIVE_STREAMS = _Targeted(Counter(
-    "tidegate_archive_streams_total", "Event streams archived or reactivated", _labels("action")))
-ARCHIVE_EVENTS = _Targeted(Counter("tidegate_archive_events_moved_total", "Events moved between hot and archive",
-                                   _labels("direction")))
-ONE_SHOT_JOBS = _Targeted(Counter("tidegate_one_shot_jobs_total", "Small (one-shot) jobs run",
-                                  _labels("kind", "outcome")))
+)
+LEASE_TAKEOVERS = _Targeted("Counter", "tidegate_lease_takeovers_total",
+                            "Slices taken over from a worker whose lease expired", _labels("kind"))
+GATE_HOLDS = _Targeted("Counter", "tidegate_gate_holds_total", "Batches held back by a throttle or health gate",
+                       _labels("gate"))
+ARCHIVE_STREAMS = _Targeted("Counter", "tidegate_archive_streams_total", "Event streams archived or reactivated",
+                            _labels("action"))
+ARCHIVE_EVENTS = _Targeted("Counter", "tidegate_archive_events_moved_total", "Events moved between hot and archive",
+                           _labels("direction"))
+ONE_SHOT_JOBS = _Targeted("Counter", "tidegate_one_shot_jobs_total", "Small (one-shot) jobs run",
+                          _labels("kind", "outcome"))
 
 
-class DatabaseCollector(Collector):
+class DatabaseCollector:  # a prometheus-client collector: what the registry calls is collect()
     """Gauges read from the database at scrape time."""
 
     def __init__(self, engine, target: str | None = None) -> None:  # type: ignore[no-untyped-def]
@@ -100,6 +133,8 @@ class DatabaseCollector(Collector):
             self.engine.dispose()  # no connection held between scrapes, per target
 
     def _collect(self) -> Iterator[GaugeMetricFamily]:
+        from prometheus_client.core import GaugeMetricFamily
+
         from tidegate.worker import store  # late: keeps this module importable without the SQL package
 
         queue = GaugeMetricFamily("tidegate_queue_jobs", "Rows of queue_jobs by status", labels=["status"])
@@ -136,7 +171,7 @@ class DatabaseCollector(Collector):
         yield from (queue, oldest, jobs, remaining, in_flight, workers, up)
 
 
-class TargetsCollector(Collector):
+class TargetsCollector:
     """The database gauges of every target of a pool, one family per metric, samples labelled by target."""
 
     def __init__(self, engines: dict) -> None:  # type: ignore[type-arg]
@@ -158,6 +193,9 @@ class MetricsServer:
 
     def __init__(self, port: int, engine, targets: dict | None = None) -> None:  # type: ignore[no-untyped-def]
         """``targets``: {name: engine} of a pool over several targets (then ``engine`` is None)."""
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.multiprocess import MultiProcessCollector
+
         self.dir = tempfile.mkdtemp(prefix="tidegate-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.dir  # inherited by the workers spawned after this
         registry = CollectorRegistry()
@@ -171,6 +209,8 @@ class MetricsServer:
         log.info("metrics on http://0.0.0.0:%d/metrics", port)
 
     def process_died(self, pid: int) -> None:
+        from prometheus_client.multiprocess import mark_process_dead
+
         mark_process_dead(pid, self.dir)
 
     def close(self) -> None:
