@@ -12,7 +12,7 @@ from tidegate.jobs.archive import archive_range
 
 KINDS = [backfill_range.KIND, archive_range.ARCHIVE, archive_range.UNARCHIVE]
 
-__all__ = ["COMMANDS", "KINDS"]
+__all__ = ["COMMANDS", "KINDS"]  # noqa: F822  (COMMANDS: module __getattr__ below)
 
 
 def __getattr__(name: str) -> Any:

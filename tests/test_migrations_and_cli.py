@@ -187,3 +187,59 @@ def test_the_demo_as_make_run_runs_it_and_the_sql_handler_gives_the_same_table(e
             "500", "--owner", "demo")
     run_cli(db_url, "worker", "--drain")
     assert json.loads(run_cli(db_url, "demo", "check").stdout) == python
+
+
+# What `tidegate worker` imports before it forks its workers, and what it must not (bench/RESULTS.md, pool
+# start): each of these cost the pool's start without being used by it.
+NOT_FOR_A_POOL = ["prometheus_client", "http.server", "urllib.request", "alembic", "rich", "tidegate.jobs.cli",
+                  "tidegate.jobs.archive.cli", "tidegate.jobs.inspect", "tidegate.jobs.rollout",
+                  "tidegate.worker.control", "tidegate.worker.status", "tidegate.worker.web"]
+# the console script (worker/entry.py) with run_pool replaced by a report of the process at the fork
+_AT_THE_FORK = """
+import atexit, gc, json, sys
+from tidegate.worker import entry
+import tidegate.worker.pool as pool
+
+def report(*args, **kwargs):
+    print(json.dumps({"gc": gc.isenabled(), "frozen": gc.get_freeze_count(),
+                      "imported": [m for m in sys.argv[1].split(",") if m in sys.modules],
+                      "kinds": sorted(__import__("tidegate.worker.kinds", fromlist=["x"]).kinds())}))
+    return 0
+
+pool.run_pool = report
+atexit.register(lambda: print(json.dumps({"gc_at_exit": gc.isenabled()})))
+sys.argv = ["tidegate", *sys.argv[2:]]
+entry.main()
+"""
+
+
+def _console(db_url: str, *args: str) -> list[dict]:
+    proc = subprocess.run([sys.executable, "-c", _AT_THE_FORK, ",".join(NOT_FOR_A_POOL), *args], capture_output=True,
+                          text=True, timeout=120, env={**__import__("os").environ, "DATABASE_URL": db_url})
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def test_a_pool_starts_without_the_cli_commands_metrics_or_alembic_and_with_the_collector_back_on(db_url):
+    at_fork, at_exit = _console(db_url, "--log-level", "WARNING", "worker", "--drain")
+    assert at_fork["imported"] == [], at_fork  # each one is imported by the code that uses it, when it runs
+    assert {"backfill_range", "archive_range"} <= set(at_fork["kinds"])
+    # paused while the pool's code was imported, back on (over the imported objects, frozen) before the fork
+    assert at_fork["gc"] is True and at_fork["frozen"] > 10_000, at_fork
+    assert at_exit == {"gc_at_exit": True}
+    # any other command: back on once its group's options are parsed, and its commands found on demand
+    *_, at_exit = _console(db_url, "targets", "list", "--json")
+    assert at_exit == {"gc_at_exit": True}
+    assert "backfill-range" in run_cli(db_url, "enqueue", "--help").stdout
+    assert "--handler" in run_cli(db_url, "enqueue", "backfill-range", "--help").stdout
+
+
+def test_metrics_are_created_at_first_use_all_together():
+    code = ("import sys; from tidegate.worker import metrics; assert 'prometheus_client' not in sys.modules;"
+            " metrics.BATCHES.labels('k').inc();"
+            " from prometheus_client import REGISTRY;"
+            " print(sorted(n for n in REGISTRY._names_to_collectors if n.endswith('_total')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert {"tidegate_batches_total", "tidegate_rows_processed_total", "tidegate_gate_holds_total",
+            "tidegate_one_shot_jobs_total"} <= set(json.loads(proc.stdout.replace("'", '"')))
