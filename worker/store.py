@@ -24,7 +24,7 @@ from tidegate.worker.db import first_line
 from tidegate.worker.errors import InvalidInput, cap
 from tidegate.worker.kinds import ItemError, Plan
 from tidegate.worker.redact import redact
-from tidegate.worker.sql import q
+from tidegate.worker.sql import q, raw
 
 
 @dataclass(frozen=True)
@@ -673,3 +673,34 @@ def worst_replica(conn: Connection) -> Any:
 def vacuuming(conn: Connection, tables: list[str]) -> str | None:
     """One of ``tables`` (auto)vacuum is working on now, or None."""
     return conn.execute(q("gate_vacuum"), {"tables": tables}).scalar()
+
+
+@dataclass(frozen=True)
+class NodeHealth:
+    """One Citus worker node's answer to the gates (gate_node_health), or why it gave none."""
+
+    node: str  # host:port, as pg_dist_node names it
+    health: dict[str, Any] | None  # used, max_connections, oldest {pid, age}, replica {replica, lag, bytes, hidden}
+    error: str = ""
+
+
+def has_citus(conn: Connection) -> bool:
+    return bool(conn.execute(q("gate_citus")).scalar())
+
+
+def worker_node_health(conn: Connection, timeout_ms: int) -> list[NodeHealth]:
+    """What the gates read, from every active worker node of the Citus coordinator ``conn`` is on
+    (run_command_on_workers); a node that does not answer within ``timeout_ms`` to connect, or
+    fails, comes back with its error. Sets this transaction's citus.node_connection_timeout."""
+    conn.execute(q("gate_node_timeout"), {"ms": timeout_ms})
+    found = []
+    for row in conn.execute(q("gate_worker_nodes"), {"command": raw("gate_node_health")}):
+        if not row.success:
+            error = str(row.result or "").strip()
+            found.append(NodeHealth(row.node, None, error.splitlines()[0] if error else "no answer"))
+            continue
+        try:
+            found.append(NodeHealth(row.node, json.loads(row.result)))
+        except (TypeError, ValueError):
+            found.append(NodeHealth(row.node, None, f"unreadable answer {str(row.result)[:80]!r}"))
+    return found

@@ -672,6 +672,46 @@ SELECT p.relid::regclass::text AS rel FROM pg_stat_progress_vacuum p
 WHERE p.datname = current_database() AND p.relid = ANY(CAST(:tables AS regclass[]))
 LIMIT 1;
 
+-- name: gate_citus
+-- description: Whether this database has the Citus extension (then the gates also ask its worker nodes).
+SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
+
+-- name: gate_node_timeout
+-- description: How long this transaction's connections to Citus worker nodes may take to open (ms): a node
+-- description: that does not answer holds the job after that, instead of after Citus's default 30 s.
+SELECT set_config('citus.node_connection_timeout', CAST(:ms AS text), true);
+
+-- name: gate_worker_nodes
+-- description: On a Citus coordinator: every active worker node's answer to gate_node_health (a JSON text), or
+-- description: its error when it did not answer (success false).
+SELECT nodename || ':' || nodeport AS node, success, result
+FROM run_command_on_workers(:command)
+ORDER BY nodename, nodeport;
+
+-- name: gate_node_health
+-- description: Sent to each Citus worker node (run_command_on_workers: no parameters, one value) to read what
+-- description: the gates read on the coordinator: client connections and max_connections; the oldest
+-- description: transaction in this database not of tidegate and not Citus's own (a citus_internal or
+-- description: citus_run_command session belongs to a distributed transaction whose own session, on the
+-- description: coordinator, the coordinator's gate sees); the replica furthest behind (hidden: no privilege).
+SELECT json_build_object(
+    'used', (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
+    'max_connections', current_setting('max_connections')::int,
+    'oldest', (SELECT json_build_object('pid', pid, 'age', extract(epoch FROM now() - xact_start)::float)
+               FROM pg_stat_activity
+               WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+                 AND datname = current_database() AND application_name NOT LIKE 'tidegate%'
+                 AND application_name NOT LIKE 'citus\_internal gpid=%'
+                 AND application_name NOT LIKE 'citus\_run\_command gpid=%'
+               ORDER BY xact_start LIMIT 1),
+    'replica', (SELECT json_build_object(
+                    'replica', coalesce(nullif(application_name, ''), host(client_addr), pid::text),
+                    'lag', extract(epoch FROM greatest(write_lag, flush_lag, replay_lag))::float,
+                    'bytes', pg_wal_lsn_diff(sent_lsn, replay_lsn)::bigint, 'hidden', state IS NULL)
+                FROM pg_stat_replication
+                ORDER BY state IS NULL DESC, greatest(write_lag, flush_lag, replay_lag) DESC NULLS LAST LIMIT 1)
+)::text;
+
 -- The catalog lookups of worker/identifiers.py: a user's table or column name is bound, never parsed.
 
 -- name: catalog_table
