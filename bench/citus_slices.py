@@ -57,7 +57,8 @@ def _run(cluster: Cluster, mode: str, users: dict[int, list[int]], batch: int) -
     _reset(cluster)
     cluster.coordinator.query("DELETE FROM pg_dist_transaction")
     if mode == "key":
-        cli(cluster.url, "enqueue", "backfill-range", *COMMON, "--batch-size", str(batch), "--concurrency", "4", env=ENV)
+        cli(cluster.url, "enqueue", "backfill-range", *COMMON, "--batch-size", str(batch), "--concurrency", "4",
+            env=ENV)
     else:
         for ids in users.values():
             cli(cluster.url, "enqueue", "backfill-range", *COMMON, "--batch-size", str(batch), "--concurrency", "1",
@@ -74,7 +75,8 @@ def _run(cluster: Cluster, mode: str, users: dict[int, list[int]], batch: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--users", type=int, default=2_000, help="at most 4,000: a shard's list is --where's in (<= 1000)")
+    parser.add_argument("--users", type=int, default=2_000,
+                        help="at most 4,000: a shard's list is --where's in (<= 1000)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=200)
     args = parser.parse_args()
@@ -107,8 +109,10 @@ def main() -> None:
             time.sleep(1)
         ratios = [s / k for s, k in zip(rates["shard"], rates["key"], strict=True)]
         for mode, values in rates.items():
-            print(f"{mode:5s} median {statistics.median(values):7.0f} rows/s  (min {min(values):.0f}, max {max(values):.0f})")
-        print(f"shard/key ratio: median {statistics.median(ratios):.2f} (per round {', '.join(f'{x:.2f}' for x in ratios)})")
+            print(f"{mode:5s} median {statistics.median(values):7.0f} rows/s"
+                  f"  (min {min(values):.0f}, max {max(values):.0f})")
+        rounds = ", ".join(f"{x:.2f}" for x in ratios)
+        print(f"shard/key ratio: median {statistics.median(ratios):.2f} (per round {rounds})")
     finally:
         cluster.stop()
 
