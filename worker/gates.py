@@ -182,6 +182,7 @@ class Gates:
         self._last: dict[str, tuple[float, tuple[str, str] | None]] = {}
         self._written: dict[str, list[str]] = {}  # per job: the tables it declares it writes
         self._held: set[str] = set()  # jobs this process has recorded as held
+        self._nodes_unreadable = False  # asking the Citus worker nodes failed once (logged)
 
     def recently_go(self, job_id: str) -> bool:
         """Every gate said go for this job less than ``every`` seconds ago: no need to ask again."""
@@ -216,8 +217,10 @@ class Gates:
                 if not store.has_citus(conn):
                     return None
                 nodes = store.worker_node_health(conn, max(1, int(self.node_timeout * 1000)))
-        except DBAPIError as err:
-            log.debug("cannot ask the Citus worker nodes: %s", first_line(err))
+        except DBAPIError as err:  # e.g. no privilege to run run_command_on_workers: said once, at warning
+            (log.debug if self._nodes_unreadable else log.warning)(
+                "gates cannot ask the Citus worker nodes (their gates say nothing): %s", first_line(err))
+            self._nodes_unreadable = True
             return None
         for node in nodes:
             if node.health is None:
