@@ -22,11 +22,10 @@ from pathlib import Path
 import psycopg
 from sqlalchemy import text
 
-from bench.common import ROOT, cli, engine_for, run_pool
+from bench.common import ROOT, cli, data_range, engine_for, run_pool
 from tidegate.worker.sql import load
 
 SQL_HANDLER = ROOT / "jobs/demo/hero_troops.sql"
-RANGE = ("--from", "2024-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z")
 EVERYTHING = {"lo": "2000-01-01Z", "hi": "2100-01-01Z"}
 COLUMNS = "id, user_id, namecode, created_at, size_bytes, raw, processed_at"
 TABLES = """
@@ -84,8 +83,8 @@ def _single(engine, nodes) -> dict:  # type: ignore[no-untyped-def]
 
 def _tidegate(url: str, engine, nodes, concurrency: int, batch: int) -> dict:  # type: ignore[no-untyped-def]
     _reset(engine, nodes)
-    cli(url, "enqueue", "backfill-range", *RANGE, "--handler", f"sql:{SQL_HANDLER}", "--batch-size", str(batch),
-        "--concurrency", str(concurrency), "--owner", "bench")
+    cli(url, "enqueue", "backfill-range", *data_range(url), "--handler", f"sql:{SQL_HANDLER}",
+        "--batch-size", str(batch), "--concurrency", str(concurrency), "--owner", "bench")
     seconds, _ = run_pool(url, concurrency)
     with engine.connect() as conn:
         job = float(conn.execute(text(JOB_SECONDS)).scalar())

@@ -159,7 +159,8 @@ def seed(url: str, rows: int, base: int = 100_000) -> None:
         with engine.begin() as conn:
             conn.execute(text(
                 "INSERT INTO hero_snapshots (user_id, namecode, created_at, size_bytes, raw)"
-                " SELECT user_id + :k * :n, namecode, created_at + make_interval(secs => :k * :n * 30.0),"
+                " SELECT user_id + CAST(:k AS bigint) * :n, namecode,"
+                " created_at + make_interval(secs => CAST(:k AS bigint) * :n * 30.0),"
                 " size_bytes, raw FROM hero_snapshots WHERE id <= :take ORDER BY id"),
                 {"k": k, "n": first, "take": min(first, rows - k * first)})
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -199,3 +200,18 @@ class ConnectionPeak:
                 self.peak = max(self.peak, int(row[0]) if row else 0)
                 if self._stop.wait(0.1):
                     return
+
+
+SPAN = ("SELECT to_char((min(created_at) - interval '1 second') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+        " to_char((max(created_at) + interval '1 second') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+        " FROM hero_snapshots")
+
+
+def data_range(url: str) -> tuple[str, str, str, str]:
+    """``--from``/``--to`` just around the demo snapshots' created_at. A range far wider than the keys (to
+    2100, say) ends in a run of empty slices, each halving what is left and each a claim of its own."""
+    engine = engine_for(url)
+    with engine.connect() as conn:
+        lo, hi = conn.execute(text(SPAN)).one()
+    engine.dispose()
+    return ("--from", lo, "--to", hi)
