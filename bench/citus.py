@@ -91,7 +91,7 @@ def _tidegate(url: str, engine, nodes, concurrency: int, batch: int) -> dict:  #
     return {"seconds": seconds, "job_seconds": job, "checksum": _checksum(engine)}
 
 
-def run(url: str | None = None, rows: int = 100_000, batch: int = 5000, rounds: int = 2,
+def run(url: str | None = None, rows: int = 50_000, batch: int = 5000, rounds: int = 2,
         concurrency: tuple[int, ...] = (1, 2)) -> dict:
     """``url`` is not used: both setups are servers of this run's own."""
     reason = unavailable()

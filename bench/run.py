@@ -49,7 +49,7 @@ def main() -> None:
                         help="another tidegate executable to start in the same rounds, interleaved (before/after)")
     parser.add_argument("--fanout-rows", type=int, help="snapshots in all of the fan-out runs (default 48,000)")
     parser.add_argument("--fanout-rounds", type=int, help="interleaved rounds of the fan-out runs, median kept (1)")
-    parser.add_argument("--citus-rows", type=int, help="snapshots of the Citus vs single node runs (default 100,000)")
+    parser.add_argument("--citus-rows", type=int, help="snapshots of the Citus vs single node runs (default 50,000)")
     parser.add_argument("--citus-rounds", type=int, help="interleaved rounds of the Citus runs, median kept (2)")
     parser.add_argument("--pgbench-seconds", type=int, help="seconds per pgbench window (default 20)")
     args = parser.parse_args()
