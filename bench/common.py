@@ -159,9 +159,59 @@ def seed(url: str, rows: int, base: int = 100_000) -> None:
         with engine.begin() as conn:
             conn.execute(text(
                 "INSERT INTO hero_snapshots (user_id, namecode, created_at, size_bytes, raw)"
-                " SELECT user_id + :k * :n, namecode, created_at + make_interval(secs => :k * :n * 30.0),"
+                " SELECT user_id + CAST(:k AS bigint) * :n, namecode,"
+                " created_at + make_interval(secs => CAST(:k AS bigint) * :n * 30.0),"
                 " size_bytes, raw FROM hero_snapshots WHERE id <= :take ORDER BY id"),
                 {"k": k, "n": first, "take": min(first, rows - k * first)})
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE hero_snapshots"))
     engine.dispose()
+
+
+# tidegate's own connections (workers, pool, maintenance, metrics), not the bench's or the CLI's
+POOL_CONNECTIONS = ("SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s)"
+                    " AND application_name LIKE 'tidegate-%%'"
+                    " AND application_name NOT IN ('tidegate-bench', 'tidegate-cli')")
+
+
+class ConnectionPeak:
+    """Samples pg_stat_activity every 0.1 s: the most connections tidegate's processes held at once in
+    the databases named (from a connection of its own to the server's maintenance database)."""
+
+    def __init__(self, server: str, databases: list[str]) -> None:
+        self.server = libpq_url(server)
+        self.databases = databases
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ConnectionPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with psycopg.connect(self.server, autocommit=True, application_name="tidegate-bench") as conn:
+            while True:
+                row = conn.execute(POOL_CONNECTIONS, (self.databases,)).fetchone()
+                self.peak = max(self.peak, int(row[0]) if row else 0)
+                if self._stop.wait(0.1):
+                    return
+
+
+SPAN = ("SELECT to_char((min(created_at) - interval '1 second') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+        " to_char((max(created_at) + interval '1 second') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+        " FROM hero_snapshots")
+
+
+def data_range(url: str) -> tuple[str, str, str, str]:
+    """``--from``/``--to`` just around the demo snapshots' created_at. A range far wider than the keys (to
+    2100, say) ends in a run of empty slices, each halving what is left and each a claim of its own."""
+    engine = engine_for(url)
+    with engine.connect() as conn:
+        lo, hi = conn.execute(text(SPAN)).one()
+    engine.dispose()
+    return ("--from", lo, "--to", hi)

@@ -2,6 +2,7 @@
 
     python -m bench.run [--only NAME ...] [--rows N] [--memory-rows N,N,N] [--jobs N]
                         [--queue-processes 1,2] [--scaling-processes 1,2,4,8] [--pgbench-seconds S]
+                        [--fanout-rows N] [--citus-rows N]
 
 Uses $DATABASE_URL (or $TIDEGATE_BENCH_DATABASE_URL) if set, else the embedded database; every
 benchmark works in scratch databases of its own and drops them. Only a full run (no --only)
@@ -23,7 +24,7 @@ import psutil
 from sqlalchemy.engine import make_url
 
 # modules exposing run() and report()
-BENCHES = ["backfill", "queue", "scaling", "foreground", "adaptive", "archive", "selection", "start"]
+BENCHES = ["backfill", "queue", "scaling", "foreground", "adaptive", "archive", "selection", "start", "fanout", "citus"]
 
 
 def ints(value: str) -> tuple[int, ...]:
@@ -46,6 +47,10 @@ def main() -> None:
     parser.add_argument("--start-runs", type=int, help="pool starts measured (default 7)")
     parser.add_argument("--start-compare", metavar="TIDEGATE",
                         help="another tidegate executable to start in the same rounds, interleaved (before/after)")
+    parser.add_argument("--fanout-rows", type=int, help="snapshots in all of the fan-out runs (default 48,000)")
+    parser.add_argument("--fanout-rounds", type=int, help="interleaved rounds of the fan-out runs, median kept (1)")
+    parser.add_argument("--citus-rows", type=int, help="snapshots of the Citus vs single node runs (default 50,000)")
+    parser.add_argument("--citus-rounds", type=int, help="interleaved rounds of the Citus runs, median kept (2)")
     parser.add_argument("--pgbench-seconds", type=int, help="seconds per pgbench window (default 20)")
     args = parser.parse_args()
     options = {
@@ -58,6 +63,8 @@ def main() -> None:
         "archive": {},
         "selection": {},
         "start": {"runs": args.start_runs, "compare": args.start_compare},
+        "fanout": {"rows": args.fanout_rows, "rounds": args.fanout_rounds},
+        "citus": {"rows": args.citus_rows, "rounds": args.citus_rounds},
     }
     sections = []
     started = time.perf_counter()

@@ -277,7 +277,10 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
     if served is None:
         with db.engine.connect():  # fail fast at start; outages later are ridden out with backoff
             pass
-    db.engine.dispose()  # run_pool forks the first workers: no connection of ours may be open then
+    # run_pool forks the first workers: no connection of ours may be open then. (db.dispose, not
+    # db.engine.dispose: with --targets the --database-url/$DATABASE_URL database is not used at all,
+    # so it is neither connected to, schema-checked, nor, for the embedded default, started.)
+    db.dispose()
     config = WorkerConfig(url=served[0][1] if served else db.url, pool=pool_name, queues=list(queues), types=wanted,
                           lease_seconds=lease_seconds, poll_seconds=poll_seconds, drain=drain,
                           progress_every=progress_every, backoff_base=retry_backoff,
