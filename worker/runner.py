@@ -58,12 +58,13 @@ PACE_RECHECK = 2.0  # seconds between looks at the job while a slice waits for i
 
 PAYLOAD_FAULTS = (InvalidInput, RecursionError, OverflowError, ValueError, TypeError, LookupError)
 
-# Where a batch's time goes, measured with perf_counter around run_batch's steps: "claim" (a health gate's
-# look, the connection, begin_batch's lock and re-read), "handler" (the kind's work), "record" (the
-# checkpoint's statements), "commit", "report" (metrics and log lines after the commit) and "pacing" (the
-# wait before the slice's next batch). Each batch observes them in tidegate_batch_phase_seconds; a slice's
-# sums go to one debug line when the worker is done with it ("slice times", bench/backfill.py reads it).
-PHASES = ("claim", "handler", "record", "commit", "report", "pacing")
+# Where a batch's time goes, measured with perf_counter around run_batch's steps: "gate" (the health gates'
+# look, at most once a second per job), "claim" (the connection, begin_batch's lock and re-read), "handler"
+# (the kind's work), "record" (the checkpoint's statements), "commit", "report" (metrics and log lines after
+# the commit) and "pacing" (the wait before the slice's next batch). Each batch observes them in
+# tidegate_batch_phase_seconds; a slice's sums go to one debug line when the worker is done with it
+# ("slice times", which bench/backfill.py reads).
+PHASES = ("gate", "claim", "handler", "record", "commit", "report", "pacing")
 
 
 class Outcome(StrEnum):
@@ -377,6 +378,8 @@ class Worker:
         if self.gates.wait_if_held(self.engine, job_id, self.stop):
             return Outcome.HELD  # the slice stays ours; try again after the gate's pause
         batch = InFlight(job_id, slice_no, started=time.monotonic())
+        t_gate = time.perf_counter() - t0
+        t0 += t_gate
         try:
             with self.engine.begin() as conn:
                 state = self._begin(conn, batch, takeover)  # 1. lock the slice, re-read the job
@@ -393,7 +396,7 @@ class Worker:
         t4 = time.perf_counter()
         self.watch.disarm()
         batch.elapsed = time.monotonic() - batch.started
-        batch.phases.update(claim=t1 - t0, handler=t2 - t1, record=t3 - t2, commit=t4 - t3)
+        batch.phases.update(gate=t_gate, claim=t1 - t0, handler=t2 - t1, record=t3 - t2, commit=t4 - t3)
         self._report(batch, state, step, recorded)
         t5 = time.perf_counter()
         outcome = self._pace(batch, state, step, recorded)
