@@ -122,7 +122,8 @@ def _large(url: str, engine, rows: int) -> dict:  # type: ignore[no-untyped-def]
     progress_engine.dispose()
     run["ratio"] = single["seconds"] / run["seconds"]
     run["same_data"] = run["checksum"] == single["checksum"]
-    run["rss_at"] = {p: rss.at(p) for p in (0.1, 0.5)} | {1.0: rss.trace[-1][1] if rss.trace else None}
+    last = [mb for _, mb in rss.trace if mb > 0]  # the last sample while the workers were still there
+    run["rss_at"] = {p: rss.at(p) for p in (0.1, 0.5)} | {1.0: last[-1] if last else None}
     run["rss_samples"] = len(rss.trace)
     print(f"sql_c2: {run['seconds']:.1f}s ratio {run['ratio']:.2f} same data {run['same_data']}"
           f" RSS at 10/50/100%: {run['rss_at']}", flush=True)
