@@ -168,8 +168,7 @@ class Gates:
         it), wait ``every`` seconds and return True; clear the record when none holds any more."""
         if not self.gates or self.recently_go(job_id):
             return False  # no transaction of its own on the batch path while the gates say go
-        # reads, and at most one write that stands alone: no BEGIN and COMMIT round trips on the batch path
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        with engine.begin() as conn:
             job = store.job_params(conn, job_id)
             if job is None or job.status not in ACTIVE:
                 return False  # paused or cancelled while held: let begin_batch see it and let go
