@@ -69,6 +69,14 @@ BATCH_SECONDS = _Targeted(Histogram(
     _labels("kind"),
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 ))
+# where a batch's time goes (worker/runner.py PHASES): lock and re-read, the kind's work, bookkeeping, commit,
+# after the commit (metrics, log lines), the wait before the slice's next batch
+BATCH_PHASE_SECONDS = _Targeted(Histogram(
+    "tidegate_batch_phase_seconds",
+    "Seconds of one batch spent in each phase (claim, handler, record, commit, report, pacing)",
+    _labels("kind", "phase"),
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+))
 LEASE_TAKEOVERS = _Targeted(Counter(
     "tidegate_lease_takeovers_total", "Slices taken over from a worker whose lease expired", _labels("kind")))
 GATE_HOLDS = _Targeted(Counter("tidegate_gate_holds_total", "Batches held back by a throttle or health gate",

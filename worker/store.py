@@ -256,14 +256,13 @@ def record_batch(conn: Connection, record: BatchRecord) -> Recorded:
             ],
         )
     params = {"job_id": r.job_id, "slice_no": r.slice_no, "worker_id": r.worker_id}
-    updated = conn.execute(
+    cursors = conn.execute(
         q("advance_slice"),
         {**params, "checkpoint": keys.encode(r.checkpoint), "processed": r.processed, "errors": len(r.errors),
          "exhausted": r.exhausted, "next_batch_size": r.next_batch_size},
-    ).rowcount
-    if updated != 1:  # unreachable while begin_batch's row lock holds; a guard, not a path
+    ).all()
+    if sum(1 for c in cursors if c.moved) != 1:  # unreachable while begin_batch's row lock holds; a guard
         raise RuntimeError(f"slice {r.job_id}/{r.slice_no} changed owner inside its own batch")
-    cursors = conn.execute(q("slice_cursors"), {"job_id": r.job_id}).all()
     job = conn.execute(
         q("advance_job"),
         {"job_id": r.job_id, "processed": r.processed, "errors": len(r.errors),

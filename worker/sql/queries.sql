@@ -198,7 +198,10 @@ WHERE s.job_id = :job_id AND s.slice_no = :slice_no
 FOR NO KEY UPDATE OF s;
 
 -- name: advance_slice
--- description: Move the slice cursor and counters; done when its end is reached.
+-- description: Move the slice cursor and counters (done when its end is reached), and read every slice's
+-- description: cursor for the job's low watermark, in one round trip: this slice's as just written (moved),
+-- description: the others' as they are. No row with moved: the slice is not ours (begin_batch's lock says it is).
+WITH moved AS (
 UPDATE backfill_slices
 SET checkpoint = :checkpoint,
     processed_count = processed_count + :processed,
@@ -210,11 +213,11 @@ SET checkpoint = :checkpoint,
     locked_by = CASE WHEN :exhausted THEN NULL ELSE locked_by END,
     batch_size_now = CAST(:next_batch_size AS integer),
     updated_at = now()
-WHERE job_id = :job_id AND slice_no = :slice_no AND locked_by = :worker_id;
-
--- name: slice_cursors
--- description: Every slice's cursor, to compute the job's low watermark.
-SELECT status, checkpoint, end_key FROM backfill_slices WHERE job_id = :job_id;
+WHERE job_id = :job_id AND slice_no = :slice_no AND locked_by = :worker_id
+RETURNING status, checkpoint, end_key)
+SELECT true AS moved, status, checkpoint, end_key FROM moved
+UNION ALL
+SELECT false, status, checkpoint, end_key FROM backfill_slices WHERE job_id = :job_id AND slice_no <> :slice_no;
 
 -- name: advance_job
 -- description: The job's totals and low watermark (takes the job row lock, which serialises finishers); pauses
@@ -336,6 +339,17 @@ SELECT EXISTS (
       AND q.queue = ANY(:queues) AND j.kind = ANY(:kinds)
       AND (s.locked_by IS NULL OR s.locked_by = :worker_id
            OR NOT EXISTS (SELECT 1 FROM tidegate_live_workers w WHERE w.id = s.locked_by))
+) OR EXISTS (
+    -- a job with fewer slices left than its concurrency, going on (a batch committed in the last minute): its
+    -- slices' owners cut them in two at their next batch (worker/runner.py _process), and the new half is
+    -- claimable soon; leaving now would leave the job's tail to one worker
+    SELECT 1 FROM backfill_jobs j
+    JOIN queue_jobs q ON q.id = j.job_id
+    WHERE j.status IN ('pending', 'running') AND q.queue = ANY(:queues) AND j.kind = ANY(:kinds)
+      AND (SELECT count(*) FROM backfill_slices s WHERE s.job_id = j.job_id AND s.status = 'pending')
+          BETWEEN 1 AND j.concurrency - 1
+      AND EXISTS (SELECT 1 FROM backfill_slices s WHERE s.job_id = j.job_id AND s.status = 'pending'
+                  AND s.updated_at > now() - interval '1 minute')
 );
 
 -- name: set_job_status
