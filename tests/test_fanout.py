@@ -193,13 +193,13 @@ def test_status_pause_resume_and_a_sigkilled_pool_over_a_run(shards, tmp_path):
     and a restart end with every target's data exact."""
     for n in NAMES:
         make_items(shards[n][1], ROWS)
-    out = cli(shards, *enqueue_args(tmp_path, 0.02), "--targets", "fo_*", check=True)
+    # 60 batches a target, 0.4 s each: minutes of work for a pool of 2 on a slow machine, so the pause lands mid-run
+    out = cli(shards, *enqueue_args(tmp_path, 0.4), "--targets", "fo_*", check=True)
     run_id = out.stdout.strip()
-    pool_args = ("--targets", ",".join(NAMES), "-c", "2", "--drain", "--lease", "2", "--poll", "0.2",
-                 "--slice-quantum", "0.5")
+    pool_args = ("--targets", ",".join(NAMES), "-c", "2", "--lease", "2", "--poll", "0.2", "--slice-quantum", "0.5")
     with pool_starter(shards["fo_a"][0], tmp_path, env_of(shards)) as start:
-        pool = start(*pool_args)
-        wait_for(lambda: all(v >= 40 for v in logged(shards).values()), timeout=120, what="every target under way")
+        pool = start(*pool_args)  # no --drain: it would exit once the whole run is paused
+        wait_for(lambda: all(v >= 20 for v in logged(shards).values()), timeout=120, what="every target under way")
         out = cli(shards, "status", "--run", run_id, check=True)
         lines = out.stdout.splitlines()
         assert lines[0].startswith(f"run {run_id}: running") and f"/{3 * ROWS} rows" in lines[0], out.stdout
@@ -231,12 +231,12 @@ def test_status_pause_resume_and_a_sigkilled_pool_over_a_run(shards, tmp_path):
                              " AND actor = 'fanout-test'") == 1, n
 
         cli(shards, "resume", "--run", run_id, check=True)
-        wait_for(lambda: sum(logged(shards).values()) >= sum(held.values()) + 150, timeout=120, what="rows after resume")
+        wait_for(lambda: sum(logged(shards).values()) >= sum(held.values()) + 100, timeout=120, what="rows after resume")
         pool.kill()  # SIGKILL the pool and its workers mid-run
         assert sum(logged(shards).values()) < 3 * ROWS
         out = cli(shards, "status", "--run", run_id, check=True)
         assert "running" in out.stdout.splitlines()[0] or "pending" in out.stdout.splitlines()[0]
-        again = start(*pool_args)
+        again = start(*pool_args, "--drain")
         assert again.wait(300) == 0, again.output()
     assert statuses(shards) == dict.fromkeys(NAMES, "done")
     for n, (_, e) in shards.items():
@@ -244,7 +244,7 @@ def test_status_pause_resume_and_a_sigkilled_pool_over_a_run(shards, tmp_path):
     out = cli(shards, "status", "--run", run_id, check=True)
     assert out.stdout.startswith(f"run {run_id}: done  {3 * ROWS}/{3 * ROWS} rows")
     out = cli(shards, "cancel", "--run", run_id)  # every job done: each refused, exit 4
-    assert out.returncode == 4 and out.stderr.count("error:") == 3
+    assert out.returncode == 4 and out.stderr.count("error: cannot cancel") == 3 and "none acted" in out.stderr
 
 
 def test_a_target_down_is_reported_and_the_others_still_act(shards, tmp_path, pg_server):

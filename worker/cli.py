@@ -500,8 +500,9 @@ def _run_action(action: str, run_id: str, spec: str | None, actor: str, reason: 
             click.echo(f"target {o.target}: {o.job_id + ' ' if o.job_id else ''}error: {o.error}", err=True)
     failed = [o for o in outcomes if o.error]
     if failed:
+        rest = "the others acted" if len(failed) < len(outcomes) else "none acted"
         raise TidegateExit(f"{len(failed)} of {len(outcomes)} failed ({', '.join(sorted({o.target for o in failed}))});"
-                           " the others acted", runs.worst(outcomes))
+                           f" {rest}", runs.worst(outcomes))
 
 
 def _terminal_width() -> int | None:
