@@ -276,3 +276,45 @@ def test_a_target_down_is_reported_and_the_others_still_act(shards, tmp_path, pg
     assert out.stdout.count(" resumed") == 3
     out = cli(shards, "cancel", "--run", run_id, "--targets", "fo_c", check=True)
     assert statuses(shards) == {"fo_a": "pending", "fo_b": "pending", "fo_c": "cancelled"}
+
+
+def test_archive_range_fans_out_with_its_layout_file_registered_in_each_target(shards, tmp_path):
+    """archive-range --apply --targets: the user's layout file is registered in each target that accepts the
+    job (in the rolled-back validation, then with the insert), none in the target that refuses (no event
+    store there); one pool archives exactly the selection in each."""
+    from tests.conftest import ROOT
+    from tests.event_stores import build
+
+    for n in ("fo_a", "fo_b"):
+        build(shards[n][1], shards[n][0], "tidegate", 90)
+    want = {n: (scalar(e, "SELECT count(*) FROM es_streams WHERE type = 'venue'"),
+                scalar(e, "SELECT count(*) FROM es_events e JOIN es_streams s ON s.id = e.stream_id"
+                          " WHERE s.type = 'venue'")) for n, (_, e) in shards.items() if n != "fo_c"}
+    with shards["fo_c"][1].begin() as conn:  # fo_c: no event store at all
+        conn.execute(text("DROP TABLE IF EXISTS es_events, es_streams, es_stream_summaries CASCADE"))
+    layout = tmp_path / "ours.toml"
+    layout.write_text((ROOT / "jobs/archive/layouts/tidegate.toml").read_text()
+                      .replace('name = "tidegate"', 'name = "ours"'))
+    args = ["enqueue", "archive-range", "--layout", str(layout), "--type", "venue", "--reason", "r", "--owner", "o",
+            "--targets", "fo_*"]
+    out = cli(shards, *args)  # no --apply: a dry run is one database's
+    assert out.returncode == 2 and "--apply" in out.stderr
+    out = cli(shards, *args, "--apply", "--all", "--yes")
+    assert out.returncode == 2, out.stderr
+    run_id = out.stdout.strip()
+    assert "target fo_c: refused:" in out.stderr
+    assert counts(shards) == {"fo_a": 1, "fo_b": 1, "fo_c": 0}
+    for n in ("fo_a", "fo_b"):
+        assert scalar(shards[n][1], "SELECT count(*) FROM archive_layouts WHERE name = 'ours'") == 1, n
+    assert scalar(shards["fo_c"][1], "SELECT count(*) FROM archive_layouts") == 0
+    pool = run_cli(shards["fo_a"][0], "worker", "--targets", "fo_a,fo_b", "-c", "2", "--drain", "--poll", "0.2",
+                   env=env_of(shards), timeout=300)
+    assert pool.returncode == 0
+    for n in ("fo_a", "fo_b"):
+        e = shards[n][1]
+        assert scalar(e, "SELECT count(*) FROM archive_audit WHERE action = 'archive'") == want[n][0] > 0, n
+        assert scalar(e, "SELECT count(*) FROM es_events_archive") == want[n][1] > 0, n
+        assert scalar(e, "SELECT count(*) FROM es_events e JOIN es_streams s ON s.id = e.stream_id"
+                         " WHERE s.type = 'venue'") == 0, n
+    out = cli(shards, "status", "--run", run_id, "--targets", "fo_a,fo_b", check=True)
+    assert out.stdout.startswith(f"run {run_id}: done")
