@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,14 @@ from sqlalchemy import Connection, text
 from tidegate.jobs import approved_sql, filters, inspect, rollout, sql_check
 from tidegate.worker import knobs, runs
 from tidegate.worker import targets as targets_mod
-from tidegate.worker.cliutil import (Database, TidegateExit, actor_option, database_option, echo_json,
-                                     refuse_one_database)
+from tidegate.worker.cliutil import (
+    Database,
+    TidegateExit,
+    actor_option,
+    database_option,
+    echo_json,
+    refuse_one_database,
+)
 from tidegate.worker.enqueue import enqueue
 from tidegate.worker.errors import InvalidInput, quote
 from tidegate.worker.keys import encode, parse

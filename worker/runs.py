@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidegate.worker import targets as targets_mod
-from tidegate.worker.errors import InvalidInput, quote
+from tidegate.worker.errors import InvalidInput, quote, shorten
 from tidegate.worker.targets import Target
 
 #: How a run's state rolls up from its jobs' states, most telling first: a run is "failed" if any job
@@ -34,10 +34,12 @@ def select_targets(spec: str) -> list[Target]:
     for part in parts:
         if any(c in part for c in "*?["):
             if not all(c.isalnum() or c in "_-*?[]!" for c in part) or len(part) > 63:
-                raise InvalidInput(f"not a target pattern: {quote(part)} (names are [a-z0-9_-], patterns add * ? [...])")
+                raise InvalidInput(f"not a target pattern: {quote(part)}"
+                                   " (names are [a-z0-9_-], patterns add * ? [...])")
             hits = [name for name in found if fnmatch.fnmatchcase(name, part)]
             if not hits:
-                raise InvalidInput(f"no target matches {quote(part)}; known: {', '.join(found) or 'none'}")
+                known = shorten(", ".join(found), 400) or "none"
+                raise InvalidInput(f"no target matches {quote(part)}; known: {known}")
             for name in hits:
                 chosen.setdefault(name, found[name])
         else:
@@ -192,7 +194,9 @@ def enqueue_run(targets: list[Target], job_type: str, payload: dict[str, Any], *
     runs before it and again before the insert, in the same transaction (an archive job's layout
     registration). A target that refuses (invalid there, down, not migrated) gets no job and the others
     get theirs; with ``all_or_nothing`` no target gets one unless every target validated and inserted: the
-    inserts stay uncommitted until all succeeded (a commit that then fails cancels the jobs committed)."""
+    inserts stay uncommitted until all succeeded (a commit that then fails cancels the jobs committed), so
+    that mode holds one connection per target at once; otherwise a target's connection is closed when its
+    step is done."""
     from tidegate.worker import control
     from tidegate.worker.enqueue import insert, queue_knobs, validate_on
 
@@ -211,6 +215,9 @@ def enqueue_run(targets: list[Target], job_type: str, payload: dict[str, Any], *
                 outcomes[t.name].detail = {"slices": len(plan.slices), "rows_estimate": plan.total_estimate}
             except Exception as err:  # the target is reported; the others are still validated
                 outcomes[t.name].error, outcomes[t.name].exit_code = failure(err)
+            finally:  # no idle connection kept per target meanwhile (hundreds of targets may share a server)
+                if t.name in engines:
+                    engines[t.name].dispose()
         refused = [o.target for o in outcomes.values() if o.error]
         if all_or_nothing and refused:
             for o in outcomes.values():
@@ -232,6 +239,8 @@ def enqueue_run(targets: list[Target], job_type: str, payload: dict[str, Any], *
                         outcomes[t.name].job_id = add(conn)
                 except Exception as err:
                     outcomes[t.name].error, outcomes[t.name].exit_code = failure(err)
+                finally:
+                    engines[t.name].dispose()
             return run_id, list(outcomes.values())
         # 2. all or nothing: insert everywhere, commit only when every insert succeeded
         open_: list[tuple[Target, Any, Any]] = []
