@@ -72,23 +72,22 @@ def read_run(targets: Iterable[Target], run_id: str, timeout: int = 5) -> list[T
     """Every job of ``run_id`` on each target (targets without one are left out). A target that is down
     or not migrated is a TargetRun with ``error`` set, never an exception."""
     from tidegate.worker import status, store
-    from tidegate.worker.db import first_line, make_engine, mask_url
 
     run_id = check_run_id(run_id)
     out = []
     for target in targets:
-        engine = make_engine(target.url, application_name="tidegate-run", pool_size=1, max_overflow=0,
-                             connect_timeout=timeout)
+        engine = None
         try:
+            engine = _engine(target, timeout)  # not migrated: says so, and which `db upgrade` to run
             with engine.connect() as conn:
                 jobs = [row for job_id in store.run_job_ids(conn, run_id) for row in status.job_rows(conn, job_id)]
             if jobs:
                 out.append(TargetRun(target.name, jobs))
         except Exception as err:  # a target's trouble is reported with it, the others still read
-            cause = getattr(err, "orig", None) or err.__cause__ or err
-            out.append(TargetRun(target.name, error=mask_url(first_line(cause))[:300]))
+            out.append(TargetRun(target.name, error=failure(err)[0]))
         finally:
-            engine.dispose()
+            if engine is not None:
+                engine.dispose()
     return out
 
 
