@@ -3,7 +3,9 @@
 Each target keeps its own tidegate tables, so a run is not a row anywhere: it is the ``run_id`` its
 jobs carry (queue_jobs.run_id, migration 0016). This module reads a run the one way every view of it
 (`status --run`, the web page, metrics, rollout) needs: ask each target for the run's jobs, with a
-target that cannot be read reported as such, never failing the whole read.
+target that cannot be read reported as such, never failing the whole read. And it acts on one:
+``enqueue_run`` (validate in every target, then one job each under a new run id) and ``act_on_run``
+(pause, resume, cancel, retry, set on every job of it), each target's failure an ``Outcome`` of its own.
 """
 
 from __future__ import annotations
