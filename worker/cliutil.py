@@ -157,6 +157,23 @@ def find_job(db: Database, ref: str) -> str:
         return find_job(conn, ref)
 
 
+def refuse_one_database(with_: str) -> None:
+    """``with_`` (--targets, --run) acts on several databases: --target or --database-url given on the command
+    line too is InvalidInput (exit 2). $DATABASE_URL and $TIDEGATE_TARGET are ignored then."""
+    ctx = click.get_current_context()
+    for name, flag in (("target", "--target"), ("database_url", "--database-url")):
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            raise InvalidInput(f"give {with_} or {flag}, not both ({with_} acts on several targets;"
+                               " narrow it with --targets NAME)")
+
+
+def run_targets(spec: str | None) -> list[Any]:
+    """The targets a fan-out command acts on: those ``--targets SPEC`` selects (worker/runs.py), else every one."""
+    from tidegate.worker import runs, targets
+
+    return runs.select_targets(spec) if spec is not None else targets.select(None)
+
+
 class TidegateExit(TidegateError):
     """A command that acted on several databases and failed on some: the worst exit code of theirs."""
 
