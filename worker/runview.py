@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tidegate.worker.errors import IllegalTransition, InvalidInput, NotFound, TidegateError
+from tidegate.worker.errors import IllegalTransition, InvalidInput, NotFound
 from tidegate.worker.runs import TargetRun, check_run_id
 from tidegate.worker.targets import Target
 
@@ -101,7 +101,7 @@ def act_run(targets: Iterable[Target], run_id: str, action: str, actor: str, rea
                     except IllegalTransition as err:
                         outcome = "skipped: " + str(err).split(": ", 1)[-1]
                     out.append({"target": target.name, "job_id": job_id, "outcome": outcome})
-        except TidegateError:
+        except InvalidInput:
             raise
         except Exception as err:  # this target's trouble is reported with it; the others are moved
             out.append({"target": target.name, "error": _error(err)})
