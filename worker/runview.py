@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 from tidegate.worker.errors import IllegalTransition, InvalidInput, NotFound
@@ -68,7 +69,8 @@ def read_runs(targets: Iterable[Target], limit: int = 20, timeout: int = 5) -> t
             for run_id, jobs in got.items():
                 if jobs:
                     runs.setdefault(run_id, []).append(TargetRun(target.name, jobs))
-    newest = sorted(runs, key=lambda r: (max(j["created_at"] for p in runs[r] for j in p.jobs), r), reverse=True)
+    newest = sorted(runs, key=lambda r: (max(datetime.fromisoformat(j["created_at"]) for p in runs[r] for j in p.jobs),
+                                         r), reverse=True)  # as instants: targets may differ in TimeZone
     return [(run_id, runs[run_id] + down) for run_id in newest[:limit]], down
 
 
