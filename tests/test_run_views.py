@@ -233,13 +233,19 @@ def test_runs_pages_show_unreadable_targets_and_act_on_a_whole_run(shards, pg_se
         with pg.admin(pg_server) as conn:
             conn.execute(f'ALTER DATABASE "{b_db}" ALLOW_CONNECTIONS true')
         shards["t_b"][1].dispose()  # its pooled connections were terminated
-        code, _, answer = request(base, "POST", f"/api/v1/admin/runs/{rid}/pause", json.dumps({"reason": "again"}),
-                                  {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        bearer = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        for bad in ({"reason": "x" * 501}, {"reason": 5}, {"concurrency": 2}):
+            assert request(base, "POST", f"/api/v1/admin/runs/{rid}/pause", json.dumps(bad), bearer)[0] == 400, bad
+        assert request(base, "GET", "/api/v1/runs/%3Cscript%3E")[0] == 400
+        assert queue_status(shards["t_b"][1], jobs["t_b"]) == "pending"
+        code, _, answer = request(base, "POST", f"/api/v1/admin/runs/{rid}/pause",
+                                  json.dumps({"reason": "again"}), bearer)
         assert code == 200, answer
         outcomes = {j["target"]: j["outcome"] for j in json.loads(answer)["jobs"]}
         assert outcomes["t_b"] == "paused" and outcomes["t_a"].startswith("skipped: it is paused"), outcomes
         assert queue_status(shards["t_b"][1], jobs["t_b"]) == "paused"
-        assert 'id="run-status">paused<' in request(base, "GET", f"/runs/{rid}")[2]
+        page = request(base, "GET", f"/runs/{rid}")[2]
+        assert 'id="run-status">paused<' in page
     finally:
         with pg.admin(pg_server) as conn:
             conn.execute(f'ALTER DATABASE "{b_db}" ALLOW_CONNECTIONS true')
