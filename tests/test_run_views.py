@@ -131,6 +131,33 @@ def test_a_failing_canary_holds_every_other_target_untouched(shards, tmp_path): 
                       j=jobs[n]) == 0, n  # never released
 
 
+def test_a_released_target_failing_verification_holds_the_rest(shards, tmp_path):  # noqa: F811
+    """The canary (t_a) verifies; t_b, released first (--batch 1), does not: the rollout pauses what is left
+    of the run (t_c, never released: 0 rows) and exits 1."""
+    for _, engine in shards.values():
+        seed_demo(engine, 600)
+    rid = new_run_id()
+    jobs = {}
+    for n, (_, engine) in shards.items():  # one run; t_b's job writes wrong rows
+        handler = "tests.handlers:off_by_one_troops" if n == "t_b" else "hero_troops"
+        jobs[n] = enqueue(engine, "backfill_range", {**RANGE, "handler": handler, "batch_size": 100, "concurrency": 1,
+                                                     "row_limit": 200, "owner": "tests"}, actor="tests", run_id=rid)[0]
+    proc = rollout(shards, rid, "--steps", "1,2", "--step-rows", "200", "--batch", "1")
+    wait_for(lambda: all(queue_status(shards[n][1], jobs[n]) == "paused" for n in ("t_b", "t_c")),
+             what="the other targets held")
+    with pool_starter(shards["t_a"][0], tmp_path, env_of(shards)) as start:
+        pool = start("--targets", ",".join(NAMES), "-c", "2", "--poll", "0.1")
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 1, (out, err)
+        assert pool.terminate() == 0
+    assert "[t_a] rollout complete" in out and "released t_b at concurrency 2" in out, out
+    assert "holding: target t_b: verification failed" in err and "released t_c" not in out, (out, err)
+    assert job_row(shards["t_a"][1], jobs["t_a"]).status == "done"
+    assert job_row(shards["t_b"][1], jobs["t_b"]).status == "done"  # finished before it could be verified
+    engine = shards["t_c"][1]
+    assert queue_status(engine, jobs["t_c"]) == "paused" and processed(engine, jobs["t_c"]) == 0
+
+
 def test_rollout_of_a_run_refuses_bad_input_and_changes_nothing(shards, tmp_path):  # noqa: F811
     for _, engine in shards.values():
         seed_demo(engine, 100)
