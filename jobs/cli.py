@@ -317,7 +317,15 @@ def verify_cmd(db: Database, job: str, sample: int, as_json: bool) -> None:
 
 
 @click.command("rollout")
-@click.argument("job")
+@click.argument("job", required=False)
+@click.option("--run", "run_id", metavar="RUN_ID",
+              help="Roll out a fan-out run instead of one JOB: one target's job as the canary, then the others.")
+@click.option("--targets", "targets_spec", default="*", show_default=True, metavar="A,B,shard_*",
+              help="With --run: the targets to look for the run's jobs in (names or patterns).")
+@click.option("--canary-target", metavar="NAME", help="With --run: the target whose job is the canary (default: the"
+                                                       " first target holding a job of the run).")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 10_000),
+              help="With --run: targets released at a time once the canary is verified.")
 @click.option("--steps", default="1,2,4", show_default=True,
               help="Concurrency after the canary, raised step by step (comma-separated).")
 @click.option("--step-rows", default=10_000, show_default=True, type=click.IntRange(1),
@@ -329,10 +337,15 @@ def verify_cmd(db: Database, job: str, sample: int, as_json: bool) -> None:
               help="Seconds to wait for any one step before giving up (the job keeps its state).")
 @actor_option
 @database_option
-def rollout_cmd(db: Database, job: str, steps: str, step_rows: int, sample: int, poll: float, timeout: float,
-                actor: str) -> None:
+def rollout_cmd(db: Database, job: str | None, run_id: str | None, targets_spec: str, canary_target: str | None,
+                batch: int, steps: str, step_rows: int, sample: int, poll: float, timeout: float, actor: str) -> None:
     """Gradual rollout of a job enqueued with --limit N: canary, verify, resume at low concurrency, raise it
-    step by step, verifying between steps. Exits 1, the job paused, at a step whose verification fails."""
+    step by step, verifying between steps. Exits 1, the job paused, at a step whose verification fails.
+
+    With --run RUN_ID (a fan-out run, enqueued with --limit N): the jobs in the other targets are paused
+    first; the canary target's job is rolled out as above; then the others are released --batch targets
+    at a time (limit lifted, at the last step's concurrency), each verified when done. A failed
+    verification pauses the run's remaining jobs and exits 1 (ops/targets.md)."""
     from tidegate.worker.control import find_job
 
     try:
@@ -342,9 +355,23 @@ def rollout_cmd(db: Database, job: str, steps: str, step_rows: int, sample: int,
     concurrency = knobs.KNOBS["concurrency"]
     if not levels or not all(concurrency.lo <= n <= concurrency.hi for n in levels):
         raise click.BadParameter(f"--steps must be concurrencies {concurrency.describe()}")
-    with db.engine.connect() as conn:
-        job_id = find_job(conn, job)
+    if (job is None) == (run_id is None):
+        raise click.UsageError("give a JOB or --run RUN_ID (one of them)")
     try:
+        if run_id is not None:
+            from tidegate.worker.runs import check_run_id, select_targets
+            from tidegate.worker.targets import check_name
+
+            run_id = check_run_id(run_id)
+            if canary_target is not None:
+                check_name(canary_target, "--canary-target")
+            rollout.RunRollout(select_targets(targets_spec), run_id, levels, step_rows, actor, click.echo,
+                               canary_target, batch, sample, poll, timeout).run()
+            return
+        if canary_target is not None or batch != 1:
+            raise click.UsageError("--canary-target and --batch go with --run")
+        with db.engine.connect() as conn:
+            job_id = find_job(conn, job)
         rollout.Rollout(db.engine, job_id, levels, step_rows, actor, click.echo, sample, poll, timeout).run()
     except rollout.Holding as err:
         click.echo(str(err), err=True)

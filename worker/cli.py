@@ -574,12 +574,23 @@ def set_cmd(db: Database, job: str | None, actor: str, run_id: str | None, targe
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--refresh", default=2.0, show_default=True, type=click.FloatRange(0.5, 3600),
               help="Seconds between page refreshes.")
+@click.option("--targets", "targets_spec", metavar="A,B,shard_*",
+              help="Also show the fan-out runs over these targets (names or patterns; '*' for all): /runs."
+                   " Without a database named too, the console shows runs only.")
 @database_option
-def web_cmd(db: Database, host: str, port: int, refresh: float) -> None:
-    """Serve the status page and its JSON API (admin actions need $TIDEGATE_ADMIN_TOKEN)."""
+def web_cmd(db: Database, host: str, port: int, refresh: float, targets_spec: str | None) -> None:
+    """Serve the status page and its JSON API (admin actions need $TIDEGATE_ADMIN_TOKEN).
+
+    With --targets, also the fan-out runs over those targets: one line per run with its targets below,
+    a page per run, and pause/resume/cancel of a whole run (ops/targets.md)."""
     from tidegate.worker.web import serve
 
-    server = serve(db.engine, host, port, refresh)
+    chosen = None
+    if targets_spec is not None:
+        from tidegate.worker.runs import select_targets
+
+        chosen = select_targets(targets_spec)
+    server = serve(db.engine if chosen is None or db.named else None, host, port, refresh, chosen)
     click.echo(f"tidegate status page on http://{host}:{server.server_address[1]}/", err=True)
     try:
         server.serve_forever()

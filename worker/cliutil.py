@@ -102,6 +102,11 @@ class Database:
         return self._url
 
     @property
+    def named(self) -> bool:
+        """A database was named: --database-url, $DATABASE_URL or --target (else the embedded default)."""
+        return self._given is not None or self.target is not None
+
+    @property
     def embedded(self) -> bool:
         given = self._given if self._given is not None else os.environ.get("DATABASE_URL")
         return given is None or given.strip() == EMBEDDED

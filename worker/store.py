@@ -529,6 +529,11 @@ def run_job_ids(conn: Connection, run_id: str) -> list[str]:
     return [str(i) for i in conn.execute(q("run_job_ids"), {"run_id": run_id}).scalars()]
 
 
+def recent_runs(conn: Connection, limit: int) -> list[str]:
+    """The ``limit`` newest fan-out runs with a job in this database, newest first."""
+    return [str(i) for i in conn.execute(q("recent_runs"), {"limit": limit}).scalars()]
+
+
 def job_status(conn: Connection, job_id: str | None, limit: int) -> list[Any]:
     """`tidegate status` rows (mappings): every job newest first, or the one ``job_id``."""
     return list(conn.execute(q("job_status"), {"job_id": job_id, "limit": limit}).mappings())
@@ -586,6 +591,11 @@ def metrics_queue(conn: Connection) -> list[Any]:
 def metrics_jobs(conn: Connection) -> list[Any]:
     """Per recent range job: job_id, kind, status, remaining, in_flight."""
     return conn.execute(q("metrics_jobs")).all()
+
+
+def metrics_runs(conn: Connection) -> list[Any]:
+    """Per recent fan-out run and job status: run_id, status, jobs, processed, remaining."""
+    return conn.execute(q("metrics_runs")).all()
 
 
 def live_workers(conn: Connection) -> int:

@@ -804,3 +804,20 @@ SELECT to_jsonb(j) AS job FROM backfill_jobs j WHERE job_id = :job_id AND planne
 -- name: run_job_ids
 -- description: The jobs of one fan-out run in this database (migration 0016), oldest first.
 SELECT id FROM queue_jobs WHERE run_id = CAST(:run_id AS uuid) ORDER BY created_at, id;
+
+-- name: recent_runs
+-- description: The newest fan-out runs with a job in this database (the web console's runs page), newest first.
+SELECT run_id FROM queue_jobs WHERE run_id IS NOT NULL
+GROUP BY run_id ORDER BY max(created_at) DESC, run_id LIMIT :limit;
+
+-- name: metrics_runs
+-- description: Per fan-out run with a job here that is active or finished in the last day (for /metrics):
+-- description: its jobs by status, rows processed and rows estimated left.
+SELECT q.run_id, coalesce(j.status, q.status) AS status, count(*) AS jobs,
+       sum(coalesce(j.processed_count, 0)) AS processed,
+       sum(GREATEST(coalesce(j.total_estimate, 0) - coalesce(j.processed_count, 0), 0)) AS remaining
+FROM queue_jobs q LEFT JOIN backfill_jobs j ON j.job_id = q.id AND j.planned
+WHERE q.run_id IS NOT NULL
+  AND (coalesce(j.status, q.status) IN ('pending', 'running', 'paused') OR q.finished_at > now() - interval '1 day'
+       OR j.finished_at > now() - interval '1 day')
+GROUP BY q.run_id, coalesce(j.status, q.status);
