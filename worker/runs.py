@@ -80,7 +80,7 @@ def read_run(targets: Iterable[Target], run_id: str, timeout: int = 5) -> list[T
     for target in targets:
         engine = None
         try:
-            engine = _engine(target, timeout)  # not migrated: says so, and which `db upgrade` to run
+            engine = target_engine(target, timeout)  # not migrated: says so, and which `db upgrade` to run
             with engine.connect() as conn:
                 jobs = [row for job_id in store.run_job_ids(conn, run_id) for row in status.job_rows(conn, job_id)]
             if jobs:
@@ -166,7 +166,7 @@ def worst(outcomes: Iterable[Outcome]) -> int:
     return max((o.exit_code for o in outcomes if o.error is not None), default=0)
 
 
-def _engine(target: Target, timeout: int):  # type: ignore[no-untyped-def]
+def target_engine(target: Target, timeout: int):  # type: ignore[no-untyped-def]
     """The target's engine, its schema checked (SchemaNotReady names `tidegate db upgrade --target NAME`)."""
     from tidegate.worker.db import make_engine
     from tidegate.worker.errors import SchemaNotReady
@@ -208,7 +208,7 @@ def enqueue_run(targets: list[Target], job_type: str, payload: dict[str, Any], *
     try:
         for t in targets:  # 1. validate everywhere
             try:
-                engines[t.name] = _engine(t, timeout)
+                engines[t.name] = target_engine(t, timeout)
                 with engines[t.name].connect() as conn:
                     if prepare is not None:
                         prepare(conn)
@@ -294,11 +294,13 @@ ACTIONS = ("pause", "resume", "cancel", "retry", "set")
 
 
 def act_on_run(targets: Iterable[Target], run_id: str, action: str, *, actor: str, reason: str | None = None,
-               changes: dict[str, object] | None = None, timeout: int = 5) -> list[Outcome]:
+               changes: dict[str, object] | None = None, timeout: int = 5,
+               only: Iterable[tuple[str, str]] | None = None) -> list[Outcome]:
     """``action`` (pause, resume, cancel, retry; set with ``changes``) on every job of ``run_id``, target by
     target, each job in its own transaction through worker/control.py (so each is audited in its own
     target's tidegate_audit). One Outcome per job acted on or refused, and per target that could not be
-    read; targets without a job of the run are left out (none at all: the caller says not found)."""
+    read; targets without a job of the run are left out (none at all: the caller says not found). ``only``:
+    just these (target name, job id) pairs of the run."""
     from tidegate.worker import control, store
 
     if action not in ACTIONS:
@@ -306,10 +308,13 @@ def act_on_run(targets: Iterable[Target], run_id: str, action: str, *, actor: st
     if action == "set" and not changes:
         raise InvalidInput("set: nothing to change")
     run_id = check_run_id(run_id)
+    wanted = set(only) if only is not None else None
     out: list[Outcome] = []
     for target in targets:
+        if wanted is not None and not any(name == target.name for name, _ in wanted):
+            continue
         try:
-            engine = _engine(target, timeout)
+            engine = target_engine(target, timeout)
         except Exception as err:
             message, code = failure(err)
             out.append(Outcome(target.name, error=message, exit_code=code))
@@ -318,6 +323,8 @@ def act_on_run(targets: Iterable[Target], run_id: str, action: str, *, actor: st
             with engine.connect() as conn:
                 job_ids = store.run_job_ids(conn, run_id)
             for job_id in job_ids:
+                if wanted is not None and (target.name, job_id) not in wanted:
+                    continue
                 try:
                     with engine.begin() as conn:
                         if action == "set":

@@ -4,9 +4,9 @@
 * :func:`read_runs`: the newest runs across targets (each target asked once, the targets in parallel),
   each as worker/runs.py's TargetRun parts, with every unreadable target listed under every run (it may
   hold a job of any of them: worker/runs.py ``summarize`` then never calls the run done).
-* :func:`act_run`: pause, resume or cancel every job of a run, target by target. A job the move does not
-  apply to (pause a done job, resume a running one) is skipped, not an error; a target that cannot be
-  reached is reported with its error while the others are moved.
+* :func:`act_run`: pause, resume or cancel every job of a run (worker/runs.py ``act_on_run``), as the
+  console and rollout want it: a job the move does not apply to (pause a done job, resume a running one)
+  is skipped, not an error; a target that cannot be reached is reported with its error.
 """
 
 from __future__ import annotations
@@ -17,32 +17,26 @@ from datetime import datetime
 from typing import Any
 
 from tidegate.worker.errors import IllegalTransition, InvalidInput, NotFound
-from tidegate.worker.runs import TargetRun, check_run_id
+from tidegate.worker.runs import TargetRun, act_on_run, check_run_id, failure, target_engine
 from tidegate.worker.targets import Target
 
 RUN_ACTIONS = ("pause", "resume", "cancel")
+DONE = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}
 PARALLEL = 8  # targets asked at once: a target that does not answer costs its connect timeout, not n of them
 
 
-def _engine(target: Target, timeout: int):  # type: ignore[no-untyped-def]
-    from tidegate.worker.db import make_engine
-
-    return make_engine(target.url, application_name="tidegate-run", pool_size=1, max_overflow=0,
-                       connect_timeout=timeout)
-
-
 def _error(err: BaseException) -> str:
-    from tidegate.worker.db import first_line, mask_url
-
-    cause = getattr(err, "orig", None) or err.__cause__ or err
-    return mask_url(first_line(cause))[:300]
+    return failure(err)[0]
 
 
 def _recent(target: Target, limit: int, timeout: int) -> dict[str, list[dict[str, Any]]] | str:
     """{run_id: the target's jobs of it} for its ``limit`` newest runs, or why the target could not be read."""
     from tidegate.worker import status, store
 
-    engine = _engine(target, timeout)
+    try:
+        engine = target_engine(target, timeout)
+    except Exception as err:  # down or not migrated: reported with the target, the others still read
+        return _error(err)
     try:
         with engine.connect() as conn:
             return {run_id: [row for job_id in store.run_job_ids(conn, run_id) for row in status.job_rows(conn, job_id)]
@@ -77,38 +71,25 @@ def read_runs(targets: Iterable[Target], limit: int = 20, timeout: int = 5) -> t
 def act_run(targets: Iterable[Target], run_id: str, action: str, actor: str, reason: str | None = None,
             timeout: int = 5, *, only: Iterable[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
     """``action`` (pause, resume, cancel) on every job of ``run_id`` in ``targets`` (or only the
-    (target, job_id) pairs in ``only``): one entry per job ({target, job_id, outcome}: the action's
-    past tense, or ``skipped: ...`` when the job's state does not allow it) or per unreachable target
-    ({target, error}). Each target's moves commit together. NotFound when no target readable holds a job of it."""
-    from tidegate.worker import control, store
-
+    (target, job_id) pairs in ``only``), through worker/runs.py ``act_on_run``: one entry per job
+    ({target, job_id, outcome}: the action's past tense, or ``skipped: ...`` when the job's state does not
+    allow it) or per unreachable target ({target, error}). NotFound when no target readable holds a job of it."""
     if action not in RUN_ACTIONS:
         raise InvalidInput(f"a run can be paused, resumed or cancelled, not {action!r}")
-    run_id = check_run_id(run_id)
     targets = list(targets)
-    wanted = set(only) if only is not None else None
-    reason = reason or f"{action} run {run_id} by {actor}"
+    run_id = check_run_id(run_id)
+    outcomes = act_on_run(targets, run_id, action, actor=actor, reason=reason or f"{action} run {run_id} by {actor}",
+                          timeout=timeout, only=only)
     out: list[dict[str, Any]] = []
-    for target in targets:
-        engine = _engine(target, timeout)
-        try:
-            with engine.begin() as conn:
-                for job_id in store.run_job_ids(conn, run_id):
-                    if wanted is not None and (target.name, job_id) not in wanted:
-                        continue
-                    try:
-                        with conn.begin_nested():
-                            control.transition(conn, job_id, action, actor, reason)
-                        outcome = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[action]
-                    except IllegalTransition as err:
-                        outcome = "skipped: " + str(err).split(": ", 1)[-1]
-                    out.append({"target": target.name, "job_id": job_id, "outcome": outcome})
-        except InvalidInput:
-            raise
-        except Exception as err:  # this target's trouble is reported with it; the others are moved
-            out.append({"target": target.name, "error": _error(err)})
-        finally:
-            engine.dispose()
-    if not any("job_id" in r for r in out) and not any("error" in r for r in out):
+    for o in outcomes:
+        if o.job_id is None:
+            out.append({"target": o.target, "error": o.error})
+        elif o.error is None:
+            out.append({"target": o.target, "job_id": o.job_id, "outcome": DONE[action]})
+        elif o.exit_code == IllegalTransition.exit_code:
+            out.append({"target": o.target, "job_id": o.job_id, "outcome": "skipped: " + o.error.split(": ", 1)[-1]})
+        else:
+            out.append({"target": o.target, "job_id": o.job_id, "error": o.error})
+    if not out:
         raise NotFound(f"no job of run {run_id} in {', '.join(t.name for t in targets) or 'no target'}")
     return out
