@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,9 +60,13 @@ def cli(url: str, *args: str, env: dict[str, str] | None = None) -> str:
 class PeakRss:
     """Samples the resident memory of a process's children every 0.2 s; keeps the peak per child."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, probe: Callable[[], float] | None = None, every: float = 2.0) -> None:
         self.pid = pid
         self.peak_mb = 0.0
+        # with a probe (the run's progress, 0..1): (progress, largest child RSS in MiB) every ``every`` s
+        self.probe = probe
+        self.every = every
+        self.trace: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -74,13 +79,24 @@ class PeakRss:
         self._thread.join()
 
     def _run(self) -> None:
+        next_probe = time.monotonic()
         while not self._stop.wait(0.2):
             try:
                 children = psutil.Process(self.pid).children()
-                for c in children:
-                    self.peak_mb = max(self.peak_mb, c.memory_info().rss / 2**20)
+                now_mb = max((c.memory_info().rss / 2**20 for c in children), default=0.0)
             except psutil.Error:
                 continue
+            self.peak_mb = max(self.peak_mb, now_mb)
+            if self.probe is not None and time.monotonic() >= next_probe:
+                next_probe = time.monotonic() + self.every
+                try:
+                    self.trace.append((self.probe(), now_mb))
+                except Exception:  # noqa: BLE001 - a missed sample, not a failed bench
+                    continue
+
+    def at(self, progress: float) -> float | None:
+        """The largest child RSS sampled at the first probe that reached ``progress`` (0..1)."""
+        return next((mb for p, mb in self.trace if p >= progress), None)
 
 
 def run_pool(url: str, concurrency: int, *extra: str, env: dict[str, str] | None = None,
@@ -111,19 +127,25 @@ def engine_for(url: str) -> Engine:
 
 
 def run_pool_logged(url: str, concurrency: int, *extra: str, env: dict[str, str] | None = None,
-                    timeouts: list[dict] | None = None) -> tuple[float, float, list[dict]]:
+                    timeouts: list[dict] | None = None, slices: list[dict] | None = None,
+                    maintenance: bool = False, rss: PeakRss | None = None) -> tuple[float, float, list[dict]]:
     """Like :func:`run_pool`, with JSON debug logs: (seconds, peak RSS, one record per batch).
-    Batches cut short by their statement timeout (rolled back, retried smaller) go to ``timeouts``."""
+    Batches cut short by their statement timeout (rolled back, retried smaller) go to ``timeouts``; the
+    workers' per-slice phase sums (worker/runner.py "slice times") to ``slices``. ``maintenance``: keep the
+    pool's maintenance on, as `run_pool` does. ``rss``: a PeakRss made for the pool's pid (set here)."""
     import json
     import tempfile
 
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as logfile:
         proc = subprocess.Popen([TIDEGATE, "--log-level", "DEBUG", "--log-format", "json", "worker",
-                                 "--concurrency", str(concurrency), "--drain", "--no-maintenance", "--allow-sql",
-                                 *extra],
+                                 "--concurrency", str(concurrency), "--drain",
+                                 *([] if maintenance else ["--no-maintenance"]), "--allow-sql", *extra],
                                 env={**os.environ, "DATABASE_URL": url, **(env or {})}, stderr=logfile)
-        with PeakRss(proc.pid) as rss:
+        if rss is None:
+            rss = PeakRss(proc.pid)
+        rss.pid = proc.pid
+        with rss:
             code = proc.wait()
         logfile.seek(0)
         lines = logfile.read().splitlines()
@@ -137,6 +159,8 @@ def run_pool_logged(url: str, concurrency: int, *extra: str, env: dict[str, str]
             continue
         if doc.get("level") == "debug" and "seconds" in doc and "rows" in doc and "lo" in doc:
             batches.append(doc)
+        elif slices is not None and "slice_times" in doc:
+            slices.append(doc)
         elif timeouts is not None and "batch timed out" in str(doc.get("msg", "")):
             timeouts.append(doc)
     return time.perf_counter() - started, rss.peak_mb, batches
@@ -159,9 +183,59 @@ def seed(url: str, rows: int, base: int = 100_000) -> None:
         with engine.begin() as conn:
             conn.execute(text(
                 "INSERT INTO hero_snapshots (user_id, namecode, created_at, size_bytes, raw)"
-                " SELECT user_id + :k * :n, namecode, created_at + make_interval(secs => :k * :n * 30.0),"
+                " SELECT user_id + CAST(:k AS bigint) * :n, namecode,"
+                " created_at + make_interval(secs => CAST(:k AS bigint) * :n * 30.0),"
                 " size_bytes, raw FROM hero_snapshots WHERE id <= :take ORDER BY id"),
                 {"k": k, "n": first, "take": min(first, rows - k * first)})
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE hero_snapshots"))
     engine.dispose()
+
+
+# tidegate's own connections (workers, pool, maintenance, metrics), not the bench's or the CLI's
+POOL_CONNECTIONS = ("SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s)"
+                    " AND application_name LIKE 'tidegate-%%'"
+                    " AND application_name NOT IN ('tidegate-bench', 'tidegate-cli')")
+
+
+class ConnectionPeak:
+    """Samples pg_stat_activity every 0.1 s: the most connections tidegate's processes held at once in
+    the databases named (from a connection of its own to the server's maintenance database)."""
+
+    def __init__(self, server: str, databases: list[str]) -> None:
+        self.server = libpq_url(server)
+        self.databases = databases
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ConnectionPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with psycopg.connect(self.server, autocommit=True, application_name="tidegate-bench") as conn:
+            while True:
+                row = conn.execute(POOL_CONNECTIONS, (self.databases,)).fetchone()
+                self.peak = max(self.peak, int(row[0]) if row else 0)
+                if self._stop.wait(0.1):
+                    return
+
+
+SPAN = ("SELECT to_char((min(created_at) - interval '1 second') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+        " to_char((max(created_at) + interval '1 second') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+        " FROM hero_snapshots")
+
+
+def data_range(url: str) -> tuple[str, str, str, str]:
+    """``--from``/``--to`` just around the demo snapshots' created_at. A range far wider than the keys (to
+    2100, say) ends in a run of empty slices, each halving what is left and each a claim of its own."""
+    engine = engine_for(url)
+    with engine.connect() as conn:
+        lo, hi = conn.execute(text(SPAN)).one()
+    engine.dispose()
+    return ("--from", lo, "--to", hi)

@@ -2,6 +2,7 @@
 
     python -m bench.run [--only NAME ...] [--rows N] [--memory-rows N,N,N] [--jobs N]
                         [--queue-processes 1,2] [--scaling-processes 1,2,4,8] [--pgbench-seconds S]
+                        [--fanout-rows N] [--citus-rows N]
 
 Uses $DATABASE_URL (or $TIDEGATE_BENCH_DATABASE_URL) if set, else the embedded database; every
 benchmark works in scratch databases of its own and drops them. Only a full run (no --only)
@@ -23,7 +24,7 @@ import psutil
 from sqlalchemy.engine import make_url
 
 # modules exposing run() and report()
-BENCHES = ["backfill", "queue", "scaling", "foreground", "adaptive", "archive", "selection", "start"]
+BENCHES = ["backfill", "queue", "scaling", "foreground", "adaptive", "archive", "selection", "start", "fanout", "citus"]
 
 
 def ints(value: str) -> tuple[int, ...]:
@@ -36,6 +37,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, help="source rows for the backfill comparison (default 500,000)")
     parser.add_argument("--backfill-compare", metavar="TIDEGATE",
                         help="another tidegate executable whose Python handler runs in the same backfill run")
+    parser.add_argument("--backfill-rounds", type=int, help="interleaved rounds of the SQL handler's runs (default 3)")
+    parser.add_argument("--large", action="store_true",
+                        help="instead: one backfill job at scale (5,000,000 snapshots, or --rows) against one"
+                             " statement and the 30-minute target, worker RSS at 10/50/100%%; writes"
+                             " bench/RESULTS-large.md")
     parser.add_argument("--memory-rows", type=ints, help="source rows of the memory runs (default 100k,1M,5M)")
     parser.add_argument("--jobs", type=int, help="no-op jobs of the queue benchmark (default 20,000)")
     parser.add_argument("--queue-processes", type=ints, help="worker processes per queue run (default 1,2)")
@@ -46,10 +52,15 @@ def main() -> None:
     parser.add_argument("--start-runs", type=int, help="pool starts measured (default 7)")
     parser.add_argument("--start-compare", metavar="TIDEGATE",
                         help="another tidegate executable to start in the same rounds, interleaved (before/after)")
+    parser.add_argument("--fanout-rows", type=int, help="snapshots in all of the fan-out runs (default 48,000)")
+    parser.add_argument("--fanout-rounds", type=int, help="interleaved rounds of the fan-out runs, median kept (1)")
+    parser.add_argument("--citus-rows", type=int, help="snapshots of the Citus vs single node runs (default 50,000)")
+    parser.add_argument("--citus-rounds", type=int, help="interleaved rounds of the Citus runs, median kept (2)")
     parser.add_argument("--pgbench-seconds", type=int, help="seconds per pgbench window (default 20)")
     args = parser.parse_args()
     options = {
-        "backfill": {"rows": args.rows, "memory_rows": args.memory_rows, "compare": args.backfill_compare},
+        "backfill": {"rows": args.rows, "memory_rows": args.memory_rows, "compare": args.backfill_compare,
+                     "rounds": args.backfill_rounds, "large": args.large},
         "queue": {"jobs": args.jobs, "processes": args.queue_processes, "systems": args.queue_systems,
                   "repeats": args.queue_repeats},
         "scaling": {"processes": args.scaling_processes},
@@ -58,10 +69,12 @@ def main() -> None:
         "archive": {},
         "selection": {},
         "start": {"runs": args.start_runs, "compare": args.start_compare},
+        "fanout": {"rows": args.fanout_rows, "rounds": args.fanout_rounds},
+        "citus": {"rows": args.citus_rows, "rounds": args.citus_rounds},
     }
     sections = []
     started = time.perf_counter()
-    for name in args.only or BENCHES:
+    for name in ["backfill"] if args.large else args.only or BENCHES:
         module = importlib.import_module(f"bench.{name}")
         kwargs = {k: v for k, v in options[name].items() if v}
         print(f"== {name}", flush=True)
@@ -79,7 +92,9 @@ def main() -> None:
               " the ratios, not the seconds.\n")
     text = header + "\n" + "\n\n".join(sections) + "\n"
     print(text)
-    if not args.only:
+    if args.large:
+        (Path(__file__).parent / "RESULTS-large.md").write_text(text)
+    elif not args.only:
         (Path(__file__).parent / "RESULTS.md").write_text(text)
 
 

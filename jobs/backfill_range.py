@@ -263,22 +263,34 @@ def estimate(conn: Connection, target: Target, lo: keys.Key, hi: keys.Key,
 
 
 def cut_points(conn: Connection, target: Target, lo: keys.Key, hi: keys.Key, parts: int, total: int) -> list[keys.Key]:
-    """Up to ``parts - 1`` increasing keys strictly inside ``(lo, hi)`` that split the rows evenly."""
+    """Up to ``parts - 1`` increasing keys strictly inside ``(lo, hi)`` that split the rows evenly; and, when
+    the range reaches far past its last key (``--to`` years ahead of timestamped rows), one more just above
+    that key: the last slice ends where the rows end, and the empty rest is a slice of its own. Else the
+    last slice's tail would be cut for an idle worker (worker/runner.py) at its key midpoint, decades past
+    the rows, and the idle worker would get an empty half, again and again, while one worker does the tail."""
     if parts <= 1 or total <= 1:
         return []
     percent = 100.0 if total <= SAMPLE_ROWS else max(0.01, 100.0 * SAMPLE_ROWS / total)
-    fractions = [i / parts for i in range(1, parts)]
+    fractions = [*(i / parts for i in range(1, parts)), 1.0]
     found = conn.execute(
         render(SQL["quantiles"], source=target.source, key=target.key.ident),
         {"fractions": fractions, "percent": percent, "lo": lo, "hi": hi},
     ).scalar_one()
+    found = list(found or [])
+    top = keys.from_db(found.pop()) if found and found[-1] is not None else None
     cuts: list[keys.Key] = []
-    for found_cut in found or []:
+    for found_cut in found:
         if found_cut is None:
             continue
         cut = keys.from_db(found_cut)  # UTC, so the comparisons below hold across a DST change
         if lo < cut < hi and (not cuts or cut > cuts[-1]):  # type: ignore[operator]
             cuts.append(cut)
+    if top is not None:
+        end = keys.after(top)
+        last = cuts[-1] if cuts else lo
+        # only when the empty rest is wider than a slice of rows (integer ids up to --to: no extra slice)
+        if last < end < hi and hi - end > (end - lo) / parts:  # type: ignore[operator]
+            cuts.append(end)
     return cuts
 
 

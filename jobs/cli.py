@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from tidegate.jobs import approved_sql, filters, inspect, rollout, sql_check
-from tidegate.worker import knobs
-from tidegate.worker.cliutil import Database, actor_option, database_option, echo_json
+from tidegate.worker import knobs, runs
+from tidegate.worker import targets as targets_mod
+from tidegate.worker.cliutil import (
+    Database,
+    TidegateExit,
+    actor_option,
+    database_option,
+    echo_json,
+    refuse_one_database,
+)
 from tidegate.worker.enqueue import enqueue
-from tidegate.worker.errors import quote
+from tidegate.worker.errors import InvalidInput, quote
 from tidegate.worker.keys import encode, parse
 from tidegate.worker.sql import load
 
@@ -36,14 +47,66 @@ def queue_options(func: Any) -> Any:
             click.option("--json", "as_json", is_flag=True, help="Print the job as JSON."),
             actor_option,
             database_option,
+            click.option("--targets", "fanout_targets", metavar="SPEC",
+                         help="Fan out: one job per target (comma-separated names or shell patterns like 'shard_*'),"
+                              " all under one run id (printed on stdout). Validated in every target first; a target"
+                              " that refuses gets no job, the others get theirs, and the exit code is the worst of the"
+                              " refusals' (2 invalid, 5 down or not migrated). See ops/targets.md."),
+            click.option("--all-or-nothing", is_flag=True,
+                         help="With --targets: no job anywhere unless every target accepts it."),
+            _fanout,
         ]
     ):
         func = option(func)
     return func
 
 
-def submit(db: Database, job_type: str, payload: dict[str, Any], opts: dict[str, Any]) -> None:
+@dataclass
+class FanOut:
+    """--targets: the targets an enqueue command fans out to."""
+
+    targets: list[Any]
+    all_or_nothing: bool
+
+
+def _fanout(func: Any) -> Any:
+    """--targets SPEC: the command runs once, on the first target that answers (an archive job's selection and
+    layout are read there), and :func:`submit` fans the job out to every target. Passed on as ``fanout``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, db: Database, fanout_targets: str | None, all_or_nothing: bool, **kwargs: Any) -> Any:
+        if fanout_targets is None:
+            if all_or_nothing:
+                raise InvalidInput("--all-or-nothing needs --targets")
+            return func(*args, db=db, fanout=None, **kwargs)
+        refuse_one_database("--targets")
+        chosen = runs.select_targets(fanout_targets)
+        if kwargs.get("dry_run"):
+            raise InvalidInput("--dry-run rehearses in one database: give --target NAME instead of --targets")
+        if "apply" in kwargs and not kwargs["apply"]:
+            raise InvalidInput("--targets enqueues for real, after validating in every target: add --apply (a dry"
+                               " run previews one database: give --target NAME)")
+        if kwargs.get("from_audit"):
+            raise InvalidInput("--from-audit names a job of one database: give --target NAME instead of --targets")
+        first = next((t for t in chosen if targets_mod.probe(t).migrated), chosen[0])
+        one = Database.of_target(first.name)
+        try:
+            return func(*args, db=one, fanout=FanOut(chosen, all_or_nothing), **kwargs)
+        finally:
+            one.dispose()
+
+    return wrapper
+
+
+def submit(db: Database, job_type: str, payload: dict[str, Any], opts: dict[str, Any],
+           prepare: Callable[[Connection], Any] | None = None) -> None:
+    """Enqueue the job (the one path every enqueue command takes), or with --targets one per target.
+    ``prepare(conn)``: what each target needs before the job is validated and inserted there (an archive
+    job's layout registration; on one database the command has done it already)."""
     run_after: datetime | None = opts["run_after"]
+    if opts.get("fanout") is not None:
+        _submit_run(opts["fanout"], job_type, payload, opts, prepare)
+        return
     job_id, plan = enqueue(
         db.engine, job_type, payload, actor=opts["actor"], queue=opts["queue"],
         run_after=parse("timestamptz", run_after) if run_after else None, **knobs.take(opts, knobs.QUEUE_KNOBS),
@@ -57,6 +120,41 @@ def submit(db: Database, job_type: str, payload: dict[str, Any], opts: dict[str,
             f"{job_type}: [{encode(plan.from_key)}, {encode(plan.to_key)}) ~{plan.total_estimate} rows,"
             f" {len(plan.slices)} slice(s), batch size {plan.batch_size}", err=True,
         )
+
+
+def _submit_run(fan: FanOut, job_type: str, payload: dict[str, Any], opts: dict[str, Any],
+                prepare: Callable[[Connection], Any] | None) -> None:
+    """One job per target under one run id: the run id on stdout, a line per target on stderr (--json: both
+    as one document); exit code the worst of the refused targets' (worker/runs.py)."""
+    run_after: datetime | None = opts["run_after"]
+    run_id, outcomes = runs.enqueue_run(
+        fan.targets, job_type, payload, actor=opts["actor"], queue=opts["queue"],
+        run_after=parse("timestamptz", run_after) if run_after else None, all_or_nothing=fan.all_or_nothing,
+        prepare=prepare, **knobs.take(opts, knobs.QUEUE_KNOBS))
+    created = [o for o in outcomes if o.job_id and "skipped" not in o.detail]
+    refused = [o for o in outcomes if o.error]
+    if opts["as_json"]:
+        echo_json({"run_id": run_id if created else None, "type": job_type, "payload": payload,
+                   "all_or_nothing": fan.all_or_nothing, "jobs": len(created),
+                   "targets": [o.as_json() for o in outcomes]})
+    elif created:
+        click.echo(run_id)
+    if not opts["as_json"]:
+        for o in outcomes:
+            if o.error:
+                click.echo(f"target {o.target}: refused: {o.error}", err=True)
+            elif "skipped" in o.detail:
+                click.echo(f"target {o.target}: {o.detail['skipped']}", err=True)
+            else:
+                click.echo(f"target {o.target}: {job_type} job {o.job_id} ~{o.detail.get('rows_estimate')} rows,"
+                           f" {o.detail.get('slices')} slice(s)", err=True)
+        click.echo(f"run {run_id}: {len(created)} job(s) queued on {len(outcomes)} target(s)"
+                   + (f", {len(refused)} refused" if refused else ""), err=True)
+    if refused:
+        tail = ("no job was queued anywhere (--all-or-nothing)" if fan.all_or_nothing or not created
+                else f"the other targets' jobs are queued under run {run_id}")
+        raise TidegateExit(f"{len(refused)} of {len(outcomes)} target(s) refused"
+                           f" ({', '.join(o.target for o in refused)}): {tail}", runs.worst(outcomes))
 
 
 @click.command("backfill-range")
@@ -219,7 +317,15 @@ def verify_cmd(db: Database, job: str, sample: int, as_json: bool) -> None:
 
 
 @click.command("rollout")
-@click.argument("job")
+@click.argument("job", required=False)
+@click.option("--run", "run_id", metavar="RUN_ID",
+              help="Roll out a fan-out run instead of one JOB: one target's job as the canary, then the others.")
+@click.option("--targets", "targets_spec", default="*", show_default=True, metavar="A,B,shard_*",
+              help="With --run: the targets to look for the run's jobs in (names or patterns).")
+@click.option("--canary-target", metavar="NAME", help="With --run: the target whose job is the canary (default: the"
+                                                       " first target holding a job of the run).")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 10_000),
+              help="With --run: targets released at a time once the canary is verified.")
 @click.option("--steps", default="1,2,4", show_default=True,
               help="Concurrency after the canary, raised step by step (comma-separated).")
 @click.option("--step-rows", default=10_000, show_default=True, type=click.IntRange(1),
@@ -231,10 +337,15 @@ def verify_cmd(db: Database, job: str, sample: int, as_json: bool) -> None:
               help="Seconds to wait for any one step before giving up (the job keeps its state).")
 @actor_option
 @database_option
-def rollout_cmd(db: Database, job: str, steps: str, step_rows: int, sample: int, poll: float, timeout: float,
-                actor: str) -> None:
+def rollout_cmd(db: Database, job: str | None, run_id: str | None, targets_spec: str, canary_target: str | None,
+                batch: int, steps: str, step_rows: int, sample: int, poll: float, timeout: float, actor: str) -> None:
     """Gradual rollout of a job enqueued with --limit N: canary, verify, resume at low concurrency, raise it
-    step by step, verifying between steps. Exits 1, the job paused, at a step whose verification fails."""
+    step by step, verifying between steps. Exits 1, the job paused, at a step whose verification fails.
+
+    With --run RUN_ID (a fan-out run, enqueued with --limit N): the jobs in the other targets are paused
+    first; the canary target's job is rolled out as above; then the others are released --batch targets
+    at a time (limit lifted, at the last step's concurrency), each verified when done. A failed
+    verification pauses the run's remaining jobs and exits 1 (ops/targets.md)."""
     from tidegate.worker.control import find_job
 
     try:
@@ -244,9 +355,23 @@ def rollout_cmd(db: Database, job: str, steps: str, step_rows: int, sample: int,
     concurrency = knobs.KNOBS["concurrency"]
     if not levels or not all(concurrency.lo <= n <= concurrency.hi for n in levels):
         raise click.BadParameter(f"--steps must be concurrencies {concurrency.describe()}")
-    with db.engine.connect() as conn:
-        job_id = find_job(conn, job)
+    if (job is None) == (run_id is None):
+        raise click.UsageError("give a JOB or --run RUN_ID (one of them)")
     try:
+        if run_id is not None:
+            from tidegate.worker.runs import check_run_id, select_targets
+            from tidegate.worker.targets import check_name
+
+            run_id = check_run_id(run_id)
+            if canary_target is not None:
+                check_name(canary_target, "--canary-target")
+            rollout.RunRollout(select_targets(targets_spec), run_id, levels, step_rows, actor, click.echo,
+                               canary_target, batch, sample, poll, timeout).run()
+            return
+        if canary_target is not None or batch != 1:
+            raise click.UsageError("--canary-target and --batch go with --run")
+        with db.engine.connect() as conn:
+            job_id = find_job(conn, job)
         rollout.Rollout(db.engine, job_id, levels, step_rows, actor, click.echo, sample, poll, timeout).run()
     except rollout.Holding as err:
         click.echo(str(err), err=True)

@@ -112,11 +112,12 @@ class Node:
     def log(self) -> Path:
         return self.pgdata.parent / f"{self.name}.log"
 
-    def init(self) -> None:
+    def init(self, settings: dict[str, str] | None = None) -> None:
+        """initdb, with ``settings`` (default: SETTINGS, a Citus node's) in postgresql.conf."""
         _run("initdb", "-D", str(self.pgdata), "-U", "postgres", "--auth=trust", "--encoding=utf8",
              "--no-instructions")
         with (self.pgdata / "postgresql.conf").open("a") as conf:
-            for name, value in {**SETTINGS, "port": str(self.port),
+            for name, value in {**(SETTINGS if settings is None else settings), "port": str(self.port),
                                 "unix_socket_directories": f"'{self.pgdata.parent}'"}.items():
                 conf.write(f"{name} = {value}\n")
 
@@ -137,6 +138,34 @@ class Node:
         with self.connect() as conn:
             cur = conn.execute(sql, params or None)
             return cur.fetchall() if cur.description else []
+
+
+# a plain server's settings: a Citus node's, without Citus (bench/citus.py's single node)
+PLAIN_SETTINGS = {k: v for k, v in SETTINGS.items() if k != "shared_preload_libraries" and not k.startswith("citus.")}
+
+
+def migrate(url: str) -> None:
+    """tidegate's own migrations (not the demo's) in the database at ``url``."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config(str(ROOT / "alembic.ini"), ini_section="alembic")
+    cfg.attributes["url"] = url
+    command.upgrade(cfg, "head")
+
+
+def plain_node() -> Node:
+    """A single PostgreSQL server without Citus, with the Citus nodes' settings, under a home of its own
+    (``node.pgdata.parent``; removing it is the caller's, after ``node.stop()``)."""
+    home = Path(tempfile.mkdtemp(prefix="tidegate-plain-", dir="/tmp"))
+    home.chmod(0o755)
+    if os.geteuid() == 0:
+        user = pwd.getpwnam(OS_USER)
+        os.chown(home, user.pw_uid, user.pw_gid)
+    node = Node("plain", free_port(), home / "plain")
+    node.init(PLAIN_SETTINGS)
+    node.start()
+    return node
 
 
 class Cluster:
@@ -183,12 +212,7 @@ class Cluster:
 
     def migrate(self) -> None:
         """tidegate's own migrations, on the coordinator only: its tables stay plain local tables."""
-        from alembic import command
-        from alembic.config import Config
-
-        cfg = Config(str(ROOT / "alembic.ini"), ini_section="alembic")
-        cfg.attributes["url"] = self.url
-        command.upgrade(cfg, "head")
+        migrate(self.url)
 
     def prepared_xacts(self) -> dict[str, int]:
         """Prepared transactions left on each node (pg_prepared_xacts)."""

@@ -116,3 +116,45 @@ def test_range_is_half_open(engine, db_url, tmp_path: Path):
     with engine.connect() as conn:
         keys = [r[0] for r in conn.execute(text("SELECT k FROM processed_log ORDER BY k"))]
     assert keys == list(range(10, 20))
+
+
+def test_a_range_reaching_far_past_its_rows_ends_its_last_slice_where_the_rows_end(engine, db_url, tmp_path):
+    """--to far above the last key: the last slice of rows ends just past it and the empty rest is a slice of
+    its own, so the tail of the rows is what an idle worker's cut halves, not decades of empty keys."""
+    make_items(engine, 5000)
+    job = enqueue_items(db_url, tmp_path, LOG_HANDLER, batch_size=250, concurrency=2, frm="1", to="1000000000")
+    near = enqueue_items(db_url, tmp_path, LOG_HANDLER, batch_size=250, concurrency=2, frm="1", to="5001")
+    # one worker: only the last slice left can be cut for idle workers (there are none), so the others keep
+    # their planned ends
+    run_cli(db_url, "worker", "--concurrency", "1", "--drain")
+    with engine.connect() as conn:
+        def planned(j: str) -> list[tuple[int, int]]:
+            return [(int(s.start_key), int(s.end_key)) for s in conn.execute(text(
+                "SELECT start_key, end_key FROM backfill_slices WHERE job_id = :j AND slice_no < 3"
+                " ORDER BY slice_no"), {"j": j})]
+        far, close = planned(job), planned(near)
+    assert len(far) == 3 and far[1][1] == 5001 and far[2][0] == 5000  # (5000, 1e9): the empty rest
+    # --to just past the rows: no extra slice (slice 1, the last, may have been cut for an idle worker)
+    assert 5000 not in {start for start, _ in close} and close[1][0] < 4000
+    for j in (job, near):
+        row = job_row(engine, j)
+        assert (row.status, row.processed_count) == ("done", 5000)
+
+
+def test_a_worker_logs_where_each_slices_time_went(engine, db_url, tmp_path):
+    import json
+
+    from tidegate.worker.runner import PHASES
+
+    make_items(engine, 2000)
+    job = enqueue_items(db_url, tmp_path, LOG_HANDLER, batch_size=500, frm="1", to="2001")
+    out = run_cli(db_url, "--log-level", "DEBUG", "--log-format", "json", "worker", "--drain").stderr
+    docs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    times = [d["slice_times"] for d in docs if "slice_times" in d]
+    batches = [d for d in docs if "phases" in d]
+    assert len(times) == 1 and set(PHASES) <= set(times[0]) and times[0]["batches"] == len(batches) >= 4
+    assert all(v >= 0 for v in times[0].values()) and times[0]["handler"] > 0
+    assert scalar(engine, "SELECT batches FROM backfill_slices WHERE job_id = :j", j=job) == len(batches)
+    # the batch lines carry every phase up to the commit; the slice's sums are at least theirs
+    for phase in ("gate", "claim", "handler", "record", "commit"):
+        assert times[0][phase] >= sum(b["phases"][phase] for b in batches) - 1e-3

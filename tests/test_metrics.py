@@ -42,6 +42,10 @@ def test_metrics_of_a_two_process_pool_match_backfill_jobs(engine, db_url, pools
     batches = samples[("tidegate_batches_total", (("kind", "backfill_range"),))]
     hist = samples[("tidegate_batch_duration_seconds_count", (("kind", "backfill_range"),))]
     assert batches == hist >= 4000 / 100
+    # every committed batch, each phase (observed just after the batch's pacing: wait for the last one's)
+    phases = [("tidegate_batch_phase_seconds_count", (("kind", "backfill_range"), ("phase", p)))
+              for p in ("gate", "claim", "handler", "record", "commit", "report", "pacing")]
+    wait_for(lambda: all(scrape(port).get(k) == batches for k in phases), what="a count per phase of every batch")
     assert samples[("tidegate_queue_jobs", (("status", "done"),))] == 1
     assert samples[("tidegate_jobs", (("kind", "backfill_range"), ("status", "done")))] == 1
     assert samples[("tidegate_workers_alive", ())] == 2

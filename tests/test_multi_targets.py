@@ -80,6 +80,19 @@ def test_bad_target_lists_are_refused(shards, tmp_path):
     assert out.returncode == 5 and "target t_c" in out.stderr and "db upgrade --target t_c" in out.stderr
 
 
+def test_a_pool_over_targets_does_not_touch_database_url(shards, pg_server, tmp_path):
+    """With --targets the pool serves the targets only: $DATABASE_URL naming a database without tidegate's
+    tables (the server's maintenance database) neither fails the start nor is connected to."""
+    for _, engine in shards.values():
+        make_items(engine, 100)
+    jobs = {n: enqueue(shards, tmp_path, n, LOG_HANDLER, rows=100) for n in NAMES}
+    out = run_cli(pg_server, "worker", "--targets", ",".join(NAMES), "-c", "1", "--drain", "--allow-sql",
+                  env=env_of(shards), check=False)
+    assert out.returncode == 0, out.stderr
+    for n in NAMES:
+        assert status(shards[n][1], jobs[n]) == "done" and exact(shards[n][1]), n
+
+
 def test_a_database_down_mid_run_does_not_stall_the_others(shards, pg_server, tmp_path):
     """t_b is made unreachable mid-run (ALLOW_CONNECTIONS false, its backends terminated): t_a and t_c
     finish exactly while it is down; t_b finishes exactly once it is back. The pool drains out only then."""

@@ -311,7 +311,10 @@ def worker(ctx: click.Context, db: Database, concurrency: int, types: str, queue
     if served is None:
         with db.engine.connect():  # fail fast at start; outages later are ridden out with backoff
             pass
-    db.engine.dispose()  # run_pool forks the first workers: no connection of ours may be open then
+    # run_pool forks the first workers: no connection of ours may be open then. (db.dispose, not
+    # db.engine.dispose: with --targets the --database-url/$DATABASE_URL database is not used at all,
+    # so it is neither connected to, schema-checked, nor, for the embedded default, started.)
+    db.dispose()
     entry.started()  # the garbage collector runs again, not over what the workers share (worker/entry.py)
     config = WorkerConfig(url=served[0][1] if served else db.url, pool=pool_name, queues=list(queues), types=wanted,
                           lease_seconds=lease_seconds, poll_seconds=poll_seconds, drain=drain,
@@ -411,15 +414,24 @@ def enqueue() -> None:
 @click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(0.2, 3600))
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--wide", is_flag=True, help="Whole job ids, each job on one line (checkpoint and note unwrapped).")
+@click.option("--run", "run_id", metavar="RUN_ID",
+              help="A fan-out run (the id `enqueue ... --targets` printed): the run as one line, then a line per"
+                   " target. Exit 3 if no target holds a job of it, 5 if a target could not be read.")
+@click.option("--targets", "targets_spec", metavar="SPEC",
+              help="With --run: the targets to ask (names or patterns like 'shard_*'). Default: every target.")
 @database_option
 def status_cmd(db: Database, job: str | None, as_json: bool, watch: bool, interval: float, limit: int,
-               wide: bool) -> None:
+               wide: bool, run_id: str | None, targets_spec: str | None) -> None:
     """Every job (or JOB): status, processed/error counts, checkpoint, rate, ETA.
 
     Nothing is cut: ids are the shortest unique prefixes (8 characters or more, which every command
     takes), and in a terminal (or with $COLUMNS) the checkpoint and the note wrap at word boundaries.
     --watch redraws a live table with progress bars and the rate over the last minute.
+    --run RUN_ID: a fan-out run across its targets (ops/targets.md).
     """
+    if run_id is not None or targets_spec is not None:
+        _run_status(job, run_id, targets_spec, as_json, watch, interval)
+        return
     from tidegate.worker import control, status
 
     def fetch() -> list[dict]:
@@ -444,6 +456,96 @@ def status_cmd(db: Database, job: str | None, as_json: bool, watch: bool, interv
         if not watch:
             return
         time.sleep(interval)
+
+
+def _run_status(job: str | None, run_id: str | None, spec: str | None, as_json: bool, watch: bool,
+                interval: float) -> None:
+    from tidegate.worker import runs
+    from tidegate.worker.cliutil import refuse_one_database, run_targets
+    from tidegate.worker.errors import InvalidInput, NotFound
+
+    if run_id is None:
+        raise InvalidInput("--targets with status needs --run RUN_ID")
+    if job is not None:
+        raise InvalidInput("give a JOB or --run RUN_ID, not both")
+    refuse_one_database("--run")
+    run_id = runs.check_run_id(run_id)
+    chosen = run_targets(spec)
+    while True:
+        parts = runs.read_run(chosen, run_id)
+        if not parts:
+            raise NotFound(f"no job of run {run_id} in {len(chosen)} target(s) ({', '.join(t.name for t in chosen)})")
+        whole = runs.summarize(parts)
+        if as_json:
+            echo_json({"run_id": run_id, **whole, "targets": [
+                {"target": p.target, "error": p.error, "jobs": p.jobs} for p in parts]})
+        else:
+            click.echo(_run_line(run_id, whole))
+            for p in parts:
+                if p.error:
+                    click.echo(f"  {p.target:<20} UNREADABLE  {p.error}")
+                for j in p.jobs:
+                    click.echo(f"  {p.target:<20} {j['job_id']}  {_job_line(j)}")
+        if not watch:
+            break
+        time.sleep(interval)
+    if whole["unreadable"]:
+        raise TidegateExit(f"{len(whole['unreadable'])} target(s) could not be read: {', '.join(whole['unreadable'])}",
+                           5)
+
+
+def _rows(processed: int, total: int | None) -> str:
+    if not total:
+        return f"{processed} rows"
+    return f"{processed}/{total} rows ({min(100.0, 100.0 * processed / total):.0f}%)"
+
+
+def _run_line(run_id: str, whole: dict) -> str:
+    from tidegate.worker import status
+
+    by = ", ".join(f"{n} {s}" for s, n in sorted(whole["by_status"].items()))
+    unreadable = f", unreadable: {', '.join(whole['unreadable'])}" if whole["unreadable"] else ""
+    return (f"run {run_id}: {whole['status']}  {_rows(whole['processed_count'], whole['total_estimate'])}"
+            f"  {whole['rows_per_second']} rows/s  ETA {status.human_seconds(whole['eta_seconds'])}"
+            f"  ({whole['jobs']} job(s): {by or 'none'}{unreadable})")
+
+
+def _job_line(j: dict) -> str:
+    from tidegate.worker import status
+
+    rate = j["rows_per_second"]
+    note = f"  {j['reason']}" if j["status"] in ("failed", "paused", "cancelled") and j.get("reason") else ""
+    return (f"{j['status']:<9} {_rows(j['processed_count'], j['total_estimate'])}"
+            f"  {'-' if rate is None else rate} rows/s  ETA {status.human_seconds(j['eta_seconds'])}"
+            f"  errors {j['error_count']}{note}")
+
+
+def _run_action(action: str, run_id: str, spec: str | None, actor: str, reason: str | None = None,
+                changes: dict | None = None) -> None:
+    """pause|resume|cancel|retry|set --run: every job of the run in every target, a line per job (or per target
+    that could not be read); exit 3 if no target holds a job of the run, else the worst failure's code."""
+    from tidegate.worker import runs
+    from tidegate.worker.cliutil import refuse_one_database, run_targets
+    from tidegate.worker.errors import NotFound
+
+    refuse_one_database("--run")
+    run_id = runs.check_run_id(run_id)
+    chosen = run_targets(spec)
+    outcomes = runs.act_on_run(chosen, run_id, action, actor=actor, reason=reason, changes=changes)
+    if not outcomes:
+        raise NotFound(f"no job of run {run_id} in {len(chosen)} target(s) ({', '.join(t.name for t in chosen)})")
+    what = DONE.get(action) or ("set: " + ", ".join(f"{k}={'none' if v is None else v}"
+                                                    for k, v in (changes or {}).items()))
+    for o in outcomes:
+        if o.error is None:
+            click.echo(f"target {o.target}: {o.job_id} {what}")
+        else:
+            click.echo(f"target {o.target}: {o.job_id + ' ' if o.job_id else ''}error: {o.error}", err=True)
+    failed = [o for o in outcomes if o.error]
+    if failed:
+        rest = "the others acted" if len(failed) < len(outcomes) else "none acted"
+        raise TidegateExit(f"{len(failed)} of {len(outcomes)} failed ({', '.join(sorted({o.target for o in failed}))});"
+                           f" {rest}", runs.worst(outcomes))
 
 
 def _terminal_width() -> int | None:
@@ -485,18 +587,28 @@ def errors_cmd(db: Database, job: str, limit: int, as_json: bool) -> None:
 
 
 @cli.command("set")
-@click.argument("job")
+@click.argument("job", required=False)
 @knobs.options(knobs.LIVE_KNOBS, clearing=True)
 @actor_option
+@click.option("--run", "run_id", metavar="RUN_ID", help="Every job of this fan-out run, in every target.")
+@click.option("--targets", "targets_spec", metavar="SPEC", help="With --run: only these targets (names or patterns).")
 @database_option
-def set_cmd(db: Database, job: str, actor: str, **opts: object) -> None:
+def set_cmd(db: Database, job: str | None, actor: str, run_id: str | None, targets_spec: str | None,
+            **opts: object) -> None:
     """Change a job's pace: live, at its next batch (or: UPDATE backfill_jobs SET ...); before a worker has
-    planned it, in its payload, so the plan uses them. A finished job: exit 4."""
+    planned it, in its payload, so the plan uses them. A finished job: exit 4. --run RUN_ID: every job of a
+    fan-out run, a line per target (exit code: the worst target's)."""
     from tidegate.worker import control
 
     changes = knobs.take(opts, knobs.LIVE_KNOBS, clearing=True)
     if not changes:
         raise click.UsageError("nothing to change: give at least one option")
+    if run_id is not None or targets_spec is not None:
+        _one_or_run(job, run_id)
+        _run_action("set", run_id or "", targets_spec, actor, changes=changes)
+        return
+    if job is None:
+        raise click.UsageError("give a JOB id or --run RUN_ID")
     with db.engine.begin() as conn:
         job_id = control.set_knobs(conn, job, changes, actor)
     click.echo(f"{job_id}: " + ", ".join(f"{k}={'none' if v is None else v}" for k, v in changes.items()))
@@ -507,12 +619,23 @@ def set_cmd(db: Database, job: str, actor: str, **opts: object) -> None:
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--refresh", default=2.0, show_default=True, type=click.FloatRange(0.5, 3600),
               help="Seconds between page refreshes.")
+@click.option("--targets", "targets_spec", metavar="A,B,shard_*",
+              help="Also show the fan-out runs over these targets (names or patterns; '*' for all): /runs."
+                   " Without a database named too, the console shows runs only.")
 @database_option
-def web_cmd(db: Database, host: str, port: int, refresh: float) -> None:
-    """Serve the status page and its JSON API (admin actions need $TIDEGATE_ADMIN_TOKEN)."""
+def web_cmd(db: Database, host: str, port: int, refresh: float, targets_spec: str | None) -> None:
+    """Serve the status page and its JSON API (admin actions need $TIDEGATE_ADMIN_TOKEN).
+
+    With --targets, also the fan-out runs over those targets: one line per run with its targets below,
+    a page per run, and pause/resume/cancel of a whole run (ops/targets.md)."""
     from tidegate.worker.web import serve
 
-    server = serve(db.engine, host, port, refresh)
+    chosen = None
+    if targets_spec is not None:
+        from tidegate.worker.runs import select_targets
+
+        chosen = select_targets(targets_spec)
+    server = serve(db.engine if chosen is None or db.named else None, host, port, refresh, chosen)
     click.echo(f"tidegate status page on http://{host}:{server.server_address[1]}/", err=True)
     try:
         server.serve_forever()
@@ -532,10 +655,22 @@ def _action(name: str, doc: str) -> click.Command:
     @click.argument("job", required=False)
     @click.option("--reason", help="Why (shown in status, kept in the audit table).")
     @actor_option
+    @click.option("--run", "run_id", metavar="RUN_ID",
+                  help=f"{name.capitalize()} every job of this fan-out run, in every target: a line per target;"
+                       " exit 3 if no target holds one, else the worst target's code (4 wrong state, 5 down).")
+    @click.option("--targets", "targets_spec", metavar="SPEC",
+                  help="With --run: only these targets (names or patterns like 'shard_*').")
     @database_option
-    def command(db: Database, job: str | None, reason: str | None, actor: str, **extra: bool) -> None:
+    def command(db: Database, job: str | None, reason: str | None, actor: str, run_id: str | None,
+                targets_spec: str | None, **extra: bool) -> None:
         from tidegate.worker import control
 
+        if run_id is not None or targets_spec is not None:
+            if extra.get("all_jobs"):
+                raise click.UsageError("give --all or --run, not both")
+            _one_or_run(job, run_id)
+            _run_action(name, run_id or "", targets_spec, actor, reason)
+            return
         with db.engine.begin() as conn:
             if extra.get("all_jobs"):
                 ids = control.pause_all(conn, actor, reason)
@@ -552,6 +687,15 @@ def _action(name: str, doc: str) -> click.Command:
                  " has planned yet (resume them one by one).")
         command = click.option("--all", "all_jobs", is_flag=True, help=every)(command)
     return cli.command(name)(command)
+
+
+def _one_or_run(job: str | None, run_id: str | None) -> None:
+    from tidegate.worker.errors import InvalidInput
+
+    if run_id is None:
+        raise InvalidInput("--targets needs --run RUN_ID (one job of one target: --target NAME JOB)")
+    if job is not None:
+        raise InvalidInput("give a JOB or --run RUN_ID, not both (one target's job: --target NAME JOB)")
 
 
 _action("pause", "Pause JOB (or --all): no new batch starts; resume continues from the checkpoint.")

@@ -102,6 +102,11 @@ class Database:
         return self._url
 
     @property
+    def named(self) -> bool:
+        """A database was named: --database-url, $DATABASE_URL or --target (else the embedded default)."""
+        return self._given is not None or self.target is not None
+
+    @property
     def embedded(self) -> bool:
         given = self._given if self._given is not None else os.environ.get("DATABASE_URL")
         return given is None or given.strip() == EMBEDDED
@@ -155,6 +160,23 @@ def find_job(db: Database, ref: str) -> str:
 
     with db.engine.connect() as conn:
         return find_job(conn, ref)
+
+
+def refuse_one_database(with_: str) -> None:
+    """``with_`` (--targets, --run) acts on several databases: --target or --database-url given on the command
+    line too is InvalidInput (exit 2). $DATABASE_URL and $TIDEGATE_TARGET are ignored then."""
+    ctx = click.get_current_context()
+    for name, flag in (("target", "--target"), ("database_url", "--database-url")):
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            raise InvalidInput(f"give {with_} or {flag}, not both ({with_} acts on several targets;"
+                               " narrow it with --targets NAME)")
+
+
+def run_targets(spec: str | None) -> list[Any]:
+    """The targets a fan-out command acts on: those ``--targets SPEC`` selects (worker/runs.py), else every one."""
+    from tidegate.worker import runs, targets
+
+    return runs.select_targets(spec) if spec is not None else targets.select(None)
 
 
 class TidegateExit(TidegateError):

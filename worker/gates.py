@@ -4,6 +4,12 @@ A gate is a small object: ``check(conn, written_tables) -> Verdict`` whose ``Gat
 reason) or unknown (it could not tell, e.g. no privilege to read pg_stat_replication: unknown
 never holds). The pool builds its gates from `tidegate worker --gate-*` options; add your own by
 passing more objects to :class:`Gates`.
+
+On a Citus coordinator (the citus extension, active worker nodes in pg_dist_node) the gates that
+also know how to judge a node (``check_node(health) -> Verdict``: connections, long transactions,
+replication lag) judge each worker node too, from one ``run_command_on_workers`` round per check;
+the job is then held by ``GATE@host:port`` (``connections@10.0.0.2:5432``), and a node that does not
+answer holds it as ``unreachable@host:port`` (ops/citus.md).
 """
 
 from __future__ import annotations
@@ -13,12 +19,13 @@ import threading
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from tidegate.worker import metrics, store
+from tidegate.worker.db import first_line
 from tidegate.worker.logs import job_ctx
 from tidegate.worker.states import ACTIVE
 
@@ -46,6 +53,15 @@ class Gate(Protocol):
     def check(self, conn: Connection, written: list[str]) -> Verdict: ...
 
 
+@runtime_checkable
+class NodeGate(Protocol):
+    """A gate that also judges a Citus worker node from its answer to gate_node_health (store.NodeHealth)."""
+
+    name: str
+
+    def check_node(self, health: dict[str, Any]) -> Verdict: ...
+
+
 @dataclass(frozen=True)
 class Connections:
     """Hold while the server's connections exceed a share of max_connections (the runbook's 80%)."""
@@ -55,6 +71,12 @@ class Connections:
 
     def check(self, conn: Connection, written: list[str]) -> Verdict:
         used, limit = store.connections_in_use(conn)
+        if used >= self.share * limit:
+            return Verdict(GateState.HOLD, f"{used} of {limit} connections in use (hold at {self.share:.0%})")
+        return GO
+
+    def check_node(self, health: dict[str, Any]) -> Verdict:
+        used, limit = int(health["used"]), int(health["max_connections"])
         if used >= self.share * limit:
             return Verdict(GateState.HOLD, f"{used} of {limit} connections in use (hold at {self.share:.0%})")
         return GO
@@ -74,6 +96,13 @@ class LongTransactions:
         row = store.long_transaction(conn, self.seconds)
         if row is not None:
             return Verdict(GateState.HOLD, f"transaction of pid {row.pid} open for {row.age:.0f}s"
+                                   f" (hold over {self.seconds:.0f}s)")
+        return GO
+
+    def check_node(self, health: dict[str, Any]) -> Verdict:
+        oldest = health.get("oldest")
+        if oldest is not None and float(oldest["age"]) > self.seconds:
+            return Verdict(GateState.HOLD, f"transaction of pid {oldest['pid']} open for {float(oldest['age']):.0f}s"
                                    f" (hold over {self.seconds:.0f}s)")
         return GO
 
@@ -117,6 +146,15 @@ class ReplicationLag:
                                    f" not replayed; hold over {self.seconds:.0f}s)")
         return GO
 
+    def check_node(self, health: dict[str, Any]) -> Verdict:
+        row = health.get("replica")
+        if row is not None and row["hidden"]:
+            return Verdict(GateState.UNKNOWN, "cannot see the replicas' progress (needs pg_read_all_stats)")
+        if row is not None and row["lag"] is not None and float(row["lag"]) > self.seconds:
+            return Verdict(GateState.HOLD, f"replica {row['replica']} is {float(row['lag']):.0f}s behind"
+                                   f" ({row['bytes'] or 0} bytes not replayed; hold over {self.seconds:.0f}s)")
+        return GO
+
 
 @dataclass(frozen=True)
 class Autovacuum:
@@ -136,13 +174,15 @@ class Autovacuum:
 class Gates:
     """The gates of a pool, checked at most every ``every`` seconds per job."""
 
-    def __init__(self, gates: list[Gate], every: float = 1.0, wait: bool = True) -> None:
+    def __init__(self, gates: list[Gate], every: float = 1.0, wait: bool = True, node_timeout: float = 5.0) -> None:
         self.gates = gates
         self.every = every
+        self.node_timeout = node_timeout  # seconds a Citus worker node may take to accept the gates' connection
         self.wait = wait  # False: wait_if_held returns at once (a pool over several targets serves another)
         self._last: dict[str, tuple[float, tuple[str, str] | None]] = {}
         self._written: dict[str, list[str]] = {}  # per job: the tables it declares it writes
         self._held: set[str] = set()  # jobs this process has recorded as held
+        self._nodes_unreadable = False  # asking the Citus worker nodes failed once (logged)
 
     def recently_go(self, job_id: str) -> bool:
         """Every gate said go for this job less than ``every`` seconds ago: no need to ask again."""
@@ -160,8 +200,39 @@ class Gates:
             if verdict.state == GateState.HOLD:  # a gate of its own may still say "hold"
                 result = (gate.name, verdict.reason)
                 break
+        if result is None:
+            result = self.holding_node(conn)
         self._last[job_id] = (now, result)
         return result
+
+    def holding_node(self, conn: Connection) -> tuple[str, str] | None:
+        """On a Citus coordinator: (``GATE@host:port``, reason) of the first worker node a gate holds for,
+        ``unreachable@host:port`` for a node that did not answer; None when every node says go (or this
+        is no Citus coordinator, or no gate judges nodes). Reading the nodes failing is unknown: go."""
+        judges = [g for g in self.gates if isinstance(g, NodeGate)]
+        if not judges:
+            return None
+        try:
+            with conn.begin_nested():
+                if not store.has_citus(conn):
+                    return None
+                nodes = store.worker_node_health(conn, max(1, int(self.node_timeout * 1000)))
+        except DBAPIError as err:  # e.g. no privilege to run run_command_on_workers: said once, at warning
+            (log.debug if self._nodes_unreadable else log.warning)(
+                "gates cannot ask the Citus worker nodes (their gates say nothing): %s", first_line(err))
+            self._nodes_unreadable = True
+            return None
+        for node in nodes:
+            if node.health is None:
+                return f"unreachable@{node.node}", f"Citus worker node {node.node} did not answer: {node.error}"
+            for gate in judges:
+                try:
+                    verdict = gate.check_node(node.health)
+                except (KeyError, TypeError, ValueError):  # an answer of another shape: cannot tell
+                    continue
+                if verdict.state == GateState.HOLD:
+                    return f"{gate.name}@{node.node}", f"worker node {node.node}: {verdict.reason}"
+        return None
 
     def wait_if_held(self, engine: Engine, job_id: str, stop: threading.Event) -> bool:
         """Between two batches of a job: while a gate holds, record which on the job (``status`` shows
@@ -182,7 +253,7 @@ class Gates:
                 return False
             gate, reason = held
             store.hold(conn, job_id, gate)
-        metrics.GATE_HOLDS.labels(gate).inc()
+        metrics.GATE_HOLDS.labels(gate.partition("@")[0]).inc()  # the gate, not the node: few label values
         if job_id not in self._held:
             log.warning("job %s held by gate %s: %s", job_id, gate, reason, extra=job_ctx(job_id, gate=gate))
             self._held.add(job_id)

@@ -10,12 +10,16 @@ at scrape time, once per scrape, not by every worker.
 
 Labels are bounded: job kind, job status, gate, and job_id (one value per job,
 never per item); per-job gauges cover active jobs and those finished in the
-last day only.
+last day only. The same holds for run_id: a fan-out run's gauges
+(``tidegate_run_jobs``, ``tidegate_run_rows_processed``, ``tidegate_run_rows_remaining``)
+cover runs with a job active or finished in the last day; sum them over ``target``
+for the whole run.
 
 A pool over several targets (`tidegate worker --targets`) adds a ``target`` label to every metric:
 it sets ``TIDEGATE_METRICS_TARGET=1`` for its worker processes, whose counters are then declared with
 the label and filled with the target each one is working for (:func:`set_target`); the database
-gauges are read from each target. A pool over one database has the metrics it always had.
+gauges are read from each target. A pool over one database has the metrics it always had, without a
+``target`` label (not an empty one: its series and dashboards stay as they were).
 """
 
 from __future__ import annotations
@@ -102,6 +106,15 @@ BATCH_SECONDS = _Targeted(
     _labels("kind"),
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+# where a batch's time goes (worker/runner.py PHASES): lock and re-read, the kind's work, bookkeeping, commit,
+# after the commit (metrics, log lines), the wait before the slice's next batch
+BATCH_PHASE_SECONDS = _Targeted(
+    "Histogram",
+    "tidegate_batch_phase_seconds",
+    "Seconds of one batch spent in each phase (claim, handler, record, commit, report, pacing)",
+    _labels("kind", "phase"),
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
 LEASE_TAKEOVERS = _Targeted("Counter", "tidegate_lease_takeovers_total",
                             "Slices taken over from a worker whose lease expired", _labels("kind"))
 GATE_HOLDS = _Targeted("Counter", "tidegate_gate_holds_total", "Batches held back by a throttle or health gate",
@@ -146,6 +159,12 @@ class DatabaseCollector:  # a prometheus-client collector: what the registry cal
                                       labels=["kind", "job_id"])
         workers = GaugeMetricFamily("tidegate_workers_alive", "Worker processes whose lease is alive")
         up = GaugeMetricFamily("tidegate_database_up", "1 if the last scrape could read the database")
+        run_jobs = GaugeMetricFamily("tidegate_run_jobs", "Jobs of a fan-out run by status (runs active or"
+                                     " finished in the last day)", labels=["run_id", "status"])
+        run_rows = GaugeMetricFamily("tidegate_run_rows_processed", "Source rows processed by a fan-out run's jobs",
+                                     labels=["run_id"])
+        run_left = GaugeMetricFamily("tidegate_run_rows_remaining", "Estimated source rows left in a fan-out run's"
+                                     " jobs", labels=["run_id"])
         try:
             with self.engine.connect() as conn:
                 oldest_age = 0.0
@@ -162,13 +181,21 @@ class DatabaseCollector:  # a prometheus-client collector: what the registry cal
                 for (kind, status), n in counts.items():
                     jobs.add_metric([kind, status], n)
                 workers.add_metric([], store.live_workers(conn))
+                rows: dict[str, list[int]] = {}
+                for r in store.metrics_runs(conn):
+                    run_jobs.add_metric([str(r.run_id), r.status], r.jobs)
+                    done, left = rows.setdefault(str(r.run_id), [0, 0])
+                    rows[str(r.run_id)] = [done + int(r.processed), left + int(r.remaining)]
+                for run_id, (done, left) in rows.items():
+                    run_rows.add_metric([run_id], done)
+                    run_left.add_metric([run_id], left)
             up.add_metric([], 1)
         except Exception as err:  # a scrape must answer even when the database does not
             log.warning("metrics: cannot read the database: %s", err)
             up.add_metric([], 0)
             yield up
             return
-        yield from (queue, oldest, jobs, remaining, in_flight, workers, up)
+        yield from (queue, oldest, jobs, remaining, in_flight, workers, run_jobs, run_rows, run_left, up)
 
 
 class TargetsCollector:

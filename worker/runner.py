@@ -58,6 +58,14 @@ PACE_RECHECK = 2.0  # seconds between looks at the job while a slice waits for i
 
 PAYLOAD_FAULTS = (InvalidInput, RecursionError, OverflowError, ValueError, TypeError, LookupError)
 
+# Where a batch's time goes, measured with perf_counter around run_batch's steps: "gate" (the health gates'
+# look, at most once a second per job), "claim" (the connection, begin_batch's lock and re-read), "handler"
+# (the kind's work), "record" (the checkpoint's statements), "commit", "report" (metrics and log lines after
+# the commit) and "pacing" (the wait before the slice's next batch). Each batch observes them in
+# tidegate_batch_phase_seconds; a slice's sums go to one debug line when the worker is done with it
+# ("slice times", which bench/backfill.py reads).
+PHASES = ("gate", "claim", "handler", "record", "commit", "report", "pacing")
+
 
 class Outcome(StrEnum):
     """What became of one batch (``Worker.run_batch``), and so what the slice's loop does next."""
@@ -109,6 +117,7 @@ class InFlight:
     next_size: int | None = None  # the batch size the slice's next batch starts from
     work_done: float = 0.0  # when the kind's last step returned
     elapsed: float = 0.0  # seconds from start to commit
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per PHASES entry, once committed
 
 
 @dataclass
@@ -168,6 +177,7 @@ class Worker:
         self.one_shots = OneShots(self.engine, one_shot_kinds, config)
         self._last_plan = 0.0
         self._tail_seconds = 0.0  # moving average of a batch's time after its last step
+        self.slice_times: dict[str, float] = {}  # the slice in hand: seconds per phase, its batches (PHASES)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -318,6 +328,7 @@ class Worker:
     # -- slices and batches -------------------------------------------------
 
     def work_one_slice(self) -> bool:
+        started = time.perf_counter()
         with self.engine.begin() as conn:
             claimed = store.claim_slice(conn, self.id, self.config.queues, self.kind_names)
             if claimed is None:
@@ -328,6 +339,16 @@ class Worker:
                     claimed = store.claim_slice(conn, self.id, self.config.queues, self.kind_names)
         if claimed is None:
             return False
+        job, n = claimed.job_id, claimed.slice_no
+        self.slice_times = dict.fromkeys(PHASES, 0.0)
+        self.slice_times.update(batches=0, slice_claim=time.perf_counter() - started)
+        try:
+            return self._work_slice(claimed)
+        finally:
+            self._log_slice_times(job, n)
+
+    def _work_slice(self, claimed: store.ClaimedSlice) -> bool:
+        """The claimed slice's batches, one after another, until it is done or let go."""
         job, n = claimed.job_id, claimed.slice_no
         if claimed.previous_owner:
             log.warning("job %s slice %d: taking over from %s (lease expired)", job, n, claimed.previous_owner,
@@ -353,23 +374,52 @@ class Worker:
 
     def run_batch(self, job_id: str, slice_no: int, *, takeover: bool = False) -> Outcome:
         """One batch in one transaction: the four steps of the module docstring."""
+        t0 = time.perf_counter()
         if self.gates.wait_if_held(self.engine, job_id, self.stop):
             return Outcome.HELD  # the slice stays ours; try again after the gate's pause
         batch = InFlight(job_id, slice_no, started=time.monotonic())
+        t_gate = time.perf_counter() - t0
+        t0 += t_gate
         try:
             with self.engine.begin() as conn:
                 state = self._begin(conn, batch, takeover)  # 1. lock the slice, re-read the job
                 if state is None:
                     return Outcome.STOPPED  # lease lost, or let go (what it wrote commits)
+                t1 = time.perf_counter()
                 step = self._process(conn, batch, state)  # 2. the kind's work
+                t2 = time.perf_counter()
                 recorded = self._record(conn, batch, state, step)  # 3. failed items, checkpoint, counters
+                t3 = time.perf_counter()
             # 4. committed: the work and its checkpoint together
         except BaseException as err:  # noqa: B036 - the batch rolled back; its job pays, not the worker
             return self._rolled_back(batch, err)
+        t4 = time.perf_counter()
         self.watch.disarm()
         batch.elapsed = time.monotonic() - batch.started
+        batch.phases.update(gate=t_gate, claim=t1 - t0, handler=t2 - t1, record=t3 - t2, commit=t4 - t3)
         self._report(batch, state, step, recorded)
-        return self._pace(batch, state, step, recorded)
+        t5 = time.perf_counter()
+        outcome = self._pace(batch, state, step, recorded)
+        batch.phases.update(report=t5 - t4, pacing=time.perf_counter() - t5)
+        self._observe_phases(batch)
+        return outcome
+
+    def _observe_phases(self, batch: InFlight) -> None:
+        """A committed batch's phases: into the histogram and the slice's sums."""
+        times = self.slice_times
+        for phase, seconds in batch.phases.items():
+            metrics.BATCH_PHASE_SECONDS.labels(batch.kind, phase).observe(seconds)
+            times[phase] = times.get(phase, 0.0) + seconds
+        times["batches"] = times.get("batches", 0) + 1
+
+    def _log_slice_times(self, job_id: str, slice_no: int) -> None:
+        """Where the slice's time went while this worker had it: seconds per phase, summed over its batches."""
+        if not log.isEnabledFor(logging.DEBUG):
+            return
+        times = {k: round(v, 4) for k, v in self.slice_times.items()}
+        log.debug("job %s slice %d: slice times %s", job_id, slice_no,
+                  " ".join(f"{k}={v}" for k, v in times.items()),
+                  extra=job_ctx(job_id, slice_no, slice_times=times, worker=self.id))
 
     def _begin(self, conn: Connection, batch: InFlight, takeover: bool) -> store.BatchState | None:
         """Step 1: lock this worker's slice and re-read its job; None (letting go, with the reason
@@ -468,7 +518,8 @@ class Worker:
         self.batches_done += 1
         hi = keys.encode(step.checkpoint)
         bounds = job_ctx(job_id, slice_no, lo=state.checkpoint, hi=hi, rows=step.processed,
-                         errors=len(step.errors), seconds=round(elapsed, 3))
+                         errors=len(step.errors), seconds=round(elapsed, 3),
+                         phases={k: round(v, 5) for k, v in batch.phases.items()})
         log.debug("job %s slice %d: batch (%s, %s] rows=%d errors=%d in %.3fs", job_id, slice_no,
                   state.checkpoint, hi, step.processed, len(step.errors), elapsed, extra=bounds)
         if self.batches_done % self.config.progress_every == 0:

@@ -24,7 +24,7 @@ from tidegate.worker.db import first_line
 from tidegate.worker.errors import InvalidInput, cap
 from tidegate.worker.kinds import ItemError, Plan
 from tidegate.worker.redact import redact
-from tidegate.worker.sql import q
+from tidegate.worker.sql import q, raw
 
 
 @dataclass(frozen=True)
@@ -256,14 +256,13 @@ def record_batch(conn: Connection, record: BatchRecord) -> Recorded:
             ],
         )
     params = {"job_id": r.job_id, "slice_no": r.slice_no, "worker_id": r.worker_id}
-    updated = conn.execute(
+    cursors = conn.execute(
         q("advance_slice"),
         {**params, "checkpoint": keys.encode(r.checkpoint), "processed": r.processed, "errors": len(r.errors),
          "exhausted": r.exhausted, "next_batch_size": r.next_batch_size},
-    ).rowcount
-    if updated != 1:  # unreachable while begin_batch's row lock holds; a guard, not a path
+    ).all()
+    if sum(1 for c in cursors if c.moved) != 1:  # unreachable while begin_batch's row lock holds; a guard
         raise RuntimeError(f"slice {r.job_id}/{r.slice_no} changed owner inside its own batch")
-    cursors = conn.execute(q("slice_cursors"), {"job_id": r.job_id}).all()
     job = conn.execute(
         q("advance_job"),
         {"job_id": r.job_id, "processed": r.processed, "errors": len(r.errors),
@@ -530,6 +529,11 @@ def run_job_ids(conn: Connection, run_id: str) -> list[str]:
     return [str(i) for i in conn.execute(q("run_job_ids"), {"run_id": run_id}).scalars()]
 
 
+def recent_runs(conn: Connection, limit: int) -> list[str]:
+    """The ``limit`` newest fan-out runs with a job in this database, newest first."""
+    return [str(i) for i in conn.execute(q("recent_runs"), {"limit": limit}).scalars()]
+
+
 def job_status(conn: Connection, job_id: str | None, limit: int) -> list[Any]:
     """`tidegate status` rows (mappings): every job newest first, or the one ``job_id``."""
     return list(conn.execute(q("job_status"), {"job_id": job_id, "limit": limit}).mappings())
@@ -587,6 +591,11 @@ def metrics_queue(conn: Connection) -> list[Any]:
 def metrics_jobs(conn: Connection) -> list[Any]:
     """Per recent range job: job_id, kind, status, remaining, in_flight."""
     return conn.execute(q("metrics_jobs")).all()
+
+
+def metrics_runs(conn: Connection) -> list[Any]:
+    """Per recent fan-out run and job status: run_id, status, jobs, processed, remaining."""
+    return conn.execute(q("metrics_runs")).all()
 
 
 def live_workers(conn: Connection) -> int:
@@ -673,3 +682,34 @@ def worst_replica(conn: Connection) -> Any:
 def vacuuming(conn: Connection, tables: list[str]) -> str | None:
     """One of ``tables`` (auto)vacuum is working on now, or None."""
     return conn.execute(q("gate_vacuum"), {"tables": tables}).scalar()
+
+
+@dataclass(frozen=True)
+class NodeHealth:
+    """One Citus worker node's answer to the gates (gate_node_health), or why it gave none."""
+
+    node: str  # host:port, as pg_dist_node names it
+    health: dict[str, Any] | None  # used, max_connections, oldest {pid, age}, replica {replica, lag, bytes, hidden}
+    error: str = ""
+
+
+def has_citus(conn: Connection) -> bool:
+    return bool(conn.execute(q("gate_citus")).scalar())
+
+
+def worker_node_health(conn: Connection, timeout_ms: int) -> list[NodeHealth]:
+    """What the gates read, from every active worker node of the Citus coordinator ``conn`` is on
+    (run_command_on_workers); a node that does not answer within ``timeout_ms`` to connect, or
+    fails, comes back with its error. Sets this transaction's citus.node_connection_timeout."""
+    conn.execute(q("gate_node_timeout"), {"ms": timeout_ms})
+    found = []
+    for row in conn.execute(q("gate_worker_nodes"), {"command": raw("gate_node_health")}):
+        if not row.success:
+            error = str(row.result or "").strip()
+            found.append(NodeHealth(row.node, None, error.splitlines()[0] if error else "no answer"))
+            continue
+        try:
+            found.append(NodeHealth(row.node, json.loads(row.result)))
+        except (TypeError, ValueError):
+            found.append(NodeHealth(row.node, None, f"unreadable answer {str(row.result)[:80]!r}"))
+    return found

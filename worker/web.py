@@ -13,6 +13,18 @@ Routes (JSON unless noted):
     POST /api/v1/admin/<kind>               enqueue (the runbook's POST /api/v1/admin/backfill)
     POST /api/v1/admin/jobs/<id>/<action>   pause, resume, cancel, retry; set (body: {knob: value})
 
+With ``--targets`` (fan-out runs over several databases, issue 15.3; worker/runview.py):
+
+    GET  /runs, /runs/<run_id>              the runs, one line each with their targets below; one run (HTML)
+    POST /runs/<run_id>/<action>            pause, resume, cancel every job of the run (forms, as above)
+    GET  /api/v1/runs, /api/v1/runs/<run_id>
+    POST /api/v1/admin/runs/<run_id>/<action>   pause, resume, cancel (bearer)
+
+A target that cannot be read shows as unreadable on these pages (never a 500); a run action moves the
+jobs it applies to and skips the others (a done job is not paused), target by target. Started with
+``--targets`` alone (no --database-url, --target or DATABASE_URL) the console has no jobs pages: ``/``
+is the runs page and the job routes answer 404.
+
 Admin routes need ``Authorization: Bearer $TIDEGATE_ADMIN_TOKEN`` (scripts) or, for the console's
 forms, the session cookie that signing in with that token sets plus the form's CSRF token: 401
 without them or with wrong ones, 403 when the server has no token (admin disabled: the pages say
@@ -38,7 +50,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import Engine
 
-from tidegate.worker import control, kinds, knobs, status, store, webpages
+from tidegate.worker import control, kinds, knobs, runs, runview, status, store, webpages
 from tidegate.worker.enqueue import enqueue
 from tidegate.worker.errors import InvalidInput, NotFound, TidegateError, quote
 from tidegate.worker.redact import error_text, register_secret
@@ -49,7 +61,8 @@ log = logging.getLogger(__name__)
 # a job id in a route: any one path segment, checked by control.find_job as the CLI's are (malformed: 400,
 # no such job: 404, an ambiguous prefix: 400), the same on every route
 JOB = r"([^/]+)"
-JOB_PAGE = r"/jobs/[0-9a-fA-F-]{1,36}"  # a page signing in may return to
+JOB_PAGE = r"/jobs/[0-9a-fA-F-]{1,36}|/runs|/runs/[0-9a-fA-F-]{36}"  # a page signing in may return to
+RUN = r"([^/]+)"  # a run id in a route: checked by runs.check_run_id (malformed: 400)
 ACTIONS = ("pause", "resume", "cancel", "retry")
 MAX_BODY = 64 * 1024
 STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
@@ -93,9 +106,42 @@ def text_field(value: Any, field: str, limit: int = 500) -> str | None:
 class Api:
     """What the pages and the JSON API read and do: control.py's actions, status.py's rows, store's reads."""
 
-    def __init__(self, engine: Engine, token: str | None) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine | None, token: str | None, targets: list | None = None) -> None:  # type: ignore[type-arg]
+        self._engine = engine
         self.token = token
+        self.targets = targets  # worker/targets.py Targets whose runs are shown (`tidegate web --targets`)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise NotFound("this console serves runs over targets only (started with --targets and no database):"
+                           " see /runs")
+        return self._engine
+
+    def _targets(self) -> list:  # type: ignore[type-arg]
+        if not self.targets:
+            raise NotFound("no runs here: start `tidegate web --targets SPEC` to see fan-out runs over targets")
+        return self.targets
+
+    def runs(self, limit: int = 20) -> tuple[list[tuple[str, dict[str, Any], list[Any]]], list[Any]]:
+        """The newest runs over the targets: (run_id, summary, parts) each, and the unreadable targets."""
+        found, down = runview.read_runs(self._targets(), limit)
+        return [(run_id, runs.summarize(parts), parts) for run_id, parts in found], down
+
+    def run(self, run_id: str) -> tuple[str, dict[str, Any], list[Any]]:
+        run_id = runs.check_run_id(run_id)
+        parts = runs.read_run(self._targets(), run_id)
+        if not parts:
+            raise NotFound(f"no job of run {run_id} in any target")
+        return run_id, runs.summarize(parts), parts
+
+    def act_run(self, run_id: str, action: str, body: dict[str, Any], actor: str) -> dict[str, Any]:
+        reason = text_field(body.pop("reason", None), "reason")
+        if body:
+            raise InvalidInput(f"unknown field(s) for {action}: {', '.join(map(quote, sorted(body)))}")
+        run_id = runs.check_run_id(run_id)
+        return {"run_id": run_id, "action": action,
+                "jobs": runview.act_run(self._targets(), run_id, action, actor, reason)}
 
     def jobs(self, job: str | None = None) -> Any:
         with self.engine.connect() as conn:
@@ -143,6 +189,8 @@ class Api:
         return {"job_id": job_id, "action": action}
 
     def admin(self, path: str, body: dict[str, Any], actor: str) -> tuple[int, Any]:
+        if m := re.fullmatch(rf"/api/v1/admin/runs/{RUN}/({'|'.join(runview.RUN_ACTIONS)})", path):
+            return 200, self.act_run(m[1], m[2], body, actor)
         if m := re.fullmatch(rf"/api/v1/admin/jobs/{JOB}/({'|'.join(ACTIONS)}|set)", path):
             return 200, self.act(m[1], m[2], body, actor)
         if m := re.fullmatch(r"/api/v1/admin/([a-z][a-z0-9_-]*)", path):
@@ -157,8 +205,15 @@ class Api:
         raise NotFound("no such admin route")
 
 
-def serve(engine: Engine, host: str, port: int, refresh: float = 2.0) -> ThreadingHTTPServer:
-    api = Api(engine, os.environ.get("TIDEGATE_ADMIN_TOKEN") or None)
+def run_json(run_id: str, summary: dict[str, Any], parts: list[Any]) -> dict[str, Any]:
+    return {"run_id": run_id, **summary,
+            "targets": [{"target": p.target, "jobs": p.jobs, "error": p.error} for p in parts]}
+
+
+def serve(engine: Engine | None, host: str, port: int, refresh: float = 2.0,
+          targets: list | None = None) -> ThreadingHTTPServer:  # type: ignore[type-arg]
+    """``targets``: show the fan-out runs over them too; ``engine`` None: runs only."""
+    api = Api(engine, os.environ.get("TIDEGATE_ADMIN_TOKEN") or None, targets)
     register_secret(api.token)
     sessions = Sessions(api.token)
 
@@ -222,7 +277,9 @@ def serve(engine: Engine, host: str, port: int, refresh: float = 2.0) -> Threadi
             session = self._session()
             path = self._path()[0]
             return Viewer(admin=api.token is not None, name=session.name if session else None,
-                          csrf=session.csrf if session else None, path=path if path.startswith("/jobs/") else "/")
+                          csrf=session.csrf if session else None,
+                          path=path if path.startswith(("/jobs/", "/runs")) else "/",
+                          runs=bool(api.targets), jobs=api._engine is not None)
 
         def _body(self) -> bytes:
             given = self.headers.get("Content-Length")
@@ -254,8 +311,18 @@ def serve(engine: Engine, host: str, port: int, refresh: float = 2.0) -> Threadi
 
         def do_GET(self) -> None:  # noqa: N802
             path, query = self._path()
-            if path == "/":
+            if path == "/" and api._engine is None:
+                self._redirect("/runs")
+            elif path == "/":
                 self._guard(lambda: self._jobs_page(query), "jobs")
+            elif path == "/runs":
+                self._guard(lambda: self._runs_page(query), "runs")
+            elif m := re.fullmatch(rf"/runs/{RUN}", path):
+                self._guard(lambda: self._run_page(m[1], query), "run")
+            elif path == "/api/v1/runs":
+                self._guard(lambda: self._send(200, [run_json(*r) for r in api.runs()[0]]))
+            elif m := re.fullmatch(rf"/api/v1/runs/{RUN}", path):
+                self._guard(lambda: self._send(200, run_json(*api.run(m[1]))))
             elif m := re.fullmatch(rf"/jobs/{JOB}", path):
                 self._guard(lambda: self._job_page(m[1], query), "job")
             elif m := re.fullmatch(r"/static/([a-z]+\.[a-z]+)", path):
@@ -293,6 +360,18 @@ def serve(engine: Engine, host: str, port: int, refresh: float = 2.0) -> Threadi
             self._send(200, webpages.layout("jobs", webpages.jobs_page(rows, errs, viewer), viewer, refresh,
                                             _flash(query)), "text/html")
 
+        def _runs_page(self, query: dict[str, list[str]]) -> None:
+            found, down = api.runs()
+            viewer = self._viewer()
+            body = webpages.runs_page(found, down, [t.name for t in api._targets()])
+            self._send(200, webpages.layout("runs", body, viewer, refresh, _flash(query)), "text/html")
+
+        def _run_page(self, run_id: str, query: dict[str, list[str]]) -> None:
+            run_id, summary, parts = api.run(run_id)
+            viewer = self._viewer()
+            self._send(200, webpages.layout(f"run {run_id[:8]}", webpages.run_page(run_id, summary, parts, viewer),
+                                            viewer, refresh, _flash(query)), "text/html")
+
         def _job_page(self, job: str, query: dict[str, list[str]]) -> None:
             view = api.job_view(job, _minutes(query))
             viewer = self._viewer()
@@ -312,6 +391,8 @@ def serve(engine: Engine, host: str, port: int, refresh: float = 2.0) -> Threadi
                 self._guard(self._logout, "sign out")
             elif m := re.fullmatch(rf"/jobs/{JOB}/({'|'.join(ACTIONS)}|set)", path):
                 self._guard(lambda: self._form_action(m[1], m[2]), "job")
+            elif m := re.fullmatch(rf"/runs/{RUN}/({'|'.join(runview.RUN_ACTIONS)})", path):
+                self._guard(lambda: self._run_action(m[1], m[2]), "run")
             else:
                 self._send(404, {"error": "not found"})
 
@@ -362,6 +443,13 @@ def serve(engine: Engine, host: str, port: int, refresh: float = 2.0) -> Threadi
             done = api.act(job, action, body, session.name)
             self._redirect(f"/jobs/{done['job_id']}?did={action}")
 
+        def _run_action(self, run_id: str, action: str) -> None:
+            form = self._form()
+            session = self._checked_session(form)
+            done = api.act_run(run_id, action, {"reason": form.get("reason")}, session.name)
+            unreached = sum(1 for j in done["jobs"] if "error" in j)
+            self._redirect(f"/runs/{done['run_id']}?did={action}" + (f"&unreached={unreached}" if unreached else ""))
+
     server = ThreadingHTTPServer((host, port), Handler)
     log.info("console on http://%s:%d/", host, server.server_address[1])
     return server
@@ -380,5 +468,9 @@ def _minutes(query: dict[str, list[str]]) -> int | None:
 def _flash(query: dict[str, list[str]]) -> str:
     """The banner after an action (?did=ACTION, set by the redirect; only known actions are shown)."""
     did = (query.get("did") or [""])[0]
+    unreached = (query.get("unreached") or [""])[0]
+    if did in runview.RUN_ACTIONS and unreached.isdigit():
+        return webpages.banner("error", f"{did}: done in the targets reached; {int(unreached)} target(s) could not"
+                                        " be reached (below): act again once they answer")
     return webpages.banner("ok", f"{did}: done" if did != "set" else "knobs set: they apply at the next batch") \
         if did in (*ACTIONS, "set") else ""

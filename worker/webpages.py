@@ -33,6 +33,8 @@ class Viewer:
     name: str | None = None
     csrf: str | None = None
     path: str = "/"
+    runs: bool = False  # the server reads fan-out runs over targets (`tidegate web --targets`)
+    jobs: bool = True  # the server has one database whose jobs it shows
 
     @property
     def signed_in(self) -> bool:
@@ -48,7 +50,10 @@ def e(value: Any) -> str:
 
 
 def layout(title: str, body: str, viewer: Viewer, refresh: float, banner: str = "") -> str:
-    fills = {"title": e(title), "refresh": e(refresh), "session": _session(viewer), "banner": banner, "body": body}
+    nav = ('<nav id="nav">' + ('<a href="/">jobs</a> ' if viewer.jobs else "") + '<a href="/runs">runs</a></nav>'
+           if viewer.runs else "")
+    fills = {"title": e(title), "refresh": e(refresh), "session": nav + _session(viewer), "banner": banner,
+             "body": body}
     out = LAYOUT
     for key, value in fills.items():
         out = out.replace("{{" + key + "}}", value)
@@ -309,3 +314,105 @@ def _chart(label: str, values: list[float | None], extra: list[float | None] | N
             f'<text x="{CHART_PAD}" y="{CHART_HEIGHT - 10}" font-size="11" fill="#777">{first} UTC</text>'
             f'<text x="{CHART_WIDTH - CHART_PAD}" y="{CHART_HEIGHT - 10}" font-size="11" fill="#777" '
             f'text-anchor="end">{last} UTC</text>{body}</svg>')
+
+
+# -- fan-out runs (`tidegate web --targets`) --------------------------------------------------------
+
+RUN_CONFIRM = {"cancel": "Cancel every job of run {run} in every target? Their slices stop at their next batch."}
+
+
+def run_actions(summary: dict[str, Any]) -> list[str]:
+    """The moves some job of the run allows (each is applied to the jobs it applies to)."""
+    states = set(summary["by_status"])
+    return [action for action in ("pause", "resume", "cancel")
+            if states & {s.value for s in TRANSITIONS[action][0]}]
+
+
+def run_actions_form(run_id: str, summary: dict[str, Any], viewer: Viewer) -> str:
+    possible = run_actions(summary)
+    if not viewer.signed_in or not possible:
+        return ""
+    buttons = []
+    for action in possible:
+        ask = RUN_CONFIRM.get(action)
+        extra = f' class="danger" data-confirm="{e(ask.format(run=run_id[:8]))}"' if ask else ""
+        buttons.append(f'<button formaction="/runs/{e(run_id)}/{action}" data-action="{action}"{extra}>'
+                       f"{action} run</button>")
+    return (f'<form method="post" class="actions" data-run="{e(run_id)}">{_csrf(viewer)}'
+            '<input type="text" name="reason" placeholder="reason (audit)" maxlength="500">'
+            f'{"".join(buttons)}</form>')
+
+
+def _run_line(run_id: str, summary: dict[str, Any]) -> str:
+    total = summary["total_estimate"]
+    done = summary["processed_count"]
+    rows = f"{done:,} of ~{total:,}" if total else f"{done:,}"
+    unreadable = len(summary["unreadable"])
+    return (f'<tr class="run" data-run="{e(run_id)}" data-status="{e(summary["status"])}" data-processed="{done}">'
+            f'<td><a href="/runs/{e(run_id)}"><code>{e(run_id[:8])}</code></a></td>'
+            f'<td class="status {e(summary["status"])}">{e(summary["status"])}</td>'
+            f'<td class="num">{summary["jobs"]} in {summary["targets"] - unreadable}'
+            + (f' <b class="unreadable">+{unreadable} unreadable</b>' if unreadable else "") + "</td>"
+            f'<td class="num processed">{rows}</td><td class="num">{summary["error_count"]:,}</td>'
+            f'<td class="num">{summary["rows_per_second"] or "-"}</td>'
+            f'<td>{status.human_seconds(summary["eta_seconds"])}</td></tr>')
+
+
+def _target_lines(run_id: str, parts: list[Any]) -> list[str]:
+    """Under a run: one line per job of each target, or the target's error."""
+    out = []
+    for p in parts:
+        if p.error:
+            out.append(f'<tr class="target unreadable" data-run="{e(run_id)}" data-target="{e(p.target)}">'
+                       f'<td>↳ {e(p.target)}</td><td class="status unreadable">unreadable</td>'
+                       f'<td colspan=5>{e(p.error)}</td></tr>')
+            continue
+        for j in p.jobs:
+            total = j["total_estimate"]
+            rows = f'{j["processed_count"]:,} of ~{total:,}' if total else f'{j["processed_count"]:,}'
+            out.append(f'<tr class="target" data-run="{e(run_id)}" data-target="{e(p.target)}"'
+                       f' data-job="{e(j["job_id"])}" data-status="{e(j["status"])}"'
+                       f' data-processed="{j["processed_count"]}">'
+                       f'<td>↳ {e(p.target)} <code>{e(j["job_id"][:8])}</code></td>'
+                       f'<td class="status {e(j["status"])}">{e(j["status"])}</td><td>{e(j["type"])}</td>'
+                       f'<td class="num processed">{rows}</td><td class="num">{j["error_count"]:,}</td>'
+                       f'<td class="num">{j["rows_per_second"] or "-"}</td>'
+                       f'<td>{status.human_seconds(j["eta_seconds"])}'
+                       + (f' <span class="muted">{e(j["reason"])}</span>' if j["reason"] else "") + "</td></tr>")
+    return out
+
+
+RUN_HEAD = ('<thead><tr><th>run / target</th><th>status</th><th class="num">jobs</th><th class="num">rows</th>'
+            '<th class="num">errors</th><th class="num">rows/s</th><th>ETA</th></tr></thead>')
+
+
+def runs_page(runs: list[tuple[str, dict[str, Any], list[Any]]], down: list[Any], targets: list[str]) -> str:
+    """One line per run (state, rows, rate, ETA), its targets' jobs below it."""
+    body = []
+    for run_id, summary, parts in runs:
+        body.append(_run_line(run_id, summary))
+        body += _target_lines(run_id, parts)
+    note = ""
+    if down:
+        note = ('<p class="banner error" id="unreadable">unreadable: '
+                + "; ".join(f"<b>{e(p.target)}</b>: {e(p.error)}" for p in down) + "</p>")
+    return (f'<h2>Runs over {len(targets)} target(s)</h2>{note}<table id="runs">{RUN_HEAD}<tbody>'
+            f'{"".join(body) or "<tr><td colspan=7>no runs</td></tr>"}</tbody></table>')
+
+
+def run_page(run_id: str, summary: dict[str, Any], parts: list[Any], viewer: Viewer) -> str:
+    facts = {
+        "run": f"<code>{e(run_id)}</code>",
+        "status": f'<span class="status {e(summary["status"])}" id="run-status">{e(summary["status"])}</span>',
+        "jobs": ", ".join(f"{n} {e(s)}" for s, n in sorted(summary["by_status"].items())) or "-",
+        "processed": f'{summary["processed_count"]:,}' + (f' of ~{summary["total_estimate"]:,}'
+                                                           if summary["total_estimate"] else ""),
+        "errors": f'{summary["error_count"]:,}', "rows/s (running jobs)": e(summary["rows_per_second"] or "-"),
+        "ETA (slowest target)": status.human_seconds(summary["eta_seconds"]),
+        "unreadable targets": e(", ".join(summary["unreadable"]) or "none"),
+    }
+    return ('<section><h2>Run</h2><dl class="facts">'
+            + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts.items()) + "</dl>"
+            + run_actions_form(run_id, summary, viewer) + "</section>"
+            + f'<h2>Targets</h2><table id="run-targets">{RUN_HEAD}<tbody>{"".join(_target_lines(run_id, parts))}'
+              "</tbody></table>")

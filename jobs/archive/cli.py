@@ -136,8 +136,14 @@ def _enqueue(db: Database, unarchive: bool, chosen: Selection, apply: bool, yes:
                            " --stream, --ids-file and --from-audit name their streams and need neither")
     if not yes:
         _confirm(verb.upper())
-    _register(db, chosen.file, opts["actor"])
-    submit(db, "unarchive_range" if unarchive else "archive_range", payload, {**opts, "as_json": as_json})
+    kind = "unarchive_range" if unarchive else "archive_range"
+    found = chosen.file
+    if opts.get("fanout") is not None and found is not None:  # --targets: the layout file goes into each target
+        submit(db, kind, payload, {**opts, "as_json": as_json},
+               prepare=lambda conn: layouts.register(conn, found, opts["actor"]))
+        return
+    _register(db, found, opts["actor"])
+    submit(db, kind, payload, {**opts, "as_json": as_json})
 
 
 # the knobs of archive jobs; row_limit stays a payload field here: --limit is the selection's

@@ -198,7 +198,10 @@ WHERE s.job_id = :job_id AND s.slice_no = :slice_no
 FOR NO KEY UPDATE OF s;
 
 -- name: advance_slice
--- description: Move the slice cursor and counters; done when its end is reached.
+-- description: Move the slice cursor and counters (done when its end is reached), and read every slice's
+-- description: cursor for the job's low watermark, in one round trip: this slice's as just written (moved),
+-- description: the others' as they are. No row with moved: the slice is not ours (begin_batch's lock says it is).
+WITH moved AS (
 UPDATE backfill_slices
 SET checkpoint = :checkpoint,
     processed_count = processed_count + :processed,
@@ -210,11 +213,11 @@ SET checkpoint = :checkpoint,
     locked_by = CASE WHEN :exhausted THEN NULL ELSE locked_by END,
     batch_size_now = CAST(:next_batch_size AS integer),
     updated_at = now()
-WHERE job_id = :job_id AND slice_no = :slice_no AND locked_by = :worker_id;
-
--- name: slice_cursors
--- description: Every slice's cursor, to compute the job's low watermark.
-SELECT status, checkpoint, end_key FROM backfill_slices WHERE job_id = :job_id;
+WHERE job_id = :job_id AND slice_no = :slice_no AND locked_by = :worker_id
+RETURNING status, checkpoint, end_key)
+SELECT true AS moved, status, checkpoint, end_key FROM moved
+UNION ALL
+SELECT false, status, checkpoint, end_key FROM backfill_slices WHERE job_id = :job_id AND slice_no <> :slice_no;
 
 -- name: advance_job
 -- description: The job's totals and low watermark (takes the job row lock, which serialises finishers); pauses
@@ -336,6 +339,17 @@ SELECT EXISTS (
       AND q.queue = ANY(:queues) AND j.kind = ANY(:kinds)
       AND (s.locked_by IS NULL OR s.locked_by = :worker_id
            OR NOT EXISTS (SELECT 1 FROM tidegate_live_workers w WHERE w.id = s.locked_by))
+) OR EXISTS (
+    -- a job with fewer slices left than its concurrency, going on (a batch committed in the last minute): its
+    -- slices' owners cut them in two at their next batch (worker/runner.py _process), and the new half is
+    -- claimable soon; leaving now would leave the job's tail to one worker
+    SELECT 1 FROM backfill_jobs j
+    JOIN queue_jobs q ON q.id = j.job_id
+    WHERE j.status IN ('pending', 'running') AND q.queue = ANY(:queues) AND j.kind = ANY(:kinds)
+      AND (SELECT count(*) FROM backfill_slices s WHERE s.job_id = j.job_id AND s.status = 'pending')
+          BETWEEN 1 AND j.concurrency - 1
+      AND EXISTS (SELECT 1 FROM backfill_slices s WHERE s.job_id = j.job_id AND s.status = 'pending'
+                  AND s.updated_at > now() - interval '1 minute')
 );
 
 -- name: set_job_status
@@ -672,6 +686,46 @@ SELECT p.relid::regclass::text AS rel FROM pg_stat_progress_vacuum p
 WHERE p.datname = current_database() AND p.relid = ANY(CAST(:tables AS regclass[]))
 LIMIT 1;
 
+-- name: gate_citus
+-- description: Whether this database has the Citus extension (then the gates also ask its worker nodes).
+SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
+
+-- name: gate_node_timeout
+-- description: How long this transaction's connections to Citus worker nodes may take to open (ms): a node
+-- description: that does not answer holds the job after that, instead of after Citus's default 30 s.
+SELECT set_config('citus.node_connection_timeout', CAST(:ms AS text), true);
+
+-- name: gate_worker_nodes
+-- description: On a Citus coordinator: every active worker node's answer to gate_node_health (a JSON text), or
+-- description: its error when it did not answer (success false).
+SELECT nodename || ':' || nodeport AS node, success, result
+FROM run_command_on_workers(:command)
+ORDER BY nodename, nodeport;
+
+-- name: gate_node_health
+-- description: Sent to each Citus worker node (run_command_on_workers: no parameters, one value) to read what
+-- description: the gates read on the coordinator: client connections and max_connections; the oldest
+-- description: transaction in this database not of tidegate and not Citus's own (a citus_internal or
+-- description: citus_run_command session belongs to a distributed transaction whose own session, on the
+-- description: coordinator, the coordinator's gate sees); the replica furthest behind (hidden: no privilege).
+SELECT json_build_object(
+    'used', (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
+    'max_connections', current_setting('max_connections')::int,
+    'oldest', (SELECT json_build_object('pid', pid, 'age', extract(epoch FROM now() - xact_start)::float)
+               FROM pg_stat_activity
+               WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+                 AND datname = current_database() AND application_name NOT LIKE 'tidegate%'
+                 AND application_name NOT LIKE 'citus\_internal gpid=%'
+                 AND application_name NOT LIKE 'citus\_run\_command gpid=%'
+               ORDER BY xact_start LIMIT 1),
+    'replica', (SELECT json_build_object(
+                    'replica', coalesce(nullif(application_name, ''), host(client_addr), pid::text),
+                    'lag', extract(epoch FROM greatest(write_lag, flush_lag, replay_lag))::float,
+                    'bytes', pg_wal_lsn_diff(sent_lsn, replay_lsn)::bigint, 'hidden', state IS NULL)
+                FROM pg_stat_replication
+                ORDER BY state IS NULL DESC, greatest(write_lag, flush_lag, replay_lag) DESC NULLS LAST LIMIT 1)
+)::text;
+
 -- The catalog lookups of worker/identifiers.py: a user's table or column name is bound, never parsed.
 
 -- name: catalog_table
@@ -750,3 +804,20 @@ SELECT to_jsonb(j) AS job FROM backfill_jobs j WHERE job_id = :job_id AND planne
 -- name: run_job_ids
 -- description: The jobs of one fan-out run in this database (migration 0016), oldest first.
 SELECT id FROM queue_jobs WHERE run_id = CAST(:run_id AS uuid) ORDER BY created_at, id;
+
+-- name: recent_runs
+-- description: The newest fan-out runs with a job in this database (the web console's runs page), newest first.
+SELECT run_id FROM queue_jobs WHERE run_id IS NOT NULL
+GROUP BY run_id ORDER BY max(created_at) DESC, run_id LIMIT :limit;
+
+-- name: metrics_runs
+-- description: Per fan-out run with a job here that is active or finished in the last day (for /metrics):
+-- description: its jobs by status, rows processed and rows estimated left.
+SELECT q.run_id, coalesce(j.status, q.status) AS status, count(*) AS jobs,
+       sum(coalesce(j.processed_count, 0)) AS processed,
+       sum(GREATEST(coalesce(j.total_estimate, 0) - coalesce(j.processed_count, 0), 0)) AS remaining
+FROM queue_jobs q LEFT JOIN backfill_jobs j ON j.job_id = q.id AND j.planned
+WHERE q.run_id IS NOT NULL
+  AND (coalesce(j.status, q.status) IN ('pending', 'running', 'paused') OR q.finished_at > now() - interval '1 day'
+       OR j.finished_at > now() - interval '1 day')
+GROUP BY q.run_id, coalesce(j.status, q.status);
