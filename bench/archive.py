@@ -137,7 +137,7 @@ def _tidegate(engine, db: str, layout: Path, streams: int, per: int, conc: int) 
     _fill(engine, streams, per)
     job = cli(db, "enqueue", "archive-range", "--layout", str(layout), "--where", "type != keep",
               "--batch-size", str(BATCH), "--concurrency", str(conc), "--reason", "bench", "--owner",
-              "bench", "--apply", "--yes").splitlines()[0]
+              "bench", "--apply", "--all", "--yes").splitlines()[0]
     seconds, rss = run_pool(db, conc)
     with engine.connect() as conn:
         check = tuple(conn.execute(text(CHECK)).one())
@@ -217,7 +217,8 @@ def uat(server: str) -> dict:
         started = time.perf_counter()
         found = json.loads(cli(db, "discover", "--layout", "marten", "--where", "DataSource!=LuckBox", "--json"))
         cli(db, "enqueue", "archive-range", "--layout", "marten", "--where", "DataSource!=LuckBox", "--batch-size",
-            "500", "--concurrency", "2", "--reason", "non-LuckBox duplicates", "--owner", "bench", "--apply", "--yes")
+            "500", "--concurrency", "2", "--reason", "non-LuckBox duplicates", "--owner", "bench", "--apply", "--all",
+            "--yes")
         run_pool(db, 2)
         seconds = time.perf_counter() - started
         with engine.connect() as conn:
