@@ -129,7 +129,8 @@ def _prototype(engine, url: str, streams: int, per: int, conc: int) -> dict:  # 
 def _layout_without_read_models(tmp: Path) -> Path:
     source = resources.files("tidegate.jobs.archive").joinpath("layouts/tidegate.toml").read_text()
     path = tmp / "bench-layout.toml"
-    path.write_text(source.split("[[read_models]]")[0].replace('references = ["ref_stream_id"]', ""))
+    layout = source.split("[[read_models]]")[0].replace('references = ["ref_stream_id"]', "")
+    path.write_text(layout.replace('name = "tidegate"', 'name = "bench"'))  # --apply registers it: not a shipped name
     return path
 
 
