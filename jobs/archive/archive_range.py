@@ -323,12 +323,12 @@ class ArchiveRange(RangeKind):
         # a store whose events' foreign key names the streams' flag takes marks and flags in one statement
         together = (layout.flag and phase is None and "archived_flag" in layout.stream_cols
                     and self._flag_in_fkey(conn, layout))
-        state = selection.state_sql(layout, marks.idents, archived=self.direction.unarchive or phase == "move")
+        idents = dict(marks.idents)  # state_sql adds the state's column; the events statement renders without
+        state = selection.state_sql(layout, idents, archived=self.direction.unarchive or phase == "move")
         if phase == "move" or together:  # lock only: the marks stay (--move-marked) or move with the flags
-            lock = render(SQL["lock_only"], state=state,
-                          **{k: v for k, v in marks.idents.items() if not k.startswith("m_")})
+            lock = render(SQL["lock_only"], state=state, **{k: v for k, v in idents.items() if not k.startswith("m_")})
         else:
-            lock = render(SQL["lock_mark"], state=state, sets=marks.sets, **marks.idents)
+            lock = render(SQL["lock_mark"], state=state, sets=marks.sets, **idents)
         ev = {"estream": layout.event_stream.ident, "etype": identifiers.type_of(layout.event_stream)}
         events: TextClause | None = None
         events_params: dict[str, Any] = {}
