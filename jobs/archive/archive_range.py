@@ -263,13 +263,17 @@ class ArchiveRange(RangeKind):
         p = ctx.params
         job = self.statements(conn, p)
         candidates = {"snapshot": p["snapshot"], "lo": batch.lo, "hi": batch.hi, "force": bool(p.get("force"))}
-        locked = list(conn.execute(job.lock, {**candidates, **job.lock_params}).scalars().all())
         action = self.direction.action
-        gone_why = MOVE_GONE_WHY if p.get("phase") == "move" else self.direction.gone_why
-        audit = {**candidates, "job_id": ctx.job_id, "layout": job.layout.name, "actor": p["owner"],
-                 "action": action, "reason": p.get("reason"), "xref_why": XREF_WHY, "ids": locked,
-                 "gone_why": gone_why}
-        streams, events = self.move(conn, job, locked, audit)
+        try:
+            locked = list(conn.execute(job.lock, {**candidates, **job.lock_params}).scalars().all())
+            gone_why = MOVE_GONE_WHY if p.get("phase") == "move" else self.direction.gone_why
+            audit = {**candidates, "job_id": ctx.job_id, "layout": job.layout.name, "actor": p["owner"],
+                     "action": action, "reason": p.get("reason"), "xref_why": XREF_WHY, "ids": locked,
+                     "gone_why": gone_why}
+            streams, events = self.move(conn, job, locked, audit)
+        except Exception:
+            self._jobs.pop(p["snapshot"], None)  # the retry reads the catalog again (a table or key changed?)
+            raise
         # counted before the commit: a batch that then rolls back is counted again when it is
         # redone, so these counters may run slightly ahead; archive_audit is exact.
         metrics.ARCHIVE_STREAMS.labels(action).inc(len(locked))
