@@ -233,9 +233,10 @@ def _shown(value: object) -> str:
 
 
 def _loads(data: bytes) -> Any:
-    """JSON as ``json.loads`` reads it, by orjson when it can: what orjson refuses (an integer past 64 bits,
-    a lone surrogate, nesting past its limit) and any run of 19 digits are read by ``json.loads`` as before, so a document reads the same either way."""
-    if _LONG_NUMBER.search(data) is None:  # orjson reads an integer past 64 bits as a float: json.loads keeps it
+    """JSON as ``json.loads`` reads it, by orjson when it can: what orjson refuses (1e400, a lone surrogate,
+    nesting past its limit) and any run of 19 digits (orjson reads an integer past 64 bits as a float) are
+    read by ``json.loads``, so a document reads the same either way (tests/test_bulk_write.py)."""
+    if _LONG_NUMBER.search(data) is None:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
