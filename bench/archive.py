@@ -129,7 +129,8 @@ def _prototype(engine, url: str, streams: int, per: int, conc: int) -> dict:  # 
 def _layout_without_read_models(tmp: Path) -> Path:
     source = resources.files("tidegate.jobs.archive").joinpath("layouts/tidegate.toml").read_text()
     path = tmp / "bench-layout.toml"
-    path.write_text(source.split("[[read_models]]")[0].replace('references = ["ref_stream_id"]', ""))
+    layout = source.split("[[read_models]]")[0].replace('references = ["ref_stream_id"]', "")
+    path.write_text(layout.replace('name = "tidegate"', 'name = "bench"'))  # --apply registers it: not a shipped name
     return path
 
 
@@ -137,8 +138,8 @@ def _tidegate(engine, db: str, layout: Path, streams: int, per: int, conc: int) 
     _fill(engine, streams, per)
     job = cli(db, "enqueue", "archive-range", "--layout", str(layout), "--where", "type != keep",
               "--batch-size", str(BATCH), "--concurrency", str(conc), "--reason", "bench", "--owner",
-              "bench", "--apply", "--yes").splitlines()[0]
-    seconds, rss = run_pool(db, conc)
+              "bench", "--apply", "--all", "--yes").splitlines()[0]
+    seconds, rss = run_pool(db, conc, "--no-gates")  # the prototype has no health gates either
     with engine.connect() as conn:
         check = tuple(conn.execute(text(CHECK)).one())
         job_seconds = float(conn.execute(text(JOB_SECONDS), {"id": job}).scalar())
@@ -217,7 +218,8 @@ def uat(server: str) -> dict:
         started = time.perf_counter()
         found = json.loads(cli(db, "discover", "--layout", "marten", "--where", "DataSource!=LuckBox", "--json"))
         cli(db, "enqueue", "archive-range", "--layout", "marten", "--where", "DataSource!=LuckBox", "--batch-size",
-            "500", "--concurrency", "2", "--reason", "non-LuckBox duplicates", "--owner", "bench", "--apply", "--yes")
+            "500", "--concurrency", "2", "--reason", "non-LuckBox duplicates", "--owner", "bench", "--apply", "--all",
+            "--yes")
         run_pool(db, 2)
         seconds = time.perf_counter() - started
         with engine.connect() as conn:

@@ -133,9 +133,9 @@ def _large(url: str, engine, rows: int) -> dict:  # type: ignore[no-untyped-def]
 MEMORY_ROWS = (100_000, 1_000_000, 5_000_000)
 
 
-RUNS = (("sql_c1", "sql", 1, 5000), ("python_c1", "hero_troops", 1, 2000),
-        ("python_c1_compare", "hero_troops", 1, 2000), ("sql_c2", "sql", 2, 5000),
-        ("python_c2", "hero_troops", 2, 2000), ("python_c2_compare", "hero_troops", 2, 2000))
+RUNS = (("sql_c1", "sql", 1, 5000), ("python_c1", "hero_troops", 1, 5000),
+        ("python_c1_compare", "hero_troops", 1, 5000), ("sql_c2", "sql", 2, 5000),
+        ("python_c2", "hero_troops", 2, 5000), ("python_c2_compare", "hero_troops", 2, 5000))
 LABELS = {"sql_c1": "tidegate, SQL handler, concurrency 1", "python_c1": "tidegate, Python handler, concurrency 1",
           "python_c1_compare": "compare's Python handler, concurrency 1",
           "sql_c2": "tidegate, SQL handler, concurrency 2", "python_c2": "tidegate, Python handler, concurrency 2",

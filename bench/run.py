@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--queue-systems", type=lambda v: tuple(v.split(",")),
                         help="systems of the queue runs (default tidegate,pgqueuer,procrastinate)")
     parser.add_argument("--scaling-processes", type=ints, help="worker processes of the scaling runs (1,2,4,8)")
+    parser.add_argument("--archive-rounds", type=int, help="interleaved rounds of the archive comparison (default 3)")
+    parser.add_argument("--archive-streams", type=int, help="streams of 10 events in the archive comparison (100,000)")
     parser.add_argument("--start-runs", type=int, help="pool starts measured (default 7)")
     parser.add_argument("--start-compare", metavar="TIDEGATE",
                         help="another tidegate executable to start in the same rounds, interleaved (before/after)")
@@ -66,7 +68,7 @@ def main() -> None:
         "scaling": {"processes": args.scaling_processes},
         "foreground": {"seconds": args.pgbench_seconds},
         "adaptive": {},
-        "archive": {},
+        "archive": {"rounds": args.archive_rounds, "streams": args.archive_streams},
         "selection": {},
         "start": {"runs": args.start_runs, "compare": args.start_compare},
         "fanout": {"rows": args.fanout_rows, "rounds": args.fanout_rounds},

@@ -217,8 +217,8 @@ class BackfillRange(RangeKind):
             return BatchResult(processed=batch.rows or 0)
         target = self._target(conn, p["source"], p["key"])
         where = self._where(conn, target, p)
-        rows = conn.execute(where.into(ROWS, source=target.source, key=target.key.ident),
-                            {"lo": batch.lo, "hi": batch.hi, **where.params}).mappings().all()
+        rows = handlers.fetch_rows(conn, where.into(ROWS, source=target.source, key=target.key.ident),
+                                   {"lo": batch.lo, "hi": batch.hi, **where.params})
         errors = handlers.run(conn, handlers.resolve(p["handler"]), rows, p["item_key"])
         return BatchResult(processed=len(rows), errors=errors)
 

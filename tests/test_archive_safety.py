@@ -134,6 +134,34 @@ def test_appends_racing_the_archive_lose_no_event(engine, db_url, pools, guard):
         assert not refused
 
 
+WAITING_FOR_LOCK = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock'")
+
+
+def test_an_append_in_flight_holding_only_its_foreign_key_lock_is_moved_with_its_stream(engine, db_url, pools):
+    """README, "Concurrent appends": an appender whose one lock on the stream row is its foreign key's KEY SHARE
+    (no guard installed, no stream-row lock), in flight when the batch comes. The batch's FOR UPDATE waits for
+    it, and the event then moves with its stream. A batch that took only NO KEY UPDATE (a plain UPDATE of the
+    marks, which KEY SHARE does not block) would finish without waiting and leave the event in the hot table."""
+    build(engine, db_url, "tidegate", 60)  # es_events.stream_id REFERENCES es_streams (id)
+    sid = scalar(engine, "SELECT id::text FROM es_streams WHERE type <> 'user' ORDER BY id LIMIT 1")
+    with psycopg.connect(db_url) as app:
+        app.execute("INSERT INTO es_events (stream_id, version, type, data) VALUES (%s, 999999, 'appended', '{}')",
+                    (sid,))  # uncommitted: the foreign key check holds KEY SHARE on the stream row
+        job = archive(db_url, "--force", "--stream", sid, batch_size=1000, concurrency=1)
+        pool = pools("--concurrency", "1", "--poll", "0.2")
+        wait_for(lambda: scalar(engine, WAITING_FOR_LOCK) > 0 or job_row(engine, job).status == "done",
+                 timeout=120, what="the batch waiting for the appender (or the job done without waiting)")
+        done_without_waiting = job_row(engine, job).status == "done"
+        app.commit()
+    wait_for(lambda: job_row(engine, job).status == "done", timeout=120, what="archive job done")
+    assert pool.terminate() == 0
+    assert not done_without_waiting
+    assert scalar(engine, "SELECT archived_at IS NOT NULL FROM es_streams WHERE id = CAST(:s AS uuid)", s=sid)
+    assert scalar(engine, "SELECT count(*) FROM es_events_archive WHERE type = 'appended'") == 1
+    assert scalar(engine, LEFT_BEHIND) == 0
+
+
 @pytest.mark.parametrize("layout", ["tidegate", "marten"])
 def test_guard_reject_redirect_off(engine, db_url, layout):
     build(engine, db_url, layout, 30)

@@ -262,3 +262,102 @@ def test_a_role_without_temporary_fails_the_batch_and_files_no_item(events, db_u
             conn.execute(text(f'GRANT TEMPORARY ON DATABASE "{database}" TO PUBLIC'))
             conn.execute(text(f'DROP OWNED BY "{role}"'))
             conn.execute(text(f'DROP ROLE "{role}"'))
+
+
+# -- the write's round trips and the batch's read (issue 18.2) ----------------------------------------------
+
+
+def test_a_name_with_percent_survives_the_statements_sent_together(events):
+    """The write's statements go to the server together, through the driver's paramstyle: a % in
+    a quoted column name is the name, not a placeholder."""
+    with events.begin() as conn:
+        conn.execute(text('ALTER TABLE bulk_events ADD COLUMN "50%x" int'))
+
+    class Percent(_Events):
+        name = "test_percent"
+        columns = ("id", "at", "50%x")
+
+    rows = [{"k": k, "records": [(k, AT, k * 10)]} for k in (1, 2)]
+    assert _run(events, Percent(), rows) == []
+    assert _run(events, Percent(), [{"k": 3, "records": [(1, AT, 99)]}]) == []  # an update: the conflict path
+    with events.connect() as conn:
+        assert dict(conn.execute(text('SELECT id, "50%x" FROM bulk_events')).all()) == {1: 99, 2: 20}
+
+
+def test_an_engine_that_prepares_statements_sends_them_one_by_one(events, db_url):
+    """A prepared statement holds one command: on an engine whose psycopg prepares (not tidegate's), the
+    write's statements go one by one, the bad record is still its row's item, the rest written."""
+    from sqlalchemy import create_engine
+
+    preparing = create_engine(events.url, connect_args={"prepare_threshold": 0})
+    try:
+        for batch in range(3):  # past any threshold: every statement prepared
+            rows = [{"k": f"{batch}-{i}", "records": [(batch * 10 + i, AT, "x")]} for i in range(3)]
+            rows.append({"k": f"{batch}-bad", "records": [(batch * 10 + 9, None, "NOT NULL column")]})
+            errors = _run(preparing, _Events(), rows)
+            assert [e.item_key for e in errors] == [f"{batch}-bad"]
+        assert scalar(events, "SELECT count(*) FROM bulk_events") == 9
+    finally:
+        preparing.dispose()
+
+
+def test_a_statement_timeout_in_the_write_is_the_batchs_never_an_item(events):
+    """The upsert runs out of statement_timeout (57014, SET LOCAL by the runner for a job): the error is
+    the batch's (raised: rolled back, retried), no row filed as a bad item; the savepoint the write set is
+    not left behind for the next batch's write."""
+    from tidegate.worker.db import sqlstate
+
+    with events.begin() as conn:
+        conn.execute(text("""
+            CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.note = 'slow' THEN PERFORM pg_sleep(5); END IF;
+                RETURN NEW;
+            END $$"""))
+        conn.execute(text("CREATE TRIGGER slow_write BEFORE INSERT ON bulk_events FOR EACH ROW"
+                          " EXECUTE FUNCTION slow_write()"))
+    rows = [{"k": 1, "records": [(1, AT, "fine")]}, {"k": 2, "records": [(2, AT, "slow")]}]
+    with events.connect() as conn:
+        tx = conn.begin()
+        conn.execute(text("SET LOCAL statement_timeout = '200ms'"))
+        with pytest.raises(Exception) as raised:
+            handlers.run(conn, handlers.Resolved("test_events", handler=_Events()), rows, ["k"])
+        assert sqlstate(raised.value) == "57014"
+        tx.rollback()
+    assert scalar(events, "SELECT count(*) FROM bulk_events") == 0
+    # the same handler, same connection pool, next batch: written whole
+    assert _run(events, _Events(), [{"k": 3, "records": [(3, AT, "fine")]}]) == []
+    assert scalar(events, "SELECT count(*) FROM bulk_events") == 1
+
+
+def test_a_failing_record_then_a_good_batch_in_one_transaction(events):
+    """After a record fault the write's savepoint is rolled back to and released: a second write in the
+    same transaction (the next adaptive step) sets its own, and the transaction commits both."""
+    with events.begin() as conn:
+        first = handlers.run(conn, handlers.Resolved("test_events", handler=_Events()),
+                             [{"k": "a", "records": [(1, AT, "x")]}, {"k": "b", "records": [(2, None, "bad")]}], ["k"])
+        second = handlers.run(conn, handlers.Resolved("test_events", handler=_Events()),
+                              [{"k": "c", "records": [(3, AT, "y")]}], ["k"])
+    assert [e.item_key for e in first] == ["b"] and second == []
+    with events.connect() as conn:
+        assert sorted(conn.execute(text("SELECT id FROM bulk_events")).scalars()) == [1, 3]
+
+
+JSON_DOCS = ['{"n": 99999999999999999999999}', '{"n": 9223372036854775807}', '{"n": -9223372036854775809}',
+             '{"n": 18446744073709551616}', '{"f": 1e400}', '{"f": -0.0, "g": 0.1, "h": 5e-324}',
+             '{"s": "1234567890123456789012 in a string"}', '{"u": "\\u00e9\\ud83d\\ude00 \\"q\\""}',
+             '[' * 300 + ']' * 300, '{"n": 123456789012345678.5}']
+
+
+@pytest.mark.parametrize("doc", JSON_DOCS)
+def test_a_batchs_json_reads_as_json_loads_reads_it(engine, doc):
+    """The batch's rows are read with orjson where it reads what json.loads reads, json.loads elsewhere (a
+    25-digit integer stays an int, never a float): the handler sees the same values either way."""
+    import json
+
+    with engine.connect() as conn:
+        got = handlers.fetch_rows(conn, text("SELECT CAST(:d AS json) AS j, CAST(:d AS jsonb) AS jb, 1 AS one"),
+                                  {"d": doc})
+        as_text = conn.execute(text("SELECT CAST(:d AS json)::text, CAST(:d AS jsonb)::text"), {"d": doc}).one()
+    assert got == [{"j": json.loads(as_text[0]), "jb": json.loads(as_text[1]), "one": 1}]
+    assert repr(got[0]["jb"]) == repr(json.loads(as_text[1]))  # same types: 1 vs 1.0, int vs float

@@ -53,7 +53,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Self
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, TextClause, text
 
 from tidegate.jobs import checks
 from tidegate.jobs.archive import layouts, selection
@@ -83,6 +83,7 @@ AUDIT = Fragment(SQL["audit"])  # ends each events statement: the batch's audit 
 DETAILS = text(SQL["details"])
 SET_MARK = "{column} = {value}"  # a mark column of the stream row, and its value from Direction.marks
 PHASES = ("mark", "move")  # two-phase archiving: mark the streams only, or move the events of marked ones
+CACHED = 16  # jobs whose statements a process keeps (a worker runs a few jobs at a time)
 XREF_WHY = "cross-referenced by a live stream (use --force)"
 MOVE_GONE_WHY = "no longer archived (reactivated) or gone"  # --move-marked: a candidate unmarked meanwhile
 
@@ -193,14 +194,22 @@ class ArchiveRange(RangeKind):
         self.name = name
         self.direction = direction
         self.aliases = aliases
-        self._layouts: dict[str, Layout] = {}
+        self._jobs: dict[str, Statements] = {}  # by snapshot: the latest CACHED jobs this process ran
+
+    def statements(self, conn: Connection, params: dict[str, Any]) -> Statements:
+        """A job's resolved layout and batch statements, once per process and snapshot, not once per batch:
+        the catalog checks, the foreign-key question and the rendering are the same for every batch."""
+        found = self._jobs.get(params["snapshot"])
+        if found is None:
+            found = self._prepare(conn, params)
+            while len(self._jobs) >= CACHED:
+                del self._jobs[next(iter(self._jobs))]  # the oldest job's
+            self._jobs[params["snapshot"]] = found
+        return found
 
     def layout(self, conn: Connection, params: dict[str, Any]) -> Layout:
         """Catalog checks once per process and snapshot, not once per batch."""
-        found = self._layouts.get(params["snapshot"])
-        if found is None:
-            found = self._layouts[params["snapshot"]] = layouts.resolve(conn, params["layout_spec"])
-        return found
+        return self.statements(conn, params).layout
 
     # -- planning ------------------------------------------------------------------
 
@@ -249,20 +258,22 @@ class ArchiveRange(RangeKind):
         return dense_keys(after, end, limit)
 
     def process_range(self, conn: Connection, ctx: BatchContext, batch: KeyRange) -> BatchResult:
-        """Lock and mark the candidates of ``(lo, hi]``, move their read models and events, audit the batch."""
+        """Lock and mark the candidates of ``(lo, hi]``, move their read models and events, audit the batch:
+        two statements on the event store (one more per read model and document table), rendered once per job."""
         p = ctx.params
-        layout = self.layout(conn, p)
+        job = self.statements(conn, p)
         candidates = {"snapshot": p["snapshot"], "lo": batch.lo, "hi": batch.hi, "force": bool(p.get("force"))}
-        # a store whose events' foreign key names the streams' flag takes marks and flags in one statement
-        together = (layout.flag and p.get("phase") is None and "archived_flag" in layout.stream_cols
-                    and self._flag_in_fkey(conn, layout))
-        locked = self._lock_and_mark(conn, layout, candidates, p, lock_only=together)
         action = self.direction.action
-        gone_why = MOVE_GONE_WHY if p.get("phase") == "move" else self.direction.gone_why
-        audit = {**candidates, "job_id": ctx.job_id, "layout": layout.name, "actor": p["owner"], "action": action,
-                 "reason": p.get("reason"), "xref_why": XREF_WHY, "ids": locked, "gone_why": gone_why}
-        streams, events = self.move(conn, layout, locked, audit, mark_only=p.get("phase") == "mark",
-                                    marks=self._marks(layout, p) if together else None)
+        try:
+            locked = list(conn.execute(job.lock, {**candidates, **job.lock_params}).scalars().all())
+            gone_why = MOVE_GONE_WHY if p.get("phase") == "move" else self.direction.gone_why
+            audit = {**candidates, "job_id": ctx.job_id, "layout": job.layout.name, "actor": p["owner"],
+                     "action": action, "reason": p.get("reason"), "xref_why": XREF_WHY, "ids": locked,
+                     "gone_why": gone_why}
+            streams, events = self.move(conn, job, locked, audit)
+        except Exception:
+            self._jobs.pop(p["snapshot"], None)  # the retry reads the catalog again (a table or key changed?)
+            raise
         # counted before the commit: a batch that then rolls back is counted again when it is
         # redone, so these counters may run slightly ahead; archive_audit is exact.
         metrics.ARCHIVE_STREAMS.labels(action).inc(len(locked))
@@ -283,72 +294,80 @@ class ArchiveRange(RangeKind):
 
         return report.summary(engine, job_id)
 
-    def move(self, conn: Connection, layout: Layout, locked: list[str], audit: dict[str, Any], *,
-             mark_only: bool = False, marks: Marks | None = None) -> tuple[int, int]:
+    def move(self, conn: Connection, job: Statements, locked: list[str], audit: dict[str, Any]) -> tuple[int, int]:
         """Move the locked streams' read models and events and write the batch's audit row (in the
         events statement); returns (candidates in the batch, events moved). Read models move before
-        the events when archiving and after them when unarchiving. ``mark_only``: the audit row alone
-        (the first phase of two-phase archiving leaves events and read models where they are). ``marks``:
-        the streams' marks, set in the events statement (a foreign key from the events through the flag)."""
+        the events when archiving and after them when unarchiving. A job without an events statement
+        (the first phase of two-phase archiving) or a batch that locked nothing writes the audit row alone
+        (:ids still names the streams marked)."""
+        if not locked or job.events is None:
+            sql, params = job.nothing, audit
+            moving: list[str] = []
+        else:
+            sql, params = job.events, {**job.events_params, **audit}
+            moving = locked
+        models_first = not self.direction.unarchive
+        if moving and models_first:
+            self._move_models(conn, job, moving, audit["job_id"])
+        row = conn.execute(sql, params).one()
+        if moving and not models_first:
+            self._move_models(conn, job, moving, audit["job_id"])
+        return int(row.streams), int(row.events)
+
+    def _move_models(self, conn: Connection, job: Statements, ids: list[str], job_id: str) -> None:
+        """The read models' rows and the projection documents of the locked streams, in the batch's transaction."""
+        for sql, extra in job.models:
+            conn.execute(sql, {"ids": ids, "job_id": job_id, **extra})
+
+    def _prepare(self, conn: Connection, p: dict[str, Any]) -> Statements:
+        """Resolve the job's layout and render its batch statements (see :class:`Statements`)."""
+        layout = layouts.resolve(conn, p["layout_spec"])
+        phase = p.get("phase")
+        marks = self._marks(layout, p)
+        # a store whose events' foreign key names the streams' flag takes marks and flags in one statement
+        together = (layout.flag and phase is None and "archived_flag" in layout.stream_cols
+                    and self._flag_in_fkey(conn, layout))
+        idents = dict(marks.idents)  # state_sql adds the state's column; the events statement renders without
+        state = selection.state_sql(layout, idents, archived=self.direction.unarchive or phase == "move")
+        if phase == "move" or together:  # lock only: the marks stay (--move-marked) or move with the flags
+            lock = render(SQL["lock_only"], state=state, **{k: v for k, v in idents.items() if not k.startswith("m_")})
+        else:
+            lock = render(SQL["lock_mark"], state=state, sets=marks.sets, **idents)
         ev = {"estream": layout.event_stream.ident, "etype": identifiers.type_of(layout.event_stream)}
-        if not locked or mark_only:
-            sql = render(SQL["nothing_moved"], audit=AUDIT)
-            locked = []  # nothing to move; the audit still names the streams marked (:ids)
+        events: TextClause | None = None
+        events_params: dict[str, Any] = {}
+        if phase == "mark":
+            pass  # marks only: events and read models stay where they are
         elif layout.flag:
             flag = layout.event_cols["archived_flag"]
             archived, hot = layout.event_flag_values
-            audit = {**audit, **({"flag_from": archived, "flag_to": hot} if self.direction.unarchive
-                                 else {"flag_from": hot, "flag_to": archived})}
-            if marks is None:
-                sql = render(SQL["flag_events"], audit=AUDIT, events=layout.events, eflag=flag.ident,
-                             eftype=identifiers.type_of(flag), **ev)
+            events_params = ({"flag_from": archived, "flag_to": hot} if self.direction.unarchive
+                             else {"flag_from": hot, "flag_to": archived})
+            if not together:
+                events = render(SQL["flag_events"], audit=AUDIT, events=layout.events, eflag=flag.ident,
+                                eftype=identifiers.type_of(flag), **ev)
             else:
-                sql = render(SQL["mark_flag_events"], audit=AUDIT, events=layout.events, eflag=flag.ident,
-                             eftype=identifiers.type_of(flag), sets=marks.sets, **marks.idents, **ev)
-                audit = {**marks.params, **audit}
+                events = render(SQL["mark_flag_events"], audit=AUDIT, events=layout.events, eflag=flag.ident,
+                                eftype=identifiers.type_of(flag), sets=marks.sets, **marks.idents, **ev)
+                events_params = {**marks.params, **events_params}
         else:
             assert layout.archive is not None
             src, dst = self.direction.src_dst(layout.events, layout.archive)
-            sql = render(SQL["move_events"], audit=AUDIT, src=src, dst=dst, cols=layout.event_columns, **ev)
-        models_first = not self.direction.unarchive
-        if locked and models_first:
-            self._move_models(conn, layout, locked, audit["job_id"])
-        row = conn.execute(sql, audit).one()
-        if locked and not models_first:
-            self._move_models(conn, layout, locked, audit["job_id"])
-        return int(row.streams), int(row.events)
-
-    def _move_models(self, conn: Connection, layout: Layout, ids: list[str], job_id: str) -> None:
-        """The read models' rows and the projection documents of the locked streams, in the batch's transaction."""
+            events = render(SQL["move_events"], audit=AUDIT, src=src, dst=dst, cols=layout.event_columns, **ev)
+        models: list[tuple[TextClause, dict[str, Any]]] = []
         for m in layout.read_models:
             src, dst = self.direction.src_dst(m.table, m.archive)
-            conn.execute(render(SQL["move_models"], src=src, dst=dst, cols=m.columns, rkey=m.key.ident,
-                                rtype=identifiers.type_of(m.key)), {"ids": ids})
+            models.append((render(SQL["move_models"], src=src, dst=dst, cols=m.columns, rkey=m.key.ident,
+                                  rtype=identifiers.type_of(m.key)), {}))
         for d in layout.documents:
             if self.direction.unarchive:
                 sql = render(DOCS["restore"], doc=d.table, cols=d.columns)
             else:
                 sql = render(DOCS["archive"], doc=d.table, dkey=d.key.ident, dtype=identifiers.type_of(d.key))
-            conn.execute(sql, {"ids": ids, "relation": d.table.sql, "job_id": job_id})
-
-    def _lock_and_mark(self, conn: Connection, layout: Layout, batch: dict[str, Any], p: dict[str, Any], *,
-                       lock_only: bool = False) -> list[str]:
-        """One statement: read the batch's candidates, lock the streams still in the expected state, in key
-        order, and set (or clear) their marks; returns their ids. Marks go first so that a guard trigger
-        lets unarchived events back in and sees archived streams as archived the moment the batch commits.
-        The events move in a later statement, whose snapshot sees every append that committed before the
-        lock was granted (one statement would keep the snapshot taken before it waited). ``lock_only`` (and
-        --move-marked): lock, leave the marks (the events statement sets them, or they stay)."""
-        moving_marked = p.get("phase") == "move"  # locked as archived, marks kept
-        marks = self._marks(layout, p)
-        state = selection.state_sql(layout, marks.idents, archived=self.direction.unarchive or moving_marked)
-        params: dict[str, Any] = {**batch, **marks.params}
-        if moving_marked or lock_only:
-            sql = render(SQL["lock_only"], state=state,
-                         **{k: v for k, v in marks.idents.items() if not k.startswith("m_")})
-        else:
-            sql = render(SQL["lock_mark"], state=state, sets=marks.sets, **marks.idents)
-        return list(conn.execute(sql, params).scalars().all())
+            models.append((sql, {"relation": d.table.sql}))
+        return Statements(layout=layout, lock=lock, lock_params=marks.params, events=events,
+                          events_params=events_params, nothing=render(SQL["nothing_moved"], audit=AUDIT),
+                          models=models)
 
     def _marks(self, layout: Layout, p: dict[str, Any]) -> Marks:
         """The streams' marks this direction sets or clears: the SET list, its identifiers and parameters."""
@@ -374,6 +393,28 @@ class ArchiveRange(RangeKind):
         flag = layout.stream_cols["archived_flag"]
         return bool(conn.execute(text(SQL["flag_in_fkey"]), {"events": layout.events.sql, "streams": layout.streams.sql,
                                                              "flag": flag.ident.name}).scalar_one())
+
+
+@dataclass(frozen=True)
+class Statements:
+    """One job's batch statements, rendered once per process and snapshot (:meth:`ArchiveRange.statements`).
+
+    ``lock``: read the batch's candidates, lock the streams still in the expected state ``FOR UPDATE`` in key
+    order and set (or clear) their marks, in one statement; their ids. Marks go first so that a guard trigger
+    lets unarchived events back in and sees archived streams as archived the moment the batch commits. The
+    events move in a later statement (``events``), whose snapshot sees every append that committed before the
+    lock was granted (one statement would keep the snapshot taken before it waited). --move-marked, and a
+    store whose events' foreign key names the streams' flag, lock only: the marks stay, or the events
+    statement sets them with the flags. ``events`` is None for --mark-only; ``nothing`` is the audit row
+    alone; ``models``: the read models' and documents' statements with their own parameters."""
+
+    layout: Layout
+    lock: TextClause
+    lock_params: dict[str, Any]
+    events: TextClause | None
+    events_params: dict[str, Any]
+    nothing: TextClause
+    models: list[tuple[TextClause, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
