@@ -125,7 +125,10 @@ class Pool:
 
     def kill(self) -> None:
         for w in self.workers():
-            w.kill()
+            try:
+                w.kill()
+            except psutil.Error:  # gone since listed: the supervisor below must still be killed
+                pass
         self.proc.kill()
         self.proc.wait(10)
 
