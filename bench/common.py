@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Self
 
 import psutil
 import psycopg
@@ -57,7 +58,26 @@ def cli(url: str, *args: str, env: dict[str, str] | None = None) -> str:
     return proc.stdout.strip()
 
 
-class PeakRss:
+class Sampler:
+    """A thread that samples (``_run``, until ``_stop`` is set) while the ``with`` block runs."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class PeakRss(Sampler):
     """Samples the resident memory of a process's children every 0.2 s; keeps the peak per child."""
 
     def __init__(self, pid: int, probe: Callable[[], float] | None = None, every: float = 2.0) -> None:
@@ -67,16 +87,7 @@ class PeakRss:
         self.probe = probe
         self.every = every
         self.trace: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        super().__init__()
 
     def _run(self) -> None:
         next_probe = time.monotonic()
@@ -198,7 +209,7 @@ POOL_CONNECTIONS = ("SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%
                     " AND application_name NOT IN ('tidegate-bench', 'tidegate-cli')")
 
 
-class ConnectionPeak:
+class ConnectionPeak(Sampler):
     """Samples pg_stat_activity every 0.1 s: the most connections tidegate's processes held at once in
     the databases named (from a connection of its own to the server's maintenance database)."""
 
@@ -206,16 +217,7 @@ class ConnectionPeak:
         self.server = libpq_url(server)
         self.databases = databases
         self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> ConnectionPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        super().__init__()
 
     def _run(self) -> None:
         with psycopg.connect(self.server, autocommit=True, application_name="tidegate-bench") as conn:

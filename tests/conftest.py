@@ -140,6 +140,19 @@ class Pool:
 
 
 @contextlib.contextmanager
+def target_databases(pg_server: str, template: str, names: tuple[str, ...]) -> Iterator[dict[str, tuple[str, Engine]]]:
+    """One migrated database (cloned from the template) per target name: {name: (url, engine)}; dropped after."""
+    with contextlib.ExitStack() as stack:
+        yield {name: stack.enter_context(pg.cloned(pg_server, template)) for name in names}
+
+
+def targets_env(dbs: dict[str, tuple[str, Engine]]) -> dict[str, str]:
+    """The environment that makes ``dbs`` a command's targets (and nothing else: no targets file)."""
+    return {"TIDEGATE_TARGETS": ",".join(f"{n}={u}" for n, (u, _) in dbs.items()),
+            "TIDEGATE_TARGETS_FILE": "/nonexistent/targets.toml"}
+
+
+@contextlib.contextmanager
 def pool_starter(default_url: str, tmp_path: Path, env: dict | None = None) -> Iterator[callable]:
     """Starts pools (on ``default_url`` unless told otherwise), logging under tmp_path; kills those
     still running at the end."""

@@ -15,9 +15,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from tests import pg
-from tests.conftest import pool_starter, run_cli, scalar, wait_for
+from tests.conftest import pool_starter, run_cli, scalar, target_databases, targets_env, wait_for
 from tests.fixtures import SLOW_LOG_HANDLER, log_report, make_items
-from tidegate.worker.db import make_engine
 
 NAMES = ("fo_a", "fo_b", "fo_c")
 ROWS = 1200
@@ -27,21 +26,11 @@ pytestmark = pytest.mark.xdist_group("fanout")
 @pytest.fixture
 def shards(pg_server: str, template: str) -> Iterator[dict[str, tuple[str, Engine]]]:
     """Three migrated databases (from the template), named as targets fo_a, fo_b, fo_c."""
-    found = {}
-    for name in NAMES:
-        url = pg.with_database(pg_server, pg.clone(pg_server, template))
-        found[name] = (url, make_engine(url, application_name="tidegate-tests"))
-    yield found
-    for url, engine in found.values():
-        engine.dispose()
-        with pg.admin(pg_server) as conn:
-            conn.execute(f'ALTER DATABASE "{make_url(url).database}" ALLOW_CONNECTIONS true')
-        pg.drop(pg_server, make_url(url).database)
+    with target_databases(pg_server, template, NAMES) as found:
+        yield found
 
 
-def env_of(shards: dict) -> dict[str, str]:
-    return {"TIDEGATE_TARGETS": ",".join(f"{n}={u}" for n, (u, _) in shards.items()),
-            "TIDEGATE_TARGETS_FILE": "/nonexistent/targets.toml"}
+env_of = targets_env
 
 
 def cli(shards: dict, *args: str, check: bool = False, **kw):  # type: ignore[no-untyped-def]

@@ -17,9 +17,9 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from tests import pg
-from tests.conftest import job_row, pool_starter, run_cli, scalar, wait_for
+from tests.conftest import job_row, pool_starter, run_cli, scalar, target_databases, targets_env, wait_for
 from tests.fixtures import LOG_HANDLER, SLOW_LOG_HANDLER, log_report, make_items
-from tidegate.worker.db import libpq_url, make_engine
+from tidegate.worker.db import libpq_url
 
 NAMES = ("t_a", "t_b", "t_c")
 pytestmark = pytest.mark.xdist_group("multi_targets")
@@ -28,22 +28,11 @@ pytestmark = pytest.mark.xdist_group("multi_targets")
 @pytest.fixture
 def shards(pg_server: str, template: str) -> Iterator[dict[str, tuple[str, Engine]]]:
     """Three databases from the template (migrated), each with items(k) and processed_log."""
-    found = {}
-    for name in NAMES:
-        db = pg.clone(pg_server, template)
-        url = pg.with_database(pg_server, db)
-        found[name] = (url, make_engine(url, application_name="tidegate-tests"))
-    yield found
-    for url, engine in found.values():
-        engine.dispose()
-        with pg.admin(pg_server) as conn:
-            conn.execute(f'ALTER DATABASE "{make_url(url).database}" ALLOW_CONNECTIONS true')
-        pg.drop(pg_server, make_url(url).database)
+    with target_databases(pg_server, template, NAMES) as found:
+        yield found
 
 
-def env_of(shards: dict) -> dict[str, str]:
-    return {"TIDEGATE_TARGETS": ",".join(f"{n}={u}" for n, (u, _) in shards.items()),
-            "TIDEGATE_TARGETS_FILE": "/nonexistent/targets.toml"}
+env_of = targets_env
 
 
 def enqueue(shards: dict, tmp_path, name: str, sql: str, *, rows: int, batch: int = 50, concurrency: int = 2) -> str:
