@@ -135,6 +135,7 @@ ENTRY_POINTS = "tidegate.handlers"
 MODULES_ENV = kinds.HANDLERS_ENV
 LISTED = 40  # handlers named in a refusal at most
 _available: dict[str, ItemHandler | RowFunction] | None = None
+_available_for: tuple[str, ...] = ()  # the $TIDEGATE_HANDLERS modules _available was loaded for
 
 
 def register(handler: ItemHandler) -> ItemHandler:
@@ -162,8 +163,9 @@ def available() -> dict[str, ItemHandler | RowFunction]:
     An entry point names a module (``demo = "tidegate.jobs.demo.handlers"``) or one object (``mine =
     "pkg.mod:HANDLER"``, then named ``mine``). A loaded module offers, as ``module:name``, each public function
     defined in it and each :class:`ItemHandler` instance it holds; handlers it registers are offered by their name."""
-    global _available
-    if _available is not None:
+    global _available, _available_for
+    wanted = tuple(configured_modules())
+    if _available is not None and _available_for == wanted:  # loaded already, for the same $TIDEGATE_HANDLERS
         return {**_available, **_registry}
     found: dict[str, ItemHandler | RowFunction] = {}
     modules: list[ModuleType] = []
@@ -193,7 +195,7 @@ def available() -> dict[str, ItemHandler | RowFunction]:
                 continue
             if isinstance(value, ItemHandler) or (inspect.isfunction(value) and value.__module__ == module.__name__):
                 found[f"{module.__name__}:{attr}"] = value
-    _available = found
+    _available, _available_for = found, wanted
     return {**found, **_registry}
 
 

@@ -306,9 +306,14 @@ def citus_cluster():  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def citus(citus_cluster):  # type: ignore[no-untyped-def]
-    """The Citus cluster with tidegate's tables empty; the tables a test creates are dropped after it."""
+    """The Citus cluster with tidegate's tables empty; the tables a test creates are dropped after it. The
+    tests' coordinator sessions are new for each test and for the reset: a session that talked to a worker
+    node a test restarted holds Citus's cached connection to it, and its next distributed statement fails
+    ("failure on connection marked as essential")."""
+    citus_cluster.engine.dispose()
     keep = citus_cluster.tables()
     yield citus_cluster
+    citus_cluster.engine.dispose()
     citus_cluster.reset(keep)
 
 
