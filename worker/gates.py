@@ -183,6 +183,7 @@ class Gates:
         self._written: dict[str, list[str]] = {}  # per job: the tables it declares it writes
         self._held: set[str] = set()  # jobs this process has recorded as held
         self._nodes_unreadable = False  # asking the Citus worker nodes failed once (logged)
+        self._citus: bool | None = None  # is the database a Citus coordinator with worker nodes (asked once)
 
     def recently_go(self, job_id: str) -> bool:
         """Every gate said go for this job less than ``every`` seconds ago: no need to ask again."""
@@ -213,9 +214,12 @@ class Gates:
         if not judges:
             return None
         try:
+            if self._citus is None:  # asked once per worker: a database does not gain or lose Citus under it
+                with conn.begin_nested():
+                    self._citus = store.has_citus(conn)
+            if not self._citus:
+                return None
             with conn.begin_nested():
-                if not store.has_citus(conn):
-                    return None
                 nodes = store.worker_node_health(conn, max(1, int(self.node_timeout * 1000)))
         except DBAPIError as err:  # e.g. no privilege to run run_command_on_workers: said once, at warning
             (log.debug if self._nodes_unreadable else log.warning)(
