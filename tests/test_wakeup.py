@@ -116,3 +116,29 @@ def test_a_sigterm_landing_while_the_main_thread_holds_the_stop_events_lock_stil
     With the handler of worker/signals.py the signal is acted on from a thread of its own."""
     proc = subprocess.run([sys.executable, "-c", SIGNAL_IN_THE_LOCK], capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stdout.strip()) == (0, "stopped"), proc.stderr
+
+
+SIGNAL_BEFORE_THE_WATCHER = """
+import os, signal, threading
+from tidegate.worker.signals import hold, on_signals
+stop = threading.Event()
+hold()  # as run_pool does before forking its first workers
+child = os.fork()
+if child == 0:  # a forked worker: the stop request comes before its watcher is up
+    os.kill(os.getpid(), signal.SIGTERM)
+    on_signals(lambda signum: stop.set())
+    os._exit(0 if stop.wait(30) else 3)
+os.kill(os.getpid(), signal.SIGTERM)  # the pool itself, in the same gap
+on_signals(lambda signum: stop.set())
+_, status = os.waitpid(child, 0)
+print("stopped" if stop.wait(30) else "not stopped", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_stop_request_before_the_watcher_is_up_waits_for_it_instead_of_killing_the_pool():
+    """CI saw a pool end by SIGTERM's default action (exit -15, no drain, no kill of a stuck worker): the
+    signal came between the fork of the first workers and the pool's watcher. Held, it is delivered to the
+    watcher once it is up, in the pool and in a forked worker alike."""
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_BEFORE_THE_WATCHER], capture_output=True, text=True,
+                          timeout=60)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "stopped 0"), proc.stderr

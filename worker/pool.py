@@ -171,6 +171,7 @@ def run_pool(config: WorkerConfig, concurrency: int, log_level: str = "INFO", lo
         procs[index] = p
         born[index] = time.monotonic()
 
+    signals.hold()  # a stop request before the watcher below is up waits for it instead of killing us
     if fork is not None:
         for i in range(concurrency):
             start(i, fork)

@@ -29,9 +29,18 @@ def _nothing(_signum: int, _frame: object) -> None:
     """A Python handler must be installed, or the signal's default action would kill the process."""
 
 
+def hold() -> None:
+    """Hold SIGTERM and SIGINT pending until ``on_signals`` is in place: a pool that forks its first
+    workers before its watcher thread may start (no thread may exist at a fork) was killed by the
+    signal's default action when a stop request came in that gap. The mask is inherited by forked and
+    spawned children alike; their own ``on_signals`` releases it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
 def on_signals(callback: Callable[[int], None]) -> None:
     """Call ``callback(signum)`` from a watcher thread whenever SIGTERM or SIGINT arrives, for the rest
-    of the process's life. Call it from the main thread."""
+    of the process's life. Call it from the main thread. A signal held (``hold``) until now is
+    delivered as this returns."""
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     signal.set_wakeup_fd(write_fd)
@@ -47,4 +56,5 @@ def on_signals(callback: Callable[[int], None]) -> None:
                     except Exception:  # keep watching: the next signal must still be heard
                         log.exception("signal handler for %s failed", signal.Signals(signum).name)
 
-    threading.Thread(target=watch, name="signals", daemon=True).start()
+    threading.Thread(target=watch, name="signals", daemon=True).start()  # inherits a held mask: fine,
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # the main thread takes the signals
