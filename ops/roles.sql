@@ -100,6 +100,15 @@ GRANT SELECT ON tidegate_sql_approved TO tg_worker;
 -- which queue_jobs types are range kinds (migration 0013: their queued jobs get a backfill_jobs row at
 -- once, so the runbook's pause catches them; the trigger reads it as its owner). Readable by all three.
 GRANT SELECT ON tidegate_range_kinds TO tg_enqueue, tg_operator, tg_worker;
+-- On a Citus coordinator only (migration 0018): every batch copies nothing into it, which makes Citus commit
+-- the batch in two phases (ops/citus.md). A server without Citus has no such table.
+DO $$
+BEGIN
+    IF to_regclass('tidegate_two_phase') IS NOT NULL THEN
+        GRANT INSERT ON tidegate_two_phase TO tg_worker;
+    END IF;
+END
+$$;
 
 -- Retention (the pool's maintenance thread, or `tidegate maintenance run-once` from cron): deletes
 -- finished jobs and old errors. Grant it to the pool's login, or run the pool with --no-maintenance

@@ -279,11 +279,107 @@ def test_a_sql_handler_into_a_reference_or_non_colocated_table_is_refused_at_enq
     assert _scalar(cluster, "SELECT count(*) FROM queue_jobs") == 0
 
 
+# -- (f) a batch that writes one worker node, and the coordinator crashing at its commit ----------------
+
+# On the worker nodes: a deferred trigger on troop_log's shards that, once armed, sleeps in the commit of the
+# first transaction that wrote the shard (in COMMIT when Citus commits one-phase, in PREPARE TRANSACTION when
+# two-phase): the window between a node's commit and the coordinator's own, held open for the test.
+HOLD_COMMIT = """
+CREATE TABLE IF NOT EXISTS public.window_arm (armed boolean NOT NULL);
+CREATE OR REPLACE FUNCTION public.hold_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('tidegate_test.held', true) IS DISTINCT FROM 'yes'
+       AND EXISTS (SELECT 1 FROM public.window_arm WHERE armed) THEN
+        PERFORM set_config('tidegate_test.held', 'yes', true);
+        PERFORM pg_sleep(8);
+    END IF;
+    RETURN NULL;
+END $$;
+"""
+TRIGGER = ("SELECT run_command_on_placements('troop_log', $$CREATE CONSTRAINT TRIGGER hold_commit AFTER INSERT"
+           " ON %s DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.hold_commit()$$)")
+
+
+def _keep_one_node(cluster: Cluster) -> int:
+    """Delete the snapshots of every user whose shard is not on the first worker node: each batch then
+    writes that node only, through single-shard INSERTs (which Citus alone commits one-phase). The rows left."""
+    port = cluster.workers[0].port
+    with cluster.engine.begin() as conn:
+        users = conn.execute(text(
+            "SELECT user_id, get_shard_id_for_distribution_column('hero_snapshots', user_id)"
+            " FROM (SELECT DISTINCT user_id FROM hero_snapshots) u")).all()
+        here = set(conn.execute(text(
+            "SELECT shardid FROM citus_shards WHERE table_name = 'hero_snapshots'::regclass AND nodeport = :p"),
+            {"p": port}).scalars())
+        others = [u for u, shard in users if shard not in here]
+        conn.execute(text("DELETE FROM hero_snapshots WHERE user_id = ANY(:u)"), {"u": others})
+        return conn.execute(text("SELECT count(*) FROM hero_snapshots")).scalar_one()
+
+
+def test_a_coordinator_crash_while_a_one_node_batch_commits_neither_loses_nor_doubles_it(cluster, start_pool):
+    """Every batch writes one worker node. The node is made to hold the batch's commit open and the
+    coordinator is crashed (-m immediate) in that window. Committed one-phase (Citus's choice for such a
+    transaction) the node kept the rows while the checkpoint was lost, and the rerun doubled them (troop_log
+    has no unique key). tidegate has each batch copy nothing into tidegate_two_phase (migration 0018), which
+    makes Citus commit in two phases: the node's transaction is only prepared, recovery aborts it by the
+    coordinator's record, and the rerun writes the rows once."""
+    _target(cluster)
+    rows = _keep_one_node(cluster)
+    assert 0 < rows < ROWS
+    for node in cluster.workers:
+        node.query(HOLD_COMMIT)
+    cluster.coordinator.query(TRIGGER)
+    job = _enqueue(cluster, "tests.citus_handlers:troop_log", concurrency=1)
+    pool = start_pool("--concurrency", "1", "--retry-backoff", "0.5")
+    wait_for(lambda: job_row(cluster.engine, job).processed_count >= 600, timeout=120, what="progress")
+    node = cluster.workers[0]
+    node.query("INSERT INTO public.window_arm VALUES (true)")
+    wait_for(lambda: node.query("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")[0][0] > 0,
+             timeout=60, what="a batch's commit held open on the worker node")
+    node.query("UPDATE public.window_arm SET armed = false")
+    assert job_row(cluster.engine, job).status == "running"
+    cluster.coordinator.stop("immediate")  # the coordinator crashes before its own commit
+    wait_for(lambda: node.query("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")[0][0] == 0,
+             timeout=60, what="the node's side of that commit to end")
+    cluster.coordinator.start()
+    cluster.engine.dispose()
+    wait_for(lambda: _done(cluster, job), timeout=240, what="job done after the coordinator's crash")
+    assert pool.terminate() == 0
+    _assert_no_prepared_transactions_after_recovery(cluster)
+    _assert_exactly_once(cluster, "troop_log")
+    assert job_row(cluster.engine, job).processed_count == rows
+
+
+def test_every_batch_on_a_citus_coordinator_commits_two_phase(cluster):
+    """The two-phase commit is every batch's, also one that wrote a single shard (batches of one user):
+    Citus records each in pg_dist_transaction, until its recovery clears the records."""
+    _target(cluster)
+    _keep_one_node(cluster)
+    cluster.coordinator.query("ALTER SYSTEM SET citus.recover_2pc_interval = -1")
+    cluster.coordinator.query("SELECT pg_reload_conf()")
+    try:
+        cluster.recover_prepared()
+        before = _scalar(cluster, "SELECT count(*) FROM pg_dist_transaction")
+        job = run_cli(cluster.url, "enqueue", "backfill-range", "--source", "hero_snapshots", "--key", "created_at",
+                      "--from", "2024-01-01", "--to", "2024-01-01T01:00:00", "--handler",
+                      "tests.citus_handlers:troop_log", "--batch-size", "1", "--min-batch-size", "1",
+                      "--max-batch-size", "1", "--concurrency", "1", "--owner", "tests", env=ENV).stdout.strip()
+        run_cli(cluster.url, "worker", "--concurrency", "1", "--drain", env=ENV)
+        row = job_row(cluster.engine, job)
+        assert row.status == "done" and row.processed_count >= 10
+        # a record per batch that wrote the node (the last, empty one wrote nothing); one-phase: none
+        assert _scalar(cluster, "SELECT count(*) FROM pg_dist_transaction") - before >= row.processed_count - row.error_count
+    finally:
+        cluster.coordinator.query("ALTER SYSTEM RESET citus.recover_2pc_interval")
+        cluster.coordinator.query("SELECT pg_reload_conf()")
+
+
 def test_the_cluster_is_what_the_tests_say(citus):
     """Three nodes, two of them workers holding the shards; tidegate's tables local to the coordinator."""
     nodes = citus.coordinator.query("SELECT nodeport, groupid, shouldhaveshards FROM pg_dist_node ORDER BY groupid")
     assert [(port, group) for port, group, _ in nodes] == [(n.port, i) for i, n in enumerate(citus.nodes)]
-    assert citus.coordinator.query("SELECT count(*) FROM pg_dist_partition") == [(0,)]
+    # tidegate's one distributed table: always empty, a batch copies nothing into it (migration 0018)
+    assert citus.coordinator.query("SELECT logicalrelid::text FROM pg_dist_partition") == [("tidegate_two_phase",)]
     assert citus.coordinator.query("SELECT to_regclass('backfill_jobs') IS NOT NULL") == [(True,)]
     assert all(w.query("SELECT to_regclass('backfill_jobs')") == [(None,)] for w in citus.workers)
     assert citus.coordinator.query("SELECT citus_version()")[0][0].startswith("Citus 13.2")

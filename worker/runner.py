@@ -178,6 +178,7 @@ class Worker:
         self._last_plan = 0.0
         self._tail_seconds = 0.0  # moving average of a batch's time after its last step
         self.slice_times: dict[str, float] = {}  # the slice in hand: seconds per phase, its batches (PHASES)
+        self._two_phase: bool | None = None  # force Citus's two-phase commit on every batch (asked once)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -482,10 +483,24 @@ class Worker:
         its session (set_config(..., false)) would otherwise time out tidegate's own bookkeeping (the watch
         still bounds the batch)."""
         store.local_statement_timeout(conn, 0)
+        if self._two_phase is None:
+            self._two_phase = self._ask_two_phase(conn)
+        if self._two_phase:  # on a Citus coordinator: the shards' rows and this checkpoint commit as one
+            store.force_two_phase(conn)
         return store.record_batch(conn, store.BatchRecord(
             job_id=batch.job_id, slice_no=batch.slice_no, worker_id=self.id, key_type=state.key_type,
             checkpoint=step.checkpoint, processed=step.processed, errors=step.errors, exhausted=step.exhausted,
             next_batch_size=batch.next_size))
+
+    def _ask_two_phase(self, conn: Connection) -> bool:
+        """Whether this database is a Citus coordinator whose batches need ``force_two_phase``; a database
+        does not gain or lose Citus under a worker, so it is asked once."""
+        marker = store.citus_two_phase(conn)
+        if marker is False:
+            log.warning("this database has Citus but no tidegate_two_phase table (Citus was installed after "
+                        "migration 0018 ran): a batch whose writes all go to one worker node commits one-phase, "
+                        "and a coordinator crash at its commit can run it twice; ops/citus.md says how to add it")
+        return bool(marker)
 
     def _rolled_back(self, batch: InFlight, err: BaseException) -> Outcome:
         """The batch's transaction rolled back: cancelled by the watch, lost to an outage (raised: not

@@ -659,6 +659,20 @@ def local_lock_timeout(conn: Connection, ms: int) -> None:
     conn.execute(q("local_lock_timeout"), {"ms": str(ms)})
 
 
+def citus_two_phase(conn: Connection) -> bool | None:
+    """None: no Citus here. On a Citus coordinator: whether ``force_two_phase`` can work (migration 0018)."""
+    return conn.execute(q("citus_two_phase")).scalar()
+
+
+def force_two_phase(conn: Connection) -> None:
+    """Have Citus commit this transaction in two phases, whatever it wrote: a COPY into a distributed
+    table, even of no row, switches the coordinated transaction to two-phase commit (migration 0018 says
+    why a batch needs it). One round trip; nothing is stored."""
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    with cursor.copy("COPY tidegate_two_phase (k) FROM STDIN"):
+        pass
+
+
 def local_statement_timeout(conn: Connection, ms: int) -> None:
     conn.execute(q("local_statement_timeout"), {"ms": str(ms)})
 

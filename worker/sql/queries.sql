@@ -686,6 +686,12 @@ SELECT p.relid::regclass::text AS rel FROM pg_stat_progress_vacuum p
 WHERE p.datname = current_database() AND p.relid = ANY(CAST(:tables AS regclass[]))
 LIMIT 1;
 
+-- name: citus_two_phase
+-- description: NULL on a database without Citus; on a Citus coordinator, whether migration 0018 made
+-- tidegate_two_phase, the table a batch copies nothing into to have Citus commit it in two phases.
+SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
+            THEN to_regclass('tidegate_two_phase') IS NOT NULL END AS marker;
+
 -- name: gate_citus
 -- description: Whether this database has the Citus extension (then the gates also ask its worker nodes).
 SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
