@@ -281,23 +281,24 @@ def test_a_sql_handler_into_a_reference_or_non_colocated_table_is_refused_at_enq
 
 # -- (f) a batch that writes one worker node, and the coordinator crashing at its commit ----------------
 
-# On the worker nodes: a deferred trigger on troop_log's shards that, once armed, sleeps in the commit of the
-# first transaction that wrote the shard (in COMMIT when Citus commits one-phase, in PREPARE TRANSACTION when
-# two-phase): the window between a node's commit and the coordinator's own, held open for the test.
-HOLD_COMMIT = """
-CREATE TABLE IF NOT EXISTS public.window_arm (armed boolean NOT NULL);
+# A deferred trigger on troop_log's shards that, while the test holds an advisory lock on the node, sleeps in
+# the commit of each transaction that wrote the shard (in COMMIT when Citus commits one-phase, in PREPARE
+# TRANSACTION when two-phase): the window between a node's commit and the coordinator's own, held open.
+# Created on the coordinator: Citus propagates the function to the nodes and the trigger to the shards.
+ARMED = 7_311_018  # the advisory lock key that arms it
+HOLD_COMMIT = [f"""
 CREATE OR REPLACE FUNCTION public.hold_commit() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF current_setting('tidegate_test.held', true) IS DISTINCT FROM 'yes'
-       AND EXISTS (SELECT 1 FROM public.window_arm WHERE armed) THEN
+       AND NOT pg_try_advisory_xact_lock_shared({ARMED}) THEN
         PERFORM set_config('tidegate_test.held', 'yes', true);
         PERFORM pg_sleep(8);
     END IF;
     RETURN NULL;
-END $$;
-"""
-TRIGGER = ("SELECT run_command_on_placements('troop_log', $$CREATE CONSTRAINT TRIGGER hold_commit AFTER INSERT"
-           " ON %s DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.hold_commit()$$)")
+END $$""",
+               "SET citus.enable_unsafe_triggers TO on",  # a trigger on a distributed table: on every shard
+               "CREATE CONSTRAINT TRIGGER hold_commit AFTER INSERT ON troop_log DEFERRABLE INITIALLY DEFERRED"
+               " FOR EACH ROW EXECUTE FUNCTION public.hold_commit()"]  # one statement each: Citus sends them on
 
 
 def _keep_one_node(cluster: Cluster) -> int:
@@ -326,17 +327,17 @@ def test_a_coordinator_crash_while_a_one_node_batch_commits_neither_loses_nor_do
     _target(cluster)
     rows = _keep_one_node(cluster)
     assert 0 < rows < ROWS
-    for node in cluster.workers:
-        node.query(HOLD_COMMIT)
-    cluster.coordinator.query(TRIGGER)
+    with cluster.coordinator.connect() as conn:
+        for statement in HOLD_COMMIT:
+            conn.execute(statement)
     job = _enqueue(cluster, "tests.citus_handlers:troop_log", concurrency=1)
     pool = start_pool("--concurrency", "1", "--retry-backoff", "0.5")
     wait_for(lambda: job_row(cluster.engine, job).processed_count >= 600, timeout=120, what="progress")
     node = cluster.workers[0]
-    node.query("INSERT INTO public.window_arm VALUES (true)")
-    wait_for(lambda: node.query("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")[0][0] > 0,
-             timeout=60, what="a batch's commit held open on the worker node")
-    node.query("UPDATE public.window_arm SET armed = false")
+    with node.connect() as arm:
+        arm.execute("SELECT pg_advisory_lock(%s)", (ARMED,))
+        wait_for(lambda: node.query("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")[0][0] > 0,
+                 timeout=60, what="a batch's commit held open on the worker node")
     assert job_row(cluster.engine, job).status == "running"
     cluster.coordinator.stop("immediate")  # the coordinator crashes before its own commit
     wait_for(lambda: node.query("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")[0][0] == 0,
