@@ -228,6 +228,9 @@ def run_cli(group: click.Group) -> None:
             click.echo(f"error: {message} (the role lacks a grant: ops/roles.sql lists what each role needs)",
                        err=True)
             sys.exit(PermissionDenied.exit_code)
+        if isinstance(orig, psycopg.errors.QueryCanceled):  # nothing of tidegate's cancels a command's statement
+            message += (" (the statement_timeout set for this login or database, SHOW statement_timeout, is too"
+                        " short for this command)")
         click.echo(f"error: the database refused: {message}", err=True)
         sys.exit(1)
     except SystemExit:

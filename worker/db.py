@@ -121,6 +121,11 @@ def _translate(context) -> None:  # type: ignore[no-untyped-def]
     """Driver errors that mean "no database" become one tidegate error."""
     err = context.original_exception
     if isinstance(err, psycopg.OperationalError) and (context.is_disconnect or context.connection is None):
+        if getattr(err, "sqlstate", None) == "57014":  # the server is there: its statement_timeout is not
+            raise DatabaseUnavailable(
+                f"database unusable: a statement timed out as the connection opened ({first_line(err)}): the "
+                "statement_timeout set for this login or database (SHOW statement_timeout) is too short for "
+                "tidegate; raise it, e.g. ALTER ROLE ... SET statement_timeout = '30s'") from err
         raise DatabaseUnavailable(f"database unavailable: {mask_url(first_line(err))}") from err
 
 
