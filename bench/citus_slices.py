@@ -28,16 +28,12 @@ from collections import defaultdict
 from sqlalchemy import text
 
 from bench.common import cli, run_pool
+from tests.citus import SNAPSHOTS as DISTRIBUTED_SNAPSHOTS
 from tests.citus import Cluster, ensure_built
 from tests.fixtures import seed_demo
 
 ENV = {"TIDEGATE_HANDLERS": "tests.citus_handlers"}
-SNAPSHOTS = """
-CREATE TABLE hero_snapshots (
-    id bigserial, user_id bigint NOT NULL, namecode text NOT NULL, created_at timestamptz NOT NULL,
-    size_bytes integer NOT NULL, raw jsonb NOT NULL, processed_at timestamptz, PRIMARY KEY (user_id, id));
-CREATE INDEX hero_snapshots_created_at_idx ON hero_snapshots (created_at);
-SELECT create_distributed_table('hero_snapshots', 'user_id');
+SNAPSHOTS = DISTRIBUTED_SNAPSHOTS + """
 CREATE TABLE troop_log (user_id bigint NOT NULL, snapshot_id bigint NOT NULL, troops int);
 SELECT create_distributed_table('troop_log', 'user_id', colocate_with => 'hero_snapshots');
 """

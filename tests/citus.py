@@ -46,6 +46,17 @@ SETTINGS = {
 }
 
 
+ROWS = 12_000  # demo snapshots, 2024-01-01 to about 2024-01-05, for 9,600 users
+ENV = {"TIDEGATE_HANDLERS": "tests.handlers,tests.trust_handlers,tests.citus_handlers"}
+# the demo's tables, distributed by user: a distributed table's primary key holds its distribution column
+SNAPSHOTS = """
+CREATE TABLE hero_snapshots (
+    id bigserial, user_id bigint NOT NULL, namecode text NOT NULL, created_at timestamptz NOT NULL,
+    size_bytes integer NOT NULL, raw jsonb NOT NULL, processed_at timestamptz, PRIMARY KEY (user_id, id));
+CREATE INDEX hero_snapshots_created_at_idx ON hero_snapshots (created_at);
+SELECT create_distributed_table('hero_snapshots', 'user_id');
+"""
+
 VERSION_TABLES = {table for _, table in SECTIONS.values()}  # Alembic's: kept when tidegate's tables are emptied
 
 

@@ -317,6 +317,27 @@ def citus(citus_cluster):  # type: ignore[no-untyped-def]
     citus_cluster.reset(keep)
 
 
+@pytest.fixture
+def cluster(citus):  # type: ignore[no-untyped-def]
+    """The Citus cluster with the demo's snapshots distributed and seeded (tests/test_citus*.py)."""
+    from tests.citus import ROWS, SNAPSHOTS
+    from tests.fixtures import seed_demo
+
+    with citus.engine.begin() as conn:
+        conn.execute(text(SNAPSHOTS))
+    seed_demo(citus.engine, ROWS)
+    return citus
+
+
+@pytest.fixture
+def start_pool(cluster, tmp_path: Path) -> Iterator:  # type: ignore[no-untyped-def]
+    """Starts pools on the Citus coordinator with the Citus tests' handlers."""
+    from tests.citus import ENV
+
+    with pool_starter(cluster.url, tmp_path, env=ENV) as start:
+        yield start
+
+
 def parse_python(source: str) -> ast.Module:
     """ast.parse, again when CPython 3.11 raises its spurious "AST constructor recursion depth mismatch": its
     AST state is shared by every thread (python/cpython#106905), and a thread a test left running (a pool's

@@ -12,30 +12,18 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from tests.citus import ROOT, Cluster
-from tests.conftest import Pool, job_row, kill_storm, pool_starter, run_cli, wait_for
-from tests.fixtures import clean_run_checksum, seed_demo, troops_checksum
+from tests.citus import ENV, ROOT, ROWS, Cluster
+from tests.conftest import job_row, kill_storm, run_cli, wait_for
+from tests.fixtures import clean_run_checksum, troops_checksum
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("citus")]
 
-ROWS = 12_000  # demo snapshots, 2024-01-01 to about 2024-01-05, for 9,600 users
-ENV = {"TIDEGATE_HANDLERS": "tests.handlers,tests.trust_handlers,tests.citus_handlers"}
 
-# the demo's tables, distributed by user: a distributed table's primary key holds its distribution column
-SNAPSHOTS = """
-CREATE TABLE hero_snapshots (
-    id bigserial, user_id bigint NOT NULL, namecode text NOT NULL, created_at timestamptz NOT NULL,
-    size_bytes integer NOT NULL, raw jsonb NOT NULL, processed_at timestamptz, PRIMARY KEY (user_id, id));
-CREATE INDEX hero_snapshots_created_at_idx ON hero_snapshots (created_at);
-SELECT create_distributed_table('hero_snapshots', 'user_id');
-"""
 USER_TROOPS = """
 CREATE TABLE user_troops (
     user_id bigint NOT NULL, troop_id integer NOT NULL, level integer NOT NULL, amount integer NOT NULL,
@@ -62,21 +50,6 @@ EXPECTED = (f"SELECT user_id, id, jsonb_array_length(raw->'ProfileData'->'Troops
 BAD = ("SELECT count(*) FROM hero_snapshots WHERE jsonb_typeof(raw->'ProfileData'->'Troops') IS DISTINCT FROM 'array'"
        " AND created_at > :lo AND created_at <= :hi")
 EVERYTHING = {"lo": "2000-01-01Z", "hi": "2100-01-01Z"}
-
-
-@pytest.fixture
-def cluster(citus: Cluster) -> Cluster:
-    """The cluster with the demo's snapshots distributed and seeded."""
-    with citus.engine.begin() as conn:
-        conn.execute(text(SNAPSHOTS))
-    seed_demo(citus.engine, ROWS)
-    return citus
-
-
-@pytest.fixture
-def start_pool(cluster: Cluster, tmp_path: Path) -> Iterator[Callable[..., Pool]]:
-    with pool_starter(cluster.url, tmp_path, env=ENV) as start:
-        yield start
 
 
 def _target(cluster: Cluster, table: str = "troop_log") -> None:

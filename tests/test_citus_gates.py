@@ -9,20 +9,13 @@ rows the source says (tests/test_citus.py's proof: nothing missing, nothing doub
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import text
 
 from tests.citus import Cluster, Node
-from tests.conftest import Pool, job_row, pool_starter, run_cli, wait_for
-from tests.fixtures import seed_demo
+from tests.conftest import job_row, run_cli, wait_for
 from tests.test_citus import (
-    ENV,
-    ROWS,
-    SNAPSHOTS,
     _assert_no_prepared_transactions_after_recovery,
     _assert_python_job_exact,
     _enqueue,
@@ -31,21 +24,6 @@ from tests.test_citus import (
 from tidegate.worker import gates
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("citus")]
-
-
-@pytest.fixture
-def cluster(citus: Cluster) -> Cluster:
-    """The cluster with the demo's snapshots distributed and seeded (as in tests/test_citus.py)."""
-    with citus.engine.begin() as conn:
-        conn.execute(text(SNAPSHOTS))
-    seed_demo(citus.engine, ROWS)
-    return citus
-
-
-@pytest.fixture
-def start_pool(cluster: Cluster, tmp_path: Path) -> Iterator[Callable[..., Pool]]:
-    with pool_starter(cluster.url, tmp_path, env=ENV) as start:
-        yield start
 
 
 def _used(node: Node) -> int:
