@@ -108,11 +108,9 @@ def test_run_rollout_canary_then_batches_exact_per_target_with_run_metrics(shard
         assert json.loads(run_cli(shards[n][0], "verify", jobs[n][:8], "--json").stdout)["ok"], n
 
 
-def test_a_failing_canary_holds_every_other_target_untouched(shards, tmp_path):  # noqa: F811
-    for _, engine in shards.values():
-        seed_demo(engine, 1500)
-    rid, jobs = enqueue_run(shards, "tests.handlers:off_by_one_troops")
-    proc = rollout(shards, rid, "--steps", "1,4", "--step-rows", "300")  # canary: the first target, t_a
+def _held_rollout_fails(shards, jobs, proc, tmp_path) -> tuple[str, str]:  # type: ignore[no-untyped-def]  # noqa: F811
+    """Once the rollout ``proc`` holds t_b and t_c, a pool over the three targets runs it; it must exit 1
+    (a verification failed). Its (stdout, stderr)."""
     wait_for(lambda: all(queue_status(shards[n][1], jobs[n]) == "paused" for n in ("t_b", "t_c")),
              what="the other targets held")
     with pool_starter(shards["t_a"][0], tmp_path, env_of(shards)) as start:
@@ -120,6 +118,15 @@ def test_a_failing_canary_holds_every_other_target_untouched(shards, tmp_path): 
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 1, (out, err)
         assert pool.terminate() == 0
+    return out, err
+
+
+def test_a_failing_canary_holds_every_other_target_untouched(shards, tmp_path):  # noqa: F811
+    for _, engine in shards.values():
+        seed_demo(engine, 1500)
+    rid, jobs = enqueue_run(shards, "tests.handlers:off_by_one_troops")
+    proc = rollout(shards, rid, "--steps", "1,4", "--step-rows", "300")  # canary: the first target, t_a
+    out, err = _held_rollout_fails(shards, jobs, proc, tmp_path)
     assert "FAIL sample recomputed" in out and "holding at the canary (target t_a)" in err, (out, err)
     row = job_row(shards["t_a"][1], jobs["t_a"])
     assert (row.status, row.processed_count) == ("paused", 300)
@@ -143,13 +150,7 @@ def test_a_released_target_failing_verification_holds_the_rest(shards, tmp_path)
         jobs[n] = enqueue(engine, "backfill_range", {**RANGE, "handler": handler, "batch_size": 100, "concurrency": 1,
                                                      "row_limit": 200, "owner": "tests"}, actor="tests", run_id=rid)[0]
     proc = rollout(shards, rid, "--steps", "1,2", "--step-rows", "200", "--batch", "1")
-    wait_for(lambda: all(queue_status(shards[n][1], jobs[n]) == "paused" for n in ("t_b", "t_c")),
-             what="the other targets held")
-    with pool_starter(shards["t_a"][0], tmp_path, env_of(shards)) as start:
-        pool = start("--targets", ",".join(NAMES), "-c", "2", "--poll", "0.1")
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 1, (out, err)
-        assert pool.terminate() == 0
+    out, err = _held_rollout_fails(shards, jobs, proc, tmp_path)
     assert "[t_a] rollout complete" in out and "released t_b at concurrency 2" in out, out
     assert "holding: target t_b: verification failed" in err and "released t_c" not in out, (out, err)
     assert job_row(shards["t_a"][1], jobs["t_a"]).status == "done"
