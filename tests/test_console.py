@@ -192,6 +192,23 @@ def test_without_a_token_the_console_is_read_only_and_says_why(engine, db_url, t
     assert status_of(engine, job) == "pending"
 
 
+def test_the_session_cookie_is_marked_secure_behind_an_https_proxy(engine, db_url, web):  # noqa: F811
+    """Behind a TLS-terminating proxy (X-Forwarded-Proto: https) the cookie travels over HTTPS only; over
+    plain HTTP (a port-forward, localhost) it cannot be, or the browser would never send it back."""
+    base = web()
+    body, headers = form({"token": TOKEN, "name": "bob"})
+    plain = request(base, "POST", "/login", body, headers)[1]["Set-Cookie"]
+    proxied = request(base, "POST", "/login", body, {**headers, "X-Forwarded-Proto": "https"})[1]["Set-Cookie"]
+    assert "Secure" not in plain and "HttpOnly" in plain
+    assert proxied.endswith("; Path=/; HttpOnly; SameSite=Strict; Secure")
+    cookie = proxied.split(";")[0]
+    page = request(base, "GET", "/", headers={"Cookie": cookie, "X-Forwarded-Proto": "https"})[2]
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)[1]
+    body, headers = form({"csrf": csrf})
+    code, answer, _ = request(base, "POST", "/logout", body, {**headers, "Cookie": cookie, "X-Forwarded-Proto": "https"})
+    assert code == 303 and answer["Set-Cookie"].endswith("; Secure; Max-Age=0")
+
+
 def test_samples_are_shown_only_to_a_signed_in_viewer(engine, db_url, web):  # noqa: F811
     seed_demo(engine, 600)  # malformed snapshots: PARSE_ERROR items, each with a sample
     job = run_cli(db_url, "enqueue", "backfill-range", "--from", "2024-01-01", "--to", "2025-01-01",

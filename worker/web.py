@@ -54,7 +54,7 @@ from tidegate.worker import control, kinds, knobs, runs, runview, status, store,
 from tidegate.worker.enqueue import enqueue
 from tidegate.worker.errors import InvalidInput, NotFound, TidegateError, quote
 from tidegate.worker.redact import error_text, register_secret
-from tidegate.worker.webauth import COOKIE, Session, Sessions
+from tidegate.worker.webauth import COOKIE, Session, Sessions, cookie_flags
 from tidegate.worker.webpages import Viewer
 
 log = logging.getLogger(__name__)
@@ -416,11 +416,17 @@ def serve(engine: Engine | None, host: str, port: int, refresh: float = 2.0,
             target = form.get("next", "/")
             if not re.fullmatch(rf"/|{JOB_PAGE}", target):
                 target = "/"
-            self._redirect(target, sessions.cookie(name))
+            self._redirect(target, sessions.cookie(name, self._over_https()))
+
+        def _over_https(self) -> bool:
+            """The console speaks plain HTTP; behind a TLS-terminating proxy that says so (the usual
+            X-Forwarded-Proto), its cookie is marked Secure. A client claiming HTTPS over plain HTTP only
+            makes its own browser keep the cookie back."""
+            return (self.headers.get("X-Forwarded-Proto") or "").split(",")[0].strip().lower() == "https"
 
         def _logout(self) -> None:
             self._checked_session(self._form())
-            self._redirect("/", f"{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+            self._redirect("/", f"{COOKIE}={cookie_flags(self._over_https())}; Max-Age=0")
 
         def _checked_session(self, form: dict[str, str]) -> Session:
             if api.token is None:

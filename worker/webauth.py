@@ -56,10 +56,11 @@ class Sessions:
         assert self.key is not None
         return _b64(hmac.new(self.key, text.encode(), hashlib.sha256).digest())
 
-    def cookie(self, name: str) -> str:
-        """The Set-Cookie value of a new session for ``name``."""
+    def cookie(self, name: str, secure: bool = False) -> str:
+        """The Set-Cookie value of a new session for ``name``; ``secure``: the browser came over HTTPS (a
+        proxy in front said so), so the cookie is marked to travel over HTTPS only."""
         payload = f"{_b64(secrets.token_bytes(18))}.{_b64(name.encode())}.{int(time.time())}"
-        return f"{COOKIE}={payload}.{self._mac(payload)}; Path=/; HttpOnly; SameSite=Strict"
+        return f"{COOKIE}={payload}.{self._mac(payload)}{cookie_flags(secure)}"
 
     def read(self, cookie_headers: list[str]) -> Session | None:
         """The session a request's Cookie header(s) carry, or None: absent, forged, expired, or signed
@@ -84,3 +85,7 @@ class Sessions:
 
     def csrf_ok(self, session: Session, given: str) -> bool:
         return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), session.csrf.encode())
+
+
+def cookie_flags(secure: bool) -> str:
+    return "; Path=/; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
