@@ -140,6 +140,26 @@ def test_all_or_nothing_queues_nothing_when_one_target_refuses(shards, tmp_path,
     assert counts(shards) == {"fo_a": 2, "fo_b": 1, "fo_c": 2}
 
 
+def test_two_target_names_for_one_database_get_one_job(shards, tmp_path):
+    """fo_alias is fo_a's database under another URL: the fan-out asks each database which it is (server
+    system identifier and database name), refuses the second name (exit 2) and leaves one job there; with
+    --all-or-nothing, none anywhere."""
+    for n in ("fo_a", "fo_b"):
+        make_items(shards[n][1], ROWS)
+    alias = make_url(shards["fo_a"][0]).update_query_dict({"application_name": "alias"})
+    env = {"TIDEGATE_TARGETS": env_of(shards)["TIDEGATE_TARGETS"]
+           + f",fo_alias={alias.render_as_string(hide_password=False)}"}
+    out = run_cli(shards["fo_a"][0], *enqueue_args(tmp_path), "--targets", "fo_a,fo_alias,fo_b", check=False,
+                  env={**env_of(shards), **env})
+    assert out.returncode == 2, out.stderr
+    assert "target fo_alias: refused: target fo_alias is the same database as target fo_a" in out.stderr
+    assert counts(shards) == {"fo_a": 1, "fo_b": 1, "fo_c": 0}
+    out = run_cli(shards["fo_a"][0], *enqueue_args(tmp_path), "--targets", "fo_a,fo_b,fo_alias", "--all-or-nothing",
+                  check=False, env={**env_of(shards), **env})
+    assert out.returncode == 2 and "no job was queued anywhere" in out.stderr, out.stderr
+    assert counts(shards) == {"fo_a": 1, "fo_b": 1, "fo_c": 0}
+
+
 def test_hostile_target_specs_and_run_ids_change_nothing(shards, tmp_path):
     for n in NAMES:
         make_items(shards[n][1], ROWS)

@@ -198,18 +198,25 @@ def enqueue_run(targets: list[Target], job_type: str, payload: dict[str, Any], *
     inserts stay uncommitted until all succeeded (a commit that then fails cancels the jobs committed), so
     that mode holds one connection per target at once; otherwise a target's connection is closed when its
     step is done."""
-    from tidegate.worker import control
+    from tidegate.worker import control, store
     from tidegate.worker.enqueue import insert, queue_knobs, validate_on
 
     chosen = queue_knobs(priority, max_attempts)  # InvalidInput: nothing tried anywhere
     run_id = new_run_id()
     outcomes = {t.name: Outcome(t.name) for t in targets}
     engines: dict[str, Any] = {}
+    seen: dict[tuple[int, str], str] = {}  # database identity -> the first target that named it
     try:
         for t in targets:  # 1. validate everywhere
             try:
                 engines[t.name] = target_engine(t, timeout)
                 with engines[t.name].connect() as conn:
+                    identity = store.database_identity(conn)
+                    if identity in seen:  # two names, one database: a second job would do the work twice
+                        raise InvalidInput(f"target {t.name} is the same database as target {seen[identity]} "
+                                           f"(database {identity[1]!r} of server {identity[0]}): no second job")
+                    if identity is not None:
+                        seen[identity] = t.name
                     if prepare is not None:
                         prepare(conn)
                     plan = validate_on(conn, job_type, payload)

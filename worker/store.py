@@ -659,6 +659,13 @@ def local_lock_timeout(conn: Connection, ms: int) -> None:
     conn.execute(q("local_lock_timeout"), {"ms": str(ms)})
 
 
+def database_identity(conn: Connection) -> tuple[int, str] | None:
+    """(system identifier, database name), the same for every URL that reaches this database; None when
+    this role cannot read the system identifier."""
+    row = conn.execute(q("database_identity")).one()
+    return None if row.system is None else (int(row.system), row.db)
+
+
 def citus_two_phase(conn: Connection) -> bool | None:
     """None: no Citus here. On a Citus coordinator: whether ``force_two_phase`` can work (migration 0018)."""
     return conn.execute(q("citus_two_phase")).scalar()

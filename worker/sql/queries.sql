@@ -686,6 +686,13 @@ SELECT p.relid::regclass::text AS rel FROM pg_stat_progress_vacuum p
 WHERE p.datname = current_database() AND p.relid = ANY(CAST(:tables AS regclass[]))
 LIMIT 1;
 
+-- name: database_identity
+-- description: Which database this is, whatever name or address reached it: the server's system identifier
+-- (NULL where the role may not read it) and the database's name. A fan-out refuses two targets that are one.
+SELECT CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')
+            THEN (SELECT system_identifier FROM pg_control_system()) END AS system,
+       current_database() AS db;
+
 -- name: citus_two_phase
 -- description: NULL on a database without Citus; on a Citus coordinator, whether migration 0018 made
 -- tidegate_two_phase, the table a batch copies nothing into to have Citus commit it in two phases.
