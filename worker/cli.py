@@ -343,10 +343,10 @@ def _pool_targets(db: Database, names: str | None, every: bool) -> list[tuple[st
     """--targets / --all-targets: (name, url) of each, every one checked at start: an unknown name is exit 2,
     a target that is not migrated exit 5; one that does not answer is only warned about (the pool serves
     the others and tries it again with backoff). None for a pool over one database."""
-    from tidegate.worker import targets
-
     if names is None and not every:
         return None
+    from tidegate.worker import targets  # here: a pool over one database starts without it (and tomllib)
+
     if names is not None and every:
         raise click.UsageError("give --targets or --all-targets, not both")
     if db.target is not None:

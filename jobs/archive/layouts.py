@@ -59,7 +59,6 @@ import json
 import os
 import re
 import stat
-import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -89,6 +88,8 @@ DOCUMENT_KEYS = {"tables", "key"}
 
 
 def shipped(name: str) -> dict[str, Any]:
+    import tomllib  # at first use: every pool loads this module with the job kinds, few read a layout
+
     return tomllib.loads(resources.files(__package__).joinpath("layouts", f"{name}.toml").read_text())
 
 
@@ -195,6 +196,8 @@ def _nonblocking(path: str, flags: int) -> int:
 
 
 def _parse(path: Path, source: str) -> dict[str, Any]:
+    import tomllib
+
     try:
         if path.suffix in (".yml", ".yaml"):
             try:
