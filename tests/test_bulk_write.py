@@ -361,3 +361,13 @@ def test_a_batchs_json_reads_as_json_loads_reads_it(engine, doc):
         as_text = conn.execute(text("SELECT CAST(:d AS json)::text, CAST(:d AS jsonb)::text"), {"d": doc}).one()
     assert got == [{"j": json.loads(as_text[0]), "jb": json.loads(as_text[1]), "one": 1}]
     assert repr(got[0]["jb"]) == repr(json.loads(as_text[1]))  # same types: 1 vs 1.0, int vs float
+
+
+@pytest.mark.parametrize("number", [digit * 21 for digit in "123456789"] + ["1" + "0" * 20, "-" + "7" * 19 + "0"])
+def test_a_long_number_of_any_digits_reads_as_an_int(number):
+    """The scan for 19 digits in a row catches each digit (orjson alone reads these as floats)."""
+    import json
+
+    doc = f'{{"n": {number}, "s": "{number}"}}'.encode()
+    got = handlers._loads(doc)
+    assert got == json.loads(doc) and type(got["n"]) is int
