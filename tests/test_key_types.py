@@ -412,3 +412,19 @@ def test_raising_concurrency_on_a_running_job_cuts_its_slices_for_every_type(eng
         state = job_state(engine, job)
         assert state.status == "done" and state.slices > 1, (t, state)
         assert derived_ids(engine, t) == expected_ids(t, rows[t], *bounds[t]) == sorted(r[0] for r in rows[t])
+
+
+def test_a_timestamp_jobs_tail_is_cut_at_most_once_a_batch_not_down_to_the_microsecond(engine, db_url):
+    """Issue 15: one worker, a job of 200 timestamps at concurrency 2. Its second slice runs alone, short
+    of slices, so it cuts itself for an idle worker. Cut before each batch, it was halved down to three
+    microseconds of key (some 30 slices, most of them empty); cut after a full batch, only a slice with keys
+    left after it is cut."""
+    setup_tables(engine, ("timestamptz",))
+    rows = insert_keys(engine, "timestamptz", [SPRING + timedelta(minutes=i) for i in range(200)])
+    frm, to = "2024-03-10T07:00:00Z", "2024-03-10T10:20:00Z"
+    job = enqueue(db_url, "timestamptz", frm, to, "--batch-size", "50", "--concurrency", "2")
+    run_cli(db_url, "worker", "--concurrency", "1", "--drain", "--poll", "0.1", timeout=300, env={"TIDEGATE_ALLOW_SQL": "1"})
+    state = job_state(engine, job)
+    assert state.status == "done"
+    assert derived_ids(engine, "timestamptz") == expected_ids("timestamptz", rows, frm, to) == sorted(i for i, _ in rows)
+    assert 2 < state.slices <= 2 + 200 // 50, state.slices

@@ -5,6 +5,7 @@ that ends with each database exactly like a clean run, and metrics labelled by t
 from __future__ import annotations
 
 import random
+import re
 import signal
 import socket
 import time
@@ -254,3 +255,24 @@ def test_metrics_carry_a_target_label(shards, tmp_path):
             assert f'tidegate_jobs{{kind="backfill_range",status="done",target="{n}"}} 1.0' in body
         assert body.count("# HELP tidegate_database_up ") == 1
         assert pool.terminate() == 0
+
+
+def test_sixteen_targets_over_eight_open_each_finish_in_a_turn_not_a_unit_at_a_time(pg_server, template, tmp_path):
+    """16 targets, --max-open-targets 8, one process (issue 15): every target's job finishes exactly, and a
+    target with work keeps its turn. Served one unit at a time (a plan, then a slice, then the next target),
+    each unit of each job opened its target anew: a connection and a registration, some 4 opens a target."""
+    names = tuple(f"t{i:02d}" for i in range(16))
+    with target_databases(pg_server, template, names) as dbs:
+        for _, engine in dbs.values():
+            make_items(engine, 200)
+        jobs = {n: enqueue(dbs, tmp_path, n, LOG_HANDLER, rows=200, batch=20) for n in names}
+        with pool_starter(dbs[names[0]][0], tmp_path, env_of(dbs)) as start:
+            # --poll 60: no second look at a finished target within the run, so the opens are the turns'
+            pool = start("--targets", ",".join(names), "-c", "1", "--drain", "--poll", "60",
+                         "--max-open-targets", "8")
+            assert pool.wait(300) == 0, pool.output()[-2000:]
+        for n, (_, engine) in dbs.items():
+            assert status(engine, jobs[n]) == "done" and exact(engine), n
+        opened = re.search(r"targets opened (\d+) times", pool.output())
+        assert opened is not None, pool.output()[-2000:]
+        assert len(names) <= int(opened[1]) <= 2 * len(names), opened[0]

@@ -5,10 +5,14 @@ Each target is a database with its own tidegate tables; the batch protocol is th
 lease row in that database, all under this process's one worker id. So a batch and its checkpoint
 commit together in their database, and crash safety per database is what it always was.
 
-Fairness: before each unit of work (plan a job, a handful of one-shot jobs, a slice) the process asks
-its targets in order of least recently served; the first that has work is served and goes to the back.
-A slice is let go after ``slice_quantum`` seconds of batches (the release a stop does), so a long slice
-of one target never keeps another waiting more than that.
+Fairness: the process asks its targets in order of least recently served; the first that has work gets
+a turn and goes to the back. A turn is units of work of that target (plan a job, a handful of one-shot
+jobs, a slice) one after another while it has work, until one ends ``slice_quantum`` seconds or more
+after the turn began; a slice is let go after ``slice_quantum`` seconds of batches (the release a stop
+does), so a turn lasts at most about twice that, and no target waits for more than its siblings' turns.
+A turn of many units rather than one unit each: switching targets costs a connection and a worker
+registration whenever there are more targets than ``max_open`` (and a slice claim whenever there are
+slices to claim), which a unit of a small job (one plan, a slice of two batches) does not outweigh.
 
 Isolation of targets: a target whose database fails (down, refusing connections, not migrated) is
 closed and skipped with a backoff of its own (0.5 s doubling to 30 s) while the others are served; one
@@ -57,6 +61,7 @@ class MultiWorker:
         self.idle_until = [0.0] * n  # a target that had nothing to do: not asked before (unless woken)
         self.idle = [False] * n  # the last look found nothing to do (drain)
         self.troubles = [0] * n
+        self.opens = 0  # targets opened (a connection and a registration each): the cost of switching
 
     def run(self) -> int:
         log.info("worker %s started over %d target(s): %s", self.id, len(self.targets),
@@ -76,11 +81,11 @@ class MultiWorker:
         finally:
             for i in list(self.workers):
                 self._close(i)
-            log.info("worker %s stopped", self.id)
+            log.info("worker %s stopped (targets opened %d times)", self.id, self.opens)
         return 0
 
     def step(self) -> bool:
-        """Serve the least recently served target that has work; False if none had any."""
+        """Give the least recently served target that has work a turn; False if none had any."""
         now = time.monotonic()
         for i in sorted(range(len(self.targets)), key=lambda i: self.served[i]):
             if self.stop.is_set():
@@ -88,9 +93,16 @@ class MultiWorker:
             if self.retry_at[i] > now or self.idle_until[i] > now:
                 continue
             if self._step(i):
+                self._turn(i, now + (self.config.slice_quantum or 0.0))
                 self.served[i] = time.monotonic()
                 return True
         return False
+
+    def _turn(self, i: int, ends: float) -> None:
+        """The rest of target ``i``'s turn: its units of work one after another until it has none or the
+        turn is over."""
+        while not self.stop.is_set() and time.monotonic() < ends and self._step(i):
+            pass
 
     def _step(self, i: int) -> bool:
         name = self.targets[i][0]
@@ -121,6 +133,7 @@ class MultiWorker:
         name, url = self.targets[i]
         worker = Worker(replace(self.config, url=url), self.stop, self.wakeup,
                         self.slot.for_target(i) if self.slot is not None else None, worker_id=self.id)
+        self.opens += 1
         if not worker.open():
             raise DatabaseUnavailable(f"target {name}: cannot register the worker")
         self.workers[i] = worker

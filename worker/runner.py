@@ -457,13 +457,8 @@ class Worker:
         timeout = throttle.statement_timeout_ms(state.knobs)
         if timeout:  # transaction-scoped, so it is safe behind PgBouncer
             store.local_statement_timeout(conn, timeout)
-        end_key = state.end_key
-        if state.short_of_slices:  # the new half waits, unowned, for an idle worker
-            batch.cut = store.cut_slice(conn, batch.job_id, batch.slice_no, state.key_type, state.checkpoint,
-                                        end_key, min_width=2 * batch.size)
-            end_key = batch.cut or end_key
         cursor = keys.decode(state.key_type, state.checkpoint)
-        end = keys.decode(state.key_type, end_key)
+        end = keys.decode(state.key_type, state.end_key)
         ctx = kinds.BatchContext(batch.job_id, batch.slice_no, state.params, state.key_type, state.enqueued_by)
         kind = self.kinds[state.kind]
         assert isinstance(kind, kinds.RangeKind)  # claim_slice claims only range jobs
@@ -474,6 +469,12 @@ class Worker:
         else:
             step = one_step(conn, kind, ctx, cursor, end, batch.size)
             batch.next_size = state.batch_size_now
+        if state.short_of_slices and not step.exhausted:  # the new half waits, unowned, for an idle worker
+            # Cut what is left after the batch, not before it: only a slice that still has keys after a full
+            # batch is cut, so a job's tail is not halved down to its key type's resolution (a timestamp
+            # range to the microsecond: some 37 cuts, each a slice claimed and worked for a handful of rows).
+            batch.cut = store.cut_slice(conn, batch.job_id, batch.slice_no, state.key_type,
+                                        keys.encode(step.checkpoint), state.end_key, min_width=2 * batch.size)
         batch.work_done = time.monotonic()
         return step
 
