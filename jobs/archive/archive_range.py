@@ -201,10 +201,13 @@ class ArchiveRange(RangeKind):
         the catalog checks, the foreign-key question and the rendering are the same for every batch."""
         found = self._jobs.get(params["snapshot"])
         if found is None:
-            found = self._prepare(conn, params)
-            while len(self._jobs) >= CACHED:
-                del self._jobs[next(iter(self._jobs))]  # the oldest job's
-            self._jobs[params["snapshot"]] = found
+            found = self._keep(params["snapshot"], self._prepare(conn, params))
+        return found
+
+    def _keep(self, snapshot: str, found: Statements) -> Statements:
+        while len(self._jobs) >= CACHED:
+            del self._jobs[next(iter(self._jobs))]  # the oldest job's
+        self._jobs[snapshot] = found
         return found
 
     def layout(self, conn: Connection, params: dict[str, Any]) -> Layout:
@@ -241,6 +244,8 @@ class ArchiveRange(RangeKind):
         n = selection.snapshot(conn, query, p["snapshot"])
         if not self.direction.unarchive and p.get("phase") != "move":  # no live stream may reference an archived one
             selection.mark_cross_references(conn, layout, p["snapshot"])
+        if not count_events:  # a job's plan: its first batch most likely runs here, and needs not ask the catalog again
+            self._keep(p["snapshot"], self._prepare(conn, p, layout))
         parts = max(1, min(p["concurrency"], n))
         cuts = [1 + (n * i) // parts for i in range(parts + 1)]
         slices = [SlicePlan(keys.before(a), b) for a, b in zip(cuts, cuts[1:], strict=False) if a < b]
@@ -319,9 +324,10 @@ class ArchiveRange(RangeKind):
         for sql, extra in job.models:
             conn.execute(sql, {"ids": ids, "job_id": job_id, **extra})
 
-    def _prepare(self, conn: Connection, p: dict[str, Any]) -> Statements:
-        """Resolve the job's layout and render its batch statements (see :class:`Statements`)."""
-        layout = layouts.resolve(conn, p["layout_spec"])
+    def _prepare(self, conn: Connection, p: dict[str, Any], layout: Layout | None = None) -> Statements:
+        """Resolve the job's layout (unless the planner just did) and render its batch statements (see
+        :class:`Statements`)."""
+        layout = layout or layouts.resolve(conn, p["layout_spec"])
         phase = p.get("phase")
         marks = self._marks(layout, p)
         # a store whose events' foreign key names the streams' flag takes marks and flags in one statement
