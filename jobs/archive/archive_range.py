@@ -59,6 +59,7 @@ from tidegate.jobs import checks
 from tidegate.jobs.archive import layouts, selection
 from tidegate.jobs.archive.layouts import Layout
 from tidegate.worker import identifiers, keys, knobs, metrics
+from tidegate.worker.db import TextList
 from tidegate.worker.errors import InvalidInput, quote
 from tidegate.worker.identifiers import Ident
 from tidegate.worker.kinds import (
@@ -270,7 +271,7 @@ class ArchiveRange(RangeKind):
         candidates = {"snapshot": p["snapshot"], "lo": batch.lo, "hi": batch.hi, "force": bool(p.get("force"))}
         action = self.direction.action
         try:
-            locked = list(conn.execute(job.lock, {**candidates, **job.lock_params}).scalars().all())
+            locked = TextList(conn.execute(job.lock, {**candidates, **job.lock_params}).scalars().all())
             gone_why = MOVE_GONE_WHY if p.get("phase") == "move" else self.direction.gone_why
             audit = {**candidates, "job_id": ctx.job_id, "layout": job.layout.name, "actor": p["owner"],
                      "action": action, "reason": p.get("reason"), "xref_why": XREF_WHY, "ids": locked,
