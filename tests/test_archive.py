@@ -238,3 +238,20 @@ def test_a_planned_job_keeps_its_statements_for_its_first_batch(engine, db_url):
             ARCHIVE_KIND.statements(conn, dry)
             assert any("pg_attribute" in sql for sql in asked)  # not kept: resolved now
             conn.rollback()
+
+
+def test_a_batchs_stream_ids_go_to_the_server_as_one_binary_text_array(engine):
+    """The locked streams' ids are sent back in binary (quoting 1,000 ids into an array literal cost more than the
+    audit row itself), and come through whatever they hold: separators, quotes, braces, the word NULL, nothing."""
+    import psycopg
+    from psycopg.adapt import PyFormat
+    from psycopg.pq import Format
+
+    from tidegate.worker.db import TextList
+
+    assert psycopg.adapters.get_dumper(TextList, PyFormat.AUTO).format is Format.BINARY
+    awkward = ["a,b", 'q"x', "{}", "NULL", " s ", "back\\slash", "", "ünï", "7"]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT CAST(:ids AS text[])"), {"ids": TextList(awkward)}).scalar() == awkward
+        assert conn.execute(text("SELECT CAST(:ids AS bigint[])"), {"ids": TextList(["7", "-3"])}).scalar() == [7, -3]
+        assert conn.execute(text("SELECT cardinality(CAST(:ids AS uuid[]))"), {"ids": TextList()}).scalar() == 0
