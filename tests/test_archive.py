@@ -214,3 +214,44 @@ def test_the_audit_arrays_are_compressed_with_lz4_where_the_server_has_it(engine
                                      " CAST('archive_audit_batches' AS regclass) AND attname = ANY(:c)"),
                                 {"c": columns}).all())
     assert got == {c: ("l" if has_lz4 else "") for c in columns}
+
+
+def test_a_planned_job_keeps_its_statements_for_its_first_batch(engine, db_url):
+    """Planning resolves the layout and renders the batch statements once: the planning worker's first batch
+    reuses them without asking the catalog again; a dry run's plan (its events counted) keeps nothing."""
+    from sqlalchemy import event
+
+    build(engine, db_url, "tidegate", 60)
+    payload = {"layout": "tidegate", "type": "luck_box_purchase", "reason": "r", "owner": "o"}
+    with engine.connect() as conn:
+        asked: list[str] = []
+        event.listen(conn, "before_cursor_execute", lambda *a: asked.append(a[2]))
+        with conn.begin():
+            dry = ARCHIVE_KIND.plan(conn, payload, count_events=True).params
+            planned = ARCHIVE_KIND.plan(conn, payload).params
+            fresh = ARCHIVE_KIND._prepare(conn, planned)
+            asked.clear()
+            kept = ARCHIVE_KIND.statements(conn, json.loads(json.dumps(planned)))  # as the batch reads them back
+            assert asked == []
+            assert (kept.lock.text, kept.events.text, kept.lock_params) == (fresh.lock.text, fresh.events.text,
+                                                                            fresh.lock_params)
+            ARCHIVE_KIND.statements(conn, dry)
+            assert any("pg_attribute" in sql for sql in asked)  # not kept: resolved now
+            conn.rollback()
+
+
+def test_a_batchs_stream_ids_go_to_the_server_as_one_binary_text_array(engine):
+    """The locked streams' ids are sent back in binary (quoting 1,000 ids into an array literal cost more than the
+    audit row itself), and come through whatever they hold: separators, quotes, braces, the word NULL, nothing."""
+    import psycopg
+    from psycopg.adapt import PyFormat
+    from psycopg.pq import Format
+
+    from tidegate.worker.db import TextList
+
+    assert psycopg.adapters.get_dumper(TextList, PyFormat.AUTO).format is Format.BINARY
+    awkward = ["a,b", 'q"x', "{}", "NULL", " s ", "back\\slash", "", "ünï", "7"]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT CAST(:ids AS text[])"), {"ids": TextList(awkward)}).scalar() == awkward
+        assert conn.execute(text("SELECT CAST(:ids AS bigint[])"), {"ids": TextList(["7", "-3"])}).scalar() == [7, -3]
+        assert conn.execute(text("SELECT cardinality(CAST(:ids AS uuid[]))"), {"ids": TextList()}).scalar() == 0

@@ -59,6 +59,7 @@ from tidegate.jobs import checks
 from tidegate.jobs.archive import layouts, selection
 from tidegate.jobs.archive.layouts import Layout
 from tidegate.worker import identifiers, keys, knobs, metrics
+from tidegate.worker.db import TextList
 from tidegate.worker.errors import InvalidInput, quote
 from tidegate.worker.identifiers import Ident
 from tidegate.worker.kinds import (
@@ -201,10 +202,13 @@ class ArchiveRange(RangeKind):
         the catalog checks, the foreign-key question and the rendering are the same for every batch."""
         found = self._jobs.get(params["snapshot"])
         if found is None:
-            found = self._prepare(conn, params)
-            while len(self._jobs) >= CACHED:
-                del self._jobs[next(iter(self._jobs))]  # the oldest job's
-            self._jobs[params["snapshot"]] = found
+            found = self._keep(params["snapshot"], self._prepare(conn, params))
+        return found
+
+    def _keep(self, snapshot: str, found: Statements) -> Statements:
+        while len(self._jobs) >= CACHED:
+            del self._jobs[next(iter(self._jobs))]  # the oldest job's
+        self._jobs[snapshot] = found
         return found
 
     def layout(self, conn: Connection, params: dict[str, Any]) -> Layout:
@@ -241,6 +245,8 @@ class ArchiveRange(RangeKind):
         n = selection.snapshot(conn, query, p["snapshot"])
         if not self.direction.unarchive and p.get("phase") != "move":  # no live stream may reference an archived one
             selection.mark_cross_references(conn, layout, p["snapshot"])
+        if not count_events:  # a job's plan: its first batch most likely runs here, and needs not ask the catalog again
+            self._keep(p["snapshot"], self._prepare(conn, p, layout))
         parts = max(1, min(p["concurrency"], n))
         cuts = [1 + (n * i) // parts for i in range(parts + 1)]
         slices = [SlicePlan(keys.before(a), b) for a, b in zip(cuts, cuts[1:], strict=False) if a < b]
@@ -265,7 +271,7 @@ class ArchiveRange(RangeKind):
         candidates = {"snapshot": p["snapshot"], "lo": batch.lo, "hi": batch.hi, "force": bool(p.get("force"))}
         action = self.direction.action
         try:
-            locked = list(conn.execute(job.lock, {**candidates, **job.lock_params}).scalars().all())
+            locked = TextList(conn.execute(job.lock, {**candidates, **job.lock_params}).scalars().all())
             gone_why = MOVE_GONE_WHY if p.get("phase") == "move" else self.direction.gone_why
             audit = {**candidates, "job_id": ctx.job_id, "layout": job.layout.name, "actor": p["owner"],
                      "action": action, "reason": p.get("reason"), "xref_why": XREF_WHY, "ids": locked,
@@ -319,9 +325,10 @@ class ArchiveRange(RangeKind):
         for sql, extra in job.models:
             conn.execute(sql, {"ids": ids, "job_id": job_id, **extra})
 
-    def _prepare(self, conn: Connection, p: dict[str, Any]) -> Statements:
-        """Resolve the job's layout and render its batch statements (see :class:`Statements`)."""
-        layout = layouts.resolve(conn, p["layout_spec"])
+    def _prepare(self, conn: Connection, p: dict[str, Any], layout: Layout | None = None) -> Statements:
+        """Resolve the job's layout (unless the planner just did) and render its batch statements (see
+        :class:`Statements`)."""
+        layout = layout or layouts.resolve(conn, p["layout_spec"])
         phase = p.get("phase")
         marks = self._marks(layout, p)
         # a store whose events' foreign key names the streams' flag takes marks and flags in one statement
