@@ -12,6 +12,11 @@ SELECT (SELECT max(k) FROM b) AS hi, (SELECT count(*) FROM b) AS n,
 -- description: The source rows of one batch, (lo, hi], for a Python handler.
 SELECT * FROM {source} WHERE {key} > :lo AND {key} <= :hi{where} ORDER BY {key};
 
+-- name: fingerprint
+-- description: What a batch read ahead must still be to be used: its rows' count and a sum over each row version's ctid and xmin (an insert, update or delete in (lo, hi] changes it).
+SELECT count(*) AS n, coalesce(sum(hashtext(ctid::text || ':' || xmin::text)::bigint), 0) AS versions
+FROM {source} WHERE {key} > :lo AND {key} <= :hi{where};
+
 -- name: estimate
 -- description: The planner's estimate of the rows in [lo, hi).
 EXPLAIN (FORMAT JSON) SELECT 1 FROM {source} WHERE {key} >= :lo AND {key} < :hi{where};

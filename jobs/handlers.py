@@ -37,9 +37,10 @@ import inspect
 import json
 import logging
 import os
+import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from types import ModuleType
 from typing import Any, ClassVar
@@ -258,19 +259,70 @@ def fetch_rows(conn: Connection, statement: TextClause, params: Mapping[str, Any
     """A batch's source rows for a handler, as dicts: taken from psycopg's cursor, not through SQLAlchemy's
     Row and RowMapping (a third of the read's client time), JSON parsed by orjson when installed
     (``_loads``; the connection keeps it for the JSON columns it reads later: the same values)."""
+    return _fetch(conn, statement, params, raw_json=False).rows
+
+
+@dataclass
+class RawRows:
+    """Rows read with their JSON columns' values left as the server's text (bytes; nested lists of them in
+    an array of JSON): ``parsed`` reads them later, so a read ahead is parsed while the server is busy."""
+
+    rows: list[dict[str, Any]]
+    json_columns: list[tuple[str, bool]]  # (name, is an array of JSON)
+
+    def parsed(self) -> list[dict[str, Any]]:
+        """The rows as ``fetch_rows`` would have read them: the same loads (``_loads``), so the same values."""
+        loads = _json_loads()
+        for name, array in self.json_columns:
+            for row in self.rows:
+                value = row[name]
+                if value is not None:
+                    row[name] = _parse_array(value, loads) if array else loads(value)
+        self.json_columns = []
+        return self.rows
+
+
+def fetch_raw(conn: Connection, statement: TextClause, params: Mapping[str, Any]) -> RawRows:
+    """``fetch_rows`` without parsing JSON (``RawRows``)."""
+    return _fetch(conn, statement, params, raw_json=True)
+
+
+JSON_TYPES = {114, 3802}  # json, jsonb
+JSON_ARRAYS = {199, 3807}  # json[], jsonb[]
+
+
+def _fetch(conn: Connection, statement: TextClause, params: Mapping[str, Any], raw_json: bool) -> RawRows:
     driver = conn.connection.driver_connection
-    if orjson is not None and isinstance(driver, psycopg.Connection) and driver not in _fast_json:
-        set_json_loads(_loads, driver)
+    fast = isinstance(driver, psycopg.Connection)
+    if fast and (raw_json or driver not in _fast_json):
+        set_json_loads(bytes if raw_json else _json_loads(), driver)
         _fast_json.add(driver)
-    result = conn.execute(statement, params)
     try:
-        cursor = result.cursor
-        if not isinstance(cursor, psycopg.Cursor):  # pragma: no cover - another driver: SQLAlchemy's mappings
-            return [dict(m) for m in result.mappings()]
-        cursor.row_factory = dict_row
-        return cursor.fetchall()
+        result = conn.execute(statement, params)
+        try:
+            cursor = result.cursor
+            if not isinstance(cursor, psycopg.Cursor):  # pragma: no cover - another driver: SQLAlchemy's mappings
+                return RawRows([dict(m) for m in result.mappings()], [])
+            cursor.row_factory = dict_row
+            rows = cursor.fetchall()
+            json_columns = [(d.name, d.type_code in JSON_ARRAYS) for d in cursor.description or ()
+                            if d.type_code in JSON_TYPES or d.type_code in JSON_ARRAYS] if raw_json else []
+            return RawRows(rows, json_columns)
+        finally:
+            result.close()
     finally:
-        result.close()
+        if fast and raw_json:  # the connection reads JSON as JSON again: its other statements (the gates') need it
+            set_json_loads(_json_loads(), driver)
+
+
+def _json_loads() -> Callable[[bytes], Any]:
+    return _loads if orjson is not None else json.loads
+
+
+def _parse_array(value: Any, loads: Callable[[bytes], Any]) -> Any:
+    if isinstance(value, list):
+        return [_parse_array(v, loads) for v in value]
+    return None if value is None else loads(value)
 
 
 def item_key(row: Mapping[str, Any], key_columns: Sequence[str]) -> str:
@@ -282,35 +334,61 @@ def sample(row: Mapping[str, Any]) -> str:
     return text if len(text) <= SAMPLE_CHARS else text[: SAMPLE_CHARS - 1] + "…"
 
 
-def run(
-    conn: Connection, resolved: Resolved, rows: Sequence[Mapping[str, Any]], key_columns: Sequence[str]
-) -> list[ItemError]:
-    """Run a handler over one batch's rows; returns the items that failed."""
-    errors: list[ItemError] = []
+@dataclass
+class Prepared:
+    """An ItemHandler's batch before its write (``prepare``): its rows, their records, each row's span of
+    ``records``, and the rows whose transform failed (items)."""
+
+    rows: Sequence[Mapping[str, Any]]
+    records: list[Any] = field(default_factory=list)
+    per_row: list[tuple[Mapping[str, Any], int, int]] = field(default_factory=list)
+    errors: list[ItemError] = field(default_factory=list)
+
+
+def prepare(handler: ItemHandler, rows: Sequence[Mapping[str, Any]], key_columns: Sequence[str]) -> Prepared:
+    """Each row through ``handler.transform``; a row that raises is an item that failed, the rest go on."""
+    out = Prepared(rows)
+    records = out.records
+    for row in rows:
+        start = len(records)
+        try:
+            records.extend(handler.transform(row))
+        except Exception as err:  # a bad item is recorded, the batch goes on
+            if isinstance(err, MemoryError):
+                raise
+            del records[start:]
+            out.errors.append(_item_error(row, key_columns, err))
+            continue
+        if len(records) > start:
+            out.per_row.append((row, start, len(records)))
+    return out
+
+
+def overlaps(resolved: Resolved) -> bool:
+    """Whether ``run`` gives the handler's ``beside`` work the time of the write's last round trip: the
+    built-in bulk write's."""
+    handler = resolved.handler
+    return (handler is not None and type(handler).write is ItemHandler.write and bool(handler.table)
+            and bool(handler.columns))
+
+
+def run(conn: Connection, resolved: Resolved, rows: Sequence[Mapping[str, Any]] | Prepared,
+        key_columns: Sequence[str], beside: Callable[[], None] | None = None) -> list[ItemError]:
+    """Run a handler over one batch's rows (or an ItemHandler's batch already ``prepare``d); returns the
+    items that failed. ``beside``: client work (no use of ``conn``) done while the built-in write's last
+    statement runs on the server (``overlaps``); it is called at most once, and must not raise."""
     handler = resolved.handler
     if handler is not None:
-        records: list[Any] = []
-        per_row: list[tuple[Mapping[str, Any], int, int]] = []  # a row and its records' span in ``records``
-        for row in rows:
-            start = len(records)
-            try:
-                records.extend(handler.transform(row))
-            except Exception as err:  # a bad item is recorded, the batch goes on
-                if isinstance(err, MemoryError):
-                    raise
-                del records[start:]
-                errors.append(_item_error(row, key_columns, err))
-                continue
-            if len(records) > start:
-                per_row.append((row, start, len(records)))
+        prepared = rows if isinstance(rows, Prepared) else prepare(handler, rows, key_columns)
+        errors, records, per_row = list(prepared.errors), prepared.records, prepared.per_row
         if not records:
             return errors
-        if type(handler).write is not ItemHandler.write or not (handler.table and handler.columns):
+        if not overlaps(resolved):
             handler.write(conn, records)  # the handler's own write: what it raises is the batch's
             return errors
         _statements(conn, handler)  # a table or column that is not there fails the batch, not its rows
         try:  # in a savepoint of its own, set and released in the write's first and last round trips
-            bulk_write(conn, handler, records, savepoint=SAVEPOINT)
+            bulk_write(conn, handler, records, savepoint=SAVEPOINT, beside=beside)
         except Exception as err:
             if not _record_fault(err):  # the database's fault, not a record's: the whole batch retries
                 raise
@@ -321,6 +399,7 @@ def run(
             errors += _one_by_one(conn, ((row, partial(bulk_write, conn, handler, records[start:end], binary=False))
                                          for row, start, end in per_row), key_columns, _record_fault, server_class=True)
         return errors
+    assert not isinstance(rows, Prepared)
     function = resolved.function
     assert function is not None
     return _one_by_one(conn, ((row, partial(function, conn, row)) for row in rows), key_columns, is_row_fault)
@@ -444,7 +523,7 @@ def _execute(conn: Connection, statements: Sequence[str]) -> None:
 
 
 def bulk_write(conn: Connection, handler: ItemHandler, records: Sequence[Sequence[Any]], binary: bool = True,
-               savepoint: str | None = None) -> None:
+               savepoint: str | None = None, beside: Callable[[], None] | None = None) -> None:
     """Write ``records`` (tuples in ``handler.columns`` order) with the handler's bulk statements: COPY into
     a temporary table, one INSERT ... SELECT (an upsert on ``conflict``) from it, the table dropped.
 
@@ -454,7 +533,9 @@ def bulk_write(conn: Connection, handler: ItemHandler, records: Sequence[Sequenc
 
     Three round trips besides the COPY's data: the table made (after ``SAVEPOINT savepoint``), the COPY, then
     the INSERT, the DROP (and ``RELEASE SAVEPOINT``) together. Under load each round trip costs a wake-up of
-    the worker and of its server process: at 2,000 rows a batch they were half of a Python batch's time."""
+    the worker and of its server process: at 2,000 rows a batch they were half of a Python batch's time.
+
+    ``beside``: client work done while the INSERT runs on the server (see ``alongside``)."""
     bulk = _statements(conn, handler)
     head, tail = [bulk.create.text], [bulk.write.text, bulk.drop]
     if savepoint:
@@ -467,4 +548,29 @@ def bulk_write(conn: Connection, handler: ItemHandler, records: Sequence[Sequenc
         write_row = copy.write_row
         for record in records:
             write_row(record)
-    _execute(conn, tail)
+    if beside is None:
+        _execute(conn, tail)
+    else:
+        alongside(partial(_execute, conn, tail), beside)
+
+
+def alongside(server: Callable[[], None], client: Callable[[], None]) -> None:
+    """``server`` (statements: waiting on the database, the GIL released) in a thread of its own while
+    ``client`` (Python work that does not touch the connection) runs here; returns when both are done, and
+    raises what ``server`` raised. The connection is the thread's alone until it ends: nothing here uses it."""
+    failed: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            server()
+        except BaseException as err:  # handed to the batch's thread below
+            failed.append(err)
+
+    thread = threading.Thread(target=send, name="tidegate-write", daemon=True)
+    thread.start()
+    try:
+        client()
+    finally:
+        thread.join()
+    if failed:
+        raise failed[0]

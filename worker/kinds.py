@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Self
 
 from sqlalchemy import Connection, Engine
 
-from tidegate.worker import bounds, knobs
+from tidegate.worker import bounds, keys, knobs
 from tidegate.worker.errors import InvalidInput, shorten
 from tidegate.worker.keys import Key, KeyType
 
@@ -102,6 +102,11 @@ class KeyRange:
     lo: Key
     hi: Key
     rows: int | None = None
+    # the slice's exclusive end and the batch's key limit, when the runtime's next batch of the slice will
+    # start at ``hi`` and ask for the same limit: a kind may read that range ahead (``next_range``) while this
+    # one's write runs on the server. ``limit`` 0: the next batch's size is not known (an adaptive batch).
+    end: Key | None = None
+    limit: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,19 @@ class BatchResult:
 
     processed: int
     errors: list[ItemError] = field(default_factory=list)
+
+
+def next_range(kind: RangeKind, conn: Connection, ctx: BatchContext, cursor: Key, end: Key,
+               limit: int) -> tuple[KeyRange, bool] | None:
+    """The range the runtime's batch after ``cursor`` processes, and whether it exhausts the slice ending at
+    ``end``; None when no key is left. A short read means nothing is left before ``end``, so the range
+    reaches to the slice's last key; so does a read whose last key is the slice's last."""
+    last_key = keys.before(end)
+    reach = kind.next_keys(conn, ctx, cursor, end, limit)
+    if reach is None or reach.count <= 0:
+        return None
+    exhausted = reach.count < limit or reach.last >= last_key  # type: ignore[operator]
+    return KeyRange(cursor, last_key if exhausted else reach.last, reach.rows), exhausted
 
 
 def dense_keys(after: int, end: int, limit: int) -> NextKeys | None:

@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from sqlalchemy import Connection, Engine
@@ -89,18 +89,18 @@ class Step:
 
 
 def one_step(conn: Connection, kind: kinds.RangeKind, ctx: kinds.BatchContext, cursor: keys.Key,
-             end: keys.Key, limit: int) -> Step:
+             end: keys.Key, limit: int, ahead: bool = False) -> Step:
     """Up to ``limit`` keys after ``cursor``, below ``end``: the kind reads how far they reach and
-    processes that range. A short read means nothing is left before ``end``, so the batch reaches to
-    the slice's last key and the slice is exhausted; so does a read whose last key is the slice's last."""
-    last_key = keys.before(end)
-    reach = kind.next_keys(conn, ctx, cursor, end, limit)
-    if reach is None or reach.count <= 0:
-        return Step(checkpoint=last_key, processed=0, exhausted=True)
-    exhausted = reach.count < limit or reach.last >= last_key  # type: ignore[operator]
-    hi = last_key if exhausted else reach.last
-    done = kind.process_range(conn, ctx, kinds.KeyRange(cursor, hi, reach.rows))
-    return Step(checkpoint=hi, processed=done.processed, exhausted=exhausted, errors=done.errors)
+    processes that range (``kinds.next_range``). ``ahead``: the slice's next batch will ask for the same
+    limit, so the kind is told the slice's end and the limit and may read that batch's rows ahead."""
+    found = kinds.next_range(kind, conn, ctx, cursor, end, limit)
+    if found is None:
+        return Step(checkpoint=keys.before(end), processed=0, exhausted=True)
+    batch, exhausted = found
+    if ahead and not exhausted:
+        batch = replace(batch, end=end, limit=limit)
+    done = kind.process_range(conn, ctx, batch)
+    return Step(checkpoint=batch.hi, processed=done.processed, exhausted=exhausted, errors=done.errors)
 
 
 @dataclass
@@ -467,7 +467,7 @@ class Worker:
             step = self._steps(conn, kind, ctx, batch.box, cursor, end, batch.started)
             batch.next_size = batch.box.estimate()
         else:
-            step = one_step(conn, kind, ctx, cursor, end, batch.size)
+            step = one_step(conn, kind, ctx, cursor, end, batch.size, ahead=True)
             batch.next_size = state.batch_size_now
         if state.short_of_slices and not step.exhausted:  # the new half waits, unowned, for an idle worker
             # Cut what is left after the batch, not before it: only a slice that still has keys after a full

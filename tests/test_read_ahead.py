@@ -1,0 +1,188 @@
+"""A Python batch reads the slice's next batch ahead and parses and transforms it while its own write runs
+on the server (jobs/backfill_range.py ``_read_ahead``, jobs/handlers.py ``alongside``).
+
+The batches here are driven in process, one transaction each, by the runtime's own ``one_step``, so each
+test sees which batch used its read-ahead and which read again; the final rows are compared with the demo
+transformation as one statement over the source as it is at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import scalar
+from tests.fixtures import clean_run_checksum, seed_demo, troops_checksum
+from tidegate.jobs import handlers
+from tidegate.jobs.backfill_range import BackfillRange
+from tidegate.jobs.demo.handlers import HeroTroops
+from tidegate.worker import keys
+from tidegate.worker.kinds import BatchContext
+from tidegate.worker.runner import Step, one_step
+
+PAYLOAD = {"from": "2024-01-01T00:00:00Z", "to": "2025-01-01T00:00:00Z", "handler": "hero_troops",
+           "concurrency": 1, "owner": "tests"}
+
+
+class Slice:
+    """One job's only slice, worked a batch at a time by ``one_step`` as the runner works it."""
+
+    def __init__(self, engine, payload: Mapping[str, Any], limit: int) -> None:  # type: ignore[no-untyped-def]
+        self.engine, self.kind, self.limit = engine, BackfillRange(), limit
+        with engine.begin() as conn:
+            plan = self.kind.plan(conn, dict(payload))
+        self.ctx = BatchContext(str(uuid.uuid4()), 0, plan.params, plan.key_type)
+        self.cursor, self.end = keys.before(plan.from_key), plan.to_key
+        self.steps: list[Step] = []
+
+    def batch(self) -> Step:
+        with self.engine.begin() as conn:
+            step = one_step(conn, self.kind, self.ctx, self.cursor, self.end, self.limit, ahead=True)
+        self.cursor = step.checkpoint
+        self.steps.append(step)
+        return step
+
+    def rest(self) -> None:
+        while not (self.steps and self.steps[-1].exhausted):
+            self.batch()
+
+    @property
+    def used(self) -> int:
+        return self.kind._ahead.used
+
+
+def test_each_batch_after_the_first_uses_its_read_ahead_and_the_rows_are_the_single_statements(engine):
+    seed_demo(engine, 600)
+    expected = clean_run_checksum(engine)
+    work = Slice(engine, PAYLOAD, limit=100)
+    work.rest()
+    assert [s.processed for s in work.steps] == [100] * 6 + [0]  # a full last batch: one more finds none
+    assert work.used == 5  # without the read-ahead: 0
+    assert troops_checksum(engine) == expected
+    bad = scalar(engine, "SELECT count(*) FROM hero_snapshots"
+                 " WHERE jsonb_typeof(raw->'ProfileData'->'Troops') IS DISTINCT FROM 'array'"
+                 " OR raw->'ProfileData'->'Troops' @> '[{\"Level\": \"max\"}]'")
+    assert sum(len(s.errors) for s in work.steps) == bad > 0  # a bad row read ahead is still its batch's item
+
+
+CHANGES = {
+    "update": "UPDATE hero_snapshots SET raw = jsonb_set(raw, '{ProfileData,Troops,0,Level}', '77')"
+              " WHERE id = (SELECT id FROM hero_snapshots ORDER BY created_at OFFSET 150 LIMIT 1)",
+    "delete": "DELETE FROM hero_snapshots WHERE id = (SELECT id FROM hero_snapshots ORDER BY created_at OFFSET 150"
+              " LIMIT 1)",
+    # a row keyed inside the next batch's range: the range's count moves (and with it the batch's last key)
+    "insert": "INSERT INTO hero_snapshots (user_id, namecode, created_at, size_bytes, raw)"
+              " SELECT user_id + 100000, namecode, created_at + interval '1 millisecond', size_bytes, raw"
+              " FROM hero_snapshots ORDER BY created_at OFFSET 150 LIMIT 1",
+    # the same row rewritten with the same values: a new row version all the same
+    "same values": "UPDATE hero_snapshots SET raw = raw"
+                   " WHERE id = (SELECT id FROM hero_snapshots ORDER BY created_at OFFSET 150 LIMIT 1)",
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_row_changed_after_it_was_read_ahead_is_read_again(engine, change):
+    """Batch 1 reads batch 2's rows (100-200) ahead; one of them changes before batch 2 runs. Batch 2 sees
+    that the range's row versions moved, reads again and derives from the row as it is: the end result is
+    the single statement's over the source as it ends up."""
+    seed_demo(engine, 300)
+    work = Slice(engine, PAYLOAD, limit=100)
+    work.batch()
+    with engine.begin() as conn:
+        conn.execute(text(CHANGES[change]))
+    work.batch()
+    assert work.used == 0  # batch 2 read again
+    work.rest()
+    assert work.used >= 1  # batch 3 used what batch 2 read ahead
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE troops_by_tidegate AS SELECT * FROM user_troops"))
+    expected = clean_run_checksum(engine)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO user_troops SELECT * FROM troops_by_tidegate"))
+    assert troops_checksum(engine) == expected
+    if change == "update":
+        assert scalar(engine, "SELECT count(*) FROM user_troops WHERE level = 77") >= 1
+
+
+class _Exhausting(HeroTroops):
+    """The demo handler, but one snapshot's transform runs out of memory (a batch's fault, raised)."""
+
+    name = "test_read_ahead_exhausting"
+    poison: int = 0
+
+    def transform(self, row: Mapping[str, Any]) -> Any:
+        if row["id"] == self.poison:
+            raise MemoryError("test: out of memory on this row")
+        return super().transform(row)
+
+
+def test_a_row_the_next_batch_cannot_transform_fails_that_batch_not_the_one_that_read_it_ahead(engine):
+    seed_demo(engine, 300)
+    handler = _Exhausting()
+    handler.poison = int(scalar(engine, "SELECT id FROM hero_snapshots ORDER BY created_at OFFSET 150 LIMIT 1"))
+    handlers.register(handler)
+    work = Slice(engine, {**PAYLOAD, "handler": handler.name}, limit=100)
+    assert work.batch().processed == 100  # read batch 2 ahead: its MemoryError is left for batch 2
+    with pytest.raises(MemoryError):
+        work.batch()
+    assert work.used == 0
+
+
+def test_a_handler_that_writes_its_own_source_never_reads_ahead(engine):
+    """Its next batch must see what this one wrote: no read-ahead (and no wasted read)."""
+    seed_demo(engine, 300)
+    work = Slice(engine, {**PAYLOAD, "writes": ["user_troops", "hero_snapshots"]}, limit=100)
+    work.rest()
+    assert work.used == 0 and [s.processed for s in work.steps] == [100, 100, 100, 0]
+
+
+DOCS = ['{"a": [1, 2.5, "x", null, true]}', '{"n": 99999999999999999999999}', '{"f": 1e400}', "[" * 300 + "]" * 300,
+        '"just a string"', "null"]
+
+
+def test_json_read_raw_then_parsed_is_what_fetch_rows_reads_and_the_connection_reads_json_again(engine):
+    """The read-ahead's rows, their JSON parsed later (arrays of JSON, NULLs and JSON null included), are the
+    rows ``fetch_rows`` reads; and the connection's next statements get JSON parsed, not bytes."""
+    query = text("SELECT CAST(d AS json) AS j, CAST(d AS jsonb) AS jb, ARRAY[CAST(d AS jsonb), NULL] AS arr,"
+                 " CAST(NULL AS jsonb) AS nothing, convert_to(d, 'UTF8') AS raw_bytes, i"
+                 " FROM unnest(CAST(:docs AS text[])) WITH ORDINALITY AS t(d, i) ORDER BY i")
+    with engine.connect() as conn:
+        raw = handlers.fetch_raw(conn, query, {"docs": DOCS})
+        assert isinstance(raw.rows[0]["jb"], bytes)  # not parsed yet
+        after = conn.execute(text("SELECT CAST('{\"k\": 1}' AS jsonb)")).scalar_one()
+        parsed = raw.parsed()
+        read = handlers.fetch_rows(conn, query, {"docs": DOCS})
+    assert after == {"k": 1}
+    assert parsed == read and repr(parsed) == repr(read)
+    assert parsed[0]["jb"] == parsed[0]["j"] == json.loads(DOCS[0]) and parsed[0]["arr"] == [json.loads(DOCS[0]), None]
+    assert type(parsed[1]["jb"]["n"]) is int and parsed[-1]["jb"] is None and parsed[-1]["nothing"] is None
+    assert all(isinstance(r["raw_bytes"], bytes) for r in parsed)  # a bytea column is not JSON
+
+
+def test_the_write_fails_with_the_database_and_the_work_beside_it_still_ran_once(engine):
+    """``alongside``: the write's error (a statement timeout: the batch's) is raised after the client work
+    beside it finished; nothing is filed as an item."""
+    from tidegate.worker.db import sqlstate
+
+    seed_demo(engine, 50)
+    with engine.begin() as conn:
+        conn.execute(text("""
+            CREATE FUNCTION slow_troop() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_sleep(5); RETURN NEW; END $$"""))
+        conn.execute(text("CREATE TRIGGER slow_troop BEFORE INSERT ON user_troops FOR EACH ROW"
+                          " EXECUTE FUNCTION slow_troop()"))
+    calls = []
+    with engine.connect() as conn:
+        tx = conn.begin()
+        rows = handlers.fetch_rows(conn, text("SELECT * FROM hero_snapshots ORDER BY id LIMIT 5"), {})
+        conn.execute(text("SET LOCAL statement_timeout = '300ms'"))
+        with pytest.raises(Exception) as raised:
+            handlers.run(conn, handlers.resolve("hero_troops"), rows, ["id"], beside=lambda: calls.append(1))
+        tx.rollback()
+    assert sqlstate(raised.value) == "57014" and calls == [1]
+    assert scalar(engine, "SELECT count(*) FROM user_troops") == 0
