@@ -2,10 +2,11 @@
 
 500,000 hero_snapshots, one user each, so the demo transformation writes 5,000,000 user_troops
 rows. The single statement is the SQL handler file run once over the whole range; tidegate runs
-the same file per batch of 5,000 keys at concurrency 1 and 2, and the Python handler at 2.
-Every run must leave user_troops with the single statement's checksum. The single statement and the
-SQL handler's runs go in interleaved rounds (median and range); their workers log where each batch's
-time goes (worker/runner.py PHASES), summed per slice, for the "where the time goes" table.
+the same file per batch of 5,000 keys at concurrency 1 and 2, and the Python handler (the demo's
+``hero_troops``) at 1 and 2, each right after the SQL handler at the same concurrency. Every run must
+leave user_troops with the single statement's checksum. All runs go in interleaved rounds (median and
+range of the ratios within each round); the SQL handler's workers log where each batch's time goes
+(worker/runner.py PHASES), summed per slice, for the "where the time goes" table.
 
 ``large``: one job at scale instead (`make bench BENCH_ARGS="--large"`): 5,000,000 snapshots (``rows``),
 the single statement once, then tidegate's SQL handler at concurrency 2, with the worker's RSS at 10%,
@@ -78,18 +79,28 @@ def _sql_handler(url: str, engine, concurrency: int, batch: int,  # type: ignore
 SQL_RUNS = (("sql_c1", 1, 5000), ("sql_c2", 2, 5000))
 
 
-def _rounds(url: str, engine, rounds: int) -> dict:  # type: ignore[no-untyped-def]
-    """The single statement and the SQL handler's runs, interleaved, ``rounds`` times: medians, ranges."""
+def _rounds(url: str, engine, rounds: int, compare: str | None = None) -> dict:  # type: ignore[no-untyped-def]
+    """The single statement, then at each concurrency the SQL handler and right after it the Python handler
+    (and ``compare``'s), interleaved, ``rounds`` times: medians and ranges of the ratios taken within each
+    round. Runs minutes apart on this machine differ by a third (its disk, checkpoints, autovacuum of the
+    last run's rows): only a ratio within a round says something."""
     singles: list[dict] = []
-    runs: dict[str, list[dict]] = {name: [] for name, _, _ in SQL_RUNS}
+    names = [name for name, _, _, _ in RUNS if compare or not name.endswith("_compare")]
+    runs: dict[str, list[dict]] = {name: [] for name in names}
     for i in range(rounds):
         singles.append(_single(engine))
         print(f"round {i + 1}: single statement {singles[-1]['seconds']:.1f}s", flush=True)
-        for name, conc, batch in SQL_RUNS:
-            runs[name].append(_sql_handler(url, engine, conc, batch))
-            x = runs[name][-1]
-            print(f"round {i + 1}: {name} {x['seconds']:.1f}s ratio {singles[-1]['seconds'] / x['seconds']:.2f}",
-                  flush=True)
+        for name, handler, conc, batch in RUNS:
+            if name not in runs:
+                continue
+            if handler == "sql":
+                x = _sql_handler(url, engine, conc, batch)
+            else:
+                x = _tidegate(url, engine, handler, conc, batch, exe=compare if name.endswith("_compare") else None)
+                x["vs_sql"] = runs[f"sql_c{conc}"][-1]["seconds"] / x["seconds"]
+            runs[name].append(x)
+            print(f"round {i + 1}: {name} {x['seconds']:.1f}s ratio {singles[-1]['seconds'] / x['seconds']:.2f}"
+                  + (f" vs SQL handler {x['vs_sql']:.2f}" if "vs_sql" in x else ""), flush=True)
     single = {"seconds": statistics.median(s["seconds"] for s in singles),
               "all": [s["seconds"] for s in singles], "checksum": singles[0]["checksum"]}
     out: dict = {"single_statement": single}
@@ -101,6 +112,9 @@ def _rounds(url: str, engine, rounds: int) -> dict:  # type: ignore[no-untyped-d
                      "all": [x["seconds"] for x in all_runs], "ratio": statistics.median(ratios),
                      "ratio_range": (min(ratios), max(ratios)), "rss_mb": max(x["rss_mb"] for x in all_runs),
                      "same_data": all(x["checksum"] == single["checksum"] for x in all_runs)}
+        vs_sql = [x["vs_sql"] for x in all_runs if "vs_sql" in x]
+        if vs_sql:
+            out[name] |= {"vs_sql": statistics.median(vs_sql), "vs_sql_range": (min(vs_sql), max(vs_sql))}
     return out
 
 
@@ -136,6 +150,7 @@ MEMORY_ROWS = (100_000, 1_000_000, 5_000_000)
 RUNS = (("sql_c1", "sql", 1, 5000), ("python_c1", "hero_troops", 1, 5000),
         ("python_c1_compare", "hero_troops", 1, 5000), ("sql_c2", "sql", 2, 5000),
         ("python_c2", "hero_troops", 2, 5000), ("python_c2_compare", "hero_troops", 2, 5000))
+RUNS_NAMES = [name for name, _, _, _ in RUNS]
 LABELS = {"sql_c1": "tidegate, SQL handler, concurrency 1", "python_c1": "tidegate, Python handler, concurrency 1",
           "python_c1_compare": "compare's Python handler, concurrency 1",
           "sql_c2": "tidegate, SQL handler, concurrency 2", "python_c2": "tidegate, Python handler, concurrency 2",
@@ -161,27 +176,17 @@ def run(url: str | None = None, rows: int | None = None, memory_rows: tuple[int,
             engine.dispose()
             return out
 
-        out.update(_rounds(db, engine, rounds))
+        out.update(_rounds(db, engine, rounds, compare))
         out["rounds"] = rounds
-        single = out["single_statement"]
-        for name in ("sql_c1", "sql_c2"):
-            x = out[name]
-            print(f"{name}: median {x['seconds']:.1f}s ratio {x['ratio']:.2f} ({x['ratio_range'][0]:.2f}-"
-                  f"{x['ratio_range'][1]:.2f}) same data {x['same_data']} worker RSS {x['rss_mb']:.0f} MiB", flush=True)
-
-        for name, handler, conc, batch in RUNS:
-            if name.endswith("_compare") and not compare or name in out:
+        for name in RUNS_NAMES:
+            x = out.get(name)
+            if x is None:
                 continue
-            handler = f"sql:{SQL_HANDLER}" if handler == "sql" else handler
-            result = _tidegate(db, engine, handler, conc, batch, exe=compare if name.endswith("_compare") else None)
-            result["ratio"] = single["seconds"] / result["seconds"]
-            if name.startswith("python"):  # the Python handler against the SQL handler at the same concurrency
-                result["vs_sql"] = out[f"sql_c{conc}"]["seconds"] / result["seconds"]
-            result["same_data"] = result["checksum"] == single["checksum"]
-            out[name] = result
-            print(f"{name}: {result['seconds']:.1f}s ratio {result['ratio']:.2f}"
-                  + (f" vs SQL handler {result['vs_sql']:.2f}" if "vs_sql" in result else "")
-                  + f" same data {result['same_data']} worker RSS {result['rss_mb']:.0f} MiB", flush=True)
+            vs = (f" vs SQL handler {x['vs_sql']:.2f} ({x['vs_sql_range'][0]:.2f}-{x['vs_sql_range'][1]:.2f})"
+                  if "vs_sql" in x else "")
+            print(f"{name}: median {x['seconds']:.1f}s ratio {x['ratio']:.2f} ({x['ratio_range'][0]:.2f}-"
+                  f"{x['ratio_range'][1]:.2f}){vs} same data {x['same_data']} worker RSS {x['rss_mb']:.0f} MiB",
+                  flush=True)
 
         with engine.connect() as conn:
             out["checkpoint_tables"] = [dict(r._mapping) for r in conn.execute(text(
@@ -272,6 +277,8 @@ def report(r: dict) -> str:
             continue
         x = r[name]
         vs = f"{x['vs_sql']:.2f}" if "vs_sql" in x else "-"
+        if "vs_sql_range" in x:
+            vs += f" ({x['vs_sql_range'][0]:.2f}-{x['vs_sql_range'][1]:.2f})"
         if "ratio_range" in x:  # the SQL handler's rounds
             label = f"{label} ({', '.join(f'{v:.1f}' for v in x['all'])} s)"
             ratio = f"{x['ratio']:.2f} ({x['ratio_range'][0]:.2f}-{x['ratio_range'][1]:.2f})"
