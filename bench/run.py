@@ -37,7 +37,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, help="source rows for the backfill comparison (default 500,000)")
     parser.add_argument("--backfill-compare", metavar="TIDEGATE",
                         help="another tidegate executable whose Python handler runs in the same backfill run")
-    parser.add_argument("--backfill-rounds", type=int, help="interleaved rounds of the backfill runs, SQL and Python handlers (default 3)")
+    parser.add_argument("--backfill-rounds", type=int,
+                        help="interleaved rounds of the backfill runs, SQL and Python handlers (default 3)")
     parser.add_argument("--large", action="store_true",
                         help="instead: one backfill job at scale (5,000,000 snapshots, or --rows) against one"
                              " statement and the 30-minute target, worker RSS at 10/50/100%%; writes"

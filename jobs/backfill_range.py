@@ -289,7 +289,7 @@ class BackfillRange(RangeKind):
         def transform() -> None:
             try:
                 prepared = handlers.prepare(handler, raw.parsed(), p["item_key"])
-            except Exception as err:  # that batch meets it itself, when it reads again
+            except BaseException as err:  # noqa: B036 - that batch meets it itself (even a SystemExit), reading again
                 log.debug("job %s: the batch read ahead is dropped: %s", ctx.job_id, error_text(err, 200))
                 return
             self._ahead.keep(conn, ctx, nxt, Ahead(prepared, versions))

@@ -109,26 +109,30 @@ def test_a_row_changed_after_it_was_read_ahead_is_read_again(engine, change):
         assert scalar(engine, "SELECT count(*) FROM user_troops WHERE level = 77") >= 1
 
 
-class _Exhausting(HeroTroops):
-    """The demo handler, but one snapshot's transform runs out of memory (a batch's fault, raised)."""
+class _Failing(HeroTroops):
+    """The demo handler, but one snapshot's transform raises what a row's fault never is: a MemoryError, a
+    SystemExit (the batch's fault, raised out of the batch)."""
 
-    name = "test_read_ahead_exhausting"
+    name = "test_read_ahead_failing"
     poison: int = 0
+    raises: type[BaseException] = MemoryError
 
     def transform(self, row: Mapping[str, Any]) -> Any:
         if row["id"] == self.poison:
-            raise MemoryError("test: out of memory on this row")
+            raise self.raises("test: this row")
         return super().transform(row)
 
 
-def test_a_row_the_next_batch_cannot_transform_fails_that_batch_not_the_one_that_read_it_ahead(engine):
+@pytest.mark.parametrize("raises", [MemoryError, SystemExit])
+def test_a_row_the_next_batch_cannot_transform_fails_that_batch_not_the_one_that_read_it_ahead(engine, raises):
     seed_demo(engine, 300)
-    handler = _Exhausting()
+    handler = _Failing()
     handler.poison = int(scalar(engine, "SELECT id FROM hero_snapshots ORDER BY created_at OFFSET 150 LIMIT 1"))
+    handler.raises = raises
     handlers.register(handler)
     work = Slice(engine, {**PAYLOAD, "handler": handler.name}, limit=100)
-    assert work.batch().processed == 100  # read batch 2 ahead: its MemoryError is left for batch 2
-    with pytest.raises(MemoryError):
+    assert work.batch().processed == 100  # read batch 2 ahead: what its row raised is left for batch 2
+    with pytest.raises(raises):
         work.batch()
     assert work.used == 0
 
