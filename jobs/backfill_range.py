@@ -37,7 +37,8 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from tidegate.jobs import approved_sql, filters, handlers, sql_check
-from tidegate.worker import identifiers, keys, kinds, knobs, trust
+from tidegate.worker import identifiers, keys, kinds, knobs, metrics, trust
+from tidegate.worker.db import sqlstate
 from tidegate.worker.errors import InvalidInput, quote
 from tidegate.worker.kinds import BatchContext, BatchResult, KeyRange, NextKeys, Payload, Plan, RangeKind, SlicePlan
 from tidegate.worker.redact import error_text
@@ -228,8 +229,11 @@ class BackfillRange(RangeKind):
         resolved = handlers.resolve(p["handler"])
         batch_rows: handlers.Prepared | list[dict[str, Any]] | None = None
         ahead = self._ahead.take(conn, ctx, batch)
-        if ahead is not None and ahead.versions == self._versions(conn, target, where, batch):
-            batch_rows, self._ahead.used = ahead.prepared, self._ahead.used + 1
+        if ahead is not None:
+            fresh = ahead.versions == self._versions(conn, target, where, batch)
+            metrics.READ_AHEAD.labels(NAME, "used" if fresh else "changed").inc()
+            if fresh:
+                batch_rows = ahead.prepared
         if batch_rows is None:
             batch_rows = handlers.fetch_rows(conn, where.into(ROWS, source=target.source, key=target.key.ident),
                                              {"lo": batch.lo, "hi": batch.hi, **where.params})
@@ -274,6 +278,8 @@ class BackfillRange(RangeKind):
                 with conn.begin_nested():
                     versions = self._versions(conn, target, where, nxt)
             except DBAPIError as err:
+                if (sqlstate(err) or "")[:2] not in NO_VERSIONS:  # a cancel, a lost connection: the batch's own fault
+                    raise
                 log.info("%s: no read-ahead (its row versions cannot be read: %s)", target.source.name,
                          error_text(err, 200))
                 self._no_versions[source] = True
@@ -291,10 +297,17 @@ class BackfillRange(RangeKind):
                 prepared = handlers.prepare(handler, raw.parsed(), p["item_key"])
             except BaseException as err:  # noqa: B036 - that batch meets it itself (even a SystemExit), reading again
                 log.debug("job %s: the batch read ahead is dropped: %s", ctx.job_id, error_text(err, 200))
+                metrics.READ_AHEAD.labels(NAME, "dropped").inc()
                 return
             self._ahead.keep(conn, ctx, nxt, Ahead(prepared, versions))
 
         return transform
+
+
+# SQLSTATE classes that say a source's rows have no ctid or xmin to read: no such column (42703, in class 42:
+# syntax error or access rule violation) or not supported (0A000, a foreign table's); any other error of the
+# first fingerprint is the batch's (a statement timeout, a cancel, a lost connection)
+NO_VERSIONS = ("42", "0A")
 
 
 @dataclass(frozen=True)
@@ -310,7 +323,6 @@ class ReadAhead:
         self._key: tuple[Any, ...] | None = None
         self._params: dict[str, Any] | None = None
         self._ahead: Ahead | None = None
-        self.used = 0  # batches that used their read-ahead (tests)
 
     @staticmethod
     def _key_of(conn: Connection, ctx: BatchContext, batch: KeyRange) -> tuple[Any, ...]:
@@ -324,7 +336,10 @@ class ReadAhead:
         way it is gone: a range is read ahead for one batch, once."""
         key, params, ahead = self._key, self._params, self._ahead
         self._key = self._params = self._ahead = None
-        if ahead is None or key != self._key_of(conn, ctx, batch) or params != ctx.params:
+        if ahead is None:
+            return None
+        if key != self._key_of(conn, ctx, batch) or params != ctx.params:
+            metrics.READ_AHEAD.labels(NAME, "changed").inc()  # another range (a row came or went), job or params
             return None
         return ahead
 

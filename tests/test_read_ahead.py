@@ -14,19 +14,27 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from tests.conftest import scalar
 from tests.fixtures import clean_run_checksum, seed_demo, troops_checksum
 from tidegate.jobs import handlers
-from tidegate.jobs.backfill_range import BackfillRange
+from tidegate.jobs.backfill_range import NAME, BackfillRange
 from tidegate.jobs.demo.handlers import HeroTroops
-from tidegate.worker import keys
+from tidegate.worker import keys, metrics
+from tidegate.worker.db import sqlstate
 from tidegate.worker.kinds import BatchContext
 from tidegate.worker.runner import Step, one_step
 
 PAYLOAD = {"from": "2024-01-01T00:00:00Z", "to": "2025-01-01T00:00:00Z", "handler": "hero_troops",
            "concurrency": 1, "owner": "tests"}
+
+
+def _read_ahead(outcome: str) -> float:
+    metrics.declare()
+    return REGISTRY.get_sample_value("tidegate_read_ahead_total", {"kind": NAME, "outcome": outcome}) or 0.0
 
 
 class Slice:
@@ -39,6 +47,7 @@ class Slice:
         self.ctx = BatchContext(str(uuid.uuid4()), 0, plan.params, plan.key_type)
         self.cursor, self.end = keys.before(plan.from_key), plan.to_key
         self.steps: list[Step] = []
+        self._used_before = _read_ahead("used")
 
     def batch(self) -> Step:
         with self.engine.begin() as conn:
@@ -53,7 +62,8 @@ class Slice:
 
     @property
     def used(self) -> int:
-        return self.kind._ahead.used
+        """Batches of this slice that used their read-ahead, by the worker's metric."""
+        return int(_read_ahead("used") - self._used_before)
 
 
 def test_each_batch_after_the_first_uses_its_read_ahead_and_the_rows_are_the_single_statements(engine):
@@ -95,8 +105,10 @@ def test_a_row_changed_after_it_was_read_ahead_is_read_again(engine, change):
     work.batch()
     with engine.begin() as conn:
         conn.execute(text(CHANGES[change]))
+    changed = _read_ahead("changed")
     work.batch()
     assert work.used == 0  # batch 2 read again
+    assert _read_ahead("changed") == changed + 1  # and the metric says why
     work.rest()
     assert work.used >= 1  # batch 3 used what batch 2 read ahead
     with engine.begin() as conn:
@@ -131,7 +143,9 @@ def test_a_row_the_next_batch_cannot_transform_fails_that_batch_not_the_one_that
     handler.raises = raises
     handlers.register(handler)
     work = Slice(engine, {**PAYLOAD, "handler": handler.name}, limit=100)
+    dropped = _read_ahead("dropped")
     assert work.batch().processed == 100  # read batch 2 ahead: what its row raised is left for batch 2
+    assert _read_ahead("dropped") == dropped + 1
     with pytest.raises(raises):
         work.batch()
     assert work.used == 0
@@ -190,3 +204,41 @@ def test_the_write_fails_with_the_database_and_the_work_beside_it_still_ran_once
         tx.rollback()
     assert sqlstate(raised.value) == "57014" and calls == [1]
     assert scalar(engine, "SELECT count(*) FROM user_troops") == 0
+
+
+def test_a_source_without_row_versions_runs_without_read_ahead_and_gets_the_same_rows(engine, monkeypatch):
+    """A source whose rows have no ctid or xmin (a foreign table's may not): the first fingerprint fails in its
+    savepoint (here a real 42703 from the server, the column a view lacks), the read-ahead is off for that
+    source, and the batch goes on in the same transaction with the same result."""
+    seed_demo(engine, 300)
+    expected = clean_run_checksum(engine)
+    work = Slice(engine, PAYLOAD, limit=100)
+
+    def no_ctid(conn, *args):  # type: ignore[no-untyped-def]
+        conn.execute(text("SELECT ctid FROM (SELECT 1) AS no_versions"))
+
+    monkeypatch.setattr(BackfillRange, "_versions", staticmethod(no_ctid))
+    work.rest()
+    assert work.used == 0 and [s.processed for s in work.steps] == [100, 100, 100, 0]
+    assert troops_checksum(engine) == expected
+    assert list(work.kind._no_versions.values()) == [True]
+
+
+def test_a_cancel_of_the_first_fingerprint_is_the_batchs_error_and_leaves_the_read_ahead_on(engine, monkeypatch):
+    """Only "no such column" or "not supported" turns the read-ahead off: a statement cancelled by a timeout
+    (57014, a real one: the server's) on that statement fails the batch, as it would anywhere in it."""
+    seed_demo(engine, 300)
+    work = Slice(engine, PAYLOAD, limit=100)
+
+    def cancelled(conn, *args):  # type: ignore[no-untyped-def]
+        conn.execute(text("SET LOCAL statement_timeout = '10ms'"))
+        conn.execute(text("SELECT pg_sleep(1)"))
+
+    monkeypatch.setattr(BackfillRange, "_versions", staticmethod(cancelled))
+    with pytest.raises(DBAPIError) as raised:
+        work.batch()
+    assert sqlstate(raised.value) == "57014"
+    assert work.kind._no_versions == {}  # not taken for a source without row versions
+    monkeypatch.undo()
+    work.rest()
+    assert work.used == 2 and troops_checksum(engine) == clean_run_checksum(engine)  # batches 2 and 3
