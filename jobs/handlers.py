@@ -33,13 +33,15 @@ the same registry, so they refuse what a worker would refuse.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from types import ModuleType
@@ -48,7 +50,7 @@ from typing import Any, ClassVar
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
-from sqlalchemy import Connection, TextClause
+from sqlalchemy import Connection, TextClause, event
 
 try:  # about 2.5x faster than json.loads on the source's JSON documents (a Python handler's largest client cost)
     import orjson
@@ -273,11 +275,12 @@ class RawRows:
     def parsed(self) -> list[dict[str, Any]]:
         """The rows as ``fetch_rows`` would have read them: the same loads (``_loads``), so the same values."""
         loads = _json_loads()
-        for name, array in self.json_columns:
-            for row in self.rows:
-                value = row[name]
-                if value is not None:
-                    row[name] = _parse_array(value, loads) if array else loads(value)
+        with gc_paused():
+            for name, array in self.json_columns:
+                for row in self.rows:
+                    value = row[name]
+                    if value is not None:
+                        row[name] = _parse_array(value, loads) if array else loads(value)
         self.json_columns = []
         return self.rows
 
@@ -294,25 +297,36 @@ JSON_ARRAYS = {199, 3807}  # json[], jsonb[]
 def _fetch(conn: Connection, statement: TextClause, params: Mapping[str, Any], raw_json: bool) -> RawRows:
     driver = conn.connection.driver_connection
     fast = isinstance(driver, psycopg.Connection)
-    if fast and (raw_json or driver not in _fast_json):
-        set_json_loads(bytes if raw_json else _json_loads(), driver)
+    if fast and driver not in _fast_json:
+        set_json_loads(_json_loads(), driver)
         _fast_json.add(driver)
+    if fast and raw_json:  # JSON left as text by this statement's own cursor; the connection's other reads parse it
+        if not event.contains(conn.engine, "before_cursor_execute", _raw_json_cursor):
+            event.listen(conn.engine, "before_cursor_execute", _raw_json_cursor)
+        statement = statement.execution_options(**{RAW_JSON: True})
+    result = conn.execute(statement, params)
     try:
-        result = conn.execute(statement, params)
-        try:
-            cursor = result.cursor
-            if not isinstance(cursor, psycopg.Cursor):  # pragma: no cover - another driver: SQLAlchemy's mappings
-                return RawRows([dict(m) for m in result.mappings()], [])
-            cursor.row_factory = dict_row
+        cursor = result.cursor
+        if not isinstance(cursor, psycopg.Cursor):  # pragma: no cover - another driver: SQLAlchemy's mappings
+            return RawRows([dict(m) for m in result.mappings()], [])
+        cursor.row_factory = dict_row
+        with gc_paused():  # JSON parsed here too (fetch_rows)
             rows = cursor.fetchall()
-            json_columns = [(d.name, d.type_code in JSON_ARRAYS) for d in cursor.description or ()
-                            if d.type_code in JSON_TYPES or d.type_code in JSON_ARRAYS] if raw_json else []
-            return RawRows(rows, json_columns)
-        finally:
-            result.close()
+        json_columns = [(d.name, d.type_code in JSON_ARRAYS) for d in cursor.description or ()
+                        if d.type_code in JSON_TYPES or d.type_code in JSON_ARRAYS] if raw_json else []
+        return RawRows(rows, json_columns)
     finally:
-        if fast and raw_json:  # the connection reads JSON as JSON again: its other statements (the gates') need it
-            set_json_loads(_json_loads(), driver)
+        result.close()
+
+
+RAW_JSON = "tidegate_raw_json"  # the execution option of a read whose JSON values stay text (fetch_raw)
+
+
+def _raw_json_cursor(conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any,
+                     executemany: bool) -> None:
+    """SQLAlchemy's hook before a statement runs on its cursor: a raw read's cursor loads JSON as bytes."""
+    if context is not None and context.execution_options.get(RAW_JSON) and isinstance(cursor, psycopg.Cursor):
+        set_json_loads(bytes, cursor)
 
 
 def _json_loads() -> Callable[[bytes], Any]:
@@ -349,19 +363,37 @@ def prepare(handler: ItemHandler, rows: Sequence[Mapping[str, Any]], key_columns
     """Each row through ``handler.transform``; a row that raises is an item that failed, the rest go on."""
     out = Prepared(rows)
     records = out.records
-    for row in rows:
-        start = len(records)
-        try:
-            records.extend(handler.transform(row))
-        except Exception as err:  # a bad item is recorded, the batch goes on
-            if isinstance(err, MemoryError):
-                raise
-            del records[start:]
-            out.errors.append(_item_error(row, key_columns, err))
-            continue
-        if len(records) > start:
-            out.per_row.append((row, start, len(records)))
+    with gc_paused():
+        for row in rows:
+            start = len(records)
+            try:
+                records.extend(handler.transform(row))
+            except Exception as err:  # a bad item is recorded, the batch goes on
+                if isinstance(err, MemoryError):
+                    raise
+                del records[start:]
+                out.errors.append(_item_error(row, key_columns, err))
+                continue
+            if len(records) > start:
+                out.per_row.append((row, start, len(records)))
     return out
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a batch's rows and records are made. A batch makes some
+    300,000 objects (5,000 demo snapshots: their rows, parsed JSON and 50,000 records) that all live until
+    its write; the collector walks them again and again as they accumulate, which took 60% of the client's
+    CPU time in reading, parsing and transforming (bench/RESULTS.md). Paused, the objects are freed by their
+    reference counts as before; only a cycle that a transform makes waits for the collector until the batch
+    is built. Back on afterwards, unless it was already off (worker/entry.py pauses it while a process starts)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def overlaps(resolved: Resolved) -> bool:

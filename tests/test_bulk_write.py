@@ -371,3 +371,41 @@ def test_a_long_number_of_any_digits_reads_as_an_int(number):
     doc = f'{{"n": {number}, "s": "{number}"}}'.encode()
     got = handlers._loads(doc)
     assert got == json.loads(doc) and type(got["n"]) is int
+
+
+class _Cyclic(ItemHandler):
+    """Each row's record holds a cycle (an object that refers to itself), and one row raises a MemoryError."""
+
+    name = "test_gc_cyclic"
+
+    def transform(self, row: Any) -> Any:
+        if row["id"] == 3:
+            raise MemoryError("test")
+        node: list[Any] = [row["id"]]
+        node.append(node)
+        return [node]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_collector_is_paused_while_a_batch_is_built_and_left_as_it_was(enabled):
+    """`prepare` pauses Python's cyclic collector and leaves it as it found it, also when a transform raises
+    (a MemoryError: out of the batch)."""
+    import gc
+
+    rows = [{"id": i} for i in range(5)]
+    (gc.enable if enabled else gc.disable)()
+    try:
+        seen: list[bool] = []
+
+        class Watch(_Cyclic):
+            def transform(self, row: Any) -> Any:
+                seen.append(gc.isenabled())
+                return super().transform(row)
+
+        with pytest.raises(MemoryError):
+            handlers.prepare(Watch(), rows, ["id"])
+        assert seen == [False] * 4 and gc.isenabled() is enabled
+        prepared = handlers.prepare(Watch(), rows[:3], ["id"])
+        assert gc.isenabled() is enabled and [r[0] for r in prepared.records] == [0, 1, 2]
+    finally:
+        gc.enable()
