@@ -24,7 +24,8 @@ import psutil
 from sqlalchemy.engine import make_url
 
 # modules exposing run() and report()
-BENCHES = ["backfill", "queue", "scaling", "foreground", "adaptive", "archive", "selection", "start", "fanout", "citus"]
+BENCHES = ["backfill", "splits", "queue", "scaling", "foreground", "adaptive", "archive", "selection", "start",
+           "fanout", "citus"]
 
 
 def ints(value: str) -> tuple[int, ...]:
@@ -66,6 +67,7 @@ def main() -> None:
                      "rounds": args.backfill_rounds, "large": args.large},
         "queue": {"jobs": args.jobs, "processes": args.queue_processes, "systems": args.queue_systems,
                   "repeats": args.queue_repeats},
+        "splits": {},
         "scaling": {"processes": args.scaling_processes},
         "foreground": {"seconds": args.pgbench_seconds},
         "adaptive": {},

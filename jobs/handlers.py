@@ -33,15 +33,13 @@ the same registry, so they refuse what a worker would refuse.
 
 from __future__ import annotations
 
-import gc
 import inspect
 import json
 import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from types import ModuleType
@@ -275,12 +273,11 @@ class RawRows:
     def parsed(self) -> list[dict[str, Any]]:
         """The rows as ``fetch_rows`` would have read them: the same loads (``_loads``), so the same values."""
         loads = _json_loads()
-        with gc_paused():
-            for name, array in self.json_columns:
-                for row in self.rows:
-                    value = row[name]
-                    if value is not None:
-                        row[name] = _parse_array(value, loads) if array else loads(value)
+        for name, array in self.json_columns:
+            for row in self.rows:
+                value = row[name]
+                if value is not None:
+                    row[name] = _parse_array(value, loads) if array else loads(value)
         self.json_columns = []
         return self.rows
 
@@ -310,8 +307,7 @@ def _fetch(conn: Connection, statement: TextClause, params: Mapping[str, Any], r
         if not isinstance(cursor, psycopg.Cursor):  # pragma: no cover - another driver: SQLAlchemy's mappings
             return RawRows([dict(m) for m in result.mappings()], [])
         cursor.row_factory = dict_row
-        with gc_paused():  # JSON parsed here too (fetch_rows)
-            rows = cursor.fetchall()
+        rows = cursor.fetchall()
         json_columns = [(d.name, d.type_code in JSON_ARRAYS) for d in cursor.description or ()
                         if d.type_code in JSON_TYPES or d.type_code in JSON_ARRAYS] if raw_json else []
         return RawRows(rows, json_columns)
@@ -363,37 +359,19 @@ def prepare(handler: ItemHandler, rows: Sequence[Mapping[str, Any]], key_columns
     """Each row through ``handler.transform``; a row that raises is an item that failed, the rest go on."""
     out = Prepared(rows)
     records = out.records
-    with gc_paused():
-        for row in rows:
-            start = len(records)
-            try:
-                records.extend(handler.transform(row))
-            except Exception as err:  # a bad item is recorded, the batch goes on
-                if isinstance(err, MemoryError):
-                    raise
-                del records[start:]
-                out.errors.append(_item_error(row, key_columns, err))
-                continue
-            if len(records) > start:
-                out.per_row.append((row, start, len(records)))
+    for row in rows:
+        start = len(records)
+        try:
+            records.extend(handler.transform(row))
+        except Exception as err:  # a bad item is recorded, the batch goes on
+            if isinstance(err, MemoryError):
+                raise
+            del records[start:]
+            out.errors.append(_item_error(row, key_columns, err))
+            continue
+        if len(records) > start:
+            out.per_row.append((row, start, len(records)))
     return out
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while a batch's rows and records are made. A batch makes some
-    300,000 objects (5,000 demo snapshots: their rows, parsed JSON and 50,000 records) that all live until
-    its write; the collector walks them again and again as they accumulate, which took 60% of the client's
-    CPU time in reading, parsing and transforming (bench/RESULTS.md). Paused, the objects are freed by their
-    reference counts as before; only a cycle that a transform makes waits for the collector until the batch
-    is built. Back on afterwards, unless it was already off (worker/entry.py pauses it while a process starts)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def overlaps(resolved: Resolved) -> bool:

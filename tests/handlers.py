@@ -148,3 +148,10 @@ def record_slower_each_row_of_the_batch(conn: Connection, row: Mapping[str, Any]
 def copy_row_id(conn: Connection, row: Mapping[str, Any]) -> None:
     """Copy a source row's (tbl, id) into `derived` (tests/test_key_types.py)."""
     conn.execute(text("INSERT INTO derived (tbl, id) VALUES (:tbl, :id)"), {"tbl": row["tbl"], "id": row["id"]})
+
+
+def record_collector(conn: Connection, row: Mapping[str, Any]) -> None:
+    """Log the key, negated while Python's cyclic garbage collector is on (a worker's batch: it should be off)."""
+    import gc
+
+    conn.execute(text("INSERT INTO processed_log (k) VALUES (:k)"), {"k": -row["k"] if gc.isenabled() else row["k"]})

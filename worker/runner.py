@@ -38,6 +38,7 @@ from enum import StrEnum
 from sqlalchemy import Connection, Engine
 
 from tidegate.worker import deadline, keys, kinds, metrics, store, throttle, trust
+from tidegate.worker.collector import Collector
 from tidegate.worker.db import first_line, is_database_fault, is_outage, is_timeout, make_engine
 from tidegate.worker.deadline import BatchWatch
 from tidegate.worker.errors import InvalidInput
@@ -354,6 +355,11 @@ class Worker:
         if claimed.previous_owner:
             log.warning("job %s slice %d: taking over from %s (lease expired)", job, n, claimed.previous_owner,
                         extra=job_ctx(job, n, previous_owner=claimed.previous_owner))
+        with Collector() as collector:  # Python's cyclic collector between the batches, not inside them
+            return self._batches(claimed, collector)
+
+    def _batches(self, claimed: store.ClaimedSlice, collector: Collector) -> bool:
+        job, n = claimed.job_id, claimed.slice_no
         batches = 0
         quantum = self.config.slice_quantum
         until = time.monotonic() + quantum if quantum else None
@@ -363,6 +369,7 @@ class Worker:
                 return True
             outcome = self.run_batch(job, n, takeover=bool(claimed.previous_owner) and batches == 0)
             batches += 1
+            collector.between()
             if outcome is Outcome.HELD and self.config.let_go_when_held:
                 self._release(job, n, "a gate holds the job")
                 self.held = True
