@@ -297,5 +297,6 @@ def report(r: dict) -> str:
               " batches of 5,000, one worker process, over a narrow synthetic source (`bench_items`):", "",
               "| source rows | peak worker RSS | seconds | rows seen by the handler |", "|---|---|---|---|"]
     for n, m in r["memory"].items():
-        lines.append(f"| {n:,} | {m['rss_mb']:.0f} MiB | {m['seconds']:.1f} | {m['items']:,} |")
+        rss = f"{m['rss_mb']:.0f} MiB" if m["rss_mb"] else "not sampled (the run ended before the first sample)"
+        lines.append(f"| {n:,} | {rss} | {m['seconds']:.1f} | {m['items']:,} |")
     return "\n".join(lines)

@@ -111,7 +111,8 @@ def make_engine(url: str, *, application_name: str = "tidegate", pool_size: int 
 
     Nothing that correctness depends on lives in the session (no advisory
     locks, no prepared statements, no LISTEN), so it works through PgBouncer
-    in transaction mode.
+    in transaction mode. A session whose TimeZone is another name of UTC is
+    put in 'UTC' as it connects (``_plain_utc``): the same zone.
     """
     register_url(url)  # masked wherever this process prints it, even inside a handler's own message
     engine = create_engine(
