@@ -85,7 +85,9 @@ ARCHIVE_SIZES = [pytest.param((2000, 3), id="short"), pytest.param((40000, 20), 
 def test_kill_storm_through_pgbouncer_transaction_pooling(engine, db_url, tmp_path, pools, bouncer, size):
     items, storm = size
     make_items(engine, items)
-    job = enqueue_items(db_url, tmp_path, slow_handler(0.02), batch_size=30, concurrency=3)
+    # 0.1 s a batch: 3 workers need 3.3 s or more for the batches of the short size, longer than 3 kills at
+    # most a second apart take (0.02 s let a quiet machine finish after 2 kills: the test then failed)
+    job = enqueue_items(db_url, tmp_path, slow_handler(0.1), batch_size=30, concurrency=3)
     pool = pools("--concurrency", "3", "--lease", "2", url=bouncer)
     rng = random.Random(4)
     kills = 0
