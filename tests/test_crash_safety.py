@@ -18,11 +18,13 @@ def _done(engine, job):  # type: ignore[no-untyped-def]
 
 
 def test_sigkilled_workers_end_with_the_same_data_as_a_clean_run(engine, db_url):
-    seed_demo(engine, 20_000)
+    # 40,000 snapshots in batches of 50: about 4 s of work for 3 workers unkilled (1 s at 20,000 in batches of
+    # 200 since the Python handler got faster), so a kill at most a second apart lands 3 times or more
+    seed_demo(engine, 40_000)
     clean = clean_run_checksum(engine)  # reference: the same transformation, one uninterrupted statement
 
     job = run_cli(db_url, "enqueue", "backfill-range", "--from", "2024-01-01", "--to", "2025-01-01",
-                  "--handler", "hero_troops", "--batch-size", "200", "--concurrency", "3",
+                  "--handler", "hero_troops", "--batch-size", "50", "--concurrency", "3",
                   "--owner", "tests").stdout.strip()
     pool = _start(db_url, "--concurrency", "3", "--lease", "2")
     kills = kill_storm(pool, engine, job, kills=6, rng=random.Random(11))
@@ -32,7 +34,7 @@ def test_sigkilled_workers_end_with_the_same_data_as_a_clean_run(engine, db_url)
     row = job_row(engine, job)
     assert kills >= 3
     assert troops_checksum(engine) == clean
-    assert row.processed_count == 20_000
+    assert row.processed_count == 40_000
     # each bad item recorded once: re-running a batch would have doubled them
     assert scalar(engine, "SELECT count(*) FROM etl_errors") == row.error_count
     assert scalar(engine, "SELECT count(DISTINCT item_key) FROM etl_errors") == row.error_count
