@@ -338,8 +338,12 @@ class ReadAhead:
         self._key = self._params = self._ahead = None
         if ahead is None:
             return None
-        if key != self._key_of(conn, ctx, batch) or params != ctx.params:
-            metrics.READ_AHEAD.labels(NAME, "changed").inc()  # another range (a row came or went), job or params
+        wanted = self._key_of(conn, ctx, batch)
+        if key != wanted or params != ctx.params:
+            # the same slice asked for another range: a row came or went between the reads; else the worker
+            # moved to another job, slice or database, or the job's params changed, and this was never asked for
+            same_slice = key is not None and key[:3] == wanted[:3] and params == ctx.params
+            metrics.READ_AHEAD.labels(NAME, "changed" if same_slice else "unused").inc()
             return None
         return ahead
 

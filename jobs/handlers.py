@@ -48,7 +48,7 @@ from typing import Any, ClassVar
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
-from sqlalchemy import Connection, TextClause, event
+from sqlalchemy import Connection, Engine, TextClause, event
 
 try:  # about 2.5x faster than json.loads on the source's JSON documents (a Python handler's largest client cost)
     import orjson
@@ -298,8 +298,9 @@ def _fetch(conn: Connection, statement: TextClause, params: Mapping[str, Any], r
         set_json_loads(_json_loads(), driver)
         _fast_json.add(driver)
     if fast and raw_json:  # JSON left as text by this statement's own cursor; the connection's other reads parse it
-        if not event.contains(conn.engine, "before_cursor_execute", _raw_json_cursor):
+        if conn.engine not in _raw_json_engines:
             event.listen(conn.engine, "before_cursor_execute", _raw_json_cursor)
+            _raw_json_engines.add(conn.engine)
         statement = statement.execution_options(**{RAW_JSON: True})
     result = conn.execute(statement, params)
     try:
@@ -316,6 +317,7 @@ def _fetch(conn: Connection, statement: TextClause, params: Mapping[str, Any], r
 
 
 RAW_JSON = "tidegate_raw_json"  # the execution option of a read whose JSON values stay text (fetch_raw)
+_raw_json_engines: weakref.WeakSet[Engine] = weakref.WeakSet()  # engines with _raw_json_cursor as a hook
 
 
 def _raw_json_cursor(conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any,

@@ -40,8 +40,9 @@ def _read_ahead(outcome: str) -> float:
 class Slice:
     """One job's only slice, worked a batch at a time by ``one_step`` as the runner works it."""
 
-    def __init__(self, engine, payload: Mapping[str, Any], limit: int) -> None:  # type: ignore[no-untyped-def]
-        self.engine, self.kind, self.limit = engine, BackfillRange(), limit
+    def __init__(self, engine, payload: Mapping[str, Any], limit: int,  # type: ignore[no-untyped-def]
+                 kind: BackfillRange | None = None) -> None:
+        self.engine, self.kind, self.limit = engine, kind or BackfillRange(), limit
         with engine.begin() as conn:
             plan = self.kind.plan(conn, dict(payload))
         self.ctx = BatchContext(str(uuid.uuid4()), 0, plan.params, plan.key_type)
@@ -119,6 +120,31 @@ def test_a_row_changed_after_it_was_read_ahead_is_read_again(engine, change):
     assert troops_checksum(engine) == expected
     if change == "update":
         assert scalar(engine, "SELECT count(*) FROM user_troops WHERE level = 77") >= 1
+
+
+def test_a_read_ahead_the_worker_leaves_for_another_job_is_counted_unused_and_read_again(engine):
+    """One worker (one kind instance) reads job A's batch 2 ahead, then runs a batch of job B: A's read-ahead
+    was never asked for. It is counted ``unused``, not ``changed`` (no row changed), and A's batch 2 reads
+    again; both jobs end with the single statement's rows."""
+    seed_demo(engine, 300)
+    expected = clean_run_checksum(engine)
+    kind = BackfillRange()
+    a = Slice(engine, PAYLOAD, limit=100, kind=kind)
+    b = Slice(engine, PAYLOAD, limit=100, kind=kind)
+    unused, changed = _read_ahead("unused"), _read_ahead("changed")
+    a.batch()
+    b.batch()
+    assert (_read_ahead("unused"), _read_ahead("changed")) == (unused + 1, changed)
+    a.batch()
+    assert a.used == 0  # B's batch took the worker's one read-ahead: A read its batch 2 again
+    assert _read_ahead("unused") == unused + 2  # B's read-ahead of its own batch 2, left for A's batch
+    used = _read_ahead("used")
+    a.rest()  # batch 3 uses what A's batch 2 read ahead
+    assert _read_ahead("used") == used + 1
+    b.rest()  # so does B's
+    assert _read_ahead("used") == used + 2
+    assert [s.processed for s in a.steps] == [s.processed for s in b.steps] == [100, 100, 100, 0]
+    assert troops_checksum(engine) == expected
 
 
 class _Failing(HeroTroops):

@@ -125,7 +125,8 @@ ARCHIVE_EVENTS = _Targeted("Counter", "tidegate_archive_events_moved_total", "Ev
                            _labels("direction"))
 READ_AHEAD = _Targeted("Counter", "tidegate_read_ahead_total",
                        "Batches read ahead for a Python handler, by what became of them: used; changed (the range's"
-                       " rows changed since, read again); dropped (a row failed to parse or transform)",
+                       " rows changed since, read again); unused (the worker went on with another job or slice);"
+                       " dropped (a row failed to parse or transform)",
                        _labels("kind", "outcome"))
 ONE_SHOT_JOBS = _Targeted("Counter", "tidegate_one_shot_jobs_total", "Small (one-shot) jobs run",
                           _labels("kind", "outcome"))

@@ -355,30 +355,26 @@ class Worker:
         if claimed.previous_owner:
             log.warning("job %s slice %d: taking over from %s (lease expired)", job, n, claimed.previous_owner,
                         extra=job_ctx(job, n, previous_owner=claimed.previous_owner))
-        with Collector() as collector:  # Python's cyclic collector between the batches, not inside them
-            return self._batches(claimed, collector)
-
-    def _batches(self, claimed: store.ClaimedSlice, collector: Collector) -> bool:
-        job, n = claimed.job_id, claimed.slice_no
         batches = 0
         quantum = self.config.slice_quantum
         until = time.monotonic() + quantum if quantum else None
-        while True:
-            if self.stop.is_set():
-                self._release(job, n)
-                return True
-            outcome = self.run_batch(job, n, takeover=bool(claimed.previous_owner) and batches == 0)
-            batches += 1
-            collector.between()
-            if outcome is Outcome.HELD and self.config.let_go_when_held:
-                self._release(job, n, "a gate holds the job")
-                self.held = True
-                return False
-            if until is not None and outcome in (Outcome.MORE, Outcome.HELD) and time.monotonic() >= until:
-                self._release(job, n, "its turn is over")
-                return True
-            if outcome not in (Outcome.MORE, Outcome.HELD):
-                return True
+        with Collector() as collector:  # Python's cyclic collector between the batches, not inside them
+            while True:
+                if self.stop.is_set():
+                    self._release(job, n)
+                    return True
+                outcome = self.run_batch(job, n, takeover=bool(claimed.previous_owner) and batches == 0)
+                batches += 1
+                collector.between()
+                if outcome is Outcome.HELD and self.config.let_go_when_held:
+                    self._release(job, n, "a gate holds the job")
+                    self.held = True
+                    return False
+                if until is not None and outcome in (Outcome.MORE, Outcome.HELD) and time.monotonic() >= until:
+                    self._release(job, n, "its turn is over")
+                    return True
+                if outcome not in (Outcome.MORE, Outcome.HELD):
+                    return True
 
     def run_batch(self, job_id: str, slice_no: int, *, takeover: bool = False) -> Outcome:
         """One batch in one transaction: the four steps of the module docstring."""
