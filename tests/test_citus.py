@@ -12,6 +12,8 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -366,9 +368,10 @@ def test_the_cluster_is_what_the_tests_say(citus):
     assert citus.coordinator.query("SELECT citus_version()")[0][0].startswith("Citus 13.2")
 
 
-def test_ops_roles_applied_on_the_coordinator_reach_the_nodes_and_a_worker_login_runs_the_backfill(cluster):
-    """ops/roles.sql on the coordinator: Citus creates the roles on every node and grants on distributed
-    tables reach their shards, so a tg_worker login runs batches whose writes land on the workers."""
+@contextmanager
+def _roles(cluster: Cluster) -> Iterator[tuple[str, dict[str, str]]]:
+    """ops/roles.sql applied on the coordinator with this test's own role names: (prefix, a URL for the
+    enqueue and the worker login)."""
     _target(cluster)
     prefix = f"tg{uuid.uuid4().hex[:6]}_"
     with cluster.engine.begin() as conn:
@@ -377,13 +380,36 @@ def test_ops_roles_applied_on_the_coordinator_reach_the_nodes_and_a_worker_login
         conn.execute(text(f"GRANT SELECT ON hero_snapshots TO {prefix}enqueue, {prefix}worker"))
         conn.execute(text(f"GRANT INSERT ON troop_log TO {prefix}worker"))
     try:
-        for node in cluster.nodes:
-            assert node.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", f"{prefix}worker") == [(True,)]
-        as_role = {r: cluster.url.replace("postgres@", f"{prefix}{r}@") for r in ("enqueue", "worker")}
-        job = _enqueue(cluster, "tests.citus_handlers:troop_log", concurrency=2, url=as_role["enqueue"])
-        run_cli(as_role["worker"], "worker", "--concurrency", "2", "--drain", env=ENV)
-        _assert_python_job_exact(cluster, job)
+        yield prefix, {r: cluster.url.replace("postgres@", f"{prefix}{r}@") for r in ("enqueue", "worker")}
     finally:
         with cluster.engine.begin() as conn:
             for role in ("enqueue", "operator", "worker", "maintenance", "sql_author"):
                 conn.execute(text(f"DROP OWNED BY {prefix}{role}; DROP ROLE {prefix}{role}"))
+
+
+def test_ops_roles_applied_on_the_coordinator_reach_the_nodes_and_a_worker_login_runs_the_backfill(cluster):
+    """ops/roles.sql on the coordinator: Citus creates the roles on every node and grants on distributed
+    tables reach their shards, so a tg_worker login runs batches whose writes land on the workers."""
+    with _roles(cluster) as (prefix, as_role):
+        for node in cluster.nodes:
+            assert node.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", f"{prefix}worker") == [(True,)]
+        job = _enqueue(cluster, "tests.citus_handlers:troop_log", concurrency=2, url=as_role["enqueue"])
+        out = run_cli(as_role["worker"], "worker", "--concurrency", "2", "--drain", env=ENV)
+        _assert_python_job_exact(cluster, job)
+        assert "tidegate_two_phase" not in out.stdout + out.stderr  # granted: nothing to warn of
+
+
+def test_a_worker_role_made_before_migration_0018_warns_once_with_the_grant_and_runs_its_jobs(cluster):
+    """Roles applied before `tidegate db upgrade` reached 0018 have no INSERT on tidegate_two_phase (ops/roles.sql
+    grants it only where the table exists). The worker's COPY there would fail every batch of every job:
+    instead it says once which login lacks what and the GRANT that mends it, and commits as Citus would."""
+    with _roles(cluster) as (prefix, as_role):
+        with cluster.engine.begin() as conn:
+            conn.execute(text(f"REVOKE INSERT ON tidegate_two_phase FROM {prefix}worker"))
+        job = _enqueue(cluster, "tests.citus_handlers:troop_log", concurrency=2, url=as_role["enqueue"])
+        out = run_cli(as_role["worker"], "worker", "--concurrency", "2", "--drain", env=ENV)
+        _assert_python_job_exact(cluster, job)
+        log = out.stdout + out.stderr
+        warned = log.count(f"this login ({prefix}worker) may not insert into tidegate_two_phase")
+        assert 1 <= warned <= 2, log  # once per worker process (two), not once per batch
+        assert "GRANT INSERT ON tidegate_two_phase to the worker role" in log

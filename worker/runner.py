@@ -499,12 +499,20 @@ class Worker:
     def _ask_two_phase(self, conn: Connection) -> bool:
         """Whether this database is a Citus coordinator whose batches need ``force_two_phase``; a database
         does not gain or lose Citus under a worker, so it is asked once."""
-        marker = store.citus_two_phase(conn)
-        if marker is False:
+        found = store.citus_two_phase(conn)
+        risk = ("a batch whose writes all go to one worker node commits one-phase, and a coordinator crash at "
+                "its commit can run it twice")
+        if found.marker is False:
             log.warning("this database has Citus but no tidegate_two_phase table (Citus was installed after "
-                        "migration 0018 ran): a batch whose writes all go to one worker node commits one-phase, "
-                        "and a coordinator crash at its commit can run it twice; ops/citus.md says how to add it")
-        return bool(marker)
+                        "migration 0018 ran): %s; ops/citus.md says how to add it", risk)
+            return False
+        if found.marker and not found.can_insert:  # its COPY would fail every batch of every job
+            log.warning("this login (%s) may not insert into tidegate_two_phase (its role was made before "
+                        "migration 0018 ran): %s; to mend, GRANT INSERT ON tidegate_two_phase to the worker role "
+                        "(ops/roles.sql's tg_worker) or TO %s, and restart the pool", found.login, risk,
+                        found.login_ident)
+            return False
+        return bool(found.marker)
 
     def _rolled_back(self, batch: InFlight, err: BaseException) -> Outcome:
         """The batch's transaction rolled back: cancelled by the watch, lost to an outage (raised: not

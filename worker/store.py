@@ -666,9 +666,10 @@ def database_identity(conn: Connection) -> tuple[int, str] | None:
     return None if row.system is None else (int(row.system), row.db)
 
 
-def citus_two_phase(conn: Connection) -> bool | None:
-    """None: no Citus here. On a Citus coordinator: whether ``force_two_phase`` can work (migration 0018)."""
-    return conn.execute(q("citus_two_phase")).scalar()
+def citus_two_phase(conn: Connection) -> Any:
+    """(marker, can_insert, login): marker None: no Citus here; on a Citus coordinator, whether migration
+    0018 made the table ``force_two_phase`` copies into, and can_insert whether this login may."""
+    return conn.execute(q("citus_two_phase")).one()
 
 
 def force_two_phase(conn: Connection) -> None:

@@ -694,10 +694,14 @@ SELECT CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')
        current_database() AS db;
 
 -- name: citus_two_phase
--- description: NULL on a database without Citus; on a Citus coordinator, whether migration 0018 made
--- tidegate_two_phase, the table a batch copies nothing into to have Citus commit it in two phases.
+-- description: marker: NULL on a database without Citus; on a Citus coordinator, whether migration 0018
+-- description: made tidegate_two_phase, the table a batch copies nothing into to have Citus commit it in two
+-- description: phases. can_insert: whether this login may copy into it (roles made before 0018 ran may not).
 SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
-            THEN to_regclass('tidegate_two_phase') IS NOT NULL END AS marker;
+            THEN to_regclass('tidegate_two_phase') IS NOT NULL END AS marker,
+       CASE WHEN to_regclass('tidegate_two_phase') IS NOT NULL
+            THEN has_table_privilege('tidegate_two_phase', 'INSERT') END AS can_insert,
+       current_user AS login, quote_ident(current_user) AS login_ident;
 
 -- name: gate_citus
 -- description: Whether this database has the Citus extension (then the gates also ask its worker nodes).
