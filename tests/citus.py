@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 import psycopg
 from sqlalchemy import Engine
 
+from tests.ports import free_port
 from tidegate.worker.db import make_engine
 from tidegate.worker.schema import SECTIONS
 
@@ -87,12 +87,6 @@ def ensure_built() -> None:
     if done.returncode != 0:
         raise RuntimeError(f"building Citus ({build}) failed with {done.returncode}:\n{done.stdout[-2000:]}"
                            f"\n{done.stderr[-4000:]}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _run(*args: str) -> str:

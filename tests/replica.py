@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+
+from tests.ports import free_port
 
 NEEDED = ("initdb", "pg_ctl", "pg_basebackup", "postgres")
 
@@ -41,12 +42,6 @@ def server_bin() -> Path | None:
         if all(os.access(found / name, os.X_OK) for name in NEEDED):
             return found
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -74,8 +69,8 @@ class Pair:
             except KeyError:
                 self.owner = pwd.getpwnam("nobody")
             os.chown(workdir, self.owner.pw_uid, self.owner.pw_gid)
-        self.primary = Cluster(workdir / "primary", _free_port())
-        self.standby = Cluster(workdir / "standby", _free_port())
+        self.primary = Cluster(workdir / "primary", free_port())
+        self.standby = Cluster(workdir / "standby", free_port())
         self.started: list[Cluster] = []
 
     def run(self, binary: str, *args: str) -> None:

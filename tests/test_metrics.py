@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 import pytest
@@ -10,14 +9,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import job_row, run_cli, wait_for
 from tests.fixtures import seed_demo
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -30,7 +24,7 @@ def test_metrics_of_a_two_process_pool_match_backfill_jobs(engine, db_url, pools
     seed_demo(engine, 4000)
     job = run_cli(db_url, "enqueue", "backfill-range", "--from", "2024-01-01", "--to", "2025-01-01",
                   "--batch-size", "100", "--concurrency", "4", "--owner", "sre").stdout.strip()
-    port = _free_port()
+    port = free_port()
     pool = pools("--concurrency", "2", "--metrics-port", str(port))
     wait_for(lambda: job_row(engine, job).status == "done", timeout=120, what="done")
     wait_for(lambda: scrape(port), what="metrics endpoint")

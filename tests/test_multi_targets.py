@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import re
 import signal
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from sqlalchemy.engine import make_url
 from tests import pg
 from tests.conftest import job_row, pool_starter, run_cli, scalar, target_databases, targets_env, wait_for
 from tests.fixtures import LOG_HANDLER, SLOW_LOG_HANDLER, log_report, make_items
+from tests.ports import free_port
 from tidegate.worker.db import libpq_url
 
 NAMES = ("t_a", "t_b", "t_c")
@@ -228,12 +228,6 @@ def test_kill_storm_over_three_targets_ends_exact_in_each(shards, tmp_path):
     for n, (_, engine) in shards.items():
         assert exact(engine), (n, log_report(engine))
     print(f"{kills} SIGKILLs over 3 targets")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_metrics_carry_a_target_label(shards, tmp_path):

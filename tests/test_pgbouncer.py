@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import enqueue_items, job_row, wait_for
 from tests.fixtures import log_report, make_items, slow_handler
+from tests.ports import free_port
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 pytestmark = [
@@ -39,9 +40,7 @@ def bouncer(db_url):  # type: ignore[no-untyped-def]
         host = host[0]
     workdir = Path(tempfile.mkdtemp(prefix="tidegate-pgbouncer-"))  # outside pytest's 0700 tree
     workdir.chmod(0o777)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ini = workdir / "pgbouncer.ini"
     ini.write_text(
         "[databases]\n"

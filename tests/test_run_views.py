@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from tests import pg
 from tests.conftest import CHILD_ENV, TIDEGATE, job_row, pool_starter, run_cli, scalar, wait_for
 from tests.fixtures import clean_run_checksum, seed_demo, troops_checksum
+from tests.ports import free_port
 from tests.test_console import form, request, signed_in
 from tests.test_multi_targets import NAMES, env_of, shards  # noqa: F401  (shards: the fixture)
 from tests.test_web import TOKEN
@@ -41,12 +42,6 @@ def enqueue_run(shards: dict, handler: str = "hero_troops", limit: int | None = 
     jobs = {n: enqueue(engine, "backfill_range", dict(payload), actor="tests", run_id=rid)[0]
             for n, (_, engine) in shards.items()}
     return rid, jobs
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 import urllib.error
@@ -31,6 +30,7 @@ from sqlalchemy.exc import ProgrammingError
 from tests.conftest import CHILD_ENV, ROOT, TIDEGATE, scalar, wait_for
 from tests.event_stores import build
 from tests.fixtures import make_items, seed_demo
+from tests.ports import free_port
 from tests.test_runbook_sql import RUNBOOK_INSERT
 from tidegate.worker.db import make_engine
 
@@ -258,9 +258,7 @@ def test_the_admin_api_refuses_the_same_handlers_and_layouts(engine, db_url, rol
     build(engine, db_url, "tidegate", 20)
     grant_event_store(engine, roles["prefix"])
     token = "t0k3n-for-the-test"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, **CHILD_ENV, "DATABASE_URL": roles["enqueue"], "TIDEGATE_ADMIN_TOKEN": token,
            "TIDEGATE_TEST_SENTINEL": str(tmp_path / "sentinel")}
     web = subprocess.Popen([TIDEGATE, "web", "--port", str(port)], env=env, cwd=_cwd(tmp_path),

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import urllib.error
@@ -16,16 +15,11 @@ import pytest
 
 from tests.conftest import CHILD_ENV, TIDEGATE, enqueue_items, job_row, scalar, wait_for
 from tests.fixtures import make_items, seed_demo, slow_handler
+from tests.ports import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TOKEN = "test-admin-token-7f3a"
 pytestmark = pytest.mark.slow
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -33,7 +27,7 @@ def web(db_url):  # type: ignore[no-untyped-def]
     servers = []
 
     def start(token: str | None = TOKEN, refresh: float = 1) -> str:
-        port = _port()
+        port = free_port()
         env = {**os.environ, **CHILD_ENV, "DATABASE_URL": db_url}
         env.pop("TIDEGATE_ADMIN_TOKEN", None)
         if token:
