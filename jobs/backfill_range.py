@@ -320,30 +320,29 @@ class ReadAhead:
     """The one batch a worker has read ahead (``BackfillRange._read_ahead``), until the next batch takes it."""
 
     def __init__(self) -> None:
-        self._key: tuple[Any, ...] | None = None
-        self._params: dict[str, Any] | None = None
+        self._slice: tuple[Any, ...] | None = None  # database, job, slice and the job's params
+        self._range: tuple[Any, Any] | None = None
         self._ahead: Ahead | None = None
 
     @staticmethod
-    def _key_of(conn: Connection, ctx: BatchContext, batch: KeyRange) -> tuple[Any, ...]:
-        return (conn.engine.url, ctx.job_id, ctx.slice_no, batch.lo, batch.hi)
+    def _slice_of(conn: Connection, ctx: BatchContext) -> tuple[Any, ...]:
+        return (conn.engine.url, ctx.job_id, ctx.slice_no, ctx.params)
 
     def keep(self, conn: Connection, ctx: BatchContext, batch: KeyRange, ahead: Ahead) -> None:
-        self._key, self._params, self._ahead = self._key_of(conn, ctx, batch), ctx.params, ahead
+        self._slice, self._range, self._ahead = self._slice_of(conn, ctx), (batch.lo, batch.hi), ahead
 
     def take(self, conn: Connection, ctx: BatchContext, batch: KeyRange) -> Ahead | None:
         """What was read ahead for exactly this batch of this job, with the same params; else None. Either
         way it is gone: a range is read ahead for one batch, once."""
-        key, params, ahead = self._key, self._params, self._ahead
-        self._key = self._params = self._ahead = None
+        in_slice, in_range, ahead = self._slice, self._range, self._ahead
+        self._slice = self._range = self._ahead = None
         if ahead is None:
             return None
-        wanted = self._key_of(conn, ctx, batch)
-        if key != wanted or params != ctx.params:
-            # the same slice asked for another range: a row came or went between the reads; else the worker
-            # moved to another job, slice or database, or the job's params changed, and this was never asked for
-            same_slice = key is not None and key[:3] == wanted[:3] and params == ctx.params
-            metrics.READ_AHEAD.labels(NAME, "changed" if same_slice else "unused").inc()
+        if in_slice != self._slice_of(conn, ctx):  # the worker went on with another job, slice, database or params
+            metrics.READ_AHEAD.labels(NAME, "unused").inc()
+            return None
+        if in_range != (batch.lo, batch.hi):  # the slice asked for another range: a row came or went
+            metrics.READ_AHEAD.labels(NAME, "changed").inc()
             return None
         return ahead
 
